@@ -1,0 +1,1 @@
+"""Packet-capture controller: inventory, SSH fan-out, merge, lab."""
