@@ -153,7 +153,9 @@ class PcapngWriter:
         self._stream = stream
         self._buffer = bytearray()
         self._interfaces = 0
-        self.packets_written = 0
+        self.packets_written = 0  # handed to the writer
+        self.packets_committed = 0  # known to be in the file
+        self.bytes_committed = 0
         options: list[Option] = []
         if comment:
             options.append(text_option(OPT_COMMENT, comment))
@@ -263,7 +265,28 @@ class PcapngWriter:
             self.flush()
 
     def flush(self) -> None:
+        """Hand the buffer to the file; on failure the file is cut back to whole blocks.
+
+        A full disk must leave a file that readers accept up to its last complete block,
+        so a failed or partial write is truncated away and the error re-raised;
+        `packets_committed` then says how many packets really reached the file.
+        """
         if self._buffer:
-            self._stream.write(self._buffer)
+            view = memoryview(self._buffer)
+            try:
+                while view:
+                    written = self._stream.write(view)
+                    # Raw (unbuffered) files may write only part of what they are given.
+                    view = view[written if written is not None else len(view) :]
+                self._stream.flush()
+            except OSError:
+                view.release()
+                self._buffer = bytearray()
+                self._stream.truncate(self.bytes_committed)
+                self._stream.seek(self.bytes_committed)
+                self.packets_written = self.packets_committed
+                raise
+            view.release()
+            self.bytes_committed += len(self._buffer)
             self._buffer = bytearray()
-        self._stream.flush()
+        self.packets_committed = self.packets_written

@@ -1,0 +1,120 @@
+"""The agent's command line: `capture`, `preflight`, `clock`.
+
+Runs with nothing but the host's python3 and bcc: from the zipapp the controller uploads
+(`python3 xdpcap-agent.pyz capture ...`), or locally as `xdpcap capture`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__, clock, validate
+from .capture import CaptureOptions, run_capture
+from .errors import UsageError, XdpcapError
+from .preflight import preflight
+from .protocol import EventSink
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as every other bad input
+        raise UsageError(message)
+
+
+def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--iface", "-i", required=True, help="interface to capture on")
+    parser.add_argument("-w", "--write", dest="output", help="pcapng file to write")
+    parser.add_argument("--duration", type=float, help="seconds to capture")
+    parser.add_argument("--count", type=int, help="stop after this many packets are written")
+    parser.add_argument("--snaplen", type=int, default=262144,
+                        help="bytes of each packet to keep (default 262144)")
+    parser.add_argument("--sample-rate", type=int, default=1, metavar="N",
+                        help="keep one packet in N, chosen at random (default 1: all)")
+    parser.add_argument("--xdp-mode", choices=("auto", "native", "skb"), default="auto")
+    parser.add_argument("--buffer-pages", type=int, default=2048,
+                        help="perf buffer pages per CPU (default 2048 = 8 MiB)")
+    parser.add_argument("--preflight", action="store_true",
+                        help="only check whether this host can capture, print JSON")
+    parser.add_argument("--print-bpf", action="store_true", help="print the BPF C source")
+    # Used by the controller, not by people.
+    parser.add_argument("--json-events", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--wait-start", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--start-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="xdpcap-agent", description="xdpcap's per-host capture agent")
+    parser.add_argument("--version", action="version", version=f"xdpcap {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add_capture_arguments(sub.add_parser("capture", help="capture on one interface"))
+    pre = sub.add_parser("preflight", help="print a JSON readiness report")
+    pre.add_argument("--iface", "-i", required=True)
+    pre.add_argument("--output-dir", default=".")
+    sub.add_parser("clock", help="print this host's wall clock (ns) as JSON")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> CaptureOptions:
+    if not args.output:
+        raise UsageError("-w FILE is required (the pcapng file to write)")
+    if args.buffer_pages < 1 or args.buffer_pages & (args.buffer_pages - 1):
+        raise UsageError(f"--buffer-pages must be a power of two, not {args.buffer_pages}")
+    return CaptureOptions(
+        iface=validate.interface_name(args.iface),
+        output=Path(args.output),
+        duration_s=validate.duration(args.duration),
+        count=validate.count(args.count),
+        snaplen=validate.snaplen(args.snaplen),
+        sample_rate=validate.sample_rate(args.sample_rate),
+        xdp_mode=args.xdp_mode,
+        buffer_pages=args.buffer_pages,
+        wait_start=args.wait_start,
+        start_timeout_s=args.start_timeout,
+        controller=args.json_events,
+        debug_print_source=args.print_bpf,
+    )
+
+
+def run_preflight(iface: str, output_dir: str) -> int:
+    report = preflight(validate.interface_name(iface), output_dir)
+    print(json.dumps(report, indent=2))
+    return 0 if report["verdict"] == "ok" else 1
+
+
+def run_capture_command(args: argparse.Namespace) -> int:
+    if args.preflight:
+        return run_preflight(args.iface, str(Path(args.output).parent) if args.output else ".")
+    events = EventSink(sys.stdout if args.json_events else None)
+    try:
+        options = options_from_args(args)
+        summary = run_capture(options, events)
+    except XdpcapError as exc:
+        events.emit("error", message=str(exc))
+        raise
+    print(summary.line(), file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "capture":
+            return run_capture_command(args)
+        if args.command == "preflight":
+            return run_preflight(args.iface, args.output_dir)
+        if args.command == "clock":
+            print(json.dumps({"realtime_ns": clock.wall_clock_ns()}))
+            return 0
+    except XdpcapError as exc:
+        print(f"xdpcap: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

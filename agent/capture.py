@@ -1,0 +1,349 @@
+"""One capture on one interface: attach, sample, write time-ordered pcapng, account, detach.
+
+Accounting is exact: seen = written + lost + not sampled, where lost gathers every way a
+sample can fail to reach the file (perf buffer full, malformed sample, disk full). The
+figures go to the summary line and to the pcapng interface statistics block.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from . import __version__, clock, netdev
+from .consumer import SampleConsumer, TimeOrderer
+from .contract import SAMPLE
+from .errors import AgentError
+from .lock import InterfaceLock
+from .pcapng import EPB_FLAG_INBOUND, PcapngWriter
+from .protocol import ControllerCommands, EventSink
+from .sampler import Sampler
+
+POLL_MS = 100
+# Samples younger than this are held back one more round, waiting for older samples
+# still in another CPU's buffer (see TimeOrderer).
+ORDER_SLACK_NS = 20_000_000
+PROGRESS_EVERY_NS = 500_000_000
+DEFAULT_START_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    iface: str
+    output: Path
+    duration_s: float | None = None
+    count: int | None = None
+    snaplen: int = 262144
+    sample_rate: int = 1
+    xdp_mode: str = "auto"
+    buffer_pages: int = 2048  # per CPU: 8 MiB with 4 KiB pages
+    wakeup_events: int = 32
+    wait_start: bool = False
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S
+    controller: bool = False  # driven over SSH: SIGHUP does not stop us
+    debug_print_source: bool = False
+
+
+@dataclass
+class CaptureSummary:
+    iface: str
+    file: str
+    mode: str = ""
+    seen: int = 0
+    written: int = 0
+    lost: int = 0
+    not_sampled: int = 0
+    os_drops: int = 0
+    bytes_written: int = 0
+    window_start_ns: int = 0
+    window_end_ns: int = 0
+    lost_detail: dict[str, int] = field(default_factory=dict)
+    partial_reason: str | None = None
+    stopped_by: str = ""
+    out_of_order: int = 0  # batches that began before the last one ended: should stay 0
+
+    @property
+    def unaccounted(self) -> int:
+        return self.seen - self.written - self.lost - self.not_sampled
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "unaccounted": self.unaccounted}
+
+    def line(self) -> str:
+        seconds = (self.window_end_ns - self.window_start_ns) / 1e9
+        text = (
+            f"{self.iface}: {self.written} packets written to {self.file} in {seconds:.1f} s "
+            f"({self.mode} XDP); seen {self.seen} = written {self.written} + lost {self.lost} "
+            f"+ not sampled {self.not_sampled}; dropped by the interface before XDP "
+            f"{self.os_drops}"
+        )
+        if self.partial_reason:
+            text += f"; PARTIAL: {self.partial_reason}"
+        return text
+
+
+class _StopFlag:
+    """Signal handlers only set this; the loop looks at it between polls."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+
+def _install_signal_handlers(stop: _StopFlag, controller: bool) -> dict[int, object]:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        stop.set(signal.Signals(signum).name)
+
+    previous = {}
+    wanted = [signal.SIGINT, signal.SIGTERM]
+    if controller:
+        # A cut SSH connection must not end the capture: the agent has its own deadline.
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    else:
+        wanted.append(signal.SIGHUP)
+    for signum in wanted:
+        previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
+def _interface_description(sampler: Sampler, options: CaptureOptions) -> str:
+    rate = f"1-in-{options.sample_rate}" if options.sample_rate > 1 else "every packet"
+    return (
+        f"XDP ingress capture by xdpcap ({sampler.mode} mode, {sampler.attach_method}), "
+        f"sampling {rate}, snaplen {options.snaplen}"
+    )
+
+
+class Capture:
+    """Runs one capture; `run()` returns the summary and always leaves the host as it was."""
+
+    def __init__(self, options: CaptureOptions, events: EventSink) -> None:
+        self.options = options
+        self.events = events
+        self.stop = _StopFlag()
+        self.summary = CaptureSummary(iface=options.iface, file=str(options.output))
+        self._disk_lost = 0
+        self._late = 0
+        self._last_ts = 0
+        self._bytes = 0
+
+    def run(self) -> CaptureSummary:
+        options = self.options
+        commands = ControllerCommands() if options.controller else None
+        previous = _install_signal_handlers(self.stop, options.controller)
+        try:
+            with InterfaceLock(options.iface):
+                iface = netdev.inspect_interface(options.iface)
+                if iface.attached is not None and iface.attached.name != "xdpcap_sampler":
+                    raise AgentError(
+                        f"{options.iface}: an XDP program is already attached "
+                        f"({iface.attached.describe()}); xdpcap never replaces it"
+                    )
+                with Sampler(options.iface, snaplen=options.snaplen,
+                             sample_rate=options.sample_rate, mode=options.xdp_mode,
+                             debug_print_source=options.debug_print_source) as sampler:
+                    self._capture(sampler, iface, commands)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return self.summary
+
+    # -- phases ------------------------------------------------------------------------
+    def _capture(self, sampler: Sampler, iface: netdev.Interface,
+                 commands: ControllerCommands | None) -> None:
+        options = self.options
+        # Output opened before anything is attached: a bad path fails with nothing changed.
+        fd = os.open(options.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb", buffering=0) as stream:
+            sampler.compile()
+            consumer = SampleConsumer()
+            sampler.open_buffers(consumer.on_sample, consumer.on_lost,
+                                 page_count=options.buffer_pages,
+                                 wakeup_events=options.wakeup_events)
+            sampler.attach()
+            self.summary.mode = sampler.mode or ""
+            assert sampler.headers is not None
+            self.events.emit("ready", iface=options.iface, mode=sampler.mode,
+                             attach=sampler.attach_method, headers=sampler.headers.describe(),
+                             pid=os.getpid())
+            if options.wait_start and commands is not None and not self._wait_for_start(commands):
+                self.summary.stopped_by = self.stop.reason or "no start"
+                return
+            writer = self._open_writer(stream, sampler, iface)
+            self._window(sampler, consumer, writer, commands)
+            self._finish(sampler, consumer, writer)
+
+    def _wait_for_start(self, commands: ControllerCommands) -> bool:
+        deadline = clock.monotonic_ns() + int(self.options.start_timeout_s * 1e9)
+        while not commands.start.wait(0.1):
+            if self.stop.reason or commands.stop.is_set() or commands.eof.is_set():
+                return False
+            if clock.monotonic_ns() > deadline:
+                self.stop.set("start timeout")
+                return False
+        return True
+
+    def _open_writer(self, stream, sampler: Sampler, iface: netdev.Interface) -> PcapngWriter:
+        uname = platform.uname()
+        writer = PcapngWriter(
+            stream,
+            userappl=f"xdpcap {__version__}",
+            os_name=f"{uname.system} {uname.release}",
+            hardware=uname.machine,
+            comment=f"host {socket.gethostname()}",
+        )
+        writer.add_interface(
+            self.options.iface,
+            snaplen=self.options.snaplen,
+            description=_interface_description(sampler, self.options),
+            hardware=iface.driver,
+            os_name=f"{uname.system} {uname.release}",
+        )
+        return writer
+
+    def _window(self, sampler: Sampler, consumer: SampleConsumer, writer: PcapngWriter,
+                commands: ControllerCommands | None) -> None:
+        options = self.options
+        orderer = TimeOrderer()
+        self._orderer = orderer
+        self._offset = clock.realtime_minus_monotonic_ns()
+        drops_before = netdev.read_os_drops(options.iface)
+        start_mono = clock.monotonic_ns()
+        sampler.enable()
+        self.summary.window_start_ns = start_mono + self._offset
+        self.events.emit("capturing", window_start_ns=self.summary.window_start_ns)
+        deadline = (start_mono + int(options.duration_s * 1e9)) if options.duration_s else None
+        next_progress = start_mono + PROGRESS_EVERY_NS
+        while True:
+            now = clock.monotonic_ns()
+            if deadline is not None and now >= deadline:
+                self.stop.set("duration")
+            if options.count is not None and writer.packets_written >= options.count:
+                self.stop.set("count")
+            if commands is not None and commands.stop.is_set():
+                self.stop.set("controller")
+            if self.stop.reason:
+                break
+            timeout = POLL_MS if deadline is None else max(0, min(POLL_MS, (deadline - now) // 10**6))
+            sampler.poll(timeout)
+            sampler.consume()
+            self._check_callback(consumer)
+            orderer.add(consumer.take())
+            self._write(writer, orderer.release(now - ORDER_SLACK_NS))
+            if now >= next_progress:
+                next_progress = now + PROGRESS_EVERY_NS
+                self._progress(sampler, writer)
+        sampler.disable()
+        end_mono = clock.monotonic_ns()
+        self.summary.window_end_ns = end_mono + self._offset
+        self.summary.stopped_by = self.stop.reason or ""
+        self.summary.os_drops = max(0, netdev.read_os_drops(options.iface) - drops_before)
+
+    def _finish(self, sampler: Sampler, consumer: SampleConsumer, writer: PcapngWriter) -> None:
+        # Detach first so nothing new arrives, then drain every buffer to the end.
+        sampler.detach()
+        idle_rounds = 0
+        while idle_rounds < 2:
+            sampler.consume()
+            self._check_callback(consumer)
+            batch = consumer.take()
+            idle_rounds = 0 if batch else idle_rounds + 1
+            self._orderer.add(batch)
+        self._write(writer, self._orderer.release(None))
+        counters = sampler.counters()
+        summary = self.summary
+        summary.seen = counters.seen
+        summary.not_sampled = counters.not_sampled
+        self._flush(writer)
+        summary.written = writer.packets_committed
+        # Every sampled packet that is not in the file is lost, and we say why.
+        in_transit = counters.sampled - consumer.received
+        summary.lost_detail = {
+            "perf_buffer_full": counters.output_failed,
+            "malformed": self._orderer.malformed,
+            "disk": consumer.received - self._orderer.malformed - summary.written,
+            "in_transit": max(0, in_transit),
+        }
+        summary.lost = sum(summary.lost_detail.values())
+        summary.bytes_written = self._bytes
+        try:
+            writer.write_statistics(
+                0, summary.window_end_ns,
+                starttime=summary.window_start_ns, endtime=summary.window_end_ns,
+                ifrecv=summary.seen, ifdrop=summary.lost, filteraccept=counters.sampled,
+                osdrop=summary.os_drops, usrdeliv=summary.written,
+                comment=f"seen = written + lost + not sampled ({summary.not_sampled}); "
+                        f"lost: {summary.lost_detail}",
+            )
+            writer.flush()
+        except OSError as exc:
+            summary.partial_reason = summary.partial_reason or f"statistics not written: {exc}"
+        summary.out_of_order = self._late
+        self.events.emit("done", **summary.to_dict())
+
+    # -- helpers -----------------------------------------------------------------------
+    def _check_callback(self, consumer: SampleConsumer) -> None:
+        if consumer.error is not None:
+            raise AgentError(f"sample callback failed: {consumer.error!r}")
+
+    def _write(self, writer: PcapngWriter, ready: list[tuple[int, bytes]]) -> None:
+        if not ready or self.summary.partial_reason:
+            return
+        offset = self._offset
+        unpack = SAMPLE.unpack_from
+        header = SAMPLE.size
+        write_packet = writer.write_packet
+        total = 0
+        try:
+            for ts, raw in ready:
+                _, _ifindex, queue, orig_len, cap_len = unpack(raw)
+                end = header + cap_len
+                if len(raw) < end:
+                    self._orderer.malformed += 1
+                    continue
+                write_packet(0, ts + offset, raw[header:end], orig_len,
+                             flags=EPB_FLAG_INBOUND, queue=queue)
+                total += cap_len
+        except OSError as exc:
+            self._disk_full(exc)
+        self._bytes += total
+        if ready[0][0] < self._last_ts:
+            self._late += 1
+        self._last_ts = ready[-1][0]
+
+    def _flush(self, writer: PcapngWriter) -> None:
+        if self.summary.partial_reason:
+            return
+        try:
+            writer.flush()
+        except OSError as exc:
+            self._disk_full(exc)
+
+    def _disk_full(self, exc: OSError) -> None:
+        # The writer has cut the file back to its last whole block; stop capturing and
+        # count what did not reach the file as lost.
+        self.summary.partial_reason = f"writing {self.options.output} failed: {exc.strerror or exc}"
+        self.stop.set("write error")
+
+    def _progress(self, sampler: Sampler, writer: PcapngWriter) -> None:
+        counters = sampler.counters()
+        self.events.emit(
+            "progress",
+            packets=writer.packets_written,
+            bytes=self._bytes,
+            seen=counters.seen,
+            lost=counters.output_failed,
+        )
+
+
+def run_capture(options: CaptureOptions, events: EventSink) -> CaptureSummary:
+    return Capture(options, events).run()
+

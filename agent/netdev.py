@@ -1,0 +1,99 @@
+"""What the host knows about one interface: index, driver, attached XDP program, drops."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AgentError
+
+SYS_NET = Path("/sys/class/net")
+XDP_MODES = {1: "native", 2: "skb", 3: "hw", 4: "multi"}
+IP_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True)
+class AttachedProgram:
+    prog_id: int
+    name: str
+    mode: str
+
+    def describe(self) -> str:
+        return f"id {self.prog_id} name {self.name!r} ({self.mode} mode)"
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    ifindex: int
+    driver: str
+    mtu: int
+    attached: AttachedProgram | None
+
+
+def _ip_link(name: str) -> dict:
+    try:
+        result = subprocess.run(
+            ["ip", "-d", "-j", "link", "show", "dev", name],
+            capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=False,
+        )
+    except FileNotFoundError as exc:
+        raise AgentError("the 'ip' command (iproute2) is not installed") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise AgentError(f"'ip link show dev {name}' did not answer in {IP_TIMEOUT_S} s") from exc
+    if result.returncode != 0:
+        raise AgentError(f"interface {name!r} does not exist on this host")
+    return json.loads(result.stdout)[0]
+
+
+def _driver(name: str, link: dict) -> str:
+    driver = SYS_NET / name / "device" / "driver"
+    if driver.exists():
+        return driver.resolve().name
+    # Virtual devices (veth, bridge, vlan) have no bus driver; iproute2 names their kind.
+    return str(link.get("linkinfo", {}).get("info_kind") or link.get("link_type") or "unknown")
+
+
+def _attached(link: dict) -> AttachedProgram | None:
+    xdp = link.get("xdp")
+    if not xdp:
+        return None
+    prog = xdp.get("prog") or (xdp.get("attached") or [{}])[0].get("prog") or {}
+    return AttachedProgram(
+        int(prog.get("id", 0)), str(prog.get("name", "?")), XDP_MODES.get(xdp.get("mode"), "?")
+    )
+
+
+def inspect_interface(name: str) -> Interface:
+    link = _ip_link(name)
+    return Interface(name, int(link["ifindex"]), _driver(name, link), int(link.get("mtu", 0)),
+                     _attached(link))
+
+
+def attached_program(name: str) -> AttachedProgram | None:
+    return _attached(_ip_link(name))
+
+
+def read_os_drops(name: str) -> int:
+    """Frames the interface dropped before XDP could see them (driver and stack counters).
+
+    Counted over the capture window as the difference of two readings; virtual devices
+    without a counter read 0.
+    """
+    total = 0
+    for counter in ("rx_dropped", "rx_missed_errors", "rx_fifo_errors"):
+        path = SYS_NET / name / "statistics" / counter
+        try:
+            total += int(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def read_rx_packets(name: str) -> int:
+    try:
+        return int((SYS_NET / name / "statistics" / "rx_packets").read_text())
+    except (OSError, ValueError):
+        return 0

@@ -1,0 +1,716 @@
+"""A streaming reader for pcapng and classic pcap files (standard library only).
+
+The reader is built for the merge: it reads large chunks, walks block boundaries with
+`struct.unpack_from` and decodes only block headers, timestamps and the options it needs.
+Packet bytes are never decoded. Every packet comes out *normalised*: an enhanced packet
+block in little-endian byte order, its timestamp in nanoseconds (`if_tsresol` and
+`if_tsoffset` folded in, the caller's clock shift subtracted) and its interface id
+renumbered by the caller. Such blocks can be copied into one output section as they are.
+For little-endian nanosecond captures (what xdpcap writes) the normalisation is a 12-byte
+in-place rewrite of the block header; big-endian sections, simple packet blocks and
+classic pcap records are rebuilt, which is slower but rare.
+
+Two levels of API:
+- `CaptureReader.batches()` yields one `Batch` per chunk read: parallel lists of
+  timestamps and normalised blocks (memoryviews into the chunk), for the merge.
+- `CaptureReader.packets()`, `read_packets()` and `load()` give decoded `Packet`,
+  `Interface` and `InterfaceStatistics` values, for tests and the controller.
+
+Damage: every complete block before a truncated or corrupt one is delivered; then the
+reader records a `Damage` (file, byte offset, reason) and, if `strict`, raises
+`PcapngError` naming both.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple, Union
+
+from .errors import PcapngError
+from .pcapng import (
+    BT_EPB,
+    BT_IDB,
+    BT_ISB,
+    BT_SHB,
+    BT_SPB,
+    BYTE_ORDER_MAGIC,
+    EPB_DROPCOUNT,
+    EPB_FLAGS,
+    EPB_PACKETID,
+    EPB_QUEUE,
+    EPB_VERDICT,
+    IF_DESCRIPTION,
+    IF_HARDWARE,
+    IF_NAME,
+    IF_OS,
+    IF_TSOFFSET,
+    IF_TSRESOL,
+    ISB_ENDTIME,
+    ISB_FILTERACCEPT,
+    ISB_IFDROP,
+    ISB_IFRECV,
+    ISB_OSDROP,
+    ISB_STARTTIME,
+    ISB_USRDELIV,
+    OPT_COMMENT,
+    OPT_ENDOFOPT,
+    SHB_HARDWARE,
+    SHB_OS,
+    SHB_USERAPPL,
+    Option,
+    enhanced_packet,
+    interface_statistics,
+    pad4,
+)
+
+# Reading 1 MiB at a time keeps the per-chunk overhead (one read, one batch) negligible
+# while a merge of many inputs holds only a few chunks per input in memory.
+CHUNK_BYTES = 1 << 20
+# Larger blocks are taken for corruption (a garbage length field), not read into memory.
+MAX_BLOCK_BYTES = 1 << 26
+# Classic pcap: the largest record libpcap-based readers accept whatever the snaplen says.
+MAX_PCAP_RECORD = 262144
+
+# Interface options that hold integers, by block type: (code -> size); swapped when a
+# big-endian section is normalised. Text and address options are byte strings as they are.
+_IDB_NUMERIC = {8: 8, 10: 4, IF_TSOFFSET: 8, 16: 8, 17: 8}  # speed, tzone, tsoffset, tx, rx
+_EPB_NUMERIC = {EPB_FLAGS: 4, EPB_DROPCOUNT: 8, EPB_PACKETID: 8, EPB_QUEUE: 4}
+_ISB_COUNTERS = (ISB_IFRECV, ISB_IFDROP, ISB_FILTERACCEPT, ISB_OSDROP, ISB_USRDELIV)
+_VERDICT_EBPF = (2, 3)  # verdict types whose value is a u64 (eBPF TC, eBPF XDP)
+
+_PCAP_MAGIC_US = 0xA1B2C3D4
+_PCAP_MAGIC_NS = 0xA1B23C4D
+_SHB_MAGIC_LE = struct.pack("<I", BYTE_ORDER_MAGIC)
+_SHB_MAGIC_BE = struct.pack(">I", BYTE_ORDER_MAGIC)
+
+_LE_HEAD6 = struct.Struct("<IIIIII")  # type, total len, if id, ts hi, ts lo, cap len
+_LE_ID_TS = struct.Struct("<III")  # the 12 bytes the normalisation rewrites
+_LE_U32 = struct.Struct("<I")
+_LE_EPB_HEAD = struct.Struct("<IIIIIII")
+_PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
+_TS_MASK = 0xFFFFFFFF
+NS_PER_S = 1_000_000_000
+
+Buffer = Union[bytes, bytearray, memoryview]
+Renumber = Callable[["Interface"], int]
+
+
+class Damage(NamedTuple):
+    """Where and why a file stops being readable; everything before `offset` was read."""
+
+    path: str
+    offset: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason} at byte offset {self.offset}"
+
+
+@dataclass
+class Section:
+    """One section header block; options are normalised to little-endian."""
+
+    index: int
+    big_endian: bool
+    version: tuple[int, int]
+    options: list[Option] = field(default_factory=list)
+
+    @property
+    def userappl(self) -> str | None:
+        return _text(self.options, SHB_USERAPPL)
+
+    @property
+    def hardware(self) -> str | None:
+        return _text(self.options, SHB_HARDWARE)
+
+    @property
+    def os_name(self) -> str | None:
+        return _text(self.options, SHB_OS)
+
+    @property
+    def comments(self) -> list[str]:
+        return _texts(self.options, OPT_COMMENT)
+
+
+@dataclass
+class Interface:
+    """One interface description block (or the implicit interface of a classic pcap).
+
+    `index` numbers interfaces across all sections of the file; `local_id` is the id the
+    section's packets use. `tsresol` is the raw if_tsresol byte (6 when absent), and
+    `tsoffset` is if_tsoffset in seconds. `options` are normalised to little-endian.
+    """
+
+    index: int
+    section: int
+    local_id: int
+    linktype: int
+    snaplen: int
+    tsresol: int = 6
+    tsoffset: int = 0
+    options: list[Option] = field(default_factory=list)
+    out_id: int = -1  # the id its packets carry after normalisation
+
+    @property
+    def name(self) -> str | None:
+        return _text(self.options, IF_NAME)
+
+    @property
+    def description(self) -> str | None:
+        return _text(self.options, IF_DESCRIPTION)
+
+    @property
+    def hardware(self) -> str | None:
+        return _text(self.options, IF_HARDWARE)
+
+    @property
+    def os_name(self) -> str | None:
+        return _text(self.options, IF_OS)
+
+    def to_ns(self, raw: int) -> int:
+        """Convert a timestamp in this interface's units to integer nanoseconds."""
+        return _scale_to_ns(raw, self.tsresol) + self.tsoffset * NS_PER_S
+
+    def ns_multiplier(self) -> int | None:
+        """The integer factor from its units to ns, or None when a division is needed."""
+        if self.tsresol & 0x80 or self.tsresol > 9:
+            return None
+        return 10 ** (9 - self.tsresol)
+
+
+class Packet(NamedTuple):
+    """A decoded packet; `if_id` is the renumbered id (by default `Interface.index`)."""
+
+    if_id: int
+    ts_ns: int
+    cap_len: int
+    orig_len: int
+    data: bytes
+    flags: int | None = None
+    queue: int | None = None
+    options: tuple[Option, ...] = ()
+
+
+@dataclass
+class InterfaceStatistics:
+    """An interface statistics block; times in ns after normalisation (like packets)."""
+
+    if_id: int
+    ts_ns: int
+    starttime: int | None = None
+    endtime: int | None = None
+    ifrecv: int | None = None
+    ifdrop: int | None = None
+    filteraccept: int | None = None
+    osdrop: int | None = None
+    usrdeliv: int | None = None
+    comments: list[str] = field(default_factory=list)
+    options: list[Option] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """What one chunk of a file held, normalised.
+
+    `ts[i]` is the timestamp in ns of the packet block `blocks[i]`, in file order. The
+    blocks are memoryviews into the chunk: write them out before the chunk is dropped.
+    `statistics` pairs each ISB's value with its normalised block.
+    """
+
+    ts: list[int] = field(default_factory=list)
+    blocks: list[Buffer] = field(default_factory=list)
+    statistics: list[tuple[InterfaceStatistics, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Capture:
+    """A whole file decoded in memory (for tests and small files only)."""
+
+    path: str
+    format: str
+    sections: list[Section]
+    interfaces: list[Interface]
+    packets: list[Packet]
+    statistics: list[InterfaceStatistics]
+    damage: Damage | None
+
+
+class _Corrupt(Exception):
+    """Internal: the block at `pos` of the current buffer cannot be read."""
+
+    def __init__(self, pos: int, reason: str) -> None:
+        super().__init__(reason)
+        self.pos = pos
+        self.reason = reason
+
+
+class CaptureReader:
+    """Stream one pcapng or classic pcap file as normalised blocks.
+
+    `renumber` gives each interface its id in the output, called once per interface as
+    soon as its description is read (before any of its packets); by default interfaces
+    are numbered across sections in file order. `shift_ns` is subtracted from every
+    packet and statistics timestamp (clock correction). With `strict` (the default) a
+    damaged file raises `PcapngError` after its good blocks; otherwise the damage is only
+    recorded in `self.damage`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        renumber: Renumber | None = None,
+        shift_ns: int = 0,
+        strict: bool = True,
+        chunk_size: int = CHUNK_BYTES,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.format: str | None = None  # "pcapng" or "pcap" once the first bytes are read
+        self.sections: list[Section] = []
+        self.interfaces: list[Interface] = []
+        self.statistics: list[InterfaceStatistics] = []
+        self.damage: Damage | None = None
+        self.skipped_blocks = 0  # NRB, DSB, custom and unknown blocks passed over
+        self._renumber = renumber or (lambda iface: iface.index)
+        self._shift_ns = shift_ns
+        self._strict = strict
+        self._chunk_size = chunk_size
+        self._section_ifaces: list[Interface] = []
+        # Per local interface id of the current little-endian section: (out id, factor,
+        # addend) when packets can be normalised in place with one multiply-add, else None.
+        self._fast: list[tuple[int, int, int] | None] = []
+        self._big = False
+        self._last_ts = 0
+        self._pcap_ns_factor = 1000
+
+    # ----------------------------------------------------------------- high level
+    def packets(self) -> Iterator[Packet]:
+        """Decoded packets in file order (statistics land in `self.statistics`)."""
+        for batch in self.batches():
+            for ts, block in zip(batch.ts, batch.blocks):
+                yield decode_packet(block, ts)
+
+    # ------------------------------------------------------------------ low level
+    def batches(self) -> Iterator[Batch]:
+        """Normalised packet blocks, one batch per chunk read, in file order."""
+        with open(self.path, "rb") as stream:
+            yield from self._batches(stream)
+        if self.damage is not None and self._strict:
+            raise PcapngError(str(self.damage))
+
+    def _batches(self, stream) -> Iterator[Batch]:
+        buf = bytearray(stream.read(self._chunk_size))
+        base = 0  # file offset of buf[0]
+        try:
+            pos = self._start(buf)
+        except _Corrupt as exc:
+            self.damage = Damage(self.path, exc.pos, exc.reason)
+            return
+        scan = self._scan_pcapng if self.format == "pcapng" else self._scan_pcap
+        eof = False
+        while True:
+            batch = Batch()
+            try:
+                pos = scan(buf, pos, batch)
+            except _Corrupt as exc:
+                self.damage = Damage(self.path, base + exc.pos, exc.reason)
+                if batch.ts or batch.statistics:
+                    yield batch
+                return
+            if batch.ts or batch.statistics:
+                yield batch
+            if eof:
+                if pos < len(buf):
+                    self.damage = Damage(self.path, base + pos, _truncation(buf, pos, self))
+                return
+            # A new buffer each time: the blocks just yielded are views into the old one.
+            base += pos
+            buf = buf[pos:]
+            pos = 0
+            data = stream.read(self._chunk_size)
+            eof = not data
+            buf += data
+
+    def _start(self, buf: bytearray) -> int:
+        if not buf:
+            raise _Corrupt(0, "empty file, not a capture")
+        if len(buf) < 4:
+            raise _Corrupt(0, "not a pcap or pcapng file (too short)")
+        if _LE_U32.unpack_from(buf)[0] == BT_SHB:
+            self.format = "pcapng"
+            return 0
+        for order in "<>":
+            magic = struct.unpack_from(order + "I", buf)[0]
+            if magic in (_PCAP_MAGIC_US, _PCAP_MAGIC_NS):
+                self.format = "pcap"
+                return self._pcap_header(buf, order, magic == _PCAP_MAGIC_NS)
+        raise _Corrupt(0, "not a pcap or pcapng file (unknown magic number)")
+
+    # ----------------------------------------------------------------- classic pcap
+    def _pcap_header(self, buf: bytearray, order: str, nanos: bool) -> int:
+        if len(buf) < 24:
+            raise _Corrupt(0, "truncated pcap file header")
+        _, major, minor, _, _, snaplen, network = struct.unpack_from(order + "IHHiIII", buf)
+        self._big = order == ">"
+        self._pcap_record = struct.Struct(order + "IIII")
+        self._pcap_ns_factor = 1 if nanos else 1000
+        self.sections.append(Section(0, self._big, (major, minor)))
+        # The upper bits of the link-type field carry FCS information, not the type.
+        self._add_interface(
+            Interface(0, 0, 0, network & 0x0FFFFFF, snaplen, tsresol=9 if nanos else 6)
+        )
+        self._pcap_max = max(snaplen, MAX_PCAP_RECORD)
+        return 24
+
+    def _scan_pcap(self, buf: bytearray, pos: int, batch: Batch) -> int:
+        unpack = self._pcap_record.unpack_from
+        factor = self._pcap_ns_factor
+        frac_limit = NS_PER_S // factor
+        out = self.interfaces[0].out_id
+        addend = -self._shift_ns
+        head = _LE_EPB_HEAD.pack
+        trailer = _LE_U32.pack
+        ts_append = batch.ts.append
+        block_append = batch.blocks.append
+        end = len(buf)
+        while pos + 16 <= end:
+            sec, frac, incl, orig = unpack(buf, pos)
+            if incl > self._pcap_max or frac >= frac_limit:
+                raise _Corrupt(pos, f"corrupt pcap record header (length {incl})")
+            nxt = pos + 16 + incl
+            if nxt > end:
+                break
+            ts = max(sec * NS_PER_S + frac * factor + addend, 0)
+            total = 32 + incl + (-incl & 3)
+            block_append(
+                head(BT_EPB, total, out, ts >> 32, ts & _TS_MASK, incl, orig)
+                + buf[pos + 16 : nxt]
+                + _PADDING[incl & 3]
+                + trailer(total)
+            )
+            ts_append(ts)
+            pos = nxt
+        return pos
+
+    # ---------------------------------------------------------------------- pcapng
+    def _scan_pcapng(self, buf: bytearray, pos: int, batch: Batch) -> int:
+        view = memoryview(buf)
+        end = len(buf)
+        while pos < end:
+            if not self._big and self._fast:
+                pos = self._scan_fast(buf, view, pos, end, batch)
+            nxt = self._one_block(buf, view, pos, end, batch)
+            if nxt is None:
+                break
+            pos = nxt
+        return pos
+
+    def _scan_fast(self, buf: bytearray, view: memoryview, pos: int, end: int, batch: Batch) -> int:
+        """The hot loop: little-endian EPBs of in-place interfaces, until anything else.
+
+        It stops at the first block it does not fully trust; `_one_block` then handles
+        (or diagnoses) that block, so the checks here can stay minimal.
+        """
+        unpack = _LE_HEAD6.unpack_from
+        trailer = _LE_U32.unpack_from
+        rewrite = _LE_ID_TS.pack_into
+        fast = self._fast
+        known = len(fast)
+        ts_list = batch.ts
+        ts_append = ts_list.append
+        starts: list[int] = []
+        start_append = starts.append
+        limit = end - 24
+        while pos <= limit:
+            btype, blen, local_id, hi, lo, cap = unpack(buf, pos)
+            nxt = pos + blen
+            if btype != BT_EPB or nxt > end or blen < cap + 32 or blen & 3 or local_id >= known:
+                break
+            how = fast[local_id]
+            if how is None or trailer(buf, nxt - 4)[0] != blen:
+                break
+            out, factor, addend = how
+            ts = (hi << 32 | lo) * factor + addend
+            if ts < 0:
+                break
+            rewrite(buf, pos + 8, out, ts >> 32, ts & _TS_MASK)
+            ts_append(ts)
+            start_append(pos)
+            pos = nxt
+        if starts:
+            # Slicing in C (map over slice objects) costs about half a Python loop.
+            ends = starts[1:]
+            ends.append(pos)
+            batch.blocks.extend(map(view.__getitem__, map(slice, starts, ends)))
+            self._last_ts = ts_list[-1]
+        return pos
+
+    def _one_block(
+        self, buf: bytearray, view: memoryview, pos: int, end: int, batch: Batch
+    ) -> int | None:
+        """Handle any one block; None when it is not complete in the buffer yet."""
+        if end - pos < 12:
+            return None
+        btype = _LE_U32.unpack_from(buf, pos)[0]
+        if btype == BT_SHB:
+            return self._section_block(buf, pos, end)
+        if not self.sections:
+            raise _Corrupt(pos, "pcapng block before any section header")
+        order = ">" if self._big else "<"
+        btype, blen = struct.unpack_from(order + "II", buf, pos)
+        _check_length(pos, blen)
+        nxt = pos + blen
+        if nxt > end:
+            return None
+        if struct.unpack_from(order + "I", buf, nxt - 4)[0] != blen:
+            raise _Corrupt(pos, f"block length fields do not match (block type {btype:#x})")
+        body = view[pos + 8 : nxt - 4]
+        if btype == BT_EPB:
+            self._epb(buf, pos, body, batch)
+        elif btype == BT_IDB:
+            self._idb(pos, body)
+        elif btype == BT_ISB:
+            self._isb(pos, body, batch)
+        elif btype == BT_SPB:
+            self._spb(pos, body, batch)
+        else:
+            self.skipped_blocks += 1
+        return nxt
+
+    def _section_block(self, buf: bytearray, pos: int, end: int) -> int | None:
+        if end - pos < 28:
+            return None
+        magic = bytes(buf[pos + 8 : pos + 12])
+        if magic not in (_SHB_MAGIC_LE, _SHB_MAGIC_BE):
+            raise _Corrupt(pos, "section header with a bad byte-order magic")
+        big = magic == _SHB_MAGIC_BE
+        order = ">" if big else "<"
+        blen = struct.unpack_from(order + "I", buf, pos + 4)[0]
+        _check_length(pos, blen)
+        if blen < 28:
+            raise _Corrupt(pos, f"section header too short ({blen} bytes)")
+        nxt = pos + blen
+        if nxt > end:
+            return None
+        if struct.unpack_from(order + "I", buf, nxt - 4)[0] != blen:
+            raise _Corrupt(pos, "block length fields do not match (section header)")
+        major, minor = struct.unpack_from(order + "HH", buf, pos + 12)
+        if major != 1:
+            raise _Corrupt(pos, f"unsupported pcapng version {major}.{minor}")
+        options = _options(buf, pos + 24, nxt - 4, big, BT_SHB)
+        # A new section starts a new byte order and a new set of interfaces.
+        self._big = big
+        self._section_ifaces = []
+        self._fast = []
+        self.sections.append(Section(len(self.sections), big, (major, minor), options))
+        return nxt
+
+    def _idb(self, pos: int, body: memoryview) -> None:
+        if len(body) < 8:
+            raise _Corrupt(pos, "interface description block too short")
+        order = ">" if self._big else "<"
+        linktype, _, snaplen = struct.unpack_from(order + "HHI", body)
+        options = _options(body, 8, len(body), self._big, BT_IDB)
+        iface = Interface(
+            index=len(self.interfaces),
+            section=len(self.sections) - 1,
+            local_id=len(self._section_ifaces),
+            linktype=linktype,
+            snaplen=snaplen,
+            options=options,
+        )
+        for code, value in options:
+            if code == IF_TSRESOL and value:
+                iface.tsresol = value[0]
+            elif code == IF_TSOFFSET and len(value) == 8:
+                iface.tsoffset = struct.unpack("<q", value)[0]
+        self._add_interface(iface)
+
+    def _add_interface(self, iface: Interface) -> None:
+        iface.out_id = self._renumber(iface)
+        self.interfaces.append(iface)
+        self._section_ifaces.append(iface)
+        factor = iface.ns_multiplier()
+        if factor is None:
+            self._fast.append(None)
+        else:
+            addend = iface.tsoffset * NS_PER_S - self._shift_ns
+            self._fast.append((iface.out_id, factor, addend))
+
+    def _interface(self, pos: int, local_id: int) -> Interface:
+        if local_id >= len(self._section_ifaces):
+            raise _Corrupt(pos, f"block refers to undescribed interface {local_id}")
+        return self._section_ifaces[local_id]
+
+    def _normalised_ts(self, iface: Interface, raw: int) -> int:
+        return max(iface.to_ns(raw) - self._shift_ns, 0)
+
+    def _epb(self, buf: bytearray, pos: int, body: memoryview, batch: Batch) -> None:
+        order = ">" if self._big else "<"
+        if len(body) < 20:
+            raise _Corrupt(pos, "enhanced packet block too short")
+        local_id, hi, lo, cap, orig = struct.unpack_from(order + "IIIII", body)
+        if cap + 20 > len(body):
+            raise _Corrupt(pos, f"captured length {cap} exceeds its block")
+        iface = self._interface(pos, local_id)
+        ts = self._normalised_ts(iface, hi << 32 | lo)
+        if self._big:
+            data = body[20 : 20 + cap]
+            options = _options(body, 20 + cap + pad4(cap), len(body), True, BT_EPB)
+            block: Buffer = enhanced_packet(iface.out_id, ts, data, orig, options)
+        else:
+            _LE_ID_TS.pack_into(buf, pos + 8, iface.out_id, ts >> 32, ts & _TS_MASK)
+            block = memoryview(buf)[pos : pos + 12 + len(body)]
+        batch.ts.append(ts)
+        batch.blocks.append(block)
+        self._last_ts = ts
+
+    def _spb(self, pos: int, body: memoryview, batch: Batch) -> None:
+        # A simple packet block has no timestamp and belongs to interface 0: it becomes
+        # an EPB stamped with the previous packet's time, which keeps the order.
+        if len(body) < 4:
+            raise _Corrupt(pos, "simple packet block too short")
+        orig = struct.unpack_from(">I" if self._big else "<I", body)[0]
+        iface = self._interface(pos, 0)
+        cap = min(orig, len(body) - 4)
+        if iface.snaplen:
+            cap = min(cap, iface.snaplen)
+        batch.ts.append(self._last_ts)
+        batch.blocks.append(enhanced_packet(iface.out_id, self._last_ts, body[4 : 4 + cap], orig))
+
+    def _isb(self, pos: int, body: memoryview, batch: Batch) -> None:
+        order = ">" if self._big else "<"
+        if len(body) < 12:
+            raise _Corrupt(pos, "interface statistics block too short")
+        local_id, hi, lo = struct.unpack_from(order + "III", body)
+        iface = self._interface(pos, local_id)
+        stats = InterfaceStatistics(iface.out_id, self._normalised_ts(iface, hi << 32 | lo))
+        kept: list[Option] = []
+        for code, value in _options(body, 12, len(body), self._big, BT_ISB):
+            if code in (ISB_STARTTIME, ISB_ENDTIME) and len(value) == 8:
+                hi, lo = struct.unpack("<II", value)
+                ts = self._normalised_ts(iface, hi << 32 | lo)
+                setattr(stats, "starttime" if code == ISB_STARTTIME else "endtime", ts)
+                value = struct.pack("<II", ts >> 32, ts & _TS_MASK)
+            elif code in _ISB_COUNTERS and len(value) == 8:
+                setattr(stats, _ISB_FIELDS[code], struct.unpack("<Q", value)[0])
+            elif code == OPT_COMMENT:
+                stats.comments.append(value.decode("utf-8", "replace"))
+            kept.append((code, value))
+        stats.options = kept
+        self.statistics.append(stats)
+        batch.statistics.append((stats, interface_statistics(stats.if_id, stats.ts_ns, kept)))
+
+
+_ISB_FIELDS = {
+    ISB_IFRECV: "ifrecv",
+    ISB_IFDROP: "ifdrop",
+    ISB_FILTERACCEPT: "filteraccept",
+    ISB_OSDROP: "osdrop",
+    ISB_USRDELIV: "usrdeliv",
+}
+
+
+def _check_length(pos: int, blen: int) -> None:
+    if blen < 12 or blen & 3 or blen > MAX_BLOCK_BYTES:
+        raise _Corrupt(pos, f"corrupt block length {blen}")
+
+
+def _truncation(buf: bytearray, pos: int, reader: CaptureReader) -> str:
+    left = len(buf) - pos
+    if reader.format == "pcap":
+        return f"truncated pcap record ({left} bytes)"
+    return f"truncated block ({left} bytes at the end of the file)"
+
+
+def _scale_to_ns(raw: int, tsresol: int) -> int:
+    """Integer conversion to ns; resolutions finer than 1 ns are floored."""
+    exponent = tsresol & 0x7F
+    if tsresol & 0x80:
+        return (raw * NS_PER_S) >> exponent
+    if exponent <= 9:
+        return raw * 10 ** (9 - exponent)
+    return raw // 10 ** (exponent - 9)
+
+
+def _options(buf: Buffer, start: int, end: int, big: bool, block_type: int) -> list[Option]:
+    """Decode options between `start` and `end`, values normalised to little-endian.
+
+    Lenient by design: a malformed option list ends the options, not the packet.
+    """
+    order = ">" if big else "<"
+    result: list[Option] = []
+    while start + 4 <= end:
+        code, length = struct.unpack_from(order + "HH", buf, start)
+        if code == OPT_ENDOFOPT or start + 4 + length > end:
+            break
+        value = bytes(buf[start + 4 : start + 4 + length])
+        if big:
+            value = _to_little_endian(block_type, code, value)
+        result.append((code, value))
+        start += 4 + length + pad4(length)
+    return result
+
+
+def _to_little_endian(block_type: int, code: int, value: bytes) -> bytes:
+    if block_type == BT_IDB and _IDB_NUMERIC.get(code) == len(value):
+        return value[::-1]
+    if block_type == BT_EPB:
+        if _EPB_NUMERIC.get(code) == len(value):
+            return value[::-1]
+        if code == EPB_VERDICT and len(value) == 9 and value[0] in _VERDICT_EBPF:
+            return value[:1] + value[:0:-1]
+    if block_type == BT_ISB:
+        if code in (ISB_STARTTIME, ISB_ENDTIME) and len(value) == 8:
+            return value[3::-1] + value[7:3:-1]  # two u32 words, high word first
+        if code in _ISB_COUNTERS and len(value) == 8:
+            return value[::-1]
+    return value
+
+
+def _text(options: list[Option], code: int) -> str | None:
+    for option_code, value in options:
+        if option_code == code:
+            return value.decode("utf-8", "replace")
+    return None
+
+
+def _texts(options: list[Option], code: int) -> list[str]:
+    return [value.decode("utf-8", "replace") for c, value in options if c == code]
+
+
+def decode_packet(block: Buffer, ts_ns: int) -> Packet:
+    """Decode a normalised (little-endian) EPB into a `Packet`."""
+    _, blen, if_id, _, _, cap, orig = _LE_EPB_HEAD.unpack_from(block)
+    data = bytes(block[28 : 28 + cap])
+    options = _options(block, 28 + cap + pad4(cap), blen - 4, False, BT_EPB)
+    flags = queue = None
+    for code, value in options:
+        if code == EPB_FLAGS and len(value) == 4:
+            flags = _LE_U32.unpack(value)[0]
+        elif code == EPB_QUEUE and len(value) == 4:
+            queue = _LE_U32.unpack(value)[0]
+    return Packet(if_id, ts_ns, cap, orig, data, flags, queue, tuple(options))
+
+
+def read_packets(path: str | os.PathLike[str], *, strict: bool = True) -> Iterator[Packet]:
+    """Iterate the packets of a file; interface ids number interfaces across sections."""
+    return CaptureReader(path, strict=strict).packets()
+
+
+def load(path: str | os.PathLike[str], *, strict: bool = True) -> Capture:
+    """Read a whole file into memory: sections, interfaces, packets, statistics."""
+    reader = CaptureReader(path, strict=strict)
+    packets = list(reader.packets())
+    return Capture(
+        path=reader.path,
+        format=reader.format or "unknown",
+        sections=reader.sections,
+        interfaces=reader.interfaces,
+        packets=packets,
+        statistics=reader.statistics,
+        damage=reader.damage,
+    )

@@ -1,0 +1,227 @@
+"""Load the XDP sampler with bcc, attach it safely, read its counters, detach it.
+
+Attaching goes through a BPF link where the kernel has them (5.9+): the kernel refuses
+it with EBUSY when another XDP program is attached, and drops it when our process dies,
+even by kill -9. Older kernels fall back to a netlink attach with
+XDP_FLAGS_UPDATE_IF_NOEXIST; a program of ours left behind by a killed agent is then
+found by name and removed by the next run (under the interface lock, so never one a
+live agent is using).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import ModuleType
+
+from . import contract, netdev
+from .bcc_import import import_bcc
+from .errors import AgentError
+from .headers import KernelHeaders, apply_environment, find_kernel_headers, remove_farm
+
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1
+XDP_FLAGS_SKB_MODE = 2
+XDP_FLAGS_DRV_MODE = 4
+MODE_FLAGS = {"auto": 0, "native": XDP_FLAGS_DRV_MODE, "skb": XDP_FLAGS_SKB_MODE}
+BPF_XDP_ATTACH_TYPE = 37  # enum bpf_attach_type BPF_XDP
+
+
+class _LinkCreateOpts(ctypes.Structure):
+    # The head of libbpf's struct bpf_link_create_opts; `sz` tells libbpf how much of
+    # the struct we pass, so the rest needs not be mirrored.
+    _fields_ = (("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32), ("_pad", ctypes.c_uint32))
+
+
+@dataclass(frozen=True)
+class Counters:
+    seen: int
+    sampled: int
+    not_sampled: int
+    output_failed: int
+
+
+def read_bpf_sources(into: Path) -> Path:
+    """Copy the C program and its header out of the package (which may be a zipapp)."""
+    package = resources.files(__package__.rpartition(".")[0] + ".bpf")
+    for name in (contract.PROGRAM_FILE, contract.HEADER_FILE):
+        (into / name).write_text(package.joinpath(name).read_text())
+    return into / contract.PROGRAM_FILE
+
+
+def _bpf_link_create(prog_fd: int, ifindex: int, flags: int) -> int:
+    """Attach through a BPF link; returns the link fd, or -errno."""
+    try:
+        libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    except OSError:
+        return -errno.ENOSYS
+    opts = _LinkCreateOpts(ctypes.sizeof(_LinkCreateOpts), flags, 0)
+    fd = libbpf.bpf_link_create(prog_fd, ifindex, BPF_XDP_ATTACH_TYPE, ctypes.byref(opts))
+    if fd < 0:
+        return -(ctypes.get_errno() or -fd)
+    return fd
+
+
+class Sampler:
+    """One compiled sampler attached to one interface. Use as a context manager."""
+
+    def __init__(self, iface: str, *, snaplen: int, sample_rate: int, mode: str = "auto",
+                 debug_print_source: bool = False) -> None:
+        self.iface = iface
+        self.snaplen = snaplen
+        self.sample_rate = sample_rate
+        self.mode_requested = mode
+        self.mode: str | None = None
+        self.headers: KernelHeaders | None = None
+        self.attach_method: str | None = None
+        self._debug = debug_print_source
+        self._bcc: ModuleType | None = None
+        self._bpf = None
+        self._fn = None
+        self._link_fd: int | None = None
+        self._netlink_flags: int | None = None
+        self._workdir: Path | None = None
+
+    # -- compile -----------------------------------------------------------------------
+    def compile(self) -> None:
+        self._bcc = import_bcc()
+        self._workdir = Path(tempfile.mkdtemp(prefix="xdpcap-bpf-"))
+        self.headers = find_kernel_headers(self._workdir)
+        apply_environment(self.headers)
+        source = read_bpf_sources(self._workdir)
+        if self._debug:
+            print(source.read_text())
+        try:
+            self._bpf = self._bcc.BPF(src_file=str(source).encode(),
+                                      cflags=[f"-I{self._workdir}", "-Wno-unused-value"])
+            self._fn = self._bpf.load_func(contract.PROGRAM_NAME.encode(), self._bcc.BPF.XDP)
+        except Exception as exc:  # bcc raises bare Exception for compile/load failures
+            raise AgentError(f"the XDP sampler did not compile or load: {exc}") from exc
+        finally:
+            # The headers and sources are only needed by the compiler.
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        self._write_config(enabled=False)
+
+    def _write_config(self, *, enabled: bool) -> None:
+        config = self._bpf[b"config"]
+        leaf = config.Leaf()
+        leaf.enabled = int(enabled)
+        leaf.snaplen = self.snaplen
+        leaf.sample_rate = self.sample_rate
+        config[config.Key(0)] = leaf
+
+    def enable(self) -> None:
+        """Open the capture window: from now on packets are counted and sampled."""
+        self._write_config(enabled=True)
+
+    def disable(self) -> None:
+        """Close the capture window; the program stays attached but does nothing."""
+        if self._bpf is not None:
+            self._write_config(enabled=False)
+
+    # -- attach / detach ---------------------------------------------------------------
+    def attach(self) -> None:
+        """Attach without ever replacing a program that is already there."""
+        assert self._fn is not None, "compile() first"
+        present = netdev.attached_program(self.iface)
+        if present is not None:
+            if present.name == contract.PROGRAM_NAME and self._remove_stale(present):
+                pass
+            else:
+                raise AgentError(
+                    f"{self.iface}: an XDP program is already attached ({present.describe()}); "
+                    "xdpcap never replaces it"
+                )
+        ifindex = netdev.inspect_interface(self.iface).ifindex
+        flags = MODE_FLAGS[self.mode_requested]
+        fd = _bpf_link_create(self._fn.fd, ifindex, flags)
+        if fd >= 0:
+            self._link_fd = fd
+            self.attach_method = "bpf_link"
+        elif -fd in (errno.EBUSY, errno.EEXIST):
+            present = netdev.attached_program(self.iface)
+            what = present.describe() if present else "another program"
+            raise AgentError(f"{self.iface}: an XDP program is already attached ({what}); "
+                             "xdpcap never replaces it")
+        elif -fd in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and self.mode_requested != "native":
+            self._attach_netlink(flags)
+        else:
+            raise AgentError(f"{self.iface}: cannot attach XDP in {self.mode_requested} mode: "
+                             f"{os.strerror(-fd)}")
+        attached = netdev.attached_program(self.iface)
+        self.mode = attached.mode if attached else self.mode_requested
+
+    def _attach_netlink(self, mode_flags: int) -> None:
+        flags = mode_flags | XDP_FLAGS_UPDATE_IF_NOEXIST
+        try:
+            self._bpf.attach_xdp(self.iface.encode(), self._fn, flags)
+        except Exception as exc:  # bcc raises bare Exception
+            raise AgentError(f"{self.iface}: cannot attach XDP: {exc}") from exc
+        self._netlink_flags = flags
+        self.attach_method = "netlink"
+
+    def _remove_stale(self, present: netdev.AttachedProgram) -> bool:
+        """Remove our own program left by a killed agent (netlink attach only).
+
+        Called with the interface lock held, so no live agent owns it. A program held by
+        a BPF link cannot be removed this way (and the kernel drops those on exit).
+        """
+        flags = XDP_FLAGS_SKB_MODE if present.mode == "skb" else 0
+        try:
+            self._bpf.remove_xdp(self.iface.encode(), flags)
+        except Exception:  # bcc raises bare Exception
+            return False
+        return netdev.attached_program(self.iface) is None
+
+    def detach(self) -> None:
+        """Detach; safe to call more than once and on a half-attached sampler."""
+        if self._link_fd is not None:
+            os.close(self._link_fd)  # the last reference: the kernel detaches the program
+            self._link_fd = None
+        if self._netlink_flags is not None:
+            try:
+                self._bpf.remove_xdp(self.iface.encode(), self._netlink_flags & ~1)
+            finally:
+                self._netlink_flags = None
+
+    def close(self) -> None:
+        self.detach()
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+        if self.headers is not None:
+            remove_farm(self.headers)
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- data --------------------------------------------------------------------------
+    def open_buffers(self, on_sample: Callable[[int, int, int], None],
+                     on_lost: Callable[[int], None], *, page_count: int, wakeup_events: int) -> None:
+        self._bpf[b"samples"].open_perf_buffer(on_sample, page_cnt=page_count, lost_cb=on_lost,
+                                               wakeup_events=wakeup_events)
+
+    def poll(self, timeout_ms: int) -> None:
+        self._bpf.perf_buffer_poll(timeout_ms)
+
+    def consume(self) -> None:
+        self._bpf.perf_buffer_consume()
+
+    def counters(self) -> Counters:
+        table = self._bpf[b"counters"]
+        values = [sum(table[table.Key(i)]) for i in range(contract.COUNTER_MAX)]
+        return Counters(
+            seen=values[contract.SEEN],
+            sampled=values[contract.SAMPLED],
+            not_sampled=values[contract.NOT_SAMPLED],
+            output_failed=values[contract.OUTPUT_FAILED],
+        )

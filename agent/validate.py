@@ -1,0 +1,59 @@
+"""Validation of values that reach the kernel or a remote shell.
+
+Shared by the agent and the controller, so a value is refused with the same words on
+both sides, before anything runs.
+"""
+
+from __future__ import annotations
+
+from .errors import UsageError
+
+IFNAMSIZ = 16  # includes the terminating NUL: names are at most 15 bytes
+
+# Generous but finite bounds: absurd values are mistakes, not requests.
+MAX_DURATION_S = 7 * 24 * 3600
+MAX_COUNT = 10**12
+MAX_SNAPLEN = 262144
+MIN_SNAPLEN = 14  # an Ethernet header
+MAX_SAMPLE_RATE = 1 << 31
+
+
+def interface_name(name: str) -> str:
+    """Accept exactly what Linux's dev_valid_name() accepts."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if not raw:
+        raise UsageError("interface name is empty")
+    if len(raw) >= IFNAMSIZ:
+        raise UsageError(f"interface name {name!r} is longer than 15 bytes")
+    if name in (".", ".."):
+        raise UsageError(f"interface name {name!r} is not allowed")
+    for ch in name:
+        if ch in "/:" or ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F:
+            raise UsageError(f"interface name {name!r} contains {ch!r}, which Linux does not allow")
+    return name
+
+
+def positive_number(what: str, value: float, maximum: float) -> float:
+    if value != value or value <= 0 or value > maximum:  # value != value: NaN
+        raise UsageError(f"{what} must be greater than 0 and at most {maximum:g}, not {value:g}")
+    return value
+
+
+def duration(value: float | None) -> float | None:
+    return None if value is None else positive_number("--duration", value, MAX_DURATION_S)
+
+
+def count(value: int | None) -> int | None:
+    return None if value is None else int(positive_number("--count", value, MAX_COUNT))
+
+
+def snaplen(value: int) -> int:
+    if not MIN_SNAPLEN <= value <= MAX_SNAPLEN:
+        raise UsageError(f"--snaplen must be between {MIN_SNAPLEN} and {MAX_SNAPLEN}, not {value}")
+    return value
+
+
+def sample_rate(value: int) -> int:
+    if not 1 <= value <= MAX_SAMPLE_RATE:
+        raise UsageError(f"--sample-rate must be between 1 and {MAX_SAMPLE_RATE}, not {value}")
+    return value
