@@ -29,15 +29,28 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-w", "--write", dest="output", help="pcapng file to write")
     parser.add_argument("--duration", type=float, help="seconds to capture")
     parser.add_argument("--count", type=int, help="stop after this many packets are written")
-    parser.add_argument("--snaplen", type=int, default=262144,
-                        help="bytes of each packet to keep (default 262144)")
-    parser.add_argument("--sample-rate", type=int, default=1, metavar="N",
-                        help="keep one packet in N, chosen at random (default 1: all)")
+    parser.add_argument(
+        "--snaplen", type=int, default=262144, help="bytes of each packet to keep (default 262144)"
+    )
+    parser.add_argument(
+        "--sample-rate",
+        type=int,
+        default=1,
+        metavar="N",
+        help="keep one packet in N, chosen at random (default 1: all)",
+    )
     parser.add_argument("--xdp-mode", choices=("auto", "native", "skb"), default="auto")
-    parser.add_argument("--buffer-pages", type=int, default=2048,
-                        help="perf buffer pages per CPU (default 2048 = 8 MiB)")
-    parser.add_argument("--preflight", action="store_true",
-                        help="only check whether this host can capture, print JSON")
+    parser.add_argument(
+        "--buffer-pages",
+        type=int,
+        default=2048,
+        help="perf buffer pages per CPU (default 2048 = 8 MiB)",
+    )
+    parser.add_argument(
+        "--preflight",
+        action="store_true",
+        help="only check whether this host can capture, print JSON",
+    )
     parser.add_argument("--print-bpf", action="store_true", help="print the BPF C source")
     # Used by the controller, not by people.
     parser.add_argument("--json-events", action="store_true", help=argparse.SUPPRESS)

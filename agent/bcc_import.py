@@ -36,7 +36,9 @@ def import_bcc() -> ModuleType:
     try:
         import bcc
     except ImportError as exc:
-        raise AgentError(f"bcc is not available to {sys.executable}: {INSTALL_HINT} ({exc})") from exc
+        raise AgentError(
+            f"bcc is not available to {sys.executable}: {INSTALL_HINT} ({exc})"
+        ) from exc
     except OSError as exc:  # the module is there, libbcc.so is not
         raise AgentError(f"bcc's library cannot be loaded: {INSTALL_HINT} ({exc})") from exc
     return bcc

@@ -147,9 +147,13 @@ class Capture:
                         f"{options.iface}: an XDP program is already attached "
                         f"({iface.attached.describe()}); xdpcap never replaces it"
                     )
-                with Sampler(options.iface, snaplen=options.snaplen,
-                             sample_rate=options.sample_rate, mode=options.xdp_mode,
-                             debug_print_source=options.debug_print_source) as sampler:
+                with Sampler(
+                    options.iface,
+                    snaplen=options.snaplen,
+                    sample_rate=options.sample_rate,
+                    mode=options.xdp_mode,
+                    debug_print_source=options.debug_print_source,
+                ) as sampler:
                     self._capture(sampler, iface, commands)
         finally:
             for signum, handler in previous.items():
@@ -157,23 +161,32 @@ class Capture:
         return self.summary
 
     # -- phases ------------------------------------------------------------------------
-    def _capture(self, sampler: Sampler, iface: netdev.Interface,
-                 commands: ControllerCommands | None) -> None:
+    def _capture(
+        self, sampler: Sampler, iface: netdev.Interface, commands: ControllerCommands | None
+    ) -> None:
         options = self.options
         # Output opened before anything is attached: a bad path fails with nothing changed.
         fd = os.open(options.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb", buffering=0) as stream:
             sampler.compile()
             consumer = SampleConsumer()
-            sampler.open_buffers(consumer.on_sample, consumer.on_lost,
-                                 page_count=options.buffer_pages,
-                                 wakeup_events=options.wakeup_events)
+            sampler.open_buffers(
+                consumer.on_sample,
+                consumer.on_lost,
+                page_count=options.buffer_pages,
+                wakeup_events=options.wakeup_events,
+            )
             sampler.attach()
             self.summary.mode = sampler.mode or ""
             assert sampler.headers is not None
-            self.events.emit("ready", iface=options.iface, mode=sampler.mode,
-                             attach=sampler.attach_method, headers=sampler.headers.describe(),
-                             pid=os.getpid())
+            self.events.emit(
+                "ready",
+                iface=options.iface,
+                mode=sampler.mode,
+                attach=sampler.attach_method,
+                headers=sampler.headers.describe(),
+                pid=os.getpid(),
+            )
             if options.wait_start and commands is not None and not self._wait_for_start(commands):
                 self.summary.stopped_by = self.stop.reason or "no start"
                 return
@@ -209,8 +222,13 @@ class Capture:
         )
         return writer
 
-    def _window(self, sampler: Sampler, consumer: SampleConsumer, writer: PcapngWriter,
-                commands: ControllerCommands | None) -> None:
+    def _window(
+        self,
+        sampler: Sampler,
+        consumer: SampleConsumer,
+        writer: PcapngWriter,
+        commands: ControllerCommands | None,
+    ) -> None:
         options = self.options
         orderer = TimeOrderer()
         self._orderer = orderer
@@ -232,7 +250,9 @@ class Capture:
                 self.stop.set("controller")
             if self.stop.reason:
                 break
-            timeout = POLL_MS if deadline is None else max(0, min(POLL_MS, (deadline - now) // 10**6))
+            timeout = (
+                POLL_MS if deadline is None else max(0, min(POLL_MS, (deadline - now) // 10**6))
+            )
             sampler.poll(timeout)
             sampler.consume()
             self._check_callback(consumer)
@@ -276,12 +296,17 @@ class Capture:
         summary.bytes_written = self._bytes
         try:
             writer.write_statistics(
-                0, summary.window_end_ns,
-                starttime=summary.window_start_ns, endtime=summary.window_end_ns,
-                ifrecv=summary.seen, ifdrop=summary.lost, filteraccept=counters.sampled,
-                osdrop=summary.os_drops, usrdeliv=summary.written,
+                0,
+                summary.window_end_ns,
+                starttime=summary.window_start_ns,
+                endtime=summary.window_end_ns,
+                ifrecv=summary.seen,
+                ifdrop=summary.lost,
+                filteraccept=counters.sampled,
+                osdrop=summary.os_drops,
+                usrdeliv=summary.written,
                 comment=f"seen = written + lost + not sampled ({summary.not_sampled}); "
-                        f"lost: {summary.lost_detail}",
+                f"lost: {summary.lost_detail}",
             )
             writer.flush()
         except OSError as exc:
@@ -309,8 +334,9 @@ class Capture:
                 if len(raw) < end:
                     self._orderer.malformed += 1
                     continue
-                write_packet(0, ts + offset, raw[header:end], orig_len,
-                             flags=EPB_FLAG_INBOUND, queue=queue)
+                write_packet(
+                    0, ts + offset, raw[header:end], orig_len, flags=EPB_FLAG_INBOUND, queue=queue
+                )
                 total += cap_len
         except OSError as exc:
             self._disk_full(exc)
@@ -346,4 +372,3 @@ class Capture:
 
 def run_capture(options: CaptureOptions, events: EventSink) -> CaptureSummary:
     return Capture(options, events).run()
-

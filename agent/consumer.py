@@ -29,13 +29,13 @@ class SampleConsumer:
     def on_sample(self, cpu: int, data: int, size: int) -> None:
         try:
             self.raw.append(_string_at(data, size))
-        except BaseException as exc:  # noqa: BLE001 - nothing may escape into ctypes
+        except BaseException as exc:
             self.error = exc
 
     def on_lost(self, lost: int) -> None:
         try:
             self.lost_reported += lost
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             self.error = exc
 
     def take(self) -> list[bytes]:

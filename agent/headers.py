@@ -24,8 +24,14 @@ MODULES_DIR = Path("/lib/modules")
 SRC_DIR = Path("/usr/src")
 
 # uname machine -> the kernel's arch folder name.
-_KERNEL_ARCH = {"x86_64": "x86", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "powerpc",
-                "s390x": "s390", "riscv64": "riscv"}
+_KERNEL_ARCH = {
+    "x86_64": "x86",
+    "aarch64": "arm64",
+    "armv7l": "arm",
+    "ppc64le": "powerpc",
+    "s390x": "s390",
+    "riscv64": "riscv",
+}
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,10 @@ def _debian_pairs(src: Path, arch: str) -> list[tuple[str, Path, Path]]:
     for common in src.glob("linux-headers-*-common"):
         version = common.name[len("linux-headers-") : -len("-common")]
         for flavour in sorted(src.glob(f"linux-headers-{version}-*")):
-            if flavour == common or not (flavour / "arch" / arch / "include" / "generated").is_dir():
+            if (
+                flavour == common
+                or not (flavour / "arch" / arch / "include" / "generated").is_dir()
+            ):
                 continue
             pairs.append((version, flavour, common))
     return pairs

@@ -37,7 +37,10 @@ def _ip_link(name: str) -> dict:
     try:
         result = subprocess.run(
             ["ip", "-d", "-j", "link", "show", "dev", name],
-            capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=False,
+            capture_output=True,
+            text=True,
+            timeout=IP_TIMEOUT_S,
+            check=False,
         )
     except FileNotFoundError as exc:
         raise AgentError("the 'ip' command (iproute2) is not installed") from exc
@@ -68,8 +71,9 @@ def _attached(link: dict) -> AttachedProgram | None:
 
 def inspect_interface(name: str) -> Interface:
     link = _ip_link(name)
-    return Interface(name, int(link["ifindex"]), _driver(name, link), int(link.get("mtu", 0)),
-                     _attached(link))
+    return Interface(
+        name, int(link["ifindex"]), _driver(name, link), int(link.get("mtu", 0)), _attached(link)
+    )
 
 
 def attached_program(name: str) -> AttachedProgram | None:

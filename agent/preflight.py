@@ -43,8 +43,10 @@ def preflight(iface: str, output_dir: str = ".") -> dict[str, Any]:
         "iface": iface,
     }
     if report["bcc"] is None:
-        problems.append("bcc is not installed: install python3-bpfcc (Debian/Ubuntu) "
-                        "or python3-bcc (Fedora/RHEL)")
+        problems.append(
+            "bcc is not installed: install python3-bpfcc (Debian/Ubuntu) "
+            "or python3-bcc (Fedora/RHEL)"
+        )
     try:
         headers = find_kernel_headers()
     except AgentError as exc:
@@ -64,11 +66,14 @@ def preflight(iface: str, output_dir: str = ".") -> dict[str, Any]:
         report["driver"] = info.driver
         report["xdp_attached"] = (
             {"id": info.attached.prog_id, "name": info.attached.name, "mode": info.attached.mode}
-            if info.attached else None
+            if info.attached
+            else None
         )
         if info.attached:
-            problems.append(f"{iface}: an XDP program is already attached "
-                            f"({info.attached.describe()}); xdpcap never replaces it")
+            problems.append(
+                f"{iface}: an XDP program is already attached "
+                f"({info.attached.describe()}); xdpcap never replaces it"
+            )
     caps = effective_capabilities()
     bpf_ok = _has(caps, CAP_BPF) or _has(caps, CAP_SYS_ADMIN)
     net_ok = _has(caps, CAP_NET_ADMIN)

@@ -71,8 +71,15 @@ def _bpf_link_create(prog_fd: int, ifindex: int, flags: int) -> int:
 class Sampler:
     """One compiled sampler attached to one interface. Use as a context manager."""
 
-    def __init__(self, iface: str, *, snaplen: int, sample_rate: int, mode: str = "auto",
-                 debug_print_source: bool = False) -> None:
+    def __init__(
+        self,
+        iface: str,
+        *,
+        snaplen: int,
+        sample_rate: int,
+        mode: str = "auto",
+        debug_print_source: bool = False,
+    ) -> None:
         self.iface = iface
         self.snaplen = snaplen
         self.sample_rate = sample_rate
@@ -98,8 +105,9 @@ class Sampler:
         if self._debug:
             print(source.read_text())
         try:
-            self._bpf = self._bcc.BPF(src_file=str(source).encode(),
-                                      cflags=[f"-I{self._workdir}", "-Wno-unused-value"])
+            self._bpf = self._bcc.BPF(
+                src_file=str(source).encode(), cflags=[f"-I{self._workdir}", "-Wno-unused-value"]
+            )
             self._fn = self._bpf.load_func(contract.PROGRAM_NAME.encode(), self._bcc.BPF.XDP)
         except Exception as exc:  # bcc raises bare Exception for compile/load failures
             raise AgentError(f"the XDP sampler did not compile or load: {exc}") from exc
@@ -147,13 +155,19 @@ class Sampler:
         elif -fd in (errno.EBUSY, errno.EEXIST):
             present = netdev.attached_program(self.iface)
             what = present.describe() if present else "another program"
-            raise AgentError(f"{self.iface}: an XDP program is already attached ({what}); "
-                             "xdpcap never replaces it")
-        elif -fd in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and self.mode_requested != "native":
+            raise AgentError(
+                f"{self.iface}: an XDP program is already attached ({what}); "
+                "xdpcap never replaces it"
+            )
+        elif (
+            -fd in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+            and self.mode_requested != "native"
+        ):
             self._attach_netlink(flags)
         else:
-            raise AgentError(f"{self.iface}: cannot attach XDP in {self.mode_requested} mode: "
-                             f"{os.strerror(-fd)}")
+            raise AgentError(
+                f"{self.iface}: cannot attach XDP in {self.mode_requested} mode: {os.strerror(-fd)}"
+            )
         attached = netdev.attached_program(self.iface)
         self.mode = attached.mode if attached else self.mode_requested
 
@@ -204,11 +218,23 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def prog_fd(self) -> int:
+        assert self._fn is not None, "compile() first"
+        return int(self._fn.fd)
+
     # -- data --------------------------------------------------------------------------
-    def open_buffers(self, on_sample: Callable[[int, int, int], None],
-                     on_lost: Callable[[int], None], *, page_count: int, wakeup_events: int) -> None:
-        self._bpf[b"samples"].open_perf_buffer(on_sample, page_cnt=page_count, lost_cb=on_lost,
-                                               wakeup_events=wakeup_events)
+    def open_buffers(
+        self,
+        on_sample: Callable[[int, int, int], None],
+        on_lost: Callable[[int], None],
+        *,
+        page_count: int,
+        wakeup_events: int,
+    ) -> None:
+        self._bpf[b"samples"].open_perf_buffer(
+            on_sample, page_cnt=page_count, lost_cb=on_lost, wakeup_events=wakeup_events
+        )
 
     def poll(self, timeout_ms: int) -> None:
         self._bpf.perf_buffer_poll(timeout_ms)

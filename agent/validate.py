@@ -18,8 +18,14 @@ MIN_SNAPLEN = 14  # an Ethernet header
 MAX_SAMPLE_RATE = 1 << 31
 
 
+# Linux itself accepts almost any byte in a name (dev_valid_name() refuses only '/', ':',
+# whitespace and "."/".."); we accept the characters real interface names use, so that
+# no name can carry shell syntax to a host, and none can start with '-' (an option).
+_IFNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.+-")
+
+
 def interface_name(name: str) -> str:
-    """Accept exactly what Linux's dev_valid_name() accepts."""
+    """Accept a name Linux accepts and that is safe on a command line."""
     raw = name.encode("utf-8", "surrogateescape")
     if not raw:
         raise UsageError("interface name is empty")
@@ -28,8 +34,13 @@ def interface_name(name: str) -> str:
     if name in (".", ".."):
         raise UsageError(f"interface name {name!r} is not allowed")
     for ch in name:
-        if ch in "/:" or ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F:
-            raise UsageError(f"interface name {name!r} contains {ch!r}, which Linux does not allow")
+        if ch not in _IFNAME_CHARS:
+            raise UsageError(
+                f"interface name {name!r} contains {ch!r}: only letters, digits and _ . + - "
+                "are accepted"
+            )
+    if name.startswith("-"):
+        raise UsageError(f"interface name {name!r} starts with '-'")
     return name
 
 

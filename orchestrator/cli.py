@@ -7,16 +7,26 @@ import sys
 from collections.abc import Sequence
 
 from ..agent import __version__
-from .errors import XdpcapError
+from .errors import UsageError, XdpcapError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are one line naming the problem and exit 2, like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        command = self.prog.partition(" ")[2]
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="xdpcap",
         description="Capture packets with XDP on many Linux hosts at once.",
     )
     parser.add_argument("--version", action="version", version=f"xdpcap {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     # Each command module adds its own sub-parser and sets `func`; keeping the
     # registration in the modules keeps this file free of every command's details.
     for module in _command_modules():
@@ -31,9 +41,8 @@ def _command_modules() -> list:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args))
     except XdpcapError as exc:
         print(f"xdpcap: {exc}", file=sys.stderr)

@@ -2,4 +2,6 @@
 
 from __future__ import annotations
 
-MODULES: list = []
+from . import capture_cli, lab_cli
+
+MODULES: list = [capture_cli, lab_cli]

@@ -362,20 +362,24 @@ class Lab:
         _require_root()
         with _machine_lock():
             state = self._read_state()
-            if state is not None and state["hosts"] != self.host_count:
-                raise LabError(
-                    f"lab {self.name} is up with {state['hosts']} hosts; "
-                    f"run `xdpcap lab down --name {self.name}` first"
-                )
-            if state is not None:
-                problems = self._problems(state)
-                if not problems:
-                    self._progress(f"lab {self.name} is already up")
-                    return self.inventory_path
+            problems = self._problems(state) if state is not None else []
+            if state is not None and not problems:
+                if state["hosts"] != self.host_count:
+                    raise LabError(
+                        f"lab {self.name} is up with {state['hosts']} hosts; "
+                        f"run `xdpcap lab down --name {self.name}` first"
+                    )
+                self._progress(f"lab {self.name} is already up")
+                return self.inventory_path
+            if problems:
                 self._progress(f"lab {self.name} is broken ({problems[0]}); rebuilding")
             if state is not None or self._leftovers():
                 self._teardown()
-            self._build()
+            try:
+                self._build()
+            except LabError as exc:
+                # What was made stays for inspection; `down` finds it by name.
+                raise LabError(f"{exc} (`xdpcap lab down --name {self.name}` cleans up)") from exc
         self._progress(f"lab {self.name} is up: {self.host_count} hosts")
         return self.inventory_path
 
@@ -416,7 +420,7 @@ class Lab:
         for index in range(1, MAX_LAB_INDEX + 1):
             nets = lab_networks(index)
             if not any(
-                addr.network.version == net.version and addr.network.overlaps(net)  # type: ignore[arg-type]
+                addr.network.version == net.version and addr.network.overlaps(net)
                 for addr in used
                 for net in nets
             ):

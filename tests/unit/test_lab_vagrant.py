@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from xdpcap.orchestrator import lab_cli
 from xdpcap.orchestrator.lab import (
     LabError,
     bridge_name,
+    default_state_dir,
     lab_networks,
     parse_ssh_config,
     plan_hosts,
-    validate_name,
     vagrant_inventory,
+    validate_name,
     veth_name,
 )
 
@@ -190,3 +190,10 @@ def test_lab_hosts_and_subnets() -> None:
     v4, v6 = lab_networks(255)
     assert v4.subnet_of(lab_networks(1)[0].supernet(new_prefix=15))
     assert str(v6) == "fc00:dead:cafe:255::/64"
+
+
+def test_state_dir_default_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("XDPCAP_LAB_DIR", raising=False)
+    assert default_state_dir("lab") == Path("/var/tmp/xdpcap-lab/lab")
+    monkeypatch.setenv("XDPCAP_LAB_DIR", str(tmp_path))
+    assert default_state_dir("demo") == tmp_path / "demo"  # one folder per lab, side by side

@@ -1,0 +1,63 @@
+"""Build the agent zipapp: the agent's code and the C program, nothing else.
+
+The bundle runs with the host's `python3` and bcc only. It is built once per content
+(its name carries a hash of what is inside), so an unchanged agent is never uploaded twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import agent as agent_package
+from .. import bpf as bpf_package
+
+# A fixed timestamp makes the archive's bytes depend on the content only.
+_FIXED_DATE = (2020, 1, 1, 0, 0, 0)
+_MAIN = "import sys\nfrom xdpcap.agent.__main__ import main\nsys.exit(main())\n"
+
+
+@dataclass(frozen=True)
+class AgentBundle:
+    data: bytes
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        return f"xdpcap-agent-{self.sha256[:16]}.pyz"
+
+
+def _package_files(package: object, patterns: tuple[str, ...]) -> list[Path]:
+    folder = Path(package.__file__).parent  # type: ignore[attr-defined]
+    return sorted(p for pattern in patterns for p in folder.glob(pattern))
+
+
+def build_agent_bundle() -> AgentBundle:
+    members: list[tuple[str, bytes]] = [
+        ("__main__.py", _MAIN.encode()),
+        ("xdpcap/__init__.py", b""),
+    ]
+    for path in _package_files(agent_package, ("*.py",)):
+        members.append((f"xdpcap/agent/{path.name}", path.read_bytes()))
+    for path in _package_files(bpf_package, ("*.py", "*.c", "*.h")):
+        members.append((f"xdpcap/bpf/{path.name}", path.read_bytes()))
+    buffer = io.BytesIO()
+    buffer.write(b"#!/usr/bin/env python3\n")
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in members:
+            info = zipfile.ZipInfo(name, _FIXED_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o600 << 16
+            archive.writestr(info, content)
+    data = buffer.getvalue()
+    return AgentBundle(data, hashlib.sha256(data).hexdigest())
+
+
+def write_agent_bundle(path: Path) -> AgentBundle:
+    bundle = build_agent_bundle()
+    path.write_bytes(bundle.data)
+    path.chmod(0o700)
+    return bundle

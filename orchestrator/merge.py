@@ -1,0 +1,360 @@
+"""`xdpcap merge`: a streaming k-way merge of per-host captures into one pcapng.
+
+How it stays fast and flat in memory:
+- Each input is read in 1 MiB chunks by `CaptureReader`, which hands back normalised
+  blocks (little-endian EPBs, nanosecond timestamps, output interface ids, clock
+  correction applied) as memoryviews into the chunk: packet bytes are copied exactly once,
+  into the output buffer.
+- The merge works in batches, not packet by packet. Every input promises that its future
+  packets are no earlier than its *safe* timestamp (the smallest timestamp of the last
+  chunk read, or of a wider window once it was caught out of order). The horizon is the
+  smallest promise of all inputs still open; everything buffered before the horizon is
+  final. It is ordered with one stable `sorted()` over the inputs' runs (Timsort merges
+  pre-sorted runs in about n·log(k) C-level comparisons) and written with one join.
+  Then the inputs that hold the horizon back read their next chunk.
+- Ties go to the input listed first, then file order: the order mergecap writes.
+
+Statistics blocks (ISBs) are written after the packets, where capture tools put them.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from ..agent import __version__
+from ..agent.pcapng import (
+    IF_DESCRIPTION,
+    IF_HARDWARE,
+    IF_NAME,
+    IF_OS,
+    IF_TSOFFSET,
+    IF_TSRESOL,
+    TSRESOL_NS,
+    PcapngWriter,
+)
+from ..agent.pcapng_reader import Batch, CaptureReader, Damage, Interface
+from .errors import MergeError
+
+# Once an input is caught out of time order, its packets are sorted within a window of at
+# least this many packets (xdpdump's per-CPU buffers disorder a few thousand at most).
+# Before that, the window is the last chunk read (several thousand packets as well).
+REORDER_PACKETS = 100_000
+# Output interface options the merge rewrites itself; every other option is kept.
+_REWRITTEN_OPTIONS = (IF_NAME, IF_DESCRIPTION, IF_TSRESOL, IF_TSOFFSET, IF_OS, IF_HARDWARE)
+
+
+@dataclass(frozen=True)
+class MergeSource:
+    """One input file and what the run knows about where it came from.
+
+    `clock_offset_ns` is the host clock minus the controller clock; `clock_error_ns` the
+    uncertainty of that estimate.
+    """
+
+    path: str | os.PathLike[str]
+    host: str | None = None
+    address: str | None = None
+    name: str | None = None
+    clock_offset_ns: int = 0
+    clock_error_ns: int | None = None
+    sync_state: str | None = None
+
+
+@dataclass
+class SourceReport:
+    path: str
+    usable: bool = False
+    packets: int = 0
+    interfaces: list[int] = field(default_factory=list)  # output interface ids
+    statistics: int = 0
+    damage: Damage | None = None
+    out_of_order: bool = False
+    late_packets: int = 0  # out of order by more than the window: written out of order
+
+
+@dataclass
+class MergeReport:
+    out_path: str
+    sources: list[SourceReport]
+    warnings: list[str]
+    packets: int
+    interfaces: list[str]  # output if_name by interface id
+
+    @property
+    def damaged(self) -> list[SourceReport]:
+        return [source for source in self.sources if source.damage is not None]
+
+
+class _Input:
+    """One input's reader, its pending (sorted) packets and its promise about the future."""
+
+    def __init__(self, index: int, source: MergeSource, reader: CaptureReader) -> None:
+        self.index = index
+        self.source = source
+        self.reader = reader
+        self.report = SourceReport(os.fspath(source.path))
+        self._batches: Iterator[Batch] = reader.batches()
+        self.ts: list[int] = []
+        self.blocks: list = []
+        self.statistics: list[bytes] = []
+        self.eof = False
+        # Timestamps below `safe` will not come any more (a promise, checked on read).
+        self.safe = -1
+        self.emitted = -1  # the horizon up to which its packets are written
+        self.read_max = -1
+        self._window: deque[tuple[int, int]] = deque()  # (packets, min ts) per chunk
+        self._window_packets = 0
+        self._reorder_packets = 0
+
+    def pull(self) -> None:
+        """Read one more chunk; keep `ts` sorted and `safe` honest."""
+        batch = next(self._batches, None)
+        if batch is None:
+            self.eof = True
+            return
+        for stats, block in batch.statistics:
+            self.statistics.append(block)
+        ts = batch.ts
+        if not ts:
+            return
+        ordered = sorted(ts)
+        if ordered != ts or ordered[0] < self.read_max:
+            self._reorder(batch, ordered)
+        else:
+            self.ts += ts
+            self.blocks += batch.blocks
+        self.read_max = max(self.read_max, ordered[-1])
+        self._remember(len(ts), ordered[0])
+
+    def _reorder(self, batch: Batch, ordered: list[int]) -> None:
+        if not self.report.out_of_order:
+            self.report.out_of_order = True
+            self._reorder_packets = REORDER_PACKETS
+        self.report.late_packets += bisect_left(ordered, self.emitted)
+        ts = self.ts + batch.ts
+        blocks = self.blocks + batch.blocks
+        order = sorted(range(len(ts)), key=ts.__getitem__)
+        self.ts = [ts[i] for i in order]
+        self.blocks = [blocks[i] for i in order]
+
+    def _remember(self, packets: int, earliest: int) -> None:
+        window = self._window
+        window.append((packets, earliest))
+        self._window_packets += packets
+        while self._window_packets - window[0][0] >= self._reorder_packets and len(window) > 1:
+            self._window_packets -= window.popleft()[0]
+        self.safe = min(earliest for _, earliest in window)
+
+
+class _Merger:
+    def __init__(
+        self, sources: Sequence[MergeSource], writer: PcapngWriter, clock_correction: bool
+    ) -> None:
+        self.writer = writer
+        self.interface_names: list[str] = []
+        self.inputs: list[_Input] = []
+        for index, source in enumerate(sources):
+            shift = source.clock_offset_ns if clock_correction else 0
+            reader = CaptureReader(
+                source.path,
+                renumber=self._interface_writer(source),
+                shift_ns=shift,
+                strict=False,
+            )
+            self.inputs.append(_Input(index, source, reader))
+
+    def _interface_writer(self, source: MergeSource):
+        def renumber(iface: Interface) -> int:
+            name = interface_name(source, iface)
+            out_id = self.writer.add_interface(
+                name,
+                linktype=iface.linktype,
+                snaplen=iface.snaplen,
+                description=interface_description(source, iface),
+                hardware=iface.hardware,
+                os_name=iface.os_name,
+                tsresol=TSRESOL_NS,
+                extra_options=[o for o in iface.options if o[0] not in _REWRITTEN_OPTIONS],
+            )
+            self.interface_names.append(name)
+            return out_id
+
+        return renumber
+
+    def run(self) -> None:
+        inputs = self.inputs
+        for inp in inputs:
+            inp.pull()
+        while True:
+            live = [inp for inp in inputs if not inp.eof]
+            horizon = min(inp.safe for inp in live) if live else None
+            self._emit(horizon)
+            if not live:
+                break
+            for inp in live:
+                if inp.safe == horizon:
+                    inp.pull()
+        for inp in inputs:
+            if inp.statistics:
+                self.writer.write_blocks(inp.statistics, 0)
+
+    def _emit(self, horizon: int | None) -> None:
+        """Write every pending packet before `horizon` (all of them when None), in order."""
+        runs: list[tuple[_Input, int]] = []
+        for inp in self.inputs:
+            if inp.ts:
+                cut = len(inp.ts) if horizon is None else bisect_left(inp.ts, horizon)
+                if cut:
+                    runs.append((inp, cut))
+            if horizon is not None:
+                inp.emitted = max(inp.emitted, horizon)
+        if len(runs) == 1:
+            # Only one input has packets before the horizon: its run goes out as it is.
+            inp, cut = runs[0]
+            self.writer.write_blocks(inp.blocks[:cut], cut)
+            self._consume(inp, cut)
+        elif runs:
+            ts: list[int] = []
+            blocks: list = []
+            for inp, cut in runs:
+                ts += inp.ts[:cut]
+                blocks += inp.blocks[:cut]
+                self._consume(inp, cut)
+            # Stable: equal timestamps keep input order, then file order.
+            order = sorted(range(len(ts)), key=ts.__getitem__)
+            self.writer.write_blocks(map(blocks.__getitem__, order), len(order))
+
+    @staticmethod
+    def _consume(inp: _Input, cut: int) -> None:
+        del inp.ts[:cut]
+        del inp.blocks[:cut]
+        inp.report.packets += cut
+
+
+def merge_captures(
+    sources: Sequence[MergeSource],
+    out_path: str | os.PathLike[str],
+    *,
+    clock_correction: bool = True,
+) -> MergeReport:
+    """Merge `sources` into one pcapng at `out_path`, ordered by (corrected) time.
+
+    Damaged inputs keep their blocks before the damage and are reported; unreadable ones
+    are reported and skipped. Raises `MergeError` when no input is usable (and leaves no
+    output file behind).
+    """
+    if not sources:
+        raise MergeError("nothing to merge: no input files")
+    out_path = os.fspath(out_path)
+    try:
+        with open(out_path, "wb") as stream:
+            writer = PcapngWriter(
+                stream,
+                userappl=f"xdpcap {__version__}",
+                comment=section_comment(sources, clock_correction),
+            )
+            merger = _Merger(sources, writer, clock_correction)
+            merger.run()
+            writer.flush()
+    except OSError as exc:
+        raise MergeError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
+    report = _report(merger, out_path)
+    if not any(source.usable for source in report.sources):
+        os.unlink(out_path)
+        raise MergeError("no usable input: " + "; ".join(report.warnings))
+    return report
+
+
+def _report(merger: _Merger, out_path: str) -> MergeReport:
+    warnings: list[str] = []
+    for inp in merger.inputs:
+        rep = inp.report
+        reader = inp.reader
+        rep.usable = bool(reader.sections)
+        rep.interfaces = [iface.out_id for iface in reader.interfaces]
+        rep.statistics = len(inp.statistics)
+        rep.damage = reader.damage
+        if reader.damage is not None:
+            if rep.usable:
+                warnings.append(f"{reader.damage}; kept the {rep.packets} packets before it")
+            else:
+                warnings.append(f"{reader.damage}; skipped")
+        if rep.out_of_order:
+            warnings.append(
+                f"{rep.path}: packets out of time order; sorted them within a window of "
+                f"{REORDER_PACKETS} packets"
+            )
+        if rep.late_packets:
+            warnings.append(
+                f"{rep.path}: {rep.late_packets} packets were later than the reorder window "
+                "and are written out of time order"
+            )
+    return MergeReport(
+        out_path=out_path,
+        sources=[inp.report for inp in merger.inputs],
+        warnings=warnings,
+        packets=sum(inp.report.packets for inp in merger.inputs),
+        interfaces=list(merger.interface_names),
+    )
+
+
+# ------------------------------------------------------------------------ naming
+def interface_name(source: MergeSource, iface: Interface) -> str:
+    """`<host>:<iface>` for a run's capture; the file's own name for a plain file."""
+    stem = os.path.splitext(os.path.basename(os.fspath(source.path)))[0]
+    own = iface.name
+    if own is None:
+        # Classic pcap or an unnamed interface: the user's name, else the file's stem.
+        own = source.name or stem
+        if iface.index:
+            own = f"{own}#{iface.index}"
+        return f"{source.host}:{own}" if source.host else own
+    label = source.host or source.name
+    return f"{label}:{own}" if label else own
+
+
+def interface_description(source: MergeSource, iface: Interface) -> str | None:
+    """Host, address, capture point (the source's own description) and clock offset."""
+    parts: list[str] = []
+    if source.host:
+        where = f"host {source.host}"
+        if source.address:
+            where += f" ({source.address})"
+        parts.append(where)
+    if iface.description:
+        parts.append(iface.description)
+    if source.host or source.clock_offset_ns or source.clock_error_ns is not None:
+        parts.append(_clock_text(source))
+    return ", ".join(parts) or None
+
+
+def section_comment(sources: Sequence[MergeSource], clock_correction: bool) -> str:
+    state = "on" if clock_correction else "off"
+    lines = [f"Merged by xdpcap from {len(sources)} inputs (clock correction {state}):"]
+    for source in sources:
+        what = [f"host {source.host}"] if source.host else []
+        if source.address:
+            what.append(source.address)
+        what.append(_clock_text(source))
+        lines.append(f"  {os.fspath(source.path)}: {', '.join(what)}")
+    return "\n".join(lines)
+
+
+def _clock_text(source: MergeSource) -> str:
+    text = f"clock offset {format_ns(source.clock_offset_ns, signed=True)}"
+    if source.clock_error_ns is not None:
+        text += f" ± {format_ns(source.clock_error_ns)}"
+    if source.sync_state:
+        text += f" ({source.sync_state})"
+    return text
+
+
+def format_ns(ns: int, *, signed: bool = False) -> str:
+    """Exact milliseconds from integer nanoseconds: 1234567 -> '1.234567 ms'."""
+    sign = "-" if ns < 0 else ("+" if signed else "")
+    ns = abs(ns)
+    return f"{sign}{ns // 1_000_000}.{ns % 1_000_000:06d} ms"

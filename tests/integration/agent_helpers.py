@@ -1,0 +1,104 @@
+"""Run the agent inside a namespace and read what it wrote, for the integration tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .veth import in_ns
+
+FOREIGN_PROGRAM = """
+import sys
+sys.path.append("/usr/lib/python3/dist-packages")
+from xdpcap.agent.headers import apply_environment, find_kernel_headers
+apply_environment(find_kernel_headers())
+from bcc import BPF
+b = BPF(text="int foreign_pass(struct xdp_md *ctx) { return XDP_PASS; }")
+b.attach_xdp(sys.argv[1], b.load_func("foreign_pass", BPF.XDP), 0)  # netlink: stays attached
+"""
+
+
+def agent_argv(ns: str, *args: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, sys.executable, "-m", "xdpcap.agent", *args]
+
+
+def start_agent(ns: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        agent_argv(ns, "capture", "--json-events", *args),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_event(proc: subprocess.Popen, name: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(
+                f"agent ended before {name!r}: {proc.stderr.read() if proc.stderr else ''}"
+            )
+        event = json.loads(line)
+        if event["event"] == name:
+            return event
+        if event["event"] == "error":
+            raise AssertionError(f"agent error: {event['message']}")
+    raise AssertionError(f"no {name!r} event within {timeout} s")
+
+
+def xdp_program(ns: str, ifname: str) -> dict | None:
+    out = in_ns(ns, "ip", "-d", "-j", "link", "show", "dev", ifname).stdout
+    xdp = json.loads(out)[0].get("xdp")
+    return xdp.get("prog") if xdp else None
+
+
+def attach_foreign_program(ns: str, ifname: str) -> dict:
+    in_ns(ns, sys.executable, "-c", FOREIGN_PROGRAM, ifname)
+    prog = xdp_program(ns, ifname)
+    assert prog is not None and prog["name"] == "foreign_pass"
+    return prog
+
+
+def tshark_fields(path: Path, *fields: str, display_filter: str | None = None) -> list[list[str]]:
+    argv = ["tshark", "-r", str(path), "-T", "fields"]
+    for field in fields:
+        argv += ["-e", field]
+    if display_filter:
+        argv += ["-Y", display_filter]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+    return [line.split("\t") for line in out.splitlines()]
+
+
+def capinfos(path: Path) -> str:
+    return subprocess.run(
+        ["capinfos", "-M", str(path)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+
+
+def read_isbs(path: Path) -> list[dict]:
+    """Interface statistics through python-pcapng, an independent reader."""
+    import pcapng
+
+    stats = []
+    with path.open("rb") as f:
+        for block in pcapng.FileScanner(f):
+            if isinstance(block, pcapng.blocks.InterfaceStatistics):
+                stats.append(
+                    {
+                        k: block.options.get(k)
+                        for k in (
+                            "isb_ifrecv",
+                            "isb_ifdrop",
+                            "isb_filteraccept",
+                            "isb_osdrop",
+                            "isb_usrdeliv",
+                        )
+                    }
+                )
+    return stats

@@ -1,0 +1,258 @@
+"""The agent on real veths with real XDP: capture, accounting, safety."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .agent_helpers import (
+    agent_argv,
+    attach_foreign_program,
+    capinfos,
+    read_isbs,
+    start_agent,
+    tshark_fields,
+    wait_for_event,
+    xdp_program,
+)
+from .veth import in_ns, veth_pair
+
+SNAPLEN = 200
+
+
+@pytest.fixture
+def pair():
+    with veth_pair("ag") as p:
+        yield p
+
+
+def _ping(pair, count: int, size: int) -> None:
+    in_ns(
+        pair.peer_ns,
+        "ping",
+        "-q",
+        "-c",
+        str(count),
+        "-i",
+        "0.01",
+        "-s",
+        str(size),
+        "-W",
+        "1",
+        pair.capture_ip,
+        check=False,
+    )
+
+
+def test_capture_pings_exactly(pair, tmp_path: Path) -> None:
+    out = tmp_path / "cap.pcapng"
+    rx_before = pair.rx_packets()
+    agent = start_agent(
+        pair.capture_ns,
+        "-i",
+        pair.capture_if,
+        "-w",
+        str(out),
+        "--duration",
+        "6",
+        "--snaplen",
+        str(SNAPLEN),
+    )
+    try:
+        wait_for_event(agent, "capturing")
+        _ping(pair, 25, 56)
+        _ping(pair, 25, 1400)
+        done = wait_for_event(agent, "done", timeout=30)
+    finally:
+        agent.wait(timeout=30)
+    rx_after = pair.rx_packets()
+    assert agent.returncode == 0, agent.stderr.read()
+    assert xdp_program(pair.capture_ns, pair.capture_if) is None
+
+    info = capinfos(out)
+    assert "Strict time order:   True" in info
+    assert "nanoseconds" in info
+    requests = tshark_fields(
+        out,
+        "frame.len",
+        "frame.cap_len",
+        "frame.interface_queue",
+        "frame.packet_flags_direction",
+        display_filter="icmp.type == 8",
+    )
+    assert len(requests) == 50
+    big = [r for r in requests if int(r[0]) > SNAPLEN]
+    assert len(big) == 25
+    for frame_len, cap_len, queue, direction in big:
+        assert int(frame_len) == 14 + 20 + 8 + 1400  # the true length survives truncation
+        assert int(cap_len) == SNAPLEN
+        assert queue == "0" and int(direction, 16) == 1  # inbound
+
+    isb = read_isbs(out)
+    assert len(isb) == 1
+    seen = rx_after - rx_before
+    assert isb[0]["isb_ifrecv"] == seen == done["seen"]
+    assert isb[0]["isb_usrdeliv"] == done["written"] == seen  # nothing lost at this rate
+    assert isb[0]["isb_ifdrop"] == 0
+    assert done["unaccounted"] == 0
+
+
+def test_count_stops_and_sampling_accounts(pair, tmp_path: Path) -> None:
+    out = tmp_path / "count.pcapng"
+    agent = start_agent(
+        pair.capture_ns,
+        "-i",
+        pair.capture_if,
+        "-w",
+        str(out),
+        "--duration",
+        "30",
+        "--count",
+        "20",
+        "--sample-rate",
+        "2",
+    )
+    try:
+        wait_for_event(agent, "capturing")
+        _ping(pair, 200, 56)
+        done = wait_for_event(agent, "done", timeout=30)
+    finally:
+        agent.wait(timeout=30)
+    assert done["stopped_by"] == "count"
+    assert done["written"] >= 20
+    assert done["not_sampled"] > 0
+    assert done["seen"] == done["written"] + done["lost"] + done["not_sampled"]
+    assert int(tshark_fields(out, "frame.number")[-1][0]) == done["written"]
+
+
+def test_foreign_program_is_refused_and_kept(pair, tmp_path: Path) -> None:
+    foreign = attach_foreign_program(pair.capture_ns, pair.capture_if)
+    try:
+        result = subprocess.run(
+            agent_argv(
+                pair.capture_ns,
+                "capture",
+                "-i",
+                pair.capture_if,
+                "-w",
+                str(tmp_path / "x.pcapng"),
+                "--duration",
+                "2",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "already attached" in lines[0]
+        assert f"id {foreign['id']}" in lines[0] and "foreign_pass" in lines[0]
+        still = xdp_program(pair.capture_ns, pair.capture_if)
+        assert still is not None and still["id"] == foreign["id"]
+    finally:
+        in_ns(pair.capture_ns, "ip", "link", "set", "dev", pair.capture_if, "xdp", "off")
+
+
+def test_kill_9_leaves_nothing_attached(pair, tmp_path: Path) -> None:
+    agent = start_agent(
+        pair.capture_ns,
+        "-i",
+        pair.capture_if,
+        "-w",
+        str(tmp_path / "killed.pcapng"),
+        "--duration",
+        "60",
+    )
+    wait_for_event(agent, "capturing")
+    assert xdp_program(pair.capture_ns, pair.capture_if)["name"] == "xdpcap_sampler"
+    # `ip netns exec` execs the agent, so the pid is the agent's own.
+    os.kill(agent.pid, signal.SIGKILL)
+    agent.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while xdp_program(pair.capture_ns, pair.capture_if) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert xdp_program(pair.capture_ns, pair.capture_if) is None
+
+    again = tmp_path / "again.pcapng"
+    agent = start_agent(pair.capture_ns, "-i", pair.capture_if, "-w", str(again), "--duration", "3")
+    wait_for_event(agent, "capturing")
+    _ping(pair, 5, 56)
+    done = wait_for_event(agent, "done", timeout=30)
+    agent.wait(timeout=30)
+    assert done["written"] >= 5
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly(pair, tmp_path: Path, signum: int) -> None:
+    out = tmp_path / "sig.pcapng"
+    agent = start_agent(pair.capture_ns, "-i", pair.capture_if, "-w", str(out), "--duration", "60")
+    wait_for_event(agent, "capturing")
+    _ping(pair, 5, 56)
+    time.sleep(0.3)
+    agent.send_signal(signum)
+    done = wait_for_event(agent, "done", timeout=30)
+    agent.wait(timeout=30)
+    assert agent.returncode == 0
+    assert done["stopped_by"] == signal.Signals(signum).name
+    assert done["written"] >= 5
+    assert xdp_program(pair.capture_ns, pair.capture_if) is None
+    assert "Strict time order:   True" in capinfos(out)
+
+
+def test_second_capture_on_same_interface_is_refused(pair, tmp_path: Path) -> None:
+    first = start_agent(
+        pair.capture_ns, "-i", pair.capture_if, "-w", str(tmp_path / "1.pcapng"), "--duration", "20"
+    )
+    try:
+        wait_for_event(first, "capturing")
+        result = subprocess.run(
+            agent_argv(
+                pair.capture_ns,
+                "capture",
+                "-i",
+                pair.capture_if,
+                "-w",
+                str(tmp_path / "2.pcapng"),
+                "--duration",
+                "2",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        assert "already running" in result.stderr
+        assert xdp_program(pair.capture_ns, pair.capture_if)["name"] == "xdpcap_sampler"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=30)
+    assert xdp_program(pair.capture_ns, pair.capture_if) is None
+
+
+def test_preflight_reports(pair) -> None:
+    import json
+
+    result = subprocess.run(
+        agent_argv(pair.capture_ns, "preflight", "-i", pair.capture_if),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "ok", report["reason"]
+    assert report["iface_exists"] and report["driver"] == "veth"
+    assert report["headers"] and report["bcc"]
+    missing = subprocess.run(
+        agent_argv(pair.capture_ns, "preflight", "-i", "nosuch0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 1
+    assert "nosuch0" in json.loads(missing.stdout)["reason"]
