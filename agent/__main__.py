@@ -66,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("preflight", help="print a JSON readiness report")
     pre.add_argument("--iface", "-i", required=True)
     pre.add_argument("--output-dir", default=".")
-    sub.add_parser("clock", help="print this host's wall clock (ns) as JSON")
+    clock_parser = sub.add_parser("clock", help="print this host's wall clock (ns) as JSON")
+    clock_parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="answer each line on stdin with the clock (offset probe)",
+    )
     return parser
 
 
@@ -111,6 +116,21 @@ def run_capture_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_clock() -> int:
+    print(json.dumps({"realtime_ns": clock.wall_clock_ns()}), flush=True)
+    return 0
+
+
+def serve_clock(max_rounds: int = 64) -> int:
+    """The controller's NTP-style probe: it times each round trip and keeps the tightest."""
+    _print_clock()
+    for _ in range(max_rounds):
+        if not sys.stdin.readline():
+            break
+        _print_clock()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -119,8 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "preflight":
             return run_preflight(args.iface, args.output_dir)
         if args.command == "clock":
-            print(json.dumps({"realtime_ns": clock.wall_clock_ns()}))
-            return 0
+            return serve_clock() if args.serve else _print_clock()
     except XdpcapError as exc:
         print(f"xdpcap: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -7,6 +7,7 @@ figures go to the summary line and to the pcapng interface statistics block.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
@@ -122,6 +123,24 @@ def _interface_description(sampler: Sampler, options: CaptureOptions) -> str:
     )
 
 
+def _give_to_sudo_user(fd: int) -> None:
+    """Run through sudo, the file belongs to the SSH user, who fetches and deletes it."""
+    uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
+    if os.geteuid() == 0 and uid and gid and uid.isdigit() and gid.isdigit():
+        os.fchown(fd, int(uid), int(gid))
+
+
+def write_summary_file(summary: CaptureSummary) -> None:
+    """`<capture>.json` beside the capture: how `xdpcap collect` learns a capture finished."""
+    path = Path(summary.file + ".json")
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    _give_to_sudo_user(fd)
+    with os.fdopen(fd, "w") as f:
+        json.dump(summary.to_dict(), f)
+    os.replace(tmp, path)
+
+
 class Capture:
     """Runs one capture; `run()` returns the summary and always leaves the host as it was."""
 
@@ -167,6 +186,7 @@ class Capture:
         options = self.options
         # Output opened before anything is attached: a bad path fails with nothing changed.
         fd = os.open(options.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        _give_to_sudo_user(fd)
         with os.fdopen(fd, "wb", buffering=0) as stream:
             sampler.compile()
             consumer = SampleConsumer()
@@ -312,6 +332,10 @@ class Capture:
         except OSError as exc:
             summary.partial_reason = summary.partial_reason or f"statistics not written: {exc}"
         summary.out_of_order = self._late
+        try:
+            write_summary_file(summary)
+        except OSError as exc:  # a full disk: the capture itself is still valid
+            summary.partial_reason = summary.partial_reason or f"summary not written: {exc}"
         self.events.emit("done", **summary.to_dict())
 
     # -- helpers -----------------------------------------------------------------------

@@ -92,6 +92,7 @@ _LE_U32 = struct.Struct("<I")
 _LE_EPB_HEAD = struct.Struct("<IIIIIII")
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
 _TS_MASK = 0xFFFFFFFF
+_TS_MAX = (1 << 64) - 1
 NS_PER_S = 1_000_000_000
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -418,34 +419,39 @@ class CaptureReader:
         trailer = _LE_U32.unpack_from
         rewrite = _LE_ID_TS.pack_into
         fast = self._fast
-        known = len(fast)
-        ts_list = batch.ts
-        ts_append = ts_list.append
-        starts: list[int] = []
-        start_append = starts.append
+        ts_append = batch.ts.append
+        block_append = batch.blocks.append
         limit = end - 24
-        while pos <= limit:
-            btype, blen, local_id, hi, lo, cap = unpack(buf, pos)
-            nxt = pos + blen
-            if btype != BT_EPB or nxt > end or blen < cap + 32 or blen & 3 or local_id >= known:
-                break
-            how = fast[local_id]
-            if how is None or trailer(buf, nxt - 4)[0] != blen:
-                break
-            out, factor, addend = how
-            ts = (hi << 32 | lo) * factor + addend
-            if ts < 0:
-                break
-            rewrite(buf, pos + 8, out, ts >> 32, ts & _TS_MASK)
-            ts_append(ts)
-            start_append(pos)
-            pos = nxt
-        if starts:
-            # Slicing in C (map over slice objects) costs about half a Python loop.
-            ends = starts[1:]
-            ends.append(pos)
-            batch.blocks.extend(map(view.__getitem__, map(slice, starts, ends)))
-            self._last_ts = ts_list[-1]
+        mask = _TS_MASK
+        ts_max = _TS_MAX
+        # Unknown ids (IndexError) and interfaces that need the slow path (None:
+        # TypeError) stop the loop before the block is taken; try costs nothing until it
+        # fires, unlike a test per packet.
+        try:
+            while pos <= limit:
+                btype, blen, local_id, hi, lo, cap = unpack(buf, pos)
+                nxt = pos + blen
+                if (
+                    btype != 6  # BT_EPB, as a literal: a global lookup per packet costs
+                    or nxt > end
+                    or blen < cap + 32
+                    or blen & 3
+                    or trailer(buf, nxt - 4)[0] != blen
+                ):
+                    break
+                out, factor, addend = fast[local_id]
+                ts = (hi << 32 | lo) * factor + addend
+                # Checked before packing: a failed pack_into has already zeroed the field.
+                if not 0 <= ts <= ts_max:
+                    break
+                rewrite(buf, pos + 8, out, ts >> 32, ts & mask)
+                ts_append(ts)
+                block_append(view[pos:nxt])
+                pos = nxt
+        except (IndexError, TypeError):
+            pass
+        if batch.ts:
+            self._last_ts = batch.ts[-1]
         return pos
 
     def _one_block(
@@ -545,8 +551,14 @@ class CaptureReader:
             raise _Corrupt(pos, f"block refers to undescribed interface {local_id}")
         return self._section_ifaces[local_id]
 
-    def _normalised_ts(self, iface: Interface, raw: int) -> int:
-        return max(iface.to_ns(raw) - self._shift_ns, 0)
+    def _normalised_ts(self, pos: int, iface: Interface, raw: int) -> int:
+        # A clock correction that would go below the epoch stops at it.
+        ts = max(iface.to_ns(raw) - self._shift_ns, 0)
+        if ts > _TS_MAX:
+            raise _Corrupt(
+                pos, f"timestamp {raw} of interface {iface.local_id} exceeds 64 bits in ns"
+            )
+        return ts
 
     def _epb(self, buf: bytearray, pos: int, body: memoryview, batch: Batch) -> None:
         order = ">" if self._big else "<"
@@ -556,7 +568,7 @@ class CaptureReader:
         if cap + 20 > len(body):
             raise _Corrupt(pos, f"captured length {cap} exceeds its block")
         iface = self._interface(pos, local_id)
-        ts = self._normalised_ts(iface, hi << 32 | lo)
+        ts = self._normalised_ts(pos, iface, hi << 32 | lo)
         if self._big:
             data = body[20 : 20 + cap]
             options = _options(body, 20 + cap + pad4(cap), len(body), True, BT_EPB)
@@ -587,12 +599,12 @@ class CaptureReader:
             raise _Corrupt(pos, "interface statistics block too short")
         local_id, hi, lo = struct.unpack_from(order + "III", body)
         iface = self._interface(pos, local_id)
-        stats = InterfaceStatistics(iface.out_id, self._normalised_ts(iface, hi << 32 | lo))
+        stats = InterfaceStatistics(iface.out_id, self._normalised_ts(pos, iface, hi << 32 | lo))
         kept: list[Option] = []
         for code, value in _options(body, 12, len(body), self._big, BT_ISB):
             if code in (ISB_STARTTIME, ISB_ENDTIME) and len(value) == 8:
                 hi, lo = struct.unpack("<II", value)
-                ts = self._normalised_ts(iface, hi << 32 | lo)
+                ts = self._normalised_ts(pos, iface, hi << 32 | lo)
                 setattr(stats, "starttime" if code == ISB_STARTTIME else "endtime", ts)
                 value = struct.pack("<II", ts >> 32, ts & _TS_MASK)
             elif code in _ISB_COUNTERS and len(value) == 8:

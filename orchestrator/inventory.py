@@ -12,9 +12,16 @@ The rules follow Ansible, so the inventories network teams already keep work unc
 * Variables: all < parent group < child group < host. Groups are applied in Ansible's order,
   sorted by (depth, ``ansible_group_priority``, name); a later group wins.
 
+``--limit`` patterns, as Ansible's: ``a,b`` or ``a:b`` union, ``a:&b`` intersection, ``a:!b``
+exclusion, ``all`` or ``*``, globs (``web*``), ``~regex``, subscripts (``web[0]``, ``web[1:3]``).
+A pattern that reads as one host (``2001:db8::1``, ``host:22``) is never split at its ':'.
+The result keeps inventory order.
+
 Where xdpcap is stricter than Ansible, on purpose (Ansible only warns, and a capture would run on
 the wrong hosts or with the wrong settings): unknown keys in a group, duplicate keys, empty or
-reversed ranges, a ``--limit`` element that matches nothing, and values that reach SSH unchecked.
+reversed ranges, a ``--limit`` element that matches nothing, and checks on every value that
+reaches ssh, sudo or the agent (port, address, user, interface). Jinja2 templates and ``!vault``
+values are not evaluated: used in a connection setting, they are an error.
 Every problem is one `InventoryError` line ``file:line: what``; secrets never appear in it.
 """
 
@@ -253,6 +260,8 @@ def _parse_bool(value: object) -> bool:
 _NUMERIC_RANGE = re.compile(r"\[[0-9]+:[0-9]+(?::[0-9]+)?\]")
 # Any [..] group, for splitting a host key into literal text and ranges.
 _BRACKETED = re.compile(r"(\[[^\[\]]*\])")
+# Ansible's alphabetic range order: [x:B] is x, y, z, A, B.
+_LETTERS = string.ascii_letters
 # Far beyond any real capture, small enough that a typo ([1:9999999]) fails fast.
 _MAX_EXPANDED_HOSTS = 65536
 
@@ -310,9 +319,8 @@ def _range_values(body: str) -> list[str]:
         if last - first > _MAX_EXPANDED_HOSTS * step:
             raise _Problem(f"range '[{body}]' is larger than {_MAX_EXPANDED_HOSTS} hosts")
         values = [str(n).zfill(width) for n in range(first, last + 1, step)]
-    elif start in string.ascii_letters and end in string.ascii_letters and len(start) == 1:
-        letters = string.ascii_letters
-        values = list(letters[letters.index(start) : letters.index(end) + 1 : step])
+    elif len(start) == len(end) == 1 and start in _LETTERS and end in _LETTERS:
+        values = list(_LETTERS[_LETTERS.index(start) : _LETTERS.index(end) + 1 : step])
     else:
         raise _Problem(f"range '[{body}]' must be numeric or single letters")
     if not values:
@@ -414,9 +422,10 @@ class _Builder:
         self.groups[group].hosts[name] = None
 
     def build(self) -> Inventory:
+        resolver = _Resolver(self)  # first: a cycle is a better message than "no hosts"
         if not self.hosts:
             self.fail(1, "inventory defines no hosts")
-        return _Resolver(self).inventory()
+        return resolver.inventory()
 
 
 class _Resolver:
@@ -521,8 +530,9 @@ class _Resolver:
         return _HostSettings(self.b, name, draft.line, merged).host(tuple(groups))
 
 
-# The inventory variables behind each Host field. Ansible's config manager takes the *last*
-# name that is set, so `ansible_ssh_host` beats `ansible_host`; the order here is Ansible's.
+# The inventory variables behind each Host field, in the order the ssh and sudo plugins list
+# them. Current ansible-core takes the first name that is set (older releases took the last),
+# so the modern name beats its old alias: `ansible_host` over `ansible_ssh_host`.
 _VAR_NAMES: dict[str, tuple[str, ...]] = {
     "address": ("ansible_host", "ansible_ssh_host"),
     "port": ("ansible_port", "ansible_ssh_port"),
@@ -551,14 +561,14 @@ class _HostSettings:
         self, builder: _Builder, host: str, line: int | None, merged: dict[str, _Var]
     ) -> None:
         self.b = builder
-        self.host = host
+        self.name = host
         self.line = line
         self.merged = merged
 
     def host(self, groups: tuple[str, ...]) -> Host:
         key_file = self.text("key_file")
         return Host(
-            name=self.host,
+            name=self.name,
             address=self.address(),
             port=self.port(),
             user=self.text("user", _check_remote_word),
@@ -574,16 +584,15 @@ class _HostSettings:
         )
 
     def pick(self, field_name: str) -> tuple[str, _Var] | None:
-        found = None
         for name in _VAR_NAMES[field_name]:
             var = self.merged.get(name)
             if var is not None and var.value is not None:  # Ansible skips unset (None) values
-                found = (name, var)
-        return found
+                return name, var
+        return None
 
     def fail(self, name: str, var: _Var, message: str) -> NoReturn:
         where = "" if var.origin == "host" else f" (set in {var.origin})"
-        self.b.fail(var.line, f"host '{self.host}': {name}: {message}{where}")
+        self.b.fail(var.line, f"host '{self.name}': {name}: {message}{where}")
 
     def text(
         self,
@@ -625,10 +634,10 @@ class _HostSettings:
         if address is not None:
             return address
         try:  # no ansible_host: ssh gets the inventory name itself
-            _check_remote_word("address", self.host)
+            _check_remote_word("address", self.name)
         except _Problem as problem:
-            self.b.fail(self.line, f"host '{self.host}': {problem}; set ansible_host")
-        return self.host
+            self.b.fail(self.line, f"host '{self.name}': {problem}; set ansible_host")
+        return self.name
 
     def port(self) -> int | None:
         picked = self.pick("port")
@@ -656,6 +665,8 @@ class _HostSettings:
 # --------------------------------------------------------------------------------------------
 
 _YAML_SUFFIXES = (".yml", ".yaml")
+# A '[section]' line: text that fails as YAML but has one is reported as INI.
+_INI_SECTION_LINE = re.compile(r"^\s*\[.*\]\s*$", re.MULTILINE)
 # YAML reads these as line breaks; inside a JSON string they would shift lines and change values.
 _YAML_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
 
@@ -663,36 +674,67 @@ _YAML_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
 def _read_any(builder: _Builder, text: str, suffix: str) -> None:
     """Tell the format by content: a JSON object, else a YAML mapping, else INI.
 
-    The file suffix only decides which error to report when the content fits no format.
+    When nothing fits, the suffix and a leading '{' choose which error to report: a broken
+    hosts.yml should say "invalid YAML", not what the INI reader made of it.
     """
     if not text.strip():
         builder.fail(1, "inventory is empty")
-    json_error: json.JSONDecodeError | None = None
-    if text.lstrip().startswith("{"):
+    looks_like_json = text.lstrip().startswith("{")
+    json_error: InventoryError | None = None
+    if looks_like_json:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            json_error = exc
+            json_error = InventoryError(f"{builder.source}:{exc.lineno}: invalid JSON: {exc.msg}")
+        except RecursionError:
+            json_error = InventoryError(f"{builder.source}:1: invalid JSON: nested too deeply")
         else:
             _read_json_text(builder, text, data)
             return
     yaml_error: InventoryError | None = None
     try:
-        doc: _Doc | None = _Doc(builder, text, json_mode=False)
+        doc = _Doc(builder, text, json_mode=False)
     except InventoryError as exc:
-        doc, yaml_error = None, exc
-    if doc is not None and isinstance(doc.root, MappingNode):
-        _read_yaml(doc, builder)
-    elif suffix in _YAML_SUFFIXES:
-        if yaml_error is not None:
-            raise yaml_error
-        builder.fail(1, "a YAML inventory must be a mapping of group names")
-    elif json_error is not None:
-        builder.fail(json_error.lineno, f"invalid JSON: {json_error.msg}")
-    elif suffix == ".json":
-        builder.fail(1, "a JSON inventory must be an object")
+        yaml_error = exc
     else:
+        if isinstance(doc.root, MappingNode):
+            _read_flow_or_block_yaml(doc, builder, json_error if suffix == ".json" else None)
+            return
+    meant = json_error or _other_format_error(builder, text, suffix, yaml_error)
+    if looks_like_json:
+        assert meant is not None
+        raise meant  # INI never starts with '{'
+    try:
         _read_ini(builder, text)
+    except InventoryError:
+        if meant is not None:
+            raise meant from None
+        raise
+
+
+def _read_flow_or_block_yaml(
+    doc: _Doc, builder: _Builder, json_error: InventoryError | None
+) -> None:
+    try:
+        _read_yaml(doc, builder)
+    except InventoryError:
+        # '{...}' in a .json file that is not JSON but happens to be flow YAML: JSON was meant.
+        if json_error is not None:
+            raise json_error from None
+        raise
+
+
+def _other_format_error(
+    builder: _Builder, text: str, suffix: str, yaml_error: InventoryError | None
+) -> InventoryError | None:
+    """The error to show if the INI reader fails too, or None to show the INI reader's."""
+    if yaml_error is not None and (suffix in _YAML_SUFFIXES or not _INI_SECTION_LINE.search(text)):
+        return yaml_error
+    if suffix in _YAML_SUFFIXES:
+        return InventoryError(f"{builder.source}:1: a YAML inventory must be a mapping of groups")
+    if suffix == ".json":
+        return InventoryError(f"{builder.source}:1: a JSON inventory must be an object")
+    return None
 
 
 def _read_json_text(builder: _Builder, text: str, data: dict[str, object]) -> None:
@@ -833,6 +875,7 @@ class _Doc:
         return list(self.pairs(node, what))
 
     def variables(self, node: Node | None, what: str, origin: str) -> dict[str, _Var]:
+        """Variables of a host or group; `what` names them in messages ("group 'web': vars")."""
         entries = [] if node is None else self.entries(node, what, allow_string=False)
         return {key: _Var(self.value(value), line, origin) for key, value, line in entries}
 
@@ -884,7 +927,7 @@ def _read_yaml_group(
             for host, host_node, host_line in doc.entries(
                 value, f"{where}: hosts", allow_string=True
             ):
-                what = f"{where}: host '{host}'"
+                what = f"{where}: host '{host}': variables"
                 variables = doc.variables(host_node, what, "host")
                 builder.add_host_key(name, host, host_line, variables)
         elif key == "vars":
@@ -902,22 +945,23 @@ def _read_yaml_group(
 
 def _read_list_json(doc: _Doc, builder: _Builder) -> None:
     assert isinstance(doc.root, MappingNode)
-    meta: tuple[Node, int | None] | None = None
+    meta: Node | None = None
     for name, node, line in doc.pairs(doc.root, "inventory"):
         if name == "_meta":
-            meta = (node, line)
+            meta = node
         else:
             _read_json_group(doc, builder, name, node, line)
     # After the groups: hostvars only describe hosts the groups list (Ansible ignores others).
     if meta is not None:
-        _read_json_hostvars(doc, builder, *meta)
+        _read_json_hostvars(doc, builder, meta)
 
 
 def _read_json_group(doc: _Doc, builder: _Builder, name: str, node: Node, line: int | None) -> None:
     builder.add_group(name, line)
     where = f"group '{name}'"
     if isinstance(node, SequenceNode):  # the short form scripts print: "group": ["host", ...]
-        node = MappingNode("tag:yaml.org,2002:map", [(ScalarNode("", "hosts"), node)])
+        key = ScalarNode("tag:yaml.org,2002:str", "hosts", node.start_mark, node.end_mark)
+        node = MappingNode("tag:yaml.org,2002:map", [(key, node)], node.start_mark, node.end_mark)
     for key, value, key_line in doc.entries(node, where, allow_string=False):
         assert value is not None
         if key == "hosts":
@@ -948,7 +992,7 @@ def _json_names(doc: _Doc, node: Node, what: str) -> list[tuple[str, int | None]
     return names
 
 
-def _read_json_hostvars(doc: _Doc, builder: _Builder, node: Node, line: int | None) -> None:
+def _read_json_hostvars(doc: _Doc, builder: _Builder, node: Node) -> None:
     for key, value, _ in doc.entries(node, "_meta", allow_string=False):
         if key != "hostvars":
             continue  # newer ansible-inventory adds keys xdpcap does not need

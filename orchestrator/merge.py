@@ -116,8 +116,7 @@ class _Input:
         if batch is None:
             self.eof = True
             return
-        for stats, block in batch.statistics:
-            self.statistics.append(block)
+        self.statistics.extend(block for _, block in batch.statistics)
         ts = batch.ts
         if not ts:
             return

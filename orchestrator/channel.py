@@ -1,0 +1,83 @@
+"""A remote process on an SSH channel: lines out, lines in, exit status, all bounded."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+
+from fabric import Connection
+
+from .errors import RemoteError
+
+READ_TIMEOUT_S = 1.0
+
+
+class RemoteProcess:
+    """Runs one command on its own channel; a thread hands stdout lines to `on_line`."""
+
+    def __init__(
+        self, conn: Connection, command: str, on_line: Callable[[str], None], *, name: str
+    ) -> None:
+        transport = conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise RemoteError(f"{name}: the SSH connection is closed")
+        self.name = name
+        self._channel = transport.open_session(timeout=10)
+        self._channel.settimeout(READ_TIMEOUT_S)
+        self._channel.exec_command(command)
+        self._on_line = on_line
+        self.stderr = ""
+        self.finished = threading.Event()
+        self.exit_status: int | None = None
+        self._reader = threading.Thread(target=self._read, name=f"ssh-{name}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        buffer = b""
+        channel = self._channel
+        try:
+            while True:
+                try:
+                    chunk = channel.recv(65536)
+                except socket.timeout:  # TimeoutError on 3.10+, not on 3.9
+                    if channel.closed or (channel.exit_status_ready() and not channel.recv_ready()):
+                        break
+                    continue
+                if not chunk:
+                    break
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    self._on_line(line.decode("utf-8", "replace"))
+        except OSError:
+            pass  # the connection died: the caller sees no exit status
+        finally:
+            self._collect_exit()
+            self.finished.set()
+
+    def _collect_exit(self) -> None:
+        channel = self._channel
+        try:
+            while channel.recv_stderr_ready():
+                self.stderr += channel.recv_stderr(65536).decode("utf-8", "replace")
+            if channel.exit_status_ready():
+                self.exit_status = channel.recv_exit_status()
+        except OSError:
+            pass
+
+    def send_line(self, text: str) -> bool:
+        try:
+            self._channel.sendall((text + "\n").encode())
+        except OSError:
+            return False
+        return True
+
+    def wait(self, timeout: float) -> bool:
+        return self.finished.wait(timeout)
+
+    def close(self) -> None:
+        try:
+            self._channel.close()
+        except OSError:
+            pass

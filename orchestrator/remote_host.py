@@ -1,0 +1,359 @@
+"""Everything the controller does on one host: prepare, run the agent, fetch.
+
+One `RemoteHost` per inventory host. Its methods raise RemoteError with a one-line,
+host-named reason; the run turns that into the host's result and carries on with the
+others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fabric import Connection
+
+from ..agent import validate
+from ..agent.protocol import parse_event
+from .agent_bundle import AgentBundle
+from .channel import RemoteProcess
+from .clock import ClockOffset, estimate_offset, sync_state
+from .errors import RemoteError, UsageError
+from .inventory import Host
+from .ssh import SshSettings, become_prefix, connect, quote_command, run, sudo_failure
+
+CACHE_DIR = ".cache/xdpcap"  # relative to the SSH user's home
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
+_SAFE_INTERPRETER = re.compile(r"^[A-Za-z0-9_./+-]+$")
+TEST_SKEW_VAR = "xdpcap_test_clock_skew_ns"
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    duration_s: float
+    count: int | None
+    snaplen: int
+    sample_rate: int
+    xdp_mode: str
+    start_timeout_s: float
+
+
+@dataclass
+class HostState:
+    """What the live table and the final report show for one host."""
+
+    name: str
+    address: str
+    iface: str
+    state: str = "pending"
+    reason: str | None = None
+    packets: int = 0
+    bytes: int = 0
+    lost: int = 0
+    seen: int = 0
+    t_ready_s: float | None = None
+    t_capturing_s: float | None = None
+    window_start_ns: int | None = None
+    summary: dict[str, Any] | None = None
+    clock: ClockOffset | None = None
+    local_file: str | None = None
+    remote_file: str | None = None
+    sha256: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "done" and self.local_file is not None and not self.partial
+
+    @property
+    def partial(self) -> str | None:
+        return (self.summary or {}).get("partial_reason")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "clock"}
+        if self.clock:
+            data["clock"] = {
+                "offset_ns": self.clock.offset_ns,
+                "error_ns": self.clock.error_ns,
+                "sync_state": self.clock.sync_state,
+            }
+        return data
+
+
+def interpreter_of(host: Host) -> str:
+    python = host.python_interpreter or "python3"
+    if not _SAFE_INTERPRETER.match(python):
+        raise UsageError(f"{host.name}: ansible_python_interpreter {python!r} is not a plain path")
+    return python
+
+
+def test_skew_of(host: Host) -> int | None:
+    value = host.vars.get(TEST_SKEW_VAR)
+    if value is None:
+        return None
+    try:
+        return int(str(value))
+    except ValueError:
+        raise UsageError(f"{host.name}: {TEST_SKEW_VAR} must be an integer") from None
+
+
+@dataclass
+class RemoteHost:
+    host: Host
+    state: HostState
+    settings: SshSettings
+    run_id: str
+    started: float = field(default_factory=time.monotonic)
+    conn: Connection | None = None
+    home: str = ""
+    needs_sudo: bool = False
+    agent_path: str = ""
+    process: RemoteProcess | None = None
+    done_event: threading.Event = field(default_factory=threading.Event)
+
+    # -- preparation -------------------------------------------------------------------
+    def prepare(self, bundle: AgentBundle, *, probe_clock: bool = True) -> None:
+        self.open()
+        self.state.state = "uploading"
+        self._install_agent(bundle)
+        self._make_run_dir()
+        if probe_clock:
+            self.state.state = "clock"
+            probe = quote_command(self._agent_argv("clock", "--serve", sudo=False))
+            offset = estimate_offset(self.conn, probe, name=self.host.name)
+            self.state.clock = ClockOffset(offset.offset_ns, offset.error_ns, sync_state(self.conn))
+
+    def open(self) -> None:
+        """Connect, and learn who we are and where home is."""
+        self.state.state = "connecting"
+        self.conn = connect(self.host, self.settings)
+        status, out, err = run(self.conn, ["sh", "-c", "id -u && pwd"], host=self.host)
+        lines = out.split()
+        if status != 0 or len(lines) < 2 or not _SAFE_PATH.match(lines[1]):
+            raise RemoteError(f"{self.host.name}: cannot read user and home: {err.strip() or out}")
+        uid, self.home = lines[0], lines[1]
+        self.needs_sudo = uid != "0" or (
+            self.host.become and (self.host.become_user or "root") != "root"
+        )
+
+    @property
+    def cache_dir(self) -> str:
+        return f"{self.home}/{CACHE_DIR}"
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.cache_dir}/runs/{self.run_id}"
+
+    def _install_agent(self, bundle: AgentBundle) -> None:
+        """Upload the agent only where that exact content is missing; verify before use."""
+        assert self.conn is not None
+        self.agent_path = f"{self.cache_dir}/{bundle.filename}"
+        run(self.conn, ["mkdir", "-p", "-m", "700", self.cache_dir], host=self.host)
+        run(self.conn, ["chmod", "700", self.cache_dir], host=self.host)
+        if self._remote_sha256(self.agent_path) != bundle.sha256:
+            tmp = f"{self.agent_path}.{secrets.token_hex(6)}.tmp"
+            sftp = self.conn.sftp()
+            with sftp.open(tmp, "wb") as remote:
+                remote.chmod(0o600)
+                remote.write(bundle.data)
+            sftp.posix_rename(tmp, self.agent_path)  # atomic, replaces a damaged copy
+        actual = self._remote_sha256(self.agent_path)
+        if actual != bundle.sha256:
+            raise RemoteError(
+                f"{self.host.name}: the uploaded agent does not match its hash "
+                f"({actual} != {bundle.sha256}): refusing to run it"
+            )
+
+    def _remote_sha256(self, path: str) -> str | None:
+        assert self.conn is not None
+        status, out, _ = run(self.conn, ["sha256sum", path], host=self.host)
+        return out.split()[0] if status == 0 and out else None
+
+    def _make_run_dir(self) -> None:
+        assert self.conn is not None
+        status, _, err = run(self.conn, ["mkdir", "-p", "-m", "700", self.run_dir], host=self.host)
+        if status != 0:
+            raise RemoteError(f"{self.host.name}: cannot create {self.run_dir}: {err.strip()}")
+
+    def _agent_argv(self, *args: str, sudo: bool = True) -> list[str]:
+        argv = become_prefix(
+            sudo and self.needs_sudo,
+            self.host.become_user,
+            self.settings.become_password is not None,
+        )
+        skew = test_skew_of(self.host)
+        if skew is not None:
+            argv += ["env", f"XDPCAP_TEST_CLOCK_SKEW_NS={skew}"]
+        return [*argv, interpreter_of(self.host), self.agent_path, *args]
+
+    # -- preflight ---------------------------------------------------------------------
+    def preflight(self) -> dict[str, Any]:
+        assert self.conn is not None
+        command = quote_command(
+            self._agent_argv("preflight", "-i", self.state.iface, "--output-dir", self.run_dir)
+        )
+        result = self.conn.run(
+            command, timeout=120, warn=True, hide=True, in_stream=self._password_stream()
+        )
+        reason = sudo_failure(result.stderr)
+        if reason:
+            raise RemoteError(f"{self.host.name}: {reason}")
+        try:
+            return json.loads(result.stdout)
+        except ValueError:
+            detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RemoteError(f"{self.host.name}: preflight failed: {detail}") from None
+
+    def _password_stream(self) -> io.StringIO | bool:
+        password = self.settings.become_password
+        return io.StringIO(password + "\n") if password and self.needs_sudo else False
+
+    # -- capture -----------------------------------------------------------------------
+    def start_agent(self, capture: CaptureSettings) -> None:
+        assert self.conn is not None
+        # Host name in the file name too: the namespace lab's hosts share one filesystem.
+        self.state.remote_file = f"{self.run_dir}/{self.host.name}-{self.state.iface}.pcapng"
+        args = [
+            "capture",
+            "--json-events",
+            "--wait-start",
+            "-i",
+            self.state.iface,
+            "-w",
+            self.state.remote_file,
+            "--duration",
+            repr(capture.duration_s),
+            "--snaplen",
+            str(capture.snaplen),
+            "--sample-rate",
+            str(capture.sample_rate),
+            "--xdp-mode",
+            capture.xdp_mode,
+            "--start-timeout",
+            repr(capture.start_timeout_s),
+        ]
+        if capture.count is not None:
+            args += ["--count", str(capture.count)]
+        self.state.state = "compiling"
+        self.process = RemoteProcess(
+            self.conn, quote_command(self._agent_argv(*args)), self._on_line, name=self.host.name
+        )
+        if self.settings.become_password is not None and self.needs_sudo:
+            self.process.send_line(self.settings.become_password)
+
+    def _on_line(self, line: str) -> None:
+        event = parse_event(line)
+        if event is None:
+            return
+        kind = event["event"]
+        state = self.state
+        now = time.monotonic() - self.started
+        if kind == "ready":
+            state.state = "ready"
+            state.t_ready_s = now
+        elif kind == "capturing":
+            state.state = "capturing"
+            state.t_capturing_s = now
+            state.window_start_ns = int(event["window_start_ns"])
+        elif kind == "progress":
+            state.packets = int(event.get("packets", 0))
+            state.bytes = int(event.get("bytes", 0))
+            state.lost = int(event.get("lost", 0))
+            state.seen = int(event.get("seen", 0))
+        elif kind == "done":
+            state.summary = event
+            state.packets = int(event.get("written", 0))
+            state.bytes = int(event.get("bytes_written", 0))
+            state.lost = int(event.get("lost", 0))
+            state.seen = int(event.get("seen", 0))
+            state.state = "captured"
+            self.done_event.set()
+        elif kind == "error":
+            state.state = "failed"
+            state.reason = str(event.get("message"))
+            self.done_event.set()
+
+    def send(self, word: str) -> None:
+        if self.process is not None:
+            self.process.send_line(word)
+
+    def agent_finished_without_report(self) -> bool:
+        return (
+            self.process is not None
+            and self.process.finished.is_set()
+            and not self.done_event.is_set()
+        )
+
+    def failure_reason(self) -> str:
+        process = self.process
+        stderr = process.stderr.strip() if process else ""
+        reason = sudo_failure(stderr)
+        if reason:
+            return reason
+        if process is not None and process.exit_status is None:
+            return (
+                "the SSH connection was lost mid-capture; the agent goes on to its "
+                "deadline and keeps the file for `xdpcap collect`"
+            )
+        last = (
+            stderr.splitlines()[-1]
+            if stderr
+            else f"agent exited with {process and process.exit_status}"
+        )
+        return last.removeprefix("xdpcap: ")
+
+    # -- fetch -------------------------------------------------------------------------
+    def fetch(self, into: Path) -> Path:
+        """Copy the capture home, check size and sha256, then delete the remote copy."""
+        assert self.conn is not None and self.state.remote_file
+        remote = self.state.remote_file
+        local = into / f"{self.host.name}.pcapng"
+        tmp = local.with_suffix(".pcapng.part")
+        sftp = self.conn.sftp()
+        try:
+            size = sftp.stat(remote).st_size
+            sftp.get(remote, str(tmp))
+        except OSError as exc:
+            raise RemoteError(f"{self.host.name}: fetching {remote} failed: {exc}") from exc
+        local_sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        remote_sha = self._remote_sha256(remote)
+        if tmp.stat().st_size != size or local_sha != remote_sha:
+            raise RemoteError(
+                f"{self.host.name}: {remote} changed or was damaged in transfer "
+                "(size or sha256 differ); the remote copy is kept"
+            )
+        tmp.replace(local)
+        self.state.sha256 = local_sha
+        self.state.local_file = str(local)
+        run(self.conn, ["rm", "-f", remote, remote + ".json"], host=self.host)
+        run(self.conn, ["rmdir", self.run_dir], host=self.host)  # fails harmlessly if not empty
+        return local
+
+    def read_remote_summary(self) -> dict[str, Any] | None:
+        assert self.conn is not None and self.state.remote_file
+        status, out, _ = run(self.conn, ["cat", self.state.remote_file + ".json"], host=self.host)
+        if status != 0:
+            return None
+        try:
+            return json.loads(out)
+        except ValueError:
+            return None
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.close()
+        if self.conn is not None:
+            self.conn.close()
+
+
+def validate_iface_for(host: Host, default_iface: str | None) -> str:
+    iface = host.iface or default_iface
+    if not iface:
+        raise UsageError(f"{host.name}: no interface: pass --iface or set xdpcap_iface")
+    return validate.interface_name(iface)

@@ -1,0 +1,96 @@
+"""Tables for people: the live progress of a run, its final report, `check` verdicts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.table import Table
+
+from .remote_host import HostState
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} TiB"
+
+
+def live_table(states: Sequence[HostState]) -> Table:
+    table = Table(title="xdpcap: capturing", expand=False)
+    for column in ("host", "iface", "state", "packets", "bytes", "lost"):
+        table.add_column(
+            column, justify="right" if column in ("packets", "bytes", "lost") else "left"
+        )
+    for s in states:
+        table.add_row(s.name, s.iface, s.state, str(s.packets), _human_bytes(s.bytes), str(s.lost))
+    table.add_row(
+        "total",
+        "",
+        "",
+        str(sum(s.packets for s in states)),
+        _human_bytes(sum(s.bytes for s in states)),
+        str(sum(s.lost for s in states)),
+        style="bold",
+    )
+    return table
+
+
+def _window(s: HostState) -> str:
+    summary = s.summary or {}
+    start, end = summary.get("window_start_ns"), summary.get("window_end_ns")
+    if not start or not end:
+        return "-"
+    return f"{(end - start) / 1e9:.2f} s"
+
+
+def final_table(states: Sequence[HostState]) -> Table:
+    table = Table(title="xdpcap: run results")
+    for column in ("host", "result", "written", "lost", "seen", "window", "clock offset"):
+        table.add_column(column)
+    for s in states:
+        if s.ok:
+            result = "[green]ok[/green]"
+        elif s.partial:
+            result = f"[yellow]partial: {s.partial}[/yellow]"
+        else:
+            result = f"[red]failed: {s.reason or s.state}[/red]"
+        summary = s.summary or {}
+        table.add_row(
+            s.name,
+            result,
+            str(summary.get("written", s.packets)),
+            str(summary.get("lost", s.lost)),
+            str(summary.get("seen", s.seen)),
+            _window(s),
+            s.clock.describe() if s.clock else "-",
+        )
+    return table
+
+
+def check_table(rows: Sequence[tuple[str, dict[str, Any] | None, str | None]]) -> Table:
+    table = Table(title="xdpcap check")
+    for column in ("host", "verdict", "kernel", "bcc", "headers", "reason"):
+        table.add_column(column)
+    for name, report, error in rows:
+        if report is None:
+            table.add_row(name, "[red]unreachable[/red]", "-", "-", "-", error or "")
+            continue
+        verdict = report.get("verdict", "?")
+        colour = "green" if verdict == "ok" else "red"
+        headers = (
+            "exact"
+            if report.get("headers_exact")
+            else ("other version" if report.get("headers") else "none")
+        )
+        table.add_row(
+            name,
+            f"[{colour}]{verdict}[/{colour}]",
+            str(report.get("kernel")),
+            str(report.get("bcc")),
+            headers,
+            str(report.get("reason")),
+        )
+    return table

@@ -1,0 +1,300 @@
+"""`xdpcap run`: capture on every selected host at once, fetch, merge.
+
+Phases, each bounded in time:
+1. prepare (at most --forks hosts at a time): connect, verify host key, upload the agent
+   where its hash is missing, create the run folder, probe the clock offset;
+2. start an agent on every prepared host; each compiles and attaches, then says ready;
+3. when every host is ready (or failed, or the ready timeout passed), send "start" to all
+   at once, so every host captures the same stretch of time; show live progress;
+4. fetch each capture (at most --forks at a time), verified by size and sha256;
+5. merge what arrived into one pcapng, clock-corrected.
+A failed host never hides the others: each ends with a result, reported at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+
+from ..agent import __version__
+from .agent_bundle import AgentBundle, build_agent_bundle
+from .errors import RemoteError, XdpcapError
+from .inventory import Host
+from .merge import MergeReport, MergeSource, merge_captures
+from .remote_host import CaptureSettings, HostState, RemoteHost, validate_iface_for
+from .report import final_table, live_table
+from .ssh import SshSettings
+
+READY_TIMEOUT_S = 90.0
+DONE_GRACE_S = 30.0
+STOP_GRACE_S = 30.0
+RECONNECT_WAIT_S = 30.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    iface: str | None
+    capture: CaptureSettings
+    forks: int = 10
+    runs_dir: Path = Path("xdpcap-runs")
+    output: Path | None = None
+    clock_correction: bool = True
+    ready_timeout_s: float = READY_TIMEOUT_S
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    states: list[HostState]
+    merged: Path | None
+    merge_report: MergeReport | None
+
+    @property
+    def exit_code(self) -> int:
+        ok = sum(1 for s in self.states if s.ok)
+        if ok == len(self.states) and self.merged is not None:
+            return 0
+        return 3 if ok or any(s.local_file for s in self.states) else 1
+
+
+def new_run_dir(runs_dir: Path) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = runs_dir / stamp
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = runs_dir / f"{stamp}-{suffix}"
+    (path / "hosts").mkdir(parents=True)
+    return path
+
+
+def _each(pool_size: int, items: Sequence[RemoteHost], work: Callable[[RemoteHost], None]) -> None:
+    """Run `work` on every host with at most pool_size at a time; failures become results."""
+
+    def guarded(remote: RemoteHost) -> None:
+        try:
+            work(remote)
+        except XdpcapError as exc:
+            _fail(remote, str(exc))
+        except Exception as exc:
+            _fail(remote, f"{remote.host.name}: {type(exc).__name__}: {exc}")
+
+    with ThreadPoolExecutor(max_workers=max(1, min(pool_size, len(items) or 1))) as pool:
+        list(pool.map(guarded, items))
+
+
+def _fail(remote: RemoteHost, reason: str) -> None:
+    remote.state.state = "failed"
+    prefix = f"{remote.host.name}: "
+    remote.state.reason = reason[len(prefix) :] if reason.startswith(prefix) else reason
+
+
+class Run:
+    def __init__(
+        self,
+        hosts: Sequence[Host],
+        options: RunOptions,
+        ssh: SshSettings,
+        console: Console | None = None,
+    ) -> None:
+        self.options = options
+        self.console = console or Console(stderr=True)
+        self.run_id = secrets.token_hex(8)  # unpredictable remote folder names
+        self.run_dir = new_run_dir(options.runs_dir)
+        self.started = time.monotonic()
+        self.remotes = [
+            RemoteHost(
+                host,
+                HostState(host.name, host.address, validate_iface_for(host, options.iface)),
+                ssh,
+                self.run_id,
+                started=self.started,
+            )
+            for host in hosts
+        ]
+        self.interrupted = False
+
+    @property
+    def states(self) -> list[HostState]:
+        return [r.state for r in self.remotes]
+
+    # -- the phases --------------------------------------------------------------------
+    def execute(self) -> RunResult:
+        bundle = build_agent_bundle()
+        try:
+            self._prepare(bundle)
+            active = [r for r in self.remotes if r.state.state != "failed"]
+            self._capture(active)
+            self._fetch(active)
+        finally:
+            for remote in self.remotes:
+                remote.close()
+        merged, report = self._merge()
+        self._write_run_json(merged)
+        return RunResult(self.run_dir, self.states, merged, report)
+
+    def _prepare(self, bundle: AgentBundle) -> None:
+        self.console.print(f"xdpcap {__version__}: preparing {len(self.remotes)} host(s)")
+        _each(self.options.forks, self.remotes, lambda r: r.prepare(bundle))
+
+    def _capture(self, active: list[RemoteHost]) -> None:
+        for remote in active:
+            try:
+                remote.start_agent(self.options.capture)
+            except XdpcapError as exc:
+                _fail(remote, str(exc))
+        active = [r for r in active if r.process is not None]
+        with Live(
+            live_table(self.states), console=self.console, refresh_per_second=4, transient=False
+        ) as live:
+            try:
+                self._wait_ready(active, live)
+                ready = [r for r in active if r.state.state == "ready"]
+                for remote in ready:
+                    remote.send("start")
+                self._wait_done(ready, live)
+            except KeyboardInterrupt:
+                # Stop every agent cleanly (each detaches), then fetch what they captured.
+                self.interrupted = True
+                self.console.print("interrupted: stopping every agent")
+                for remote in active:
+                    remote.send("stop")
+                self._wait_all(active, STOP_GRACE_S, live)
+            live.update(live_table(self.states))
+        for remote in active:
+            if remote.state.state in ("ready", "compiling"):
+                remote.send("stop")
+                _fail(remote, "not started: other hosts were not ready in time")
+
+    def _wait_ready(self, active: list[RemoteHost], live: Live) -> None:
+        deadline = time.monotonic() + self.options.ready_timeout_s
+        while time.monotonic() < deadline:
+            self._note_dead_agents(active)
+            if all(r.state.state in ("ready", "failed") for r in active):
+                return
+            live.update(live_table(self.states))
+            time.sleep(0.05)
+        for remote in active:
+            if remote.state.state != "ready":
+                remote.send("stop")
+                _fail(
+                    remote,
+                    f"not ready within {self.options.ready_timeout_s:.0f} s (compile and attach)",
+                )
+
+    def _wait_done(self, ready: list[RemoteHost], live: Live) -> None:
+        capture = self.options.capture
+        self._wait_all(ready, capture.duration_s + capture.start_timeout_s + DONE_GRACE_S, live)
+
+    def _wait_all(self, remotes: list[RemoteHost], timeout: float, live: Live) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._note_dead_agents(remotes)
+            if all(r.done_event.is_set() or r.state.state == "failed" for r in remotes):
+                return
+            live.update(live_table(self.states))
+            time.sleep(0.25)
+
+    def _note_dead_agents(self, remotes: list[RemoteHost]) -> None:
+        for remote in remotes:
+            if remote.state.state != "failed" and remote.agent_finished_without_report():
+                if remote.process is not None and remote.process.exit_status is None:
+                    remote.state.state = "disconnected"
+                    remote.state.reason = remote.failure_reason()
+                    remote.done_event.set()
+                else:
+                    _fail(remote, remote.failure_reason())
+
+    def _fetch(self, active: list[RemoteHost]) -> None:
+        hosts_dir = self.run_dir / "hosts"
+
+        def fetch(remote: RemoteHost) -> None:
+            if remote.state.state == "disconnected":
+                self._reconnect(remote)
+            if remote.state.state != "captured":
+                return
+            remote.state.state = "fetching"
+            remote.fetch(hosts_dir)
+            remote.state.state = "done"
+
+        _each(self.options.forks, active, fetch)
+
+    def _reconnect(self, remote: RemoteHost) -> None:
+        """The SSH connection died mid-capture: the agent went on. Come back for the file."""
+        assert remote.state.remote_file
+        end = (
+            remote.state.window_start_ns or time.time_ns()
+        ) / 1e9 + self.options.capture.duration_s
+        time.sleep(max(0.0, min(end - time.time() + 1.0, self.options.capture.duration_s)))
+        remote.close()
+        deadline = time.monotonic() + RECONNECT_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                remote.conn = None
+                remote.open()
+                summary = remote.read_remote_summary()
+            except RemoteError:
+                summary = None
+            if summary is not None:
+                remote.state.summary = summary
+                remote.state.state = "captured"
+                remote.state.reason = None
+                return
+            time.sleep(2)
+        remote.state.reason = (
+            f"connection lost and the capture was not ready within "
+            f"{RECONNECT_WAIT_S:.0f} s; run `xdpcap collect {self.run_dir}`"
+        )
+
+    def _merge(self) -> tuple[Path | None, MergeReport | None]:
+        fetched = [r for r in self.remotes if r.state.local_file]
+        if not fetched:
+            return None, None
+        sources = [
+            MergeSource(
+                path=r.state.local_file,
+                host=r.host.name,
+                address=r.host.address,
+                clock_offset_ns=r.state.clock.offset_ns if r.state.clock else 0,
+                clock_error_ns=r.state.clock.error_ns if r.state.clock else None,
+                sync_state=r.state.clock.sync_state if r.state.clock else None,
+            )
+            for r in fetched
+        ]
+        out = self.options.output or self.run_dir / "merged.pcapng"
+        report = merge_captures(sources, out, clock_correction=self.options.clock_correction)
+        return out, report
+
+    def _write_run_json(self, merged: Path | None) -> None:
+        data = {
+            "xdpcap": __version__,
+            "run_id": self.run_id,
+            "interrupted": self.interrupted,
+            "capture": self.options.capture.__dict__,
+            "merged": str(merged) if merged else None,
+            "clock_correction": self.options.clock_correction,
+            "hosts": [s.to_dict() for s in self.states],
+        }
+        (self.run_dir / "run.json").write_text(json.dumps(data, indent=2, default=str))
+
+
+def print_result(result: RunResult, console: Console) -> None:
+    console.print(final_table(result.states))
+    if result.merge_report is not None:
+        for warning in result.merge_report.warnings:
+            console.print(f"[yellow]warning:[/yellow] {warning}")
+    if result.merged is not None:
+        total = result.merge_report.packets if result.merge_report else "?"
+        console.print(f"merged {total} packets into {result.merged}")
+    else:
+        console.print("[red]nothing was captured: no merged file[/red]")
+    console.print(f"run folder: {result.run_dir}")

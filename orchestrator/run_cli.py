@@ -1,0 +1,181 @@
+"""`xdpcap run`, `xdpcap check`: the controller's commands over an inventory.
+
+Every value is validated before any host is contacted: a bad flag or inventory is one
+line and exit 2, with nothing done anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from ..agent import validate
+from .agent_bundle import build_agent_bundle
+from .errors import UsageError
+from .inventory import Host, format_host_list, load_inventory
+from .remote_host import CaptureSettings, HostState, RemoteHost, validate_iface_for
+from .report import check_table
+from .run import Run, RunOptions, RunResult, _each, print_result
+from .ssh import SshSettings
+
+DEFAULT_DURATION_S = 10.0
+COUNT_ONLY_DURATION_S = 300.0  # --count alone still needs a deadline on every host
+
+
+def add_inventory_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-i",
+        "--inventory",
+        required=True,
+        help="Ansible inventory: YAML, INI or `ansible-inventory --list` JSON",
+    )
+    parser.add_argument("--iface", help="interface on every host (host var xdpcap_iface wins)")
+    parser.add_argument("-l", "--limit", help="Ansible host pattern: web:&prod:!web03")
+    parser.add_argument(
+        "-f",
+        "--forks",
+        type=int,
+        default=10,
+        help="hosts prepared and fetched at once (default 10)",
+    )
+    parser.add_argument(
+        "--accept-new-host-keys",
+        action="store_true",
+        help="trust and remember unknown host keys (never changed ones)",
+    )
+    parser.add_argument(
+        "-K",
+        "--ask-become-pass",
+        action="store_true",
+        help="ask for the sudo password (otherwise sudo -n)",
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser(
+        "run",
+        help="capture on every host of an inventory and merge",
+        description="Capture with XDP on many hosts at once; merge by time.",
+    )
+    add_inventory_arguments(run)
+    run.add_argument("--duration", type=float, help=f"seconds (default {DEFAULT_DURATION_S:g})")
+    run.add_argument("--count", type=int, help="stop each host after N packets")
+    run.add_argument("--snaplen", type=int, default=262144)
+    run.add_argument("--sample-rate", type=int, default=1, metavar="N")
+    run.add_argument("--xdp-mode", choices=("auto", "native", "skb"), default="auto")
+    run.add_argument(
+        "-w",
+        "--write",
+        dest="output",
+        type=Path,
+        help="merged pcapng (default RUN_FOLDER/merged.pcapng)",
+    )
+    run.add_argument("--runs-dir", type=Path, default=Path("xdpcap-runs"))
+    run.add_argument("--no-clock-correction", action="store_true")
+    run.add_argument("--ready-timeout", type=float, default=90.0)
+    run.add_argument(
+        "--list-hosts",
+        action="store_true",
+        help="print the selected hosts and exit, connecting to none",
+    )
+    run.set_defaults(func=run_command)
+
+    check = sub.add_parser("check", help="preflight every host: can it capture?")
+    add_inventory_arguments(check)
+    check.set_defaults(func=check_command)
+
+
+def select_hosts(args: argparse.Namespace) -> list[Host]:
+    inventory = load_inventory(args.inventory)
+    hosts = inventory.select(args.limit)
+    if not hosts:
+        raise UsageError(f"{args.inventory}: no hosts selected")
+    if args.forks < 1 or args.forks > 1000:
+        raise UsageError(f"--forks must be between 1 and 1000, not {args.forks}")
+    if args.iface is not None:
+        validate.interface_name(args.iface)
+    for host in hosts:
+        validate_iface_for(host, args.iface)
+    return hosts
+
+
+def _ssh_settings(args: argparse.Namespace) -> SshSettings:
+    password = None
+    if args.ask_become_pass:
+        if not sys.stdin.isatty():
+            raise UsageError("--ask-become-pass needs a terminal to ask on")
+        password = getpass.getpass("BECOME password: ")
+    return SshSettings(accept_new_host_keys=args.accept_new_host_keys, become_password=password)
+
+
+def capture_settings(args: argparse.Namespace) -> CaptureSettings:
+    duration = args.duration
+    if duration is None:
+        duration = COUNT_ONLY_DURATION_S if args.count is not None else DEFAULT_DURATION_S
+    return CaptureSettings(
+        duration_s=validate.duration(duration) or DEFAULT_DURATION_S,
+        count=validate.count(args.count),
+        snaplen=validate.snaplen(args.snaplen),
+        sample_rate=validate.sample_rate(args.sample_rate),
+        xdp_mode=args.xdp_mode,
+        start_timeout_s=args.ready_timeout + 30.0,
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    capture = capture_settings(args)
+    hosts = select_hosts(args)
+    if args.list_hosts:
+        print(format_host_list(hosts, args.iface))
+        return 0
+    if args.ready_timeout <= 0:
+        raise UsageError("--ready-timeout must be greater than 0")
+    options = RunOptions(
+        iface=args.iface,
+        capture=capture,
+        forks=args.forks,
+        runs_dir=args.runs_dir,
+        output=args.output,
+        clock_correction=not args.no_clock_correction,
+        ready_timeout_s=args.ready_timeout,
+    )
+    return execute_run(hosts, options, _ssh_settings(args))
+
+
+def execute_run(hosts: list[Host], options: RunOptions, ssh: SshSettings) -> int:
+    console = Console(stderr=True)
+    result: RunResult = Run(hosts, options, ssh, console).execute()
+    print_result(result, console)
+    if result.merged is not None:
+        print(result.merged)
+    return result.exit_code
+
+
+def check_command(args: argparse.Namespace) -> int:
+    hosts = select_hosts(args)
+    ssh = _ssh_settings(args)
+    bundle = build_agent_bundle()
+    remotes = [
+        RemoteHost(
+            h, HostState(h.name, h.address, validate_iface_for(h, args.iface)), ssh, run_id="check"
+        )
+        for h in hosts
+    ]
+    reports: dict[str, dict] = {}
+
+    def check(remote: RemoteHost) -> None:
+        try:
+            remote.prepare(bundle, probe_clock=False)
+            reports[remote.host.name] = remote.preflight()
+        finally:
+            remote.close()
+
+    _each(args.forks, remotes, check)
+    rows = [(r.host.name, reports.get(r.host.name), r.state.reason) for r in remotes]
+    Console().print(check_table(rows))
+    ok = sum(1 for _, report, _ in rows if report and report.get("verdict") == "ok")
+    return 0 if ok == len(rows) else (3 if ok else 1)

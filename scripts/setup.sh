@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian 12 machine for xdpcap: system packages, then the project in .venv.
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Why each package:
+#   python3-bpfcc        bcc for Python: compiles and loads the XDP sampler
+#   linux-headers-amd64  kernel headers bcc compiles against (any version: XDP needs only UAPI)
+#   openssh-server       sshd for the namespace lab's hosts
+#   tshark               tshark, capinfos, mergecap: reading and checking captures
+#   tcpdump xdp-tools netsniff-ng   the peers in bench/ (tcpdump, xdpdump, trafgen)
+#   iproute2 iputils-ping           namespaces, veths, bridges; lab traffic
+#   ruby                 `ruby -c Vagrantfile` in the tests (no VMs boot here)
+PACKAGES=(python3-bpfcc linux-headers-amd64 openssh-server tshark tcpdump xdp-tools
+          netsniff-ng iproute2 iputils-ping ruby python3-venv)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: these Debian packages are missing and installing them needs root: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup: ready (.venv/bin/xdpcap)"
