@@ -693,3 +693,31 @@ def test_format_host_list_default_iface() -> None:
     hosts = parse(one_host_yaml("a") + "    b: {xdpcap_iface: ens1}\n").select(None)
     assert format_host_list(hosts, "lo").splitlines() == ["a  a  lo", "b  b  ens1"]
     assert format_host_list(hosts, None).splitlines() == ["a  a  -", "b  b  ens1"]
+
+
+def test_ini_groups_may_be_defined_after_they_are_referenced() -> None:
+    inventory = parse(
+        """\
+        [web:vars]
+        ansible_user=ops
+
+        [site:children]
+        web
+
+        [web]
+        a
+        """,
+        "hosts",
+    )
+    assert inventory.hosts["a"].groups == ("all", "site", "web")
+    assert inventory.hosts["a"].user == "ops"
+
+
+def test_json_with_yaml_line_breaks_keeps_values_and_drops_line_numbers() -> None:
+    text = '{"web": {"hosts": ["a"], "vars": {"note": "x\u2028y"}}}'
+    assert parse_inventory_text(text, "x.json").hosts["a"].vars["note"] == "x\u2028y"
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory_text(
+            '{"web": {"hosts": ["a"], "vars": {"xdpcap_iface": "\u2028"}}}', "x.json"
+        )
+    assert str(caught.value).startswith("x.json: host 'a': xdpcap_iface: ")
