@@ -27,7 +27,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Union
+from typing import BinaryIO, Callable, NamedTuple, Union
 
 from .errors import PcapngError
 from .pcapng import (
@@ -284,7 +284,14 @@ class CaptureReader:
         # addend) when packets can be normalised in place with one multiply-add, else None.
         self._fast: list[tuple[int, int, int] | None] = []
         self._big = False
-        self._last_ts = 0
+        # The timestamp of the last packet read: a simple packet block takes it.
+        self.last_ts = 0
+        # Stepping state (see `begin`): the unread chunk, the next block in it, and the
+        # file offset of buf[0] (damage offsets are file offsets).
+        self.buf = bytearray()
+        self.pos = 0
+        self.base = 0
+        self._stream: BinaryIO | None = None
         self._pcap_ns_factor = 1000
 
     # ----------------------------------------------------------------- high level
@@ -298,42 +305,80 @@ class CaptureReader:
     def batches(self) -> Iterator[Batch]:
         """Normalised packet blocks, one batch per chunk read, in file order."""
         with open(self.path, "rb") as stream:
-            yield from self._batches(stream)
+            if self.begin(stream):
+                while True:
+                    batch = Batch()
+                    whole = self.scan(batch)
+                    if batch.ts or batch.statistics:
+                        yield batch
+                    if not whole or not self.refill():
+                        break
         if self.damage is not None and self._strict:
             raise PcapngError(str(self.damage))
 
-    def _batches(self, stream) -> Iterator[Batch]:
-        buf = bytearray(stream.read(self._chunk_size))
-        base = 0  # file offset of buf[0]
+    # The stepping API under `batches()`. The merge's C fast path uses it directly: it
+    # reads the little-endian packet blocks of `buf` itself (with `fast_table()`), moves
+    # `pos` past them and keeps `last_ts` current, and calls `scan()` for everything else.
+    def begin(self, stream: BinaryIO) -> bool:
+        """Read the first chunk and the file header; False (and `damage`) if unusable."""
+        self._stream = stream
+        self.buf = bytearray(stream.read(self._chunk_size))
+        self.base = 0  # file offset of buf[0]
         try:
-            pos = self._start(buf)
+            self.pos = self._start(self.buf)
         except _Corrupt as exc:
             self.damage = Damage(self.path, exc.pos, exc.reason)
-            return
-        scan = self._scan_pcapng if self.format == "pcapng" else self._scan_pcap
-        eof = False
-        while True:
-            batch = Batch()
-            try:
-                pos = scan(buf, pos, batch)
-            except _Corrupt as exc:
-                self.damage = Damage(self.path, base + exc.pos, exc.reason)
-                if batch.ts or batch.statistics:
-                    yield batch
-                return
-            if batch.ts or batch.statistics:
-                yield batch
-            if eof:
-                if pos < len(buf):
-                    self.damage = Damage(self.path, base + pos, _truncation(buf, pos, self))
-                return
-            # A new buffer each time: the blocks just yielded are views into the old one.
-            base += pos
-            buf = buf[pos:]
-            pos = 0
-            data = stream.read(self._chunk_size)
-            eof = not data
-            buf += data
+            return False
+        self._scan = self._scan_pcapng if self.format == "pcapng" else self._scan_pcap
+        return True
+
+    def scan(self, batch: Batch, *, one_block: bool = False) -> bool:
+        """Read the complete blocks from `pos` on into `batch` (only one with `one_block`).
+
+        Returns False once the file is damaged: `damage` says where, and `batch` holds
+        what came before it. Stopping at an incomplete block is not damage: `refill()`.
+        """
+        buf = self.buf
+        try:
+            if one_block and self.format == "pcapng":
+                nxt = self._one_block(buf, memoryview(buf), self.pos, len(buf), batch)
+                if nxt is not None:
+                    self.pos = nxt
+            else:
+                self.pos = self._scan(buf, self.pos, batch)
+        except _Corrupt as exc:
+            self.damage = Damage(self.path, self.base + exc.pos, exc.reason)
+            return False
+        return True
+
+    def refill(self) -> bool:
+        """Drop the bytes before `pos` and append the next chunk.
+
+        False at the end of the file; bytes left over there are damage (a truncated block).
+        """
+        assert self._stream is not None, "refill() before begin()"
+        data = self._stream.read(self._chunk_size)
+        if not data:
+            if self.pos < len(self.buf):
+                reason = _truncation(self.buf, self.pos, self)
+                self.damage = Damage(self.path, self.base + self.pos, reason)
+            return False
+        # A new buffer each time: blocks handed out earlier are views into the old one.
+        self.base += self.pos
+        self.buf = self.buf[self.pos :]
+        self.pos = 0
+        self.buf += data
+        return True
+
+    def fast_table(self) -> list[tuple[int, int, int] | None] | None:
+        """Per local interface id of the current section: (out id, factor, addend) when
+        `ts_ns = raw * factor + addend` and an in-place rewrite of the interface id and
+        timestamp normalise its packet blocks; None for other interfaces. None as a
+        whole when no packet block at `pos` can be rewritten in place (big-endian
+        sections, classic pcap)."""
+        if self.format != "pcapng" or self._big:
+            return None
+        return self._fast
 
     def _start(self, buf: bytearray) -> int:
         if not buf:
@@ -451,7 +496,7 @@ class CaptureReader:
         except (IndexError, TypeError):
             pass
         if batch.ts:
-            self._last_ts = batch.ts[-1]
+            self.last_ts = batch.ts[-1]
         return pos
 
     def _one_block(
@@ -578,7 +623,7 @@ class CaptureReader:
             block = memoryview(buf)[pos : pos + 12 + len(body)]
         batch.ts.append(ts)
         batch.blocks.append(block)
-        self._last_ts = ts
+        self.last_ts = ts
 
     def _spb(self, pos: int, body: memoryview, batch: Batch) -> None:
         # A simple packet block has no timestamp and belongs to interface 0: it becomes
@@ -590,8 +635,8 @@ class CaptureReader:
         cap = min(orig, len(body) - 4)
         if iface.snaplen:
             cap = min(cap, iface.snaplen)
-        batch.ts.append(self._last_ts)
-        batch.blocks.append(enhanced_packet(iface.out_id, self._last_ts, body[4 : 4 + cap], orig))
+        batch.ts.append(self.last_ts)
+        batch.blocks.append(enhanced_packet(iface.out_id, self.last_ts, body[4 : 4 + cap], orig))
 
     def _isb(self, pos: int, body: memoryview, batch: Batch) -> None:
         order = ">" if self._big else "<"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable
@@ -77,7 +78,5 @@ class RemoteProcess:
         return self.finished.wait(timeout)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._channel.close()
-        except OSError:
-            pass

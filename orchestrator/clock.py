@@ -8,16 +8,14 @@ round trip wins, and its error bound is ± round trip / 2.
 from __future__ import annotations
 
 import json
-import queue
 import time
 from dataclasses import dataclass
 
 from fabric import Connection
 
-from .channel import RemoteProcess
 from .errors import RemoteError
 
-ROUNDS = 8
+ROUNDS = 16
 ROUND_TIMEOUT_S = 5.0
 
 
@@ -35,32 +33,39 @@ class ClockOffset:
 def estimate_offset(
     conn: Connection, command: str, *, name: str, rounds: int = ROUNDS
 ) -> ClockOffset:
-    answers: queue.Queue[str] = queue.Queue()
-    process = RemoteProcess(conn, command, answers.put, name=name)
+    """Probe over a channel of its own, read in this thread: every hand-off between
+    threads on the reply path would widen the round trip and bias the offset."""
+    transport = conn.client.get_transport()
+    if transport is None or not transport.is_active():
+        raise RemoteError(f"{name}: the SSH connection is closed")
+    channel = transport.open_session(timeout=ROUND_TIMEOUT_S)
+    channel.settimeout(ROUND_TIMEOUT_S)
+    best: tuple[int, int] | None = None
     try:
-        _answer(answers, name)  # the first answer only tells us the agent is up
-        best: tuple[int, int] | None = None
+        channel.exec_command(command)
+        reader = channel.makefile("rb")
+        _answer(reader, name)  # the first answer only says the agent is up
         for _ in range(rounds):
             sent = time.time_ns()
-            if not process.send_line(""):
-                break
-            remote = _answer(answers, name)
+            channel.sendall(b"\n")
+            remote = _answer(reader, name)
             received = time.time_ns()
             rtt = received - sent
             if best is None or rtt < best[1]:
                 best = (remote - (sent + received) // 2, rtt)
+    except OSError as exc:
+        raise RemoteError(f"{name}: the clock probe failed: {exc}") from exc
     finally:
-        process.close()
+        channel.close()
     if best is None:
         raise RemoteError(f"{name}: the clock probe got no answer")
     return ClockOffset(best[0], best[1] // 2)
 
 
-def _answer(answers: queue.Queue[str], name: str) -> int:
+def _answer(reader, name: str) -> int:
     try:
-        line = answers.get(timeout=ROUND_TIMEOUT_S)
-        return int(json.loads(line)["realtime_ns"])
-    except (queue.Empty, ValueError, KeyError, TypeError) as exc:
+        return int(json.loads(reader.readline())["realtime_ns"])
+    except (ValueError, KeyError, TypeError) as exc:
         raise RemoteError(f"{name}: the clock probe got no valid answer") from exc
 
 
@@ -83,3 +88,25 @@ def sync_state(conn: Connection) -> str | None:
                 else f"NTP synchronized: {answer}"
             )
     return None
+
+
+def corrections(offsets: dict[str, ClockOffset]) -> dict[str, int]:
+    """The shift to subtract from each host's timestamps so the hosts agree with each other.
+
+    Two rules, both from how the probe errs:
+    - Offsets are taken relative to the median host. The probe's reply path through SSH
+      is slower than its request path (paramiko hands data through threads), which biases
+      every host's offset by the same tens of microseconds; the median cancels it, and
+      the merged capture keeps the consensus clock of the fleet.
+    - A relative offset within its own error bound is indistinguishable from zero: we
+      leave that host alone rather than move it by noise.
+    """
+    if not offsets:
+        return {}
+    ordered = sorted(o.offset_ns for o in offsets.values())
+    median = ordered[(len(ordered) - 1) // 2]
+    result = {}
+    for name, offset in offsets.items():
+        relative = offset.offset_ns - median
+        result[name] = relative if abs(relative) > offset.error_ns else 0
+    return result

@@ -26,7 +26,9 @@ DEMO_LAB = "demo"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="lab up, traffic, capture on every lab host, merge, lab down")
+    demo = sub.add_parser(
+        "demo", help="lab up, traffic, capture on every lab host, merge, lab down"
+    )
     demo.add_argument("--hosts", type=int, default=3)
     demo.add_argument("--duration", type=float, default=6.0)
     demo.add_argument("--runs-dir", type=Path, default=Path("xdpcap-runs"))
@@ -46,16 +48,48 @@ def _traffic_until(lab: Lab, stop: threading.Event, console: Console) -> None:
 def summarize(merged: Path, console: Console) -> None:
     """A tshark-style look at the merged file: its interfaces and its first packets."""
     if shutil.which("capinfos"):
-        info = subprocess.run(["capinfos", "-c", "-u", "-a", "-e", "-o", "-M", str(merged)],
-                              capture_output=True, text=True, timeout=60, check=False)
+        info = subprocess.run(
+            ["capinfos", "-c", "-u", "-a", "-e", "-o", "-M", str(merged)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         print(info.stdout.rstrip(), file=sys.stderr)
     if shutil.which("tshark"):
         listing = subprocess.run(
-            ["tshark", "-r", str(merged), "-c", "15", "-T", "fields", "-E", "separator=\t",
-             "-e", "frame.number", "-e", "frame.time_relative", "-e", "frame.interface_name",
-             "-e", "_ws.col.Source", "-e", "_ws.col.Destination", "-e", "_ws.col.Protocol",
-             "-e", "_ws.col.Info", "-Y", "icmp || icmpv6.type == 128 || icmpv6.type == 129"],
-            capture_output=True, text=True, timeout=60, check=False)
+            [
+                "tshark",
+                "-r",
+                str(merged),
+                "-c",
+                "15",
+                "-T",
+                "fields",
+                "-E",
+                "separator=\t",
+                "-e",
+                "frame.number",
+                "-e",
+                "frame.time_relative",
+                "-e",
+                "frame.interface_name",
+                "-e",
+                "_ws.col.Source",
+                "-e",
+                "_ws.col.Destination",
+                "-e",
+                "_ws.col.Protocol",
+                "-e",
+                "_ws.col.Info",
+                "-Y",
+                "icmp || icmpv6.type == 128 || icmpv6.type == 129",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         print("first echo requests and replies (interface = host:iface):", file=sys.stderr)
         print(listing.stdout.rstrip(), file=sys.stderr)
 
@@ -70,8 +104,14 @@ def demo_command(args: argparse.Namespace) -> int:
         traffic.start()
         options = RunOptions(
             iface="eth0",
-            capture=CaptureSettings(duration_s=args.duration, count=None, snaplen=262144,
-                                    sample_rate=1, xdp_mode="auto", start_timeout_s=120.0),
+            capture=CaptureSettings(
+                duration_s=args.duration,
+                count=None,
+                snaplen=262144,
+                sample_rate=1,
+                xdp_mode="auto",
+                start_timeout_s=120.0,
+            ),
             runs_dir=args.runs_dir,
         )
         result = Run(inventory.select(None), options, SshSettings(), console).execute()

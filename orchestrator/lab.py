@@ -554,6 +554,10 @@ class Lab:
         ]
         return found
 
+    def sshd_pid(self, name: str) -> int | None:
+        """The pid of host NAME's sshd, if it runs (tests stop it to make a host unreachable)."""
+        return self._sshd_pid(self.host(name))
+
     def _sshd_pid(self, host: LabHost) -> int | None:
         """The pid in the host's PidFile if that process is alive and is our sshd."""
         hdir = self.host_dir(host)

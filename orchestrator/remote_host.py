@@ -62,7 +62,8 @@ class HostState:
     t_capturing_s: float | None = None
     window_start_ns: int | None = None
     summary: dict[str, Any] | None = None
-    clock: ClockOffset | None = None
+    clock: ClockOffset | None = None  # as measured: host clock − controller clock
+    clock_shift_ns: int | None = None  # what the merge subtracted (see clock.corrections)
     local_file: str | None = None
     remote_file: str | None = None
     sha256: str | None = None
@@ -118,15 +119,18 @@ class RemoteHost:
     done_event: threading.Event = field(default_factory=threading.Event)
 
     # -- preparation -------------------------------------------------------------------
-    def prepare(self, bundle: AgentBundle, *, probe_clock: bool = True) -> None:
+    def prepare(self, bundle: AgentBundle, *, clock_lock: threading.Lock | None = None) -> None:
         self.open()
         self.state.state = "uploading"
         self._install_agent(bundle)
         self._make_run_dir()
-        if probe_clock:
+        if clock_lock is not None:
             self.state.state = "clock"
             probe = quote_command(self._agent_argv("clock", "--serve", sudo=False))
-            offset = estimate_offset(self.conn, probe, name=self.host.name)
+            # One probe at a time: threads of this process contending for the GIL would
+            # add tens of microseconds of noise to the round trips.
+            with clock_lock:
+                offset = estimate_offset(self.conn, probe, name=self.host.name)
             self.state.clock = ClockOffset(offset.offset_ns, offset.error_ns, sync_state(self.conn))
 
     def open(self) -> None:

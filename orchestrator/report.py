@@ -94,3 +94,22 @@ def check_table(rows: Sequence[tuple[str, dict[str, Any] | None, str | None]]) -
             str(report.get("reason")),
         )
     return table
+
+
+def final_lines(states: Sequence[HostState]) -> list[str]:
+    lines = []
+    for s in states:
+        summary = s.summary or {}
+        if s.ok:
+            result = "ok"
+        elif s.partial:
+            result = f"partial: {s.partial}"
+        else:
+            result = f"failed: {s.reason or s.state}"
+        clock = f", clock {s.clock.describe()}" if s.clock else ""
+        lines.append(
+            f"{s.name}: {result}; written {summary.get('written', s.packets)}, "
+            f"lost {summary.get('lost', s.lost)}, seen {summary.get('seen', s.seen)}, "
+            f"window {_window(s)}{clock}"
+        )
+    return lines

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,11 +28,12 @@ from rich.live import Live
 
 from ..agent import __version__
 from .agent_bundle import AgentBundle, build_agent_bundle
+from .clock import corrections
 from .errors import RemoteError, XdpcapError
 from .inventory import Host
 from .merge import MergeReport, MergeSource, merge_captures
 from .remote_host import CaptureSettings, HostState, RemoteHost, validate_iface_for
-from .report import final_table, live_table
+from .report import final_lines, final_table, live_table
 from .ssh import SshSettings
 
 READY_TIMEOUT_S = 90.0
@@ -144,7 +146,8 @@ class Run:
 
     def _prepare(self, bundle: AgentBundle) -> None:
         self.console.print(f"xdpcap {__version__}: preparing {len(self.remotes)} host(s)")
-        _each(self.options.forks, self.remotes, lambda r: r.prepare(bundle))
+        clock_lock = threading.Lock()
+        _each(self.options.forks, self.remotes, lambda r: r.prepare(bundle, clock_lock=clock_lock))
 
     def _capture(self, active: list[RemoteHost]) -> None:
         for remote in active:
@@ -259,17 +262,21 @@ class Run:
         fetched = [r for r in self.remotes if r.state.local_file]
         if not fetched:
             return None, None
-        sources = [
-            MergeSource(
-                path=r.state.local_file,
-                host=r.host.name,
-                address=r.host.address,
-                clock_offset_ns=r.state.clock.offset_ns if r.state.clock else 0,
-                clock_error_ns=r.state.clock.error_ns if r.state.clock else None,
-                sync_state=r.state.clock.sync_state if r.state.clock else None,
+        shifts = corrections({r.host.name: r.state.clock for r in fetched if r.state.clock})
+        sources = []
+        for remote in fetched:
+            clock = remote.state.clock
+            remote.state.clock_shift_ns = shifts.get(remote.host.name, 0)
+            sources.append(
+                MergeSource(
+                    path=remote.state.local_file,
+                    host=remote.host.name,
+                    address=remote.host.address,
+                    clock_offset_ns=remote.state.clock_shift_ns,
+                    clock_error_ns=clock.error_ns if clock else None,
+                    sync_state=clock.sync_state if clock else None,
+                )
             )
-            for r in fetched
-        ]
         out = self.options.output or self.run_dir / "merged.pcapng"
         report = merge_captures(sources, out, clock_correction=self.options.clock_correction)
         return out, report
@@ -288,7 +295,12 @@ class Run:
 
 
 def print_result(result: RunResult, console: Console) -> None:
-    console.print(final_table(result.states))
+    if console.is_terminal:
+        console.print(final_table(result.states))
+    else:
+        # Logs and pipes get one unwrapped line per host, easy to grep.
+        for line in final_lines(result.states):
+            print(line, file=console.file)
     if result.merge_report is not None:
         for warning in result.merge_report.warnings:
             console.print(f"[yellow]warning:[/yellow] {warning}")

@@ -169,7 +169,7 @@ def check_command(args: argparse.Namespace) -> int:
 
     def check(remote: RemoteHost) -> None:
         try:
-            remote.prepare(bundle, probe_clock=False)
+            remote.prepare(bundle)
             reports[remote.host.name] = remote.preflight()
         finally:
             remote.close()

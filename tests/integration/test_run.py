@@ -1,0 +1,180 @@
+"""`xdpcap run` end to end on the namespace lab: real sshd, real SSH, real XDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from .agent_helpers import capinfos, tshark_fields
+from .lab_helpers import (
+    delayed_udp_echo,
+    echo_pairs,
+    inventory_with,
+    pings_between_all,
+    private_lab,
+    udp_echo_pairs,
+    xdpcap,
+)
+
+SKEW_NS = 250_000_000
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    with private_lab("run", tmp_path_factory.mktemp("runlab")) as lab:
+        yield lab
+
+
+def _merged_path(result) -> Path:
+    assert result.stdout.strip(), result.stderr
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def _run_json(merged: Path) -> dict:
+    return json.loads((merged.parent / "run.json").read_text())
+
+
+def test_run_merges_every_host_in_order(lab, tmp_path: Path) -> None:
+    with pings_between_all(lab, seconds=12):
+        result = xdpcap(
+            "run",
+            "-i",
+            str(lab.inventory_path),
+            "--duration",
+            "6",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        )
+    assert result.returncode == 0, result.stderr
+    merged = _merged_path(result)
+    info = capinfos(merged)
+    assert "Strict time order:   True" in info
+    names = {row[0] for row in tshark_fields(merged, "frame.interface_name")}
+    assert names == {f"{h.name}:eth0" for h in lab.hosts}
+
+    pairs, orphans = echo_pairs(merged)
+    assert len(pairs) >= 6 * 10  # every ordered pair of 3 hosts, for several seconds
+    for request, reply, request_iface, reply_iface in pairs:
+        assert request < reply, (request, reply)
+        assert request_iface != reply_iface  # seen on the receiver, then on the sender
+    assert orphans <= 6  # at most one per host pair, at the window's edges
+
+    run = _run_json(merged)
+    for host in run["hosts"]:
+        assert host["state"] == "done"
+        assert host["summary"]["unaccounted"] == 0
+        assert Path(host["local_file"]).exists()
+        assert host["t_capturing_s"] is not None
+
+
+def test_clock_skew_is_corrected(lab, tmp_path: Path) -> None:
+    skewed = lab.hosts[1].name
+    inventory = inventory_with(lab, tmp_path, {skewed: {"xdpcap_test_clock_skew_ns": SKEW_NS}})
+    with delayed_udp_echo(lab, seconds=12):
+        result = xdpcap(
+            "run", "-i", str(inventory), "--duration", "5", "--runs-dir", str(tmp_path / "runs")
+        )
+    assert result.returncode == 0, result.stderr
+    merged = _merged_path(result)
+    run = _run_json(merged)
+    offsets = {h["name"]: h["clock"]["offset_ns"] for h in run["hosts"]}
+    assert abs(offsets[skewed] - SKEW_NS) < 20_000_000
+    pairs = udp_echo_pairs(merged)
+    assert len(pairs) >= 6 * 10
+    assert all(request < reply for request, reply in pairs)
+
+    uncorrected = tmp_path / "uncorrected.pcapng"
+    files = [h["local_file"] for h in run["hosts"]]
+    merge = xdpcap("merge", *files, "-w", str(uncorrected), "--no-clock-correction")
+    assert merge.returncode == 0, merge.stderr
+    pairs = udp_echo_pairs(uncorrected)
+    inverted = [p for p in pairs if p[0] > p[1]]
+    # Pings towards the skewed host: their requests carry its +250 ms and land after
+    # the replies; a third of all pairs (2 of the 6 directions).
+    assert len(inverted) >= len(pairs) // 4, (len(inverted), len(pairs))
+
+
+def test_limit_and_list_hosts(lab, tmp_path: Path) -> None:
+    first, second, third = (h.name for h in lab.hosts)
+    listed = xdpcap(
+        "run", "-i", str(lab.inventory_path), "--limit", f"all:!{second}", "--list-hosts"
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert first in listed.stdout and third in listed.stdout and second not in listed.stdout
+
+    result = xdpcap(
+        "run",
+        "-i",
+        str(lab.inventory_path),
+        "--limit",
+        f"{first}:{third}",
+        "--duration",
+        "2",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    )
+    assert result.returncode == 0, result.stderr
+    names = {row[0] for row in tshark_fields(_merged_path(result), "frame.interface_name")}
+    assert names <= {f"{first}:eth0", f"{third}:eth0"}
+    assert {h["name"] for h in _run_json(_merged_path(result))["hosts"]} == {first, third}
+
+
+def test_count_stops_the_run(lab, tmp_path: Path) -> None:
+    with pings_between_all(lab, seconds=30):
+        result = xdpcap(
+            "run",
+            "-i",
+            str(lab.inventory_path),
+            "--count",
+            "15",
+            "--duration",
+            "60",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stderr
+    run = _run_json(_merged_path(result))
+    for host in run["hosts"]:
+        assert host["summary"]["stopped_by"] == "count"
+        assert host["summary"]["written"] >= 15
+        window = host["summary"]["window_end_ns"] - host["summary"]["window_start_ns"]
+        assert window < 30e9
+
+
+def test_check_reports_each_host(lab) -> None:
+    result = xdpcap("check", "-i", str(lab.inventory_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for host in lab.hosts:
+        assert host.name in result.stdout
+    assert result.stdout.count("ok") >= len(lab.hosts)
+
+
+def test_unreachable_host_gives_exit_3(tmp_path: Path) -> None:
+    with private_lab("down", tmp_path, hosts=3) as lab:
+        dead = lab.hosts[2].name
+        pid = lab.sshd_pid(dead)
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        result = xdpcap(
+            "run",
+            "-i",
+            str(lab.inventory_path),
+            "--duration",
+            "2",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        )
+        assert result.returncode == 3, result.stderr
+        assert dead in result.stderr and "cannot connect" in result.stderr
+        merged = _merged_path(result)
+        names = {row[0] for row in tshark_fields(merged, "frame.interface_name")}
+        assert f"{dead}:eth0" not in names
+        run = _run_json(merged)
+        states = {h["name"]: h["state"] for h in run["hosts"]}
+        assert states[dead] == "failed"
+        assert sum(1 for s in states.values() if s == "done") == 2
