@@ -148,11 +148,16 @@ class PerfRing:
         os.close(self.fd)
 
 
+def _libbpf() -> ctypes.CDLL:
+    return ctypes.CDLL("libbpf.so.1", use_errno=True)  # a dependency of bcc
+
+
 class PerfRings:
     """A ring per online CPU, installed in a BPF perf event array; poll() waits on all."""
 
-    def __init__(self, table, cpus: Sequence[int], page_count: int, wakeup_events: int) -> None:
-        self._table = table
+    def __init__(self, map_fd: int, cpus: Sequence[int], page_count: int, wakeup_events: int):
+        self._map_fd = map_fd
+        self._libbpf = _libbpf()
         self.rings: list[PerfRing] = []
         self._epoll = select.epoll()
         try:
@@ -160,7 +165,12 @@ class PerfRings:
                 ring = PerfRing(cpu, page_count, wakeup_events)
                 self.rings.append(ring)
                 self._epoll.register(ring.fd, select.EPOLLIN)
-                table[table.Key(cpu)] = table.Leaf(ring.fd)
+                key, value = ctypes.c_uint32(cpu), ctypes.c_uint32(ring.fd)
+                if self._libbpf.bpf_map_update_elem(
+                    map_fd, ctypes.byref(key), ctypes.byref(value), ctypes.c_uint64(0)
+                ):
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"perf event array, CPU {cpu}: {os.strerror(err)}")
         except BaseException:
             self.close()
             raise
@@ -176,10 +186,8 @@ class PerfRings:
     def close(self) -> None:
         """Removes the rings from the map (the program then writes nowhere) and frees them."""
         for ring in self.rings:
-            try:
-                del self._table[self._table.Key(ring.cpu)]
-            except (KeyError, OSError):
-                pass  # already gone with the map
+            key = ctypes.c_uint32(ring.cpu)
+            self._libbpf.bpf_map_delete_elem(self._map_fd, ctypes.byref(key))  # absent: fine
             ring.close()
         self.rings = []
         self._epoll.close()
