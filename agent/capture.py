@@ -12,20 +12,21 @@ import os
 import platform
 import signal
 import socket
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from . import __version__, clock, netdev
 from .consumer import SampleConsumer, TimeOrderer
-from .contract import SAMPLE
 from .errors import AgentError
 from .lock import InterfaceLock
-from .pcapng import EPB_FLAG_INBOUND, PcapngWriter
+from .pcapng import PcapngWriter
 from .protocol import ControllerCommands, EventSink
 from .sampler import Sampler
 
 POLL_MS = 100
+DRAIN_INTERVAL_NS = 5_000_000
 # Samples younger than this are held back one more round, waiting for older samples
 # still in another CPU's buffer (see TimeOrderer).
 ORDER_SLACK_NS = 20_000_000
@@ -191,10 +192,7 @@ class Capture:
             sampler.compile()
             consumer = SampleConsumer()
             sampler.open_buffers(
-                consumer.on_sample,
-                consumer.on_lost,
-                page_count=options.buffer_pages,
-                wakeup_events=options.wakeup_events,
+                page_count=options.buffer_pages, wakeup_events=options.wakeup_events
             )
             sampler.attach()
             self.summary.mode = sampler.mode or ""
@@ -253,6 +251,7 @@ class Capture:
         orderer = TimeOrderer()
         self._orderer = orderer
         self._offset = clock.realtime_minus_monotonic_ns()
+        consumer.offset_ns = self._offset
         drops_before = netdev.read_os_drops(options.iface)
         start_mono = clock.monotonic_ns()
         sampler.enable()
@@ -260,6 +259,7 @@ class Capture:
         self.events.emit("capturing", window_start_ns=self.summary.window_start_ns)
         deadline = (start_mono + int(options.duration_s * 1e9)) if options.duration_s else None
         next_progress = start_mono + PROGRESS_EVERY_NS
+        last_drain = 0
         while True:
             now = clock.monotonic_ns()
             if deadline is not None and now >= deadline:
@@ -273,9 +273,15 @@ class Capture:
             timeout = (
                 POLL_MS if deadline is None else max(0, min(POLL_MS, (deadline - now) // 10**6))
             )
+            # At most one drain per DRAIN_INTERVAL_NS: each costs a fixed overhead, and
+            # the rings hold far more than arrives in that time.
+            pause = last_drain + DRAIN_INTERVAL_NS - now
+            if pause > 0:
+                time.sleep(pause / 1e9)
             sampler.poll(timeout)
-            sampler.consume()
-            self._check_callback(consumer)
+            last_drain = now = clock.monotonic_ns()
+            for chunk in sampler.read():
+                consumer.parse(chunk)
             orderer.add(consumer.take())
             self._write(writer, orderer.release(now - ORDER_SLACK_NS))
             if now >= next_progress:
@@ -292,11 +298,11 @@ class Capture:
         sampler.detach()
         idle_rounds = 0
         while idle_rounds < 2:
-            sampler.consume()
-            self._check_callback(consumer)
-            batch = consumer.take()
-            idle_rounds = 0 if batch else idle_rounds + 1
-            self._orderer.add(batch)
+            chunks = sampler.read()
+            for chunk in chunks:
+                consumer.parse(chunk)
+            idle_rounds = 0 if chunks else idle_rounds + 1
+            self._orderer.add(consumer.take())
         self._write(writer, self._orderer.release(None))
         counters = sampler.counters()
         summary = self.summary
@@ -308,8 +314,8 @@ class Capture:
         in_transit = counters.sampled - consumer.received
         summary.lost_detail = {
             "perf_buffer_full": counters.output_failed,
-            "malformed": self._orderer.malformed,
-            "disk": consumer.received - self._orderer.malformed - summary.written,
+            "malformed": consumer.malformed,
+            "disk": consumer.received - consumer.malformed - summary.written,
             "in_transit": max(0, in_transit),
         }
         summary.lost = sum(summary.lost_detail.values())
@@ -339,32 +345,15 @@ class Capture:
         self.events.emit("done", **summary.to_dict())
 
     # -- helpers -----------------------------------------------------------------------
-    def _check_callback(self, consumer: SampleConsumer) -> None:
-        if consumer.error is not None:
-            raise AgentError(f"sample callback failed: {consumer.error!r}")
-
-    def _write(self, writer: PcapngWriter, ready: list[tuple[int, bytes]]) -> None:
+    def _write(self, writer: PcapngWriter, ready: list[tuple[int, bytes, int]]) -> None:
+        """Appends released (ts, block, cap_len) items: the blocks are already framed."""
         if not ready or self.summary.partial_reason:
             return
-        offset = self._offset
-        unpack = SAMPLE.unpack_from
-        header = SAMPLE.size
-        write_packet = writer.write_packet
-        total = 0
         try:
-            for ts, raw in ready:
-                _, _ifindex, queue, orig_len, cap_len = unpack(raw)
-                end = header + cap_len
-                if len(raw) < end:
-                    self._orderer.malformed += 1
-                    continue
-                write_packet(
-                    0, ts + offset, raw[header:end], orig_len, flags=EPB_FLAG_INBOUND, queue=queue
-                )
-                total += cap_len
+            writer.write_blocks([item[1] for item in ready], len(ready))
         except OSError as exc:
             self._disk_full(exc)
-        self._bytes += total
+        self._bytes += sum(item[2] for item in ready)
         if ready[0][0] < self._last_ts:
             self._late += 1
         self._last_ts = ready[-1][0]

@@ -63,7 +63,7 @@ def supported() -> bool:
 
 
 def online_cpus(path: str = "/sys/devices/system/cpu/online") -> list[int]:
-    """"0-3,5,7-8" -> [0, 1, 2, 3, 5, 7, 8]."""
+    """ "0-3,5,7-8" -> [0, 1, 2, 3, 5, 7, 8]."""
     with open(path) as f:
         text = f.read().strip()
     cpus: list[int] = []

@@ -14,14 +14,14 @@ import ctypes
 import errno
 import os
 import shutil
+import struct
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
 
-from . import contract, netdev
+from . import contract, netdev, perf_ring
 from .bcc_import import import_bcc
 from .errors import AgentError
 from .headers import KernelHeaders, apply_environment, find_kernel_headers, remove_farm
@@ -94,6 +94,7 @@ class Sampler:
         self._link_fd: int | None = None
         self._netlink_flags: int | None = None
         self._workdir: Path | None = None
+        self._rings: perf_ring.PerfRings | _BccRings | None = None
 
     # -- compile -----------------------------------------------------------------------
     def compile(self) -> None:
@@ -206,6 +207,9 @@ class Sampler:
 
     def close(self) -> None:
         self.detach()
+        if self._rings is not None:
+            self._rings.close()
+            self._rings = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -224,23 +228,26 @@ class Sampler:
         return int(self._fn.fd)
 
     # -- data --------------------------------------------------------------------------
-    def open_buffers(
-        self,
-        on_sample: Callable[[int, int, int], None],
-        on_lost: Callable[[int], None],
-        *,
-        page_count: int,
-        wakeup_events: int,
-    ) -> None:
-        self._bpf[b"samples"].open_perf_buffer(
-            on_sample, page_cnt=page_count, lost_cb=on_lost, wakeup_events=wakeup_events
-        )
+    def open_buffers(self, *, page_count: int, wakeup_events: int) -> None:
+        """A perf ring per CPU, read in bulk by our own reader where it is safe (x86-64)."""
+        table = self._bpf[b"samples"]
+        try:
+            if perf_ring.supported():
+                self._rings = perf_ring.PerfRings(
+                    table.map_fd, perf_ring.online_cpus(), page_count, wakeup_events
+                )
+            else:
+                self._rings = _BccRings(self._bpf, table, page_count, wakeup_events)
+        except OSError as exc:
+            raise AgentError(f"cannot open the perf buffers: {exc}") from exc
 
     def poll(self, timeout_ms: int) -> None:
-        self._bpf.perf_buffer_poll(timeout_ms)
+        """Waits for a ring's wake-up (every `wakeup_events` samples), at most timeout_ms."""
+        self._rings.poll(timeout_ms)
 
-    def consume(self) -> None:
-        self._bpf.perf_buffer_consume()
+    def read(self) -> list[bytes]:
+        """Everything the rings hold now: per CPU, one chunk of perf records."""
+        return self._rings.read()
 
     def counters(self) -> Counters:
         table = self._bpf[b"counters"]
@@ -251,3 +258,57 @@ class Sampler:
             not_sampled=values[contract.NOT_SAMPLED],
             output_failed=values[contract.OUTPUT_FAILED],
         )
+
+
+class _BccRings:
+    """bcc's per-sample callback reader, where ours cannot be used (see perf_ring.py).
+
+    The callback rebuilds each sample's perf record, so both readers hand the capture
+    the same chunks. It only copies and appends: an exception in a ctypes callback would
+    be printed and forgotten, so it is kept and raised by read().
+    """
+
+    _SAMPLE_HEAD = struct.Struct("<IHHI")  # perf_event_header, raw size
+    _LOST = struct.Struct("<IHHQQ")  # perf_event_header, id, lost
+
+    def __init__(self, bpf, table, page_count: int, wakeup_events: int) -> None:
+        self._bpf = bpf
+        self._chunks: list[bytes] = []
+        self._error: BaseException | None = None
+        try:
+            table.open_perf_buffer(
+                self._on_sample,
+                page_cnt=page_count,
+                lost_cb=self._on_lost,
+                wakeup_events=wakeup_events,
+            )
+        except Exception as exc:  # bcc raises bare Exception
+            raise OSError(str(exc)) from exc
+
+    def _on_sample(self, _cpu: int, data: int, size: int) -> None:
+        try:
+            head = self._SAMPLE_HEAD.pack(
+                perf_ring.PERF_RECORD_SAMPLE, 0, perf_ring.SAMPLE_DATA_OFFSET + size, size
+            )
+            self._chunks.append(head + ctypes.string_at(data, size))
+        except BaseException as exc:
+            self._error = exc
+
+    def _on_lost(self, lost: int) -> None:
+        try:
+            self._chunks.append(self._LOST.pack(perf_ring.PERF_RECORD_LOST, 0, 24, 0, lost))
+        except BaseException as exc:
+            self._error = exc
+
+    def poll(self, timeout_ms: int) -> None:
+        self._bpf.perf_buffer_poll(timeout_ms)
+
+    def read(self) -> list[bytes]:
+        self._bpf.perf_buffer_consume()
+        if self._error is not None:
+            raise AgentError(f"perf buffer callback failed: {self._error!r}")
+        chunks, self._chunks = self._chunks, []
+        return [b"".join(chunks)] if chunks else []
+
+    def close(self) -> None:
+        pass  # bcc frees its readers in BPF.cleanup()

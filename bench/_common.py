@@ -41,6 +41,15 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({model}), Linux {platform.release()}"
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM ends the run through the normal exception path, so teardown runs."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 # -- namespaces -------------------------------------------------------------------------
 def netns_names() -> list[str]:
     out = sh("ip", "-j", "netns", "list", check=False).strip()

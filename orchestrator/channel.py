@@ -23,6 +23,7 @@ class RemoteProcess:
         transport = conn.client.get_transport()
         if transport is None or not transport.is_active():
             raise RemoteError(f"{name}: the SSH connection is closed")
+        self._transport = transport
         self.name = name
         self._channel = transport.open_session(timeout=10)
         self._channel.settimeout(READ_TIMEOUT_S)
@@ -62,7 +63,9 @@ class RemoteProcess:
         try:
             while channel.recv_stderr_ready():
                 self.stderr += channel.recv_stderr(65536).decode("utf-8", "replace")
-            if channel.exit_status_ready():
+            # paramiko reports -1 both for a lost connection and for a killed process;
+            # only a dead transport means the connection itself was lost.
+            if channel.exit_status_ready() and self._transport.is_active():
                 self.exit_status = channel.recv_exit_status()
         except OSError:
             pass

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import capture_cli, demo, lab_cli, merge_cli, run_cli
+from . import capture_cli, collect, demo, lab_cli, merge_cli, run_cli
 
-MODULES: list = [run_cli, capture_cli, merge_cli, lab_cli, demo]
+MODULES: list = [run_cli, collect, capture_cli, merge_cli, lab_cli, demo]

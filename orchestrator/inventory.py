@@ -47,7 +47,8 @@ from typing import NamedTuple, NoReturn
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .errors import InventoryError
+from ..agent import validate
+from .errors import InventoryError, UsageError
 
 __all__ = [
     "Group",
@@ -222,6 +223,23 @@ def _check_iface(value: str) -> None:
         raise _Problem(f"interface {value!r} is not a valid name")
     if any(ch in "/:" or ch.isspace() or not ch.isprintable() for ch in value):
         raise _Problem(f"interface {value!r} contains '/', ':', whitespace or control characters")
+    # Linux would take `eth0;id` or `-x`; xdpcap hands the name to a remote shell and the
+    # agent, so it takes only what validate accepts: refused here, the message names the
+    # file, line and host instead of an anonymous interface.
+    try:
+        validate.interface_name(value)
+    except UsageError as exc:
+        raise _Problem(str(exc)) from None
+
+
+def _check_interpreter(_what: str, value: str) -> None:
+    # Run on the host as the agent's interpreter, through sudo: a plain path or command
+    # name, no arguments ('/usr/bin/env python3' included), no option.
+    if not re.fullmatch(r"[A-Za-z0-9_./+-]+", value) or value.startswith("-"):
+        raise _Problem(
+            f"interpreter {value!r} is not a plain path (letters, digits and _ . + - /, "
+            "no spaces, not starting with '-')"
+        )
 
 
 def _parse_port(value: object) -> int:
@@ -577,7 +595,7 @@ class _HostSettings:
             become=self.flag("become"),
             become_user=self.text("become_user", _check_remote_word),
             become_password=self.text("become_password", secret=True),
-            python_interpreter=self.text("python_interpreter"),
+            python_interpreter=self.text("python_interpreter", _check_interpreter),
             iface=self.text("iface", lambda _what, value: _check_iface(value)),
             groups=groups,
             vars=_Vars({key: var.value for key, var in self.merged.items()}),

@@ -480,7 +480,8 @@ class Lab:
     def _start_sshd(self, host: LabHost) -> None:
         hdir = self.host_dir(host)
         hdir.mkdir(parents=True, exist_ok=True)
-        _keygen(hdir / "ssh_host_ed25519_key", f"xdpcap-lab {host.name}")
+        if not (hdir / "ssh_host_ed25519_key").exists():  # a restart keeps the host's key
+            _keygen(hdir / "ssh_host_ed25519_key", f"xdpcap-lab {host.name}")
         config = hdir / "sshd_config"
         _write_file(config, self._sshd_config(host))
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
@@ -553,6 +554,13 @@ class Lab:
             ln["ifname"] for ln in _ip_json("link", "show") if link_re.fullmatch(ln["ifname"])
         ]
         return found
+
+    def start_sshd(self, name: str, timeout: float = 15.0) -> None:
+        """Start host NAME's sshd again (fault tests stop it) and wait until it answers."""
+        host = self.host(name)
+        if self._sshd_pid(host) is None:
+            self._start_sshd(host)
+        self._wait_sshd(host, time.monotonic() + timeout)
 
     def sshd_pid(self, name: str) -> int | None:
         """The pid of host NAME's sshd, if it runs (tests stop it to make a host unreachable)."""

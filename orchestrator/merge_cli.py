@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .errors import MergeError, UsageError, XdpcapError
+from .errors import UsageError, XdpcapError
 from .merge import MergeSource, merge_captures
 
 
@@ -55,14 +55,23 @@ def _names(pairs: Sequence[str], inputs: Sequence[str]) -> dict[str, str]:
     return names
 
 
+def _check_readable(inputs: Sequence[str]) -> None:
+    """A missing or unreadable input is a typo on the command line, not a damaged capture:
+    refuse it before anything is written (merge_captures would blame the output file)."""
+    for path in inputs:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
 def handler(args: argparse.Namespace) -> int:
     names = _names(args.name, args.inputs)
+    _check_readable(args.inputs)
     sources = [MergeSource(path, name=names.get(path)) for path in args.inputs]
-    try:
-        report = merge_captures(sources, args.output, clock_correction=args.clock_correction)
-    except MergeError:
-        print("xdpcap merge: nothing merged", file=sys.stderr)
-        raise
+    # A MergeError (no usable input) is one line, printed by main().
+    report = merge_captures(sources, args.output, clock_correction=args.clock_correction)
     for warning in report.warnings:
         print(f"xdpcap merge: warning: {warning}", file=sys.stderr)
     print(
@@ -75,11 +84,12 @@ def handler(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry point with the same error mapping as `xdpcap`'s main."""
-    parser = argparse.ArgumentParser(prog="xdpcap merge")
+    from .cli import _Parser  # bad flags: one line and exit 2, as under `xdpcap`
+
+    parser = _Parser(prog="xdpcap merge")
     _add_arguments(parser)
-    args = parser.parse_args(argv)
     try:
-        return handler(args)
+        return handler(parser.parse_args(argv))
     except XdpcapError as exc:
         print(f"xdpcap: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -33,6 +33,7 @@ CACHE_DIR = ".cache/xdpcap"  # relative to the SSH user's home
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
 _SAFE_INTERPRETER = re.compile(r"^[A-Za-z0-9_./+-]+$")
 TEST_SKEW_VAR = "xdpcap_test_clock_skew_ns"
+CAPTURE_DIR_VAR = "xdpcap_capture_dir"
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,17 @@ def interpreter_of(host: Host) -> str:
     return python
 
 
+def capture_dir_of(host: Host) -> str | None:
+    """Host var xdpcap_capture_dir: where captures are written on the host (a big disk)."""
+    value = host.vars.get(CAPTURE_DIR_VAR)
+    if value is None:
+        return None
+    path = str(value).rstrip("/")
+    if not _SAFE_PATH.match(path) or "/../" in path + "/":
+        raise UsageError(f"{host.name}: {CAPTURE_DIR_VAR} {value!r} must be a plain absolute path")
+    return path
+
+
 def test_skew_of(host: Host) -> int | None:
     value = host.vars.get(TEST_SKEW_VAR)
     if value is None:
@@ -152,7 +164,7 @@ class RemoteHost:
 
     @property
     def run_dir(self) -> str:
-        return f"{self.cache_dir}/runs/{self.run_id}"
+        return f"{capture_dir_of(self.host) or self.cache_dir + '/runs'}/{self.run_id}"
 
     def _install_agent(self, bundle: AgentBundle) -> None:
         """Upload the agent only where that exact content is missing; verify before use."""

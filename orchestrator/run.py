@@ -48,6 +48,8 @@ class RunOptions:
     capture: CaptureSettings
     forks: int = 10
     runs_dir: Path = Path("xdpcap-runs")
+    inventory_path: str | None = None  # recorded in run.json for `xdpcap collect`
+    reconnect_wait_s: float = RECONNECT_WAIT_S
     output: Path | None = None
     clock_correction: bool = True
     ready_timeout_s: float = READY_TIMEOUT_S
@@ -156,6 +158,9 @@ class Run:
             except XdpcapError as exc:
                 _fail(remote, str(exc))
         active = [r for r in active if r.process is not None]
+        # Written now as well: if the controller dies mid-run, `collect` still knows
+        # where every host's capture is.
+        self._write_run_json(None)
         with Live(
             live_table(self.states), console=self.console, refresh_per_second=4, transient=False
         ) as live:
@@ -239,7 +244,7 @@ class Run:
         ) / 1e9 + self.options.capture.duration_s
         time.sleep(max(0.0, min(end - time.time() + 1.0, self.options.capture.duration_s)))
         remote.close()
-        deadline = time.monotonic() + RECONNECT_WAIT_S
+        deadline = time.monotonic() + self.options.reconnect_wait_s
         while time.monotonic() < deadline:
             try:
                 remote.conn = None
@@ -255,43 +260,57 @@ class Run:
             time.sleep(2)
         remote.state.reason = (
             f"connection lost and the capture was not ready within "
-            f"{RECONNECT_WAIT_S:.0f} s; run `xdpcap collect {self.run_dir}`"
+            f"{self.options.reconnect_wait_s:.0f} s; run `xdpcap collect {self.run_dir}`"
         )
 
     def _merge(self) -> tuple[Path | None, MergeReport | None]:
-        fetched = [r for r in self.remotes if r.state.local_file]
-        if not fetched:
-            return None, None
-        shifts = corrections({r.host.name: r.state.clock for r in fetched if r.state.clock})
-        sources = []
-        for remote in fetched:
-            clock = remote.state.clock
-            remote.state.clock_shift_ns = shifts.get(remote.host.name, 0)
-            sources.append(
-                MergeSource(
-                    path=remote.state.local_file,
-                    host=remote.host.name,
-                    address=remote.host.address,
-                    clock_offset_ns=remote.state.clock_shift_ns,
-                    clock_error_ns=clock.error_ns if clock else None,
-                    sync_state=clock.sync_state if clock else None,
-                )
-            )
         out = self.options.output or self.run_dir / "merged.pcapng"
-        report = merge_captures(sources, out, clock_correction=self.options.clock_correction)
-        return out, report
+        report = merge_states(self.states, out, clock_correction=self.options.clock_correction)
+        return (out, report) if report is not None else (None, None)
 
     def _write_run_json(self, merged: Path | None) -> None:
         data = {
             "xdpcap": __version__,
             "run_id": self.run_id,
+            "inventory": self.options.inventory_path,
+            "iface": self.options.iface,
             "interrupted": self.interrupted,
             "capture": self.options.capture.__dict__,
             "merged": str(merged) if merged else None,
             "clock_correction": self.options.clock_correction,
             "hosts": [s.to_dict() for s in self.states],
         }
-        (self.run_dir / "run.json").write_text(json.dumps(data, indent=2, default=str))
+        write_run_json(self.run_dir, data)
+
+
+def write_run_json(run_dir: Path, data: dict) -> None:
+    tmp = run_dir / "run.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(run_dir / "run.json")
+
+
+def merge_states(
+    states: Sequence[HostState], out: Path, *, clock_correction: bool
+) -> MergeReport | None:
+    """Merge every fetched host capture, aligning the hosts' clocks (clock.corrections)."""
+    fetched = [s for s in states if s.local_file]
+    if not fetched:
+        return None
+    shifts = corrections({s.name: s.clock for s in fetched if s.clock})
+    sources = []
+    for state in fetched:
+        state.clock_shift_ns = shifts.get(state.name, 0)
+        sources.append(
+            MergeSource(
+                path=state.local_file,
+                host=state.name,
+                address=state.address,
+                clock_offset_ns=state.clock_shift_ns,
+                clock_error_ns=state.clock.error_ns if state.clock else None,
+                sync_state=state.clock.sync_state if state.clock else None,
+            )
+        )
+    return merge_captures(sources, out, clock_correction=clock_correction)
 
 
 def print_result(result: RunResult, console: Console) -> None:
@@ -306,7 +325,7 @@ def print_result(result: RunResult, console: Console) -> None:
             console.print(f"[yellow]warning:[/yellow] {warning}")
     if result.merged is not None:
         total = result.merge_report.packets if result.merge_report else "?"
-        console.print(f"merged {total} packets into {result.merged}")
+        console.print(f"merged {total} packets into {result.merged}", soft_wrap=True)
     else:
         console.print("[red]nothing was captured: no merged file[/red]")
-    console.print(f"run folder: {result.run_dir}")
+    console.print(f"run folder: {result.run_dir}", soft_wrap=True)

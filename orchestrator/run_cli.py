@@ -17,7 +17,15 @@ from ..agent import validate
 from .agent_bundle import build_agent_bundle
 from .errors import UsageError
 from .inventory import Host, format_host_list, load_inventory
-from .remote_host import CaptureSettings, HostState, RemoteHost, validate_iface_for
+from .remote_host import (
+    CaptureSettings,
+    HostState,
+    RemoteHost,
+    capture_dir_of,
+    interpreter_of,
+    test_skew_of,
+    validate_iface_for,
+)
 from .report import check_table
 from .run import Run, RunOptions, RunResult, _each, print_result
 from .ssh import SshSettings
@@ -77,6 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--runs-dir", type=Path, default=Path("xdpcap-runs"))
     run.add_argument("--no-clock-correction", action="store_true")
     run.add_argument("--ready-timeout", type=float, default=90.0)
+    run.add_argument("--reconnect-wait", type=float, default=30.0,
+                     help="seconds to retry a host whose connection died mid-capture")
     run.add_argument(
         "--list-hosts",
         action="store_true",
@@ -98,8 +108,11 @@ def select_hosts(args: argparse.Namespace) -> list[Host]:
         raise UsageError(f"--forks must be between 1 and 1000, not {args.forks}")
     if args.iface is not None:
         validate.interface_name(args.iface)
-    for host in hosts:
+    for host in hosts:  # every per-host value is checked before any host is contacted
         validate_iface_for(host, args.iface)
+        capture_dir_of(host)
+        test_skew_of(host)
+        interpreter_of(host)
     return hosts
 
 
@@ -142,6 +155,8 @@ def run_command(args: argparse.Namespace) -> int:
         output=args.output,
         clock_correction=not args.no_clock_correction,
         ready_timeout_s=args.ready_timeout,
+        inventory_path=str(Path(args.inventory).resolve()),
+        reconnect_wait_s=args.reconnect_wait,
     )
     return execute_run(hosts, options, _ssh_settings(args))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from xdpcap.agent import __version__
 from xdpcap.agent.pcapng_reader import load
-from xdpcap.orchestrator import merge_cli
+from xdpcap.orchestrator import merge, merge_cli
 from xdpcap.orchestrator.errors import MergeError
 from xdpcap.orchestrator.merge import MergeSource, merge_captures
 
@@ -24,6 +24,18 @@ needs_wireshark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("capinfos", "tshark", "mergecap")),
     reason="needs Wireshark's capinfos, tshark and mergecap",
 )
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both merge paths (tests/unit/test_fastmerge.py compares them)."""
+    if request.param == "python":
+        monkeypatch.setenv("XDPCAP_NO_FASTMERGE", "1")
+    elif merge._fastmerge is None:
+        pytest.skip("the C extension is not built")
+    else:
+        monkeypatch.delenv("XDPCAP_NO_FASTMERGE", raising=False)
+    return request.param
 
 
 def host_file(tmp_path: Path, name: str, index: int, count: int = 200) -> Path:
@@ -59,9 +71,10 @@ def tshark_fields(path: Path) -> list[str]:
     return out.stdout.splitlines()
 
 
-def test_merge_counts_names_statistics(tmp_path: Path) -> None:
+def test_merge_counts_names_statistics(tmp_path: Path, engine: str) -> None:
     sources = three_hosts(tmp_path)
     report = merge_captures(sources, tmp_path / "out.pcapng")
+    assert report.engine == engine
     assert report.packets == 600
     assert [s.packets for s in report.sources] == [200, 200, 200]
     assert report.interfaces == ["web0:eth0", "web1:eth0", "web2:eth0"]
@@ -201,6 +214,7 @@ def test_out_of_order_input_is_sorted_with_a_warning(tmp_path: Path) -> None:
     shuffled = write_pcapng(tmp_path / "shuffled.pcapng", ["eth0"], packets)
     other = host_file(tmp_path, "other", 0, count=5)
     report = merge_captures([MergeSource(shuffled), MergeSource(other)], tmp_path / "out.pcapng")
+    assert report.engine == "python"  # the C path hands out-of-order inputs over
     assert any("shuffled.pcapng: packets out of time order" in w for w in report.warnings)
     stamps = [p.ts_ns for p in load(tmp_path / "out.pcapng").packets]
     assert len(stamps) == 12

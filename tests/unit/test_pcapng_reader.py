@@ -24,7 +24,7 @@ from xdpcap.agent.pcapng import (
     section_header,
     text_option,
 )
-from xdpcap.agent.pcapng_reader import CaptureReader, load, read_packets
+from xdpcap.agent.pcapng_reader import Batch, CaptureReader, load, read_packets
 
 T0 = 1_700_000_000_123_456_789  # ns, with every digit significant
 
@@ -324,3 +324,45 @@ def test_renumber_and_shift(tmp_path: Path) -> None:
     (packet,) = reader.packets()
     assert seen == ["eth0", "eth1"]
     assert (packet.if_id, packet.ts_ns) == (11, T0 - 123)
+
+
+def test_stepping_api_one_block_at_a_time(tmp_path: Path) -> None:
+    """begin/scan/refill (what the merge's C path drives) read what batches() reads."""
+    path = write_pcapng(tmp_path / "s.pcapng", ["eth0", "eth1"], frames(40), [(1, T0, 5, 0)])
+    data = path.read_bytes()
+    path.write_bytes(data[:-7])  # a truncated statistics block at the end
+    whole = CaptureReader(path, strict=False, shift_ns=3)
+    want = [
+        (ts, bytes(block)) for batch in whole.batches() for ts, block in zip(batch.ts, batch.blocks)
+    ]
+    reader = CaptureReader(path, strict=False, shift_ns=3, chunk_size=300)
+    got = []
+    tables = []
+    with open(path, "rb") as stream:
+        assert reader.begin(stream) and reader.format == "pcapng"
+        while True:
+            batch = Batch()
+            start = reader.pos
+            assert reader.scan(batch, one_block=True)
+            assert len(batch.ts) <= 1
+            got += [(ts, bytes(block)) for ts, block in zip(batch.ts, batch.blocks)]
+            tables.append(list(reader.fast_table()))
+            if reader.pos == start and not reader.refill():
+                break
+    assert got == want and len(got) == 40
+    assert tables[-1] == [(0, 1, -3), (1, 1, -3)]  # (out id, factor, addend) per interface
+    assert reader.damage == whole.damage
+    assert "truncated block" in reader.damage.reason
+
+
+def test_fast_table_is_none_where_blocks_are_rebuilt(tmp_path: Path) -> None:
+    be = tmp_path / "be.pcapng"
+    be.write_bytes(big_endian_section("eth9", [(T0, b"B" * 21, 21)]))
+    pcap = write_pcap(tmp_path / "c.pcap", [(T0, b"c" * 60, 60)], nanos=True)
+    for path in (be, pcap):
+        reader = CaptureReader(path)
+        with open(path, "rb") as stream:
+            assert reader.begin(stream)
+            batch = Batch()
+            assert reader.scan(batch)
+            assert reader.fast_table() is None and len(batch.ts) == 1

@@ -1,0 +1,105 @@
+"""`xdpcap collect RUN_FOLDER`: come back for captures a run could not fetch, and merge again.
+
+An agent whose SSH connection died goes on capturing to its own deadline, then writes
+its file and a `.json` summary beside it. `collect` reconnects to every host of the run
+that has no local file yet, waits (bounded) for that summary, fetches and verifies the
+capture, and redoes the merge with the clock offsets the run measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from .clock import ClockOffset
+from .errors import RemoteError, UsageError
+from .inventory import load_inventory
+from .remote_host import HostState, RemoteHost
+from .run import RunResult, _each, merge_states, print_result, write_run_json
+from .ssh import SshSettings
+
+WAIT_FOR_CAPTURE_S = 60.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    collect = sub.add_parser("collect", help="fetch what a run could not, and merge again")
+    collect.add_argument("run_dir", type=Path, metavar="RUN_FOLDER")
+    collect.add_argument("--wait", type=float, default=WAIT_FOR_CAPTURE_S,
+                         help="seconds to wait for a capture still running (default 60)")
+    collect.add_argument("--accept-new-host-keys", action="store_true")
+    collect.set_defaults(func=collect_command)
+
+
+def _state_from(data: dict) -> HostState:
+    fields = {k: v for k, v in data.items() if k in HostState.__dataclass_fields__}
+    clock = fields.pop("clock", None)
+    state = HostState(**fields)
+    if clock:
+        state.clock = ClockOffset(clock["offset_ns"], clock["error_ns"], clock.get("sync_state"))
+    return state
+
+
+def load_run(run_dir: Path) -> dict:
+    path = run_dir / "run.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{run_dir}: not a run folder (no run.json)") from None
+    except ValueError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc})") from None
+
+
+def collect_command(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    run = load_run(args.run_dir)
+    if not run.get("inventory"):
+        raise UsageError(f"{args.run_dir}/run.json names no inventory")
+    inventory = load_inventory(run["inventory"])
+    states = [_state_from(h) for h in run["hosts"]]
+    settings = SshSettings(accept_new_host_keys=args.accept_new_host_keys)
+    missing = [s for s in states if not (s.local_file and Path(s.local_file).exists())
+               and s.remote_file]
+    remotes = []
+    for state in missing:
+        if state.name not in inventory.hosts:
+            state.reason = f"no longer in {run['inventory']}"
+            continue
+        remotes.append(RemoteHost(inventory.hosts[state.name], state, settings,
+                                  run_id=run["run_id"]))
+
+    def fetch(remote: RemoteHost) -> None:
+        try:
+            remote.open()
+            deadline = time.monotonic() + args.wait
+            summary = remote.read_remote_summary()
+            while summary is None and time.monotonic() < deadline:
+                time.sleep(1)
+                summary = remote.read_remote_summary()
+            if summary is None:
+                raise RemoteError(f"{remote.host.name}: no finished capture at "
+                                  f"{remote.state.remote_file}")
+            remote.state.summary = summary
+            remote.fetch(args.run_dir / "hosts")
+            remote.state.state = "done"
+            remote.state.reason = None
+        finally:
+            remote.close()
+
+    _each(10, remotes, fetch)
+    out = Path(run["merged"]) if run.get("merged") else args.run_dir / "merged.pcapng"
+    report = merge_states(states, out, clock_correction=run.get("clock_correction", True))
+    run["hosts"] = [s.to_dict() for s in states]
+    run["merged"] = str(out) if report is not None else None
+    write_run_json(args.run_dir, run)
+    result = RunResult(args.run_dir, states, out if report is not None else None, report)
+    print_result(result, console)
+    if result.merged is not None:
+        print(result.merged)
+    return result.exit_code
+
+
+

@@ -1,0 +1,240 @@
+"""Faults survived, on the namespace lab with real processes and real SSH (issue 6).
+
+Each test prints what was kept (run with -s to see it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .agent_helpers import attach_foreign_program, capinfos, tshark_fields, xdp_program
+from .lab_helpers import inventory_with, pings_between_all, private_lab, xdpcap
+from .veth import in_ns, sh
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    with private_lab("flt", tmp_path) as lab:
+        yield lab
+
+
+def _start_run(inventory: Path, runs: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xdpcap.orchestrator",
+            "run",
+            "-i",
+            str(inventory),
+            "--runs-dir",
+            str(runs),
+            *args,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_capturing(lab, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Every host has the sampler attached; then give the start a moment to arrive."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        progs = [xdp_program(h.namespace, "eth0") for h in lab.hosts]
+        if all(p and p["name"] == "xdpcap_sampler" for p in progs):
+            time.sleep(2)
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    out, err = proc.communicate(timeout=30)
+    raise AssertionError(f"the sampler was never attached on every host: {err}")
+
+
+def _processes(namespace: str, needle: str) -> list[int]:
+    found = []
+    for pid in sh("ip", "netns", "pids", namespace, check=False).stdout.split():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if needle in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    print(err)  # what was kept, per host
+    return proc.returncode, out, err
+
+
+def _run_json(out: str) -> dict:
+    merged = Path(out.strip().splitlines()[-1])
+    return json.loads((merged.parent / "run.json").read_text())
+
+
+def _no_xdp_anywhere(lab) -> None:
+    for host in lab.hosts:
+        assert xdp_program(host.namespace, "eth0") is None, host.name
+
+
+def test_connection_cut_mid_capture_is_refetched(lab, tmp_path: Path) -> None:
+    cut = lab.hosts[1]
+    with pings_between_all(lab, seconds=20):
+        proc = _start_run(lab.inventory_path, tmp_path / "runs", "--duration", "8")
+        _wait_capturing(lab, proc)
+        sessions = _processes(cut.namespace, "@notty")  # per-connection sshd, not the listener
+        assert sessions
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)
+        code, out, err = _finish(proc)
+    assert code == 0, err
+    host = next(h for h in _run_json(out)["hosts"] if h["name"] == cut.name)
+    assert host["state"] == "done"
+    summary = host["summary"]
+    assert summary["stopped_by"] == "duration"  # the agent kept going to its own deadline
+    assert summary["written"] > 0 and summary["unaccounted"] == 0
+    assert summary["window_end_ns"] - summary["window_start_ns"] >= 7.9e9
+    _no_xdp_anywhere(lab)
+
+
+def test_sshd_killed_then_collect(lab, tmp_path: Path) -> None:
+    dead = lab.hosts[2]
+    with pings_between_all(lab, seconds=20):
+        proc = _start_run(
+            lab.inventory_path, tmp_path / "runs", "--duration", "6", "--reconnect-wait", "3"
+        )
+        _wait_capturing(lab, proc)
+        for pid in _processes(dead.namespace, "sshd"):
+            os.kill(pid, signal.SIGKILL)
+        code, out, err = _finish(proc)
+    assert code == 3, err
+    assert "xdpcap collect" in err
+    run_dir = Path(out.strip().splitlines()[-1]).parent
+    _no_xdp_anywhere(lab)  # the agent detached at its deadline, connection or not
+
+    lab.start_sshd(dead.name)
+    collected = xdpcap("collect", str(run_dir))
+    print(collected.stderr)
+    assert collected.returncode == 0, collected.stderr
+    merged = Path(collected.stdout.strip().splitlines()[-1])
+    names = {row[0] for row in tshark_fields(merged, "frame.interface_name")}
+    assert f"{dead.name}:eth0" in names
+    assert "Strict time order:   True" in capinfos(merged)
+    host = next(
+        h for h in json.loads((run_dir / "run.json").read_text())["hosts"] if h["name"] == dead.name
+    )
+    assert host["state"] == "done" and host["summary"]["unaccounted"] == 0
+
+
+def test_agent_killed_leaves_no_program(lab, tmp_path: Path) -> None:
+    victim = lab.hosts[0]
+    proc = _start_run(lab.inventory_path, tmp_path / "runs", "--duration", "8")
+    _wait_capturing(lab, proc)
+    agents = _processes(victim.namespace, "xdpcap-agent")
+    assert agents
+    for pid in agents:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    assert xdp_program(victim.namespace, "eth0") is None  # the kernel dropped the BPF link
+    code, out, err = _finish(proc)
+    assert code == 3, err
+    assert victim.name in err
+    states = {h["name"]: h["state"] for h in _run_json(out)["hosts"]}
+    assert states[victim.name] == "failed"
+    _no_xdp_anywhere(lab)
+
+
+def test_ctrl_c_stops_every_agent_and_merges(lab, tmp_path: Path) -> None:
+    with pings_between_all(lab, seconds=30):
+        proc = _start_run(lab.inventory_path, tmp_path / "runs", "--duration", "60")
+        _wait_capturing(lab, proc)
+        proc.send_signal(signal.SIGINT)
+        code, out, err = _finish(proc)
+    assert code == 0, err
+    run = _run_json(out)
+    assert run["interrupted"] is True
+    for host in run["hosts"]:
+        assert host["state"] == "done"
+        assert host["summary"]["stopped_by"] == "controller"
+        assert host["summary"]["written"] > 0
+    _no_xdp_anywhere(lab)
+
+
+def test_disk_full_keeps_a_valid_partial_file(lab, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    full = lab.hosts[0]
+    # `ip netns exec` gave the host's sshd a mount namespace of its own: mount in there.
+    in_sshd = ("nsenter", "-t", str(lab.sshd_pid(full.name)), "-m")
+    sh(*in_sshd, "mount", "-t", "tmpfs", "-o", "size=256k,mode=0777", "tmpfs", str(small))
+    try:
+        inventory = inventory_with(lab, tmp_path, {full.name: {"xdpcap_capture_dir": str(small)}})
+        proc = _start_run(inventory, tmp_path / "runs", "--duration", "6")
+        _wait_capturing(lab, proc)
+        in_ns(
+            lab.hosts[1].namespace, "ping", "-f", "-c", "3000", "-s", "1400", full.ipv4, check=False
+        )
+        code, out, err = _finish(proc)
+    finally:
+        sh(*in_sshd, "umount", str(small), check=False)
+    assert code == 3, err
+    host = next(h for h in _run_json(out)["hosts"] if h["name"] == full.name)
+    assert "No space left" in host["summary"]["partial_reason"]
+    assert host["summary"]["written"] > 0
+    assert host["summary"]["unaccounted"] == 0  # what did not fit is counted as lost
+    assert host["summary"]["lost"] > 0
+    local = Path(host["local_file"])
+    assert (
+        int(capinfos(local).split("Number of packets:")[1].split()[0]) == host["summary"]["written"]
+    )
+    assert "partial" in err
+    _no_xdp_anywhere(lab)
+
+
+def test_foreign_program_refused_and_kept(lab, tmp_path: Path) -> None:
+    busy = lab.hosts[1]
+    foreign = attach_foreign_program(busy.namespace, "eth0")
+    try:
+        code, out, err = _finish(
+            _start_run(lab.inventory_path, tmp_path / "runs", "--duration", "2")
+        )
+        assert code == 3, err
+        line = next(line for line in err.splitlines() if line.startswith(f"{busy.name}:"))
+        assert f"id {foreign['id']}" in line and "foreign_pass" in line
+        still = xdp_program(busy.namespace, "eth0")
+        assert still is not None and still["id"] == foreign["id"]
+    finally:
+        in_ns(busy.namespace, "ip", "link", "set", "dev", "eth0", "xdp", "off")
+
+
+def test_second_run_on_same_hosts_is_refused(lab, tmp_path: Path) -> None:
+    first = _start_run(lab.inventory_path, tmp_path / "runs1", "--duration", "12")
+    _wait_capturing(lab, first)
+    second = xdpcap(
+        "run",
+        "-i",
+        str(lab.inventory_path),
+        "--duration",
+        "2",
+        "--runs-dir",
+        str(tmp_path / "runs2"),
+    )
+    print(second.stderr)
+    assert second.returncode == 1, second.stderr
+    assert second.stderr.count("already running") >= len(lab.hosts)
+    code, out, err = _finish(first)
+    assert code == 0, err  # the first run is not mixed up with the second
+    assert all(h["state"] == "done" for h in _run_json(out)["hosts"])
