@@ -236,4 +236,6 @@ def kpps(value: float) -> str:
 
 
 def ratio(value: float, peer: float) -> str:
-    return f"{value / peer:.2f}×" if peer else "–"
+    if peer:
+        return f"{value / peer:.2f}×"
+    return "∞ (peer lost at every rate)" if value else "–"

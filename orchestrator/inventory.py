@@ -1178,6 +1178,11 @@ def split_pattern(pattern: str) -> list[str]:
 def _select(inventory: Inventory, pattern: str) -> list[Host]:
     """Union of plain elements, then '&' intersections, then '!' exclusions (Ansible's order)."""
     elements = split_pattern(pattern)
+    if not elements:
+        # `--limit "$HOSTS"` with HOSTS unset must not mean every host.
+        raise InventoryError(
+            f"{inventory.path}: --limit {pattern!r} is empty; leave it out to select every host"
+        )
     plain = [e for e in elements if e[0] not in "&!"] or ["all"]
     chosen: set[str] = set()
     for element in plain:

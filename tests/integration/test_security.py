@@ -63,8 +63,13 @@ def _states(run: dict) -> dict[str, str]:
 
 
 def _host_line(result: subprocess.CompletedProcess, name: str) -> str:
-    """The final report's line for one host (`name: state: reason; ...`)."""
-    lines = [line for line in result.stderr.splitlines() if line.startswith(f"{name}: ")]
+    """The final report's line for one host (`name: state: reason; ...`); the first one
+    may be glued to the end of the live table (see test_report_lines_start_a_line)."""
+    lines = [
+        line[line.index(f"{name}: ") :]
+        for line in result.stderr.splitlines()
+        if f"{name}: " in line
+    ]
     assert lines, result.stderr
     return lines[-1]
 
@@ -173,6 +178,39 @@ def test_unknown_host_key_needs_accept_new_and_changed_stays_refused(tmp_path: P
         assert known_hosts.read_text() == before  # the new key was not learned
 
 
+def test_inventory_cannot_turn_host_key_checking_off(lab, tmp_path: Path) -> None:
+    """`StrictHostKeyChecking=no` in ansible_ssh_common_args is not obeyed: only
+    --accept-new-host-keys learns keys, and never changed ones."""
+    known_hosts = tmp_path / "empty_known_hosts"
+    known_hosts.write_text("")
+    common_args = f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=no"
+    inventory = inventory_with(
+        lab, tmp_path, {h.name: {"ansible_ssh_common_args": common_args} for h in lab.hosts}
+    )
+    result = _run(inventory, tmp_path)
+    assert result.returncode == 1, result.stderr
+    for host in lab.hosts:
+        assert "--accept-new-host-keys" in _host_line(result, host.name)
+    assert known_hosts.read_text() == ""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="run.py print_result: on a pipe the live table's last line has no newline, so "
+    "the first host's result line is glued to it ('└──┘lab1: failed: ...')",
+)
+def test_report_lines_start_a_line(tmp_path: Path) -> None:
+    with private_lab("line", tmp_path, hosts=1) as lab:
+        host = lab.hosts[0].name
+        known_hosts = tmp_path / "empty_known_hosts"
+        known_hosts.write_text("")
+        common_args = f"-o UserKnownHostsFile={known_hosts}"
+        inventory = inventory_with(lab, tmp_path, {host: {"ansible_ssh_common_args": common_args}})
+        result = _run(inventory, tmp_path)
+        assert result.returncode == 1
+        assert any(line.startswith(f"{host}: failed: ") for line in result.stderr.splitlines())
+
+
 # --------------------------------------------------------------------------- work folder
 
 
@@ -241,10 +279,7 @@ def test_remote_work_folder_is_private_and_cleaned(lab, tmp_path: Path) -> None:
 def test_remote_run_ids_differ_between_runs(lab, tmp_path: Path) -> None:
     ids = set()
     for n in range(2):
-        result = xdpcap(
-            "run", "-i", str(lab.inventory_path), "--duration", "1",
-            "--runs-dir", str(tmp_path / str(n)),
-        )  # fmt: skip
+        result = _run(lab.inventory_path, tmp_path / str(n))
         assert result.returncode == 0, result.stderr
         ids.add(_run_json(result, tmp_path / str(n))["run_id"])
     assert len(ids) == 2
@@ -297,8 +332,8 @@ def test_a_damaged_agent_is_replaced_before_it_runs(lab, tmp_path: Path) -> None
 
 
 class _ProcessWatcher:
-    """Every argv on this machine (the lab hosts' processes included), polled while a
-    command runs; keeps the lines that contain the canary."""
+    """Every argv on this machine (the lab hosts' processes included: namespaces share the
+    pid namespace), polled while a command runs; keeps those that contain the canary."""
 
     def __init__(self) -> None:
         self.hits: list[str] = []
@@ -315,13 +350,17 @@ class _ProcessWatcher:
         self._thread.join(timeout=10)
 
     def _watch(self) -> None:
+        # What `ps -eo args` shows, read from /proc directly: a poll takes milliseconds
+        # instead of a fork and exec, so short-lived ssh, sudo and agent processes are seen.
+        canary = CANARY.encode()
         while not self._stop.is_set():
-            out = subprocess.run(
-                ["ps", "-eo", "args"], capture_output=True, text=True, timeout=10
-            ).stdout
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                with contextlib.suppress(OSError):
+                    args = cmdline.read_bytes()
+                    if canary in args:
+                        self.hits.append(args.replace(b"\0", b" ").decode(errors="replace"))
             self.polls += 1
-            self.hits += [line for line in out.splitlines() if CANARY in line]
-            time.sleep(0.02)
+            time.sleep(0.01)
 
 
 def _files_under(folder: Path) -> list[Path]:
@@ -374,6 +413,30 @@ def test_become_password_never_shown(tmp_path: Path) -> None:
         for host in loaded.hosts.values():
             assert CANARY not in repr(host) and CANARY not in str(host)
             assert CANARY not in repr(host.vars)
+
+
+def test_key_passphrase_never_shown(lab, tmp_path: Path) -> None:
+    """A passphrase-protected key (xdpcap has no way to ask for it): the host fails with
+    the reason, nothing hangs, and the passphrase shows nowhere."""
+    key = tmp_path / "encrypted_key"
+    key.write_bytes(lab.key_path.read_bytes())
+    key.chmod(0o600)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-p", "-P", "", "-N", CANARY, "-f", str(key)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    first = lab.hosts[0].name
+    inventory = inventory_with(lab, tmp_path, {first: {"ansible_ssh_private_key_file": str(key)}})
+    with _ProcessWatcher() as processes:
+        result = _run(inventory, tmp_path)
+    assert processes.hits == []
+    assert result.returncode == 3, result.stderr
+    assert "encrypted" in _host_line(result, first)
+    _assert_no_canary(result)
+    for path in _files_under(tmp_path / "runs"):
+        assert CANARY.encode() not in path.read_bytes(), path
 
 
 @pytest.mark.parametrize(
