@@ -69,27 +69,6 @@ def _answer(reader, name: str) -> int:
         raise RemoteError(f"{name}: the clock probe got no valid answer") from exc
 
 
-def sync_state(conn: Connection) -> str | None:
-    """What the host says about its own clock sync (chrony, else systemd), best effort."""
-    probes = (
-        "chronyc -n tracking 2>/dev/null | sed -n 's/^Leap status *: //p'",
-        "timedatectl show -p NTPSynchronized --value 2>/dev/null",
-    )
-    for probe in probes:
-        try:
-            result = conn.run(probe, timeout=5, warn=True, hide=True)
-        except Exception:
-            continue
-        answer = result.stdout.strip()
-        if answer:
-            return (
-                f"chrony: {answer}"
-                if probe.startswith("chronyc")
-                else f"NTP synchronized: {answer}"
-            )
-    return None
-
-
 def corrections(offsets: dict[str, ClockOffset]) -> dict[str, int]:
     """The shift to subtract from each host's timestamps so the hosts agree with each other.
 

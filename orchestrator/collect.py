@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
 from pathlib import Path
 
 from rich.console import Console
 
+from .agent_bundle import build_agent_bundle
 from .clock import ClockOffset
 from .errors import RemoteError, UsageError
 from .inventory import load_inventory
@@ -28,8 +30,12 @@ WAIT_FOR_CAPTURE_S = 60.0
 def register(sub: argparse._SubParsersAction) -> None:
     collect = sub.add_parser("collect", help="fetch what a run could not, and merge again")
     collect.add_argument("run_dir", type=Path, metavar="RUN_FOLDER")
-    collect.add_argument("--wait", type=float, default=WAIT_FOR_CAPTURE_S,
-                         help="seconds to wait for a capture still running (default 60)")
+    collect.add_argument(
+        "--wait",
+        type=float,
+        default=WAIT_FOR_CAPTURE_S,
+        help="seconds to wait for a capture still running (default 60)",
+    )
     collect.add_argument("--accept-new-host-keys", action="store_true")
     collect.set_defaults(func=collect_command)
 
@@ -61,15 +67,20 @@ def collect_command(args: argparse.Namespace) -> int:
     inventory = load_inventory(run["inventory"])
     states = [_state_from(h) for h in run["hosts"]]
     settings = SshSettings(accept_new_host_keys=args.accept_new_host_keys)
-    missing = [s for s in states if not (s.local_file and Path(s.local_file).exists())
-               and s.remote_file]
+    missing = [
+        s for s in states if not (s.local_file and Path(s.local_file).exists()) and s.remote_file
+    ]
     remotes = []
     for state in missing:
         if state.name not in inventory.hosts:
             state.reason = f"no longer in {run['inventory']}"
             continue
-        remotes.append(RemoteHost(inventory.hosts[state.name], state, settings,
-                                  run_id=run["run_id"]))
+        remotes.append(
+            RemoteHost(inventory.hosts[state.name], state, settings, run_id=run["run_id"])
+        )
+
+    clock_lock = threading.Lock()
+    bundle = build_agent_bundle()
 
     def fetch(remote: RemoteHost) -> None:
         try:
@@ -80,9 +91,16 @@ def collect_command(args: argparse.Namespace) -> int:
                 time.sleep(1)
                 summary = remote.read_remote_summary()
             if summary is None:
-                raise RemoteError(f"{remote.host.name}: no finished capture at "
-                                  f"{remote.state.remote_file}")
+                raise RemoteError(
+                    f"{remote.host.name}: no finished capture at {remote.state.remote_file}"
+                )
             remote.state.summary = summary
+            if remote.state.clock is None:
+                remote.agent_path = f"{remote.cache_dir}/{bundle.filename}"
+                try:
+                    remote.probe_clock(clock_lock)
+                except RemoteError as exc:  # merged without correction, and said so
+                    console.print(f"{exc}; its clock offset is unknown")
             remote.fetch(args.run_dir / "hosts")
             remote.state.state = "done"
             remote.state.reason = None
@@ -100,6 +118,3 @@ def collect_command(args: argparse.Namespace) -> int:
     if result.merged is not None:
         print(result.merged)
     return result.exit_code
-
-
-

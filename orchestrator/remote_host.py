@@ -24,7 +24,7 @@ from ..agent import validate
 from ..agent.protocol import parse_event
 from .agent_bundle import AgentBundle
 from .channel import RemoteProcess
-from .clock import ClockOffset, estimate_offset, sync_state
+from .clock import ClockOffset, estimate_offset
 from .errors import RemoteError, UsageError
 from .inventory import Host
 from .ssh import SshSettings, become_prefix, connect, quote_command, run, sudo_failure
@@ -33,6 +33,20 @@ CACHE_DIR = ".cache/xdpcap"  # relative to the SSH user's home
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
 _SAFE_INTERPRETER = re.compile(r"^[A-Za-z0-9_./+-]+$")
 TEST_SKEW_VAR = "xdpcap_test_clock_skew_ns"
+# The one set-up command. Values arrive as positional parameters, never spliced into the
+# script: $1 the cache folder, $2 this run's capture folder, $3 the agent's path.
+_SETUP_SCRIPT = """set -e
+umask 077
+mkdir -p -m 700 "$1" "$2"
+chmod 700 "$1"
+echo "uid=$(id -u)"
+echo "home=$(pwd)"
+echo "sha256=$(sha256sum "$3" 2>/dev/null | cut -d' ' -f1)"
+sync=$(chronyc -n tracking 2>/dev/null | sed -n 's/^Leap status *: */chrony: /p')
+[ -n "$sync" ] || sync=$(timedatectl show -p NTPSynchronized --value 2>/dev/null |
+    sed 's/^/NTP synchronized: /')
+echo "sync=$sync"
+"""
 CAPTURE_DIR_VAR = "xdpcap_capture_dir"
 
 
@@ -128,35 +142,66 @@ class RemoteHost:
     needs_sudo: bool = False
     agent_path: str = ""
     process: RemoteProcess | None = None
+    sync_state: str | None = None
     done_event: threading.Event = field(default_factory=threading.Event)
 
     # -- preparation -------------------------------------------------------------------
-    def prepare(self, bundle: AgentBundle, *, clock_lock: threading.Lock | None = None) -> None:
-        self.open()
+    def prepare(self, bundle: AgentBundle) -> None:
+        """Connect and make the host ready in one remote command (plus an upload if needed).
+
+        Every SSH command costs a round trip and a process; before the capture window,
+        where all hosts wait for the slowest, they add up, so the set-up is one script.
+        """
+        self.state.state = "connecting"
+        self.conn = connect(self.host, self.settings)
+        capture_dir = capture_dir_of(self.host) or f"{CACHE_DIR}/runs"
+        status, out, err = run(
+            self.conn,
+            [
+                "sh",
+                "-c",
+                _SETUP_SCRIPT,
+                "xdpcap-setup",
+                CACHE_DIR,
+                f"{capture_dir}/{self.run_id}",
+                f"{CACHE_DIR}/{bundle.filename}",
+            ],
+            host=self.host,
+        )
+        facts = dict(line.partition("=")[::2] for line in out.splitlines() if "=" in line)
+        if status != 0 or not _SAFE_PATH.match(facts.get("home", "")):
+            detail = (err.strip().splitlines() or [out.strip() or f"exit {status}"])[-1]
+            raise RemoteError(f"{self.host.name}: setting up {CACHE_DIR} failed: {detail}")
+        self._learn_identity(facts["uid"], facts["home"])
+        self.sync_state = facts.get("sync") or None
         self.state.state = "uploading"
-        self._install_agent(bundle)
-        self._make_run_dir()
-        if clock_lock is not None:
-            self.state.state = "clock"
-            probe = quote_command(self._agent_argv("clock", "--serve", sudo=False))
-            # One probe at a time: threads of this process contending for the GIL would
-            # add tens of microseconds of noise to the round trips.
-            with clock_lock:
-                offset = estimate_offset(self.conn, probe, name=self.host.name)
-            self.state.clock = ClockOffset(offset.offset_ns, offset.error_ns, sync_state(self.conn))
+        self._install_agent(bundle, facts.get("sha256") or None)
 
     def open(self) -> None:
-        """Connect, and learn who we are and where home is."""
+        """Connect, and learn who we are and where home is (reconnect, collect)."""
         self.state.state = "connecting"
         self.conn = connect(self.host, self.settings)
         status, out, err = run(self.conn, ["sh", "-c", "id -u && pwd"], host=self.host)
         lines = out.split()
         if status != 0 or len(lines) < 2 or not _SAFE_PATH.match(lines[1]):
             raise RemoteError(f"{self.host.name}: cannot read user and home: {err.strip() or out}")
-        uid, self.home = lines[0], lines[1]
+        self._learn_identity(lines[0], lines[1])
+
+    def _learn_identity(self, uid: str, home: str) -> None:
+        self.home = home
         self.needs_sudo = uid != "0" or (
             self.host.become and (self.host.become_user or "root") != "root"
         )
+
+    def probe_clock(self, lock: threading.Lock) -> None:
+        """Measure the host clock's offset (after the capture: no compile competes for CPU)."""
+        assert self.conn is not None
+        probe = quote_command(self._agent_argv("clock", "--serve", sudo=False))
+        # One probe at a time: threads of this process contending for the GIL would add
+        # tens of microseconds of noise to the round trips.
+        with lock:
+            offset = estimate_offset(self.conn, probe, name=self.host.name)
+        self.state.clock = ClockOffset(offset.offset_ns, offset.error_ns, self.sync_state)
 
     @property
     def cache_dir(self) -> str:
@@ -164,21 +209,21 @@ class RemoteHost:
 
     @property
     def run_dir(self) -> str:
-        return f"{capture_dir_of(self.host) or self.cache_dir + '/runs'}/{self.run_id}"
+        capture_dir = capture_dir_of(self.host) or f"{self.home}/{CACHE_DIR}/runs"
+        return f"{capture_dir}/{self.run_id}"
 
-    def _install_agent(self, bundle: AgentBundle) -> None:
+    def _install_agent(self, bundle: AgentBundle, present_sha256: str | None) -> None:
         """Upload the agent only where that exact content is missing; verify before use."""
         assert self.conn is not None
         self.agent_path = f"{self.cache_dir}/{bundle.filename}"
-        run(self.conn, ["mkdir", "-p", "-m", "700", self.cache_dir], host=self.host)
-        run(self.conn, ["chmod", "700", self.cache_dir], host=self.host)
-        if self._remote_sha256(self.agent_path) != bundle.sha256:
-            tmp = f"{self.agent_path}.{secrets.token_hex(6)}.tmp"
-            sftp = self.conn.sftp()
-            with sftp.open(tmp, "wb") as remote:
-                remote.chmod(0o600)
-                remote.write(bundle.data)
-            sftp.posix_rename(tmp, self.agent_path)  # atomic, replaces a damaged copy
+        if present_sha256 == bundle.sha256:
+            return
+        tmp = f"{self.agent_path}.{secrets.token_hex(6)}.tmp"
+        sftp = self.conn.sftp()
+        with sftp.open(tmp, "wb") as remote:
+            remote.chmod(0o600)
+            remote.write(bundle.data)
+        sftp.posix_rename(tmp, self.agent_path)  # atomic, replaces a damaged copy
         actual = self._remote_sha256(self.agent_path)
         if actual != bundle.sha256:
             raise RemoteError(
@@ -190,12 +235,6 @@ class RemoteHost:
         assert self.conn is not None
         status, out, _ = run(self.conn, ["sha256sum", path], host=self.host)
         return out.split()[0] if status == 0 and out else None
-
-    def _make_run_dir(self) -> None:
-        assert self.conn is not None
-        status, _, err = run(self.conn, ["mkdir", "-p", "-m", "700", self.run_dir], host=self.host)
-        if status != 0:
-            raise RemoteError(f"{self.host.name}: cannot create {self.run_dir}: {err.strip()}")
 
     def _agent_argv(self, *args: str, sudo: bool = True) -> list[str]:
         argv = become_prefix(

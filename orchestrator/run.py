@@ -148,8 +148,7 @@ class Run:
 
     def _prepare(self, bundle: AgentBundle) -> None:
         self.console.print(f"xdpcap {__version__}: preparing {len(self.remotes)} host(s)")
-        clock_lock = threading.Lock()
-        _each(self.options.forks, self.remotes, lambda r: r.prepare(bundle, clock_lock=clock_lock))
+        _each(self.options.forks, self.remotes, lambda r: r.prepare(bundle))
 
     def _capture(self, active: list[RemoteHost]) -> None:
         for remote in active:
@@ -225,11 +224,15 @@ class Run:
     def _fetch(self, active: list[RemoteHost]) -> None:
         hosts_dir = self.run_dir / "hosts"
 
+        clock_lock = threading.Lock()
+
         def fetch(remote: RemoteHost) -> None:
             if remote.state.state == "disconnected":
                 self._reconnect(remote)
             if remote.state.state != "captured":
                 return
+            remote.state.state = "clock"
+            remote.probe_clock(clock_lock)
             remote.state.state = "fetching"
             remote.fetch(hosts_dir)
             remote.state.state = "done"

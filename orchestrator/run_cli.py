@@ -85,8 +85,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--runs-dir", type=Path, default=Path("xdpcap-runs"))
     run.add_argument("--no-clock-correction", action="store_true")
     run.add_argument("--ready-timeout", type=float, default=90.0)
-    run.add_argument("--reconnect-wait", type=float, default=30.0,
-                     help="seconds to retry a host whose connection died mid-capture")
+    run.add_argument(
+        "--reconnect-wait",
+        type=float,
+        default=30.0,
+        help="seconds to retry a host whose connection died mid-capture",
+    )
     run.add_argument(
         "--list-hosts",
         action="store_true",

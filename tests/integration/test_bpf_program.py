@@ -6,7 +6,6 @@ import ctypes
 import struct
 
 import pytest
-
 from xdpcap.agent.consumer import SampleConsumer
 from xdpcap.agent.sampler import Sampler
 
@@ -35,8 +34,19 @@ class _TestRunOpts(ctypes.Structure):
 def _frame(length: int) -> bytes:
     """An Ethernet + IPv4 + UDP frame of `length` bytes with a recognisable payload."""
     payload = bytes(i & 0xFF for i in range(length - 42))
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, length - 14, 1, 0, 64, 17, 0,
-                     bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        length - 14,
+        1,
+        0,
+        64,
+        17,
+        0,
+        bytes([10, 0, 0, 1]),
+        bytes([10, 0, 0, 2]),
+    )
     udp = struct.pack("!HHHH", 1234, 5678, length - 34, 0)
     return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp + payload
 
@@ -44,8 +54,12 @@ def _frame(length: int) -> bytes:
 def _test_run(prog_fd: int, frame: bytes, repeat: int = 1) -> int:
     libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
     data = ctypes.create_string_buffer(frame, len(frame))
-    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(data),
-                        data_size_in=len(frame), repeat=repeat)
+    opts = _TestRunOpts(
+        sz=ctypes.sizeof(_TestRunOpts),
+        data_in=ctypes.addressof(data),
+        data_size_in=len(frame),
+        repeat=repeat,
+    )
     err = libbpf.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
     assert err == 0, f"BPF_PROG_TEST_RUN failed: {err}"
     return opts.retval
@@ -99,7 +113,11 @@ def test_snaplen_truncates_but_keeps_the_original_length(make_sampler) -> None:
     assert ts > 0
     counters = sampler.counters()
     assert (counters.seen, counters.sampled, counters.not_sampled, counters.output_failed) == (
-        1, 1, 0, 0)
+        1,
+        1,
+        0,
+        0,
+    )
 
 
 def test_short_frame_is_captured_whole(make_sampler) -> None:

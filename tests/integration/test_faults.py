@@ -58,7 +58,7 @@ def _wait_capturing(lab, proc: subprocess.Popen, timeout: float = 60) -> None:
             break
         time.sleep(0.2)
     proc.kill()
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     raise AssertionError(f"the sampler was never attached on every host: {err}")
 
 
@@ -208,7 +208,7 @@ def test_foreign_program_refused_and_kept(lab, tmp_path: Path) -> None:
     busy = lab.hosts[1]
     foreign = attach_foreign_program(busy.namespace, "eth0")
     try:
-        code, out, err = _finish(
+        code, _out, err = _finish(
             _start_run(lab.inventory_path, tmp_path / "runs", "--duration", "2")
         )
         assert code == 3, err

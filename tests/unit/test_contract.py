@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from xdpcap.agent import contract
 
 BPF_DIR = Path(contract.__file__).resolve().parent.parent / "bpf"
@@ -33,12 +32,21 @@ def test_header_and_python_mirror_agree(tmp_path: Path) -> None:
     source.write_text(PROGRAM)
     binary = tmp_path / "sizes"
     subprocess.run(["gcc", "-I", str(BPF_DIR), "-o", str(binary), str(source)], check=True)
-    values = [int(v) for v in subprocess.run([str(binary)], capture_output=True, text=True,
-                                             check=True).stdout.split()]
+    values = [
+        int(v)
+        for v in subprocess.run(
+            [str(binary)], capture_output=True, text=True, check=True
+        ).stdout.split()
+    ]
     # The Python mirror: struct formats with the same field order.
     sample_offsets = [0, 8, 12, 16, 20]
     assert values[0] == contract.SAMPLE.size
     assert values[1:6] == sample_offsets
     assert values[6] == contract.CONFIG.size
-    assert values[7:] == [contract.SEEN, contract.SAMPLED, contract.NOT_SAMPLED,
-                          contract.OUTPUT_FAILED, contract.COUNTER_MAX]
+    assert values[7:] == [
+        contract.SEEN,
+        contract.SAMPLED,
+        contract.NOT_SAMPLED,
+        contract.OUTPUT_FAILED,
+        contract.COUNTER_MAX,
+    ]
