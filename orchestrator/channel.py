@@ -12,6 +12,7 @@ from fabric import Connection
 from .errors import RemoteError
 
 READ_TIMEOUT_S = 1.0
+EXIT_STATUS_WAIT_S = 3.0
 
 
 class RemoteProcess:
@@ -63,6 +64,8 @@ class RemoteProcess:
         try:
             while channel.recv_stderr_ready():
                 self.stderr += channel.recv_stderr(65536).decode("utf-8", "replace")
+            # The end of stdout can arrive just before the exit status: wait a little.
+            channel.status_event.wait(EXIT_STATUS_WAIT_S)
             # paramiko reports -1 both for a lost connection and for a killed process;
             # only a dead transport means the connection itself was lost.
             if channel.exit_status_ready() and self._transport.is_active():

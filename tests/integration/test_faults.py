@@ -179,13 +179,13 @@ def test_disk_full_keeps_a_valid_partial_file(lab, tmp_path: Path) -> None:
     full = lab.hosts[0]
     # `ip netns exec` gave the host's sshd a mount namespace of its own: mount in there.
     in_sshd = ("nsenter", "-t", str(lab.sshd_pid(full.name)), "-m")
-    sh(*in_sshd, "mount", "-t", "tmpfs", "-o", "size=256k,mode=0777", "tmpfs", str(small))
+    sh(*in_sshd, "mount", "-t", "tmpfs", "-o", "size=3m,mode=0777", "tmpfs", str(small))
     try:
         inventory = inventory_with(lab, tmp_path, {full.name: {"xdpcap_capture_dir": str(small)}})
         proc = _start_run(inventory, tmp_path / "runs", "--duration", "6")
         _wait_capturing(lab, proc)
         in_ns(
-            lab.hosts[1].namespace, "ping", "-f", "-c", "3000", "-s", "1400", full.ipv4, check=False
+            lab.hosts[1].namespace, "ping", "-f", "-c", "5000", "-s", "1400", full.ipv4, check=False
         )
         code, out, err = _finish(proc)
     finally:
