@@ -68,6 +68,8 @@ class CaptureSummary:
     partial_reason: str | None = None
     stopped_by: str = ""
     out_of_order: int = 0  # batches that began before the last one ended: should stay 0
+    file_size: int = 0  # bytes in the file, and their sha256, for the controller's check
+    file_sha256: str = ""
 
     @property
     def unaccounted(self) -> int:
@@ -338,6 +340,8 @@ class Capture:
         except OSError as exc:
             summary.partial_reason = summary.partial_reason or f"statistics not written: {exc}"
         summary.out_of_order = self._late
+        summary.file_size = writer.bytes_committed
+        summary.file_sha256 = writer.sha256.hexdigest()
         try:
             write_summary_file(summary)
         except OSError as exc:  # a full disk: the capture itself is still valid

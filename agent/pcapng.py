@@ -7,6 +7,7 @@ in large writes, never a syscall per packet.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterable
 from typing import BinaryIO
@@ -156,6 +157,7 @@ class PcapngWriter:
         self.packets_written = 0  # handed to the writer
         self.packets_committed = 0  # known to be in the file
         self.bytes_committed = 0
+        self.sha256 = hashlib.sha256()
         options: list[Option] = []
         if comment:
             options.append(text_option(OPT_COMMENT, comment))
@@ -300,5 +302,8 @@ class PcapngWriter:
                 raise
             view.release()
             self.bytes_committed += len(self._buffer)
+            # The digest of exactly what is in the file: the controller checks its copy
+            # against it without another command on the host.
+            self.sha256.update(self._buffer)
             self._buffer = bytearray()
         self.packets_committed = self.packets_written

@@ -7,7 +7,9 @@ round trip wins, and its error bound is ± round trip / 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 from dataclasses import dataclass
 
@@ -31,10 +33,20 @@ class ClockOffset:
 
 
 def estimate_offset(
-    conn: Connection, command: str, *, name: str, rounds: int = ROUNDS
+    conn: Connection,
+    command: str,
+    *,
+    name: str,
+    rounds: int = ROUNDS,
+    rounds_lock: threading.Lock | None = None,
 ) -> ClockOffset:
     """Probe over a channel of its own, read in this thread: every hand-off between
-    threads on the reply path would widen the round trip and bias the offset."""
+    threads on the reply path would widen the round trip and bias the offset.
+
+    With `rounds_lock`, the agents of many hosts start in parallel but their timed
+    rounds run one host at a time: threads of this process contending for the GIL would
+    add tens of microseconds of noise to the round trips.
+    """
     transport = conn.client.get_transport()
     if transport is None or not transport.is_active():
         raise RemoteError(f"{name}: the SSH connection is closed")
@@ -45,14 +57,15 @@ def estimate_offset(
         channel.exec_command(command)
         reader = channel.makefile("rb")
         _answer(reader, name)  # the first answer only says the agent is up
-        for _ in range(rounds):
-            sent = time.time_ns()
-            channel.sendall(b"\n")
-            remote = _answer(reader, name)
-            received = time.time_ns()
-            rtt = received - sent
-            if best is None or rtt < best[1]:
-                best = (remote - (sent + received) // 2, rtt)
+        with rounds_lock or contextlib.nullcontext():
+            for _ in range(rounds):
+                sent = time.time_ns()
+                channel.sendall(b"\n")
+                remote = _answer(reader, name)
+                received = time.time_ns()
+                rtt = received - sent
+                if best is None or rtt < best[1]:
+                    best = (remote - (sent + received) // 2, rtt)
     except OSError as exc:
         raise RemoteError(f"{name}: the clock probe failed: {exc}") from exc
     finally:

@@ -197,10 +197,7 @@ class RemoteHost:
         """Measure the host clock's offset (after the capture: no compile competes for CPU)."""
         assert self.conn is not None
         probe = quote_command(self._agent_argv("clock", "--serve", sudo=False))
-        # One probe at a time: threads of this process contending for the GIL would add
-        # tens of microseconds of noise to the round trips.
-        with lock:
-            offset = estimate_offset(self.conn, probe, name=self.host.name)
+        offset = estimate_offset(self.conn, probe, name=self.host.name, rounds_lock=lock)
         self.state.clock = ClockOffset(offset.offset_ns, offset.error_ns, self.sync_state)
 
     @property
@@ -376,9 +373,14 @@ class RemoteHost:
             sftp.get(remote, str(tmp))
         except OSError as exc:
             raise RemoteError(f"{self.host.name}: fetching {remote} failed: {exc}") from exc
-        local_sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        remote_sha = self._remote_sha256(remote)
-        if tmp.stat().st_size != size or local_sha != remote_sha:
+        local_sha = _sha256_of(tmp)
+        summary = self.state.summary or {}
+        if summary.get("file_sha256"):
+            # The agent hashed every byte it wrote: no second command on the host.
+            expected_size, expected_sha = summary.get("file_size"), summary["file_sha256"]
+        else:
+            expected_size, expected_sha = size, self._remote_sha256(remote)
+        if tmp.stat().st_size != expected_size or local_sha != expected_sha:
             raise RemoteError(
                 f"{self.host.name}: {remote} changed or was damaged in transfer "
                 "(size or sha256 differ); the remote copy is kept"
@@ -386,8 +388,19 @@ class RemoteHost:
         tmp.replace(local)
         self.state.sha256 = local_sha
         self.state.local_file = str(local)
-        run(self.conn, ["rm", "-f", remote, remote + ".json"], host=self.host)
-        run(self.conn, ["rmdir", self.run_dir], host=self.host)  # fails harmlessly if not empty
+        # One command: the file, its summary, and the run folder once it is empty.
+        run(
+            self.conn,
+            [
+                "sh",
+                "-c",
+                'rm -f -- "$1" "$1.json"; rmdir -- "$2" 2>/dev/null; true',
+                "xdpcap-cleanup",
+                remote,
+                self.run_dir,
+            ],
+            host=self.host,
+        )
         return local
 
     def read_remote_summary(self) -> dict[str, Any] | None:
@@ -405,6 +418,14 @@ class RemoteHost:
             self.process.close()
         if self.conn is not None:
             self.conn.close()
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):  # flat memory for any size
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def validate_iface_for(host: Host, default_iface: str | None) -> str:

@@ -126,6 +126,10 @@ class Run:
             for host in hosts
         ]
         self.interrupted = False
+        self.phases: dict[str, float] = {}  # seconds since the start, for run.json
+
+    def _mark(self, phase: str) -> None:
+        self.phases[phase] = round(time.monotonic() - self.started, 3)
 
     @property
     def states(self) -> list[HostState]:
@@ -136,13 +140,17 @@ class Run:
         bundle = build_agent_bundle()
         try:
             self._prepare(bundle)
+            self._mark("prepared")
             active = [r for r in self.remotes if r.state.state != "failed"]
             self._capture(active)
+            self._mark("captured")
             self._fetch(active)
+            self._mark("fetched")
         finally:
             for remote in self.remotes:
                 remote.close()
         merged, report = self._merge()
+        self._mark("merged")
         self._write_run_json(merged)
         return RunResult(self.run_dir, self.states, merged, report)
 
@@ -166,6 +174,7 @@ class Run:
             try:
                 self._wait_ready(active, live)
                 ready = [r for r in active if r.state.state == "ready"]
+                self._mark("all ready")
                 for remote in ready:
                     remote.send("start")
                 self._wait_done(ready, live)
@@ -209,7 +218,7 @@ class Run:
             if all(r.done_event.is_set() or r.state.state == "failed" for r in remotes):
                 return
             live.update(live_table(self.states))
-            time.sleep(0.25)
+            time.sleep(0.05)
 
     def _note_dead_agents(self, remotes: list[RemoteHost]) -> None:
         for remote in remotes:
@@ -231,13 +240,24 @@ class Run:
                 self._reconnect(remote)
             if remote.state.state != "captured":
                 return
-            remote.state.state = "clock"
-            remote.probe_clock(clock_lock)
+            # The clock probe and the transfer use channels of their own: run them side
+            # by side, each SSH command costs the host a login shell.
             remote.state.state = "fetching"
-            remote.fetch(hosts_dir)
+            probe = threading.Thread(target=self._probe_clock, args=(remote, clock_lock))
+            probe.start()
+            try:
+                remote.fetch(hosts_dir)
+            finally:
+                probe.join(timeout=60)
             remote.state.state = "done"
 
         _each(self.options.forks, active, fetch)
+
+    def _probe_clock(self, remote: RemoteHost, lock: threading.Lock) -> None:
+        try:
+            remote.probe_clock(lock)
+        except XdpcapError as exc:  # the capture is still good; merged uncorrected
+            self.console.print(f"{exc}; its clock offset is unknown", soft_wrap=True)
 
     def _reconnect(self, remote: RemoteHost) -> None:
         """The SSH connection died mid-capture: the agent went on. Come back for the file."""
@@ -278,6 +298,7 @@ class Run:
             "inventory": self.options.inventory_path,
             "iface": self.options.iface,
             "interrupted": self.interrupted,
+            "phases_s": self.phases,
             "capture": self.options.capture.__dict__,
             "merged": str(merged) if merged else None,
             "clock_correction": self.options.clock_correction,
