@@ -328,6 +328,21 @@ def merge_captures(
     """
     if not sources:
         raise MergeError("nothing to merge: no input files")
+    # An input that cannot even be opened is one bad input, not a failed merge: it is
+    # reported and skipped here, so that OSError below can only be about the output.
+    unreadable: list[str] = []
+    readable: list[MergeSource] = []
+    for source in sources:
+        try:
+            with open(source.path, "rb"):
+                readable.append(source)
+        except OSError as exc:
+            unreadable.append(
+                f"{os.fspath(source.path)}: cannot read ({exc.strerror or exc}); skipped"
+            )
+    if not readable:
+        raise MergeError(f"nothing to merge: {unreadable[0]}")
+    sources = readable
     out_path = os.fspath(out_path)
     engines = [_FastMerger, _Merger] if _fast_path_enabled() else [_Merger]
     try:
@@ -351,6 +366,7 @@ def merge_captures(
     except OSError as exc:
         raise MergeError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
     report = _report(merger, out_path)
+    report.warnings[:0] = unreadable
     if not any(source.usable for source in report.sources):
         os.unlink(out_path)
         raise MergeError("no usable input: " + "; ".join(report.warnings))

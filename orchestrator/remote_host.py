@@ -7,6 +7,7 @@ others.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -37,8 +38,8 @@ TEST_SKEW_VAR = "xdpcap_test_clock_skew_ns"
 # script: $1 the cache folder, $2 this run's capture folder, $3 the agent's path.
 _SETUP_SCRIPT = """set -e
 umask 077
-mkdir -p -m 700 "$1" "$2"
-chmod 700 "$1"
+mkdir -p -m 700 "$1" "$1/runs" "$2"
+chmod 700 "$1" "$1/runs"
 echo "uid=$(id -u)"
 echo "home=$(pwd)"
 echo "sha256=$(sha256sum "$3" 2>/dev/null | cut -d' ' -f1)"
@@ -201,6 +202,11 @@ class RemoteHost:
         self.state.clock = ClockOffset(offset.offset_ns, offset.error_ns, self.sync_state)
 
     @property
+    def become_password(self) -> str | None:
+        """-K wins over the inventory's ansible_become_password."""
+        return self.settings.become_password or self.host.become_password
+
+    @property
     def cache_dir(self) -> str:
         return f"{self.home}/{CACHE_DIR}"
 
@@ -237,7 +243,7 @@ class RemoteHost:
         argv = become_prefix(
             sudo and self.needs_sudo,
             self.host.become_user,
-            self.settings.become_password is not None,
+            self.become_password is not None,
         )
         skew = test_skew_of(self.host)
         if skew is not None:
@@ -263,7 +269,7 @@ class RemoteHost:
             raise RemoteError(f"{self.host.name}: preflight failed: {detail}") from None
 
     def _password_stream(self) -> io.StringIO | bool:
-        password = self.settings.become_password
+        password = self.become_password
         return io.StringIO(password + "\n") if password and self.needs_sudo else False
 
     # -- capture -----------------------------------------------------------------------
@@ -296,8 +302,8 @@ class RemoteHost:
         self.process = RemoteProcess(
             self.conn, quote_command(self._agent_argv(*args)), self._on_line, name=self.host.name
         )
-        if self.settings.become_password is not None and self.needs_sudo:
-            self.process.send_line(self.settings.become_password)
+        if self.become_password is not None and self.needs_sudo:
+            self.process.send_line(self.become_password)  # on stdin: never in a process list
 
     def _on_line(self, line: str) -> None:
         event = parse_event(line)
@@ -412,6 +418,13 @@ class RemoteHost:
             return json.loads(out)
         except ValueError:
             return None
+
+    def remove_run_dir(self) -> None:
+        """Remove this run's folder on the host if it is empty (best effort)."""
+        if self.conn is None or not self.home:
+            return
+        with contextlib.suppress(RemoteError):
+            run(self.conn, ["rmdir", self.run_dir], host=self.host)
 
     def close(self) -> None:
         if self.process is not None:

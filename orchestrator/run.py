@@ -29,7 +29,7 @@ from rich.live import Live
 from ..agent import __version__
 from .agent_bundle import AgentBundle, build_agent_bundle
 from .clock import corrections
-from .errors import RemoteError, XdpcapError
+from .errors import MergeError, RemoteError, UsageError, XdpcapError
 from .inventory import Host
 from .merge import MergeReport, MergeSource, merge_captures
 from .remote_host import CaptureSettings, HostState, RemoteHost, validate_iface_for
@@ -71,6 +71,15 @@ class RunResult:
 
 
 def new_run_dir(runs_dir: Path) -> Path:
+    try:
+        return _new_run_dir(runs_dir)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create a run folder in {runs_dir}: {exc.strerror or exc}"
+        ) from exc
+
+
+def _new_run_dir(runs_dir: Path) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = runs_dir / stamp
     suffix = 1
@@ -149,7 +158,12 @@ class Run:
         finally:
             for remote in self.remotes:
                 remote.close()
-        merged, report = self._merge()
+        try:
+            merged, report = self._merge()
+        except MergeError as exc:
+            # The per-host files are kept and run.json says what happened; then fail.
+            self._write_run_json(None)
+            raise MergeError(f"{exc}; the host captures are in {self.run_dir / 'hosts'}") from exc
         self._mark("merged")
         self._write_run_json(merged)
         return RunResult(self.run_dir, self.states, merged, report)
@@ -186,6 +200,7 @@ class Run:
                     remote.send("stop")
                 self._wait_all(active, STOP_GRACE_S, live)
             live.update(live_table(self.states))
+        self.console.line()  # on a pipe, the last render does not end its line
         for remote in active:
             if remote.state.state in ("ready", "compiling"):
                 remote.send("stop")

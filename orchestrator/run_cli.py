@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import secrets
 import sys
 from pathlib import Path
 
@@ -143,14 +144,25 @@ def capture_settings(args: argparse.Namespace) -> CaptureSettings:
     )
 
 
+def check_output_paths(runs_dir: Path, output: Path | None) -> None:
+    """Refuse unusable local paths before any host is contacted, not after the capture."""
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise UsageError(f"--runs-dir {runs_dir} exists and is not a folder")
+    if output is not None:
+        if output.is_dir():
+            raise UsageError(f"-w {output} is a folder, not a file")
+        if not output.parent.is_dir():
+            raise UsageError(f"-w {output}: folder {output.parent} does not exist")
+
+
 def run_command(args: argparse.Namespace) -> int:
     capture = capture_settings(args)
     hosts = select_hosts(args)
     if args.list_hosts:
         print(format_host_list(hosts, args.iface))
         return 0
-    if args.ready_timeout <= 0:
-        raise UsageError("--ready-timeout must be greater than 0")
+    validate.positive_number("--ready-timeout", args.ready_timeout, 3600)
+    check_output_paths(args.runs_dir, args.output)
     options = RunOptions(
         iface=args.iface,
         capture=capture,
@@ -178,9 +190,10 @@ def check_command(args: argparse.Namespace) -> int:
     hosts = select_hosts(args)
     ssh = _ssh_settings(args)
     bundle = build_agent_bundle()
+    run_id = secrets.token_hex(8)  # unpredictable, and removed afterwards
     remotes = [
         RemoteHost(
-            h, HostState(h.name, h.address, validate_iface_for(h, args.iface)), ssh, run_id="check"
+            h, HostState(h.name, h.address, validate_iface_for(h, args.iface)), ssh, run_id=run_id
         )
         for h in hosts
     ]
@@ -191,6 +204,7 @@ def check_command(args: argparse.Namespace) -> int:
             remote.prepare(bundle)
             reports[remote.host.name] = remote.preflight()
         finally:
+            remote.remove_run_dir()
             remote.close()
 
     _each(args.forks, remotes, check)

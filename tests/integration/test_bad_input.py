@@ -316,11 +316,6 @@ def test_bad_number(lab, tmp_path: Path, flag: str, value: str) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_cli.py: --ready-timeout checks `<= 0` only, so nan and inf pass; nan then "
-    "fails every host as 'not ready within nan s' after connecting to all of them",
-)
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_ready_timeout_nan_or_inf(lab, tmp_path: Path, value: str) -> None:
     _assert_refused(
@@ -339,11 +334,6 @@ def test_ready_timeout_nan_or_inf(lab, tmp_path: Path, value: str) -> None:
 # --------------------------------------------------------------------------- output places
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run.py new_run_dir: mkdir under a --runs-dir that is a file raises "
-    "NotADirectoryError: a Traceback, exit 1",
-)
 def test_runs_dir_that_is_a_file(lab, tmp_path: Path) -> None:
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
@@ -354,11 +344,6 @@ def test_runs_dir_that_is_a_file(lab, tmp_path: Path) -> None:
     assert _sshd_logs(lab) == logs_before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_cli.py: -w is not checked before the run: every host captures, then the "
-    "merge fails ('cannot write ...', exit 1) and run.json is never written",
-)
 @pytest.mark.parametrize("where", ["missing-dir", "under-a-file", "a-dir"])
 def test_unwritable_output(lab, tmp_path: Path, where: str) -> None:
     afile = tmp_path / "afile"

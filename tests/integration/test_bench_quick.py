@@ -17,9 +17,13 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 @pytest.mark.parametrize("script", ["capture", "merge", "run"])
 def test_quick_benchmark_runs(script: str) -> None:
-    result = subprocess.run([sys.executable, str(BENCH / script), "--quick"],
-                            capture_output=True, text=True, timeout=300,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     print(result.stdout[-3000:])
     # Each script exits non-zero when xdpcap left packets unaccounted or a peer's output
     # disagrees with ours; a table on stdout shows it measured something.

@@ -194,11 +194,6 @@ def test_inventory_cannot_turn_host_key_checking_off(lab, tmp_path: Path) -> Non
     assert known_hosts.read_text() == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run.py print_result: on a pipe the live table's last line has no newline, so "
-    "the first host's result line is glued to it ('└──┘lab1: failed: ...')",
-)
 def test_report_lines_start_a_line(tmp_path: Path) -> None:
     with private_lab("line", tmp_path, hosts=1) as lab:
         host = lab.hosts[0].name
@@ -285,22 +280,12 @@ def test_remote_run_ids_differ_between_runs(lab, tmp_path: Path) -> None:
     assert len(ids) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="remote_host.py: `mkdir -p -m 700 RUN_DIR` applies the mode to the last "
-    "component only; ~/.cache/xdpcap/runs is left 0755 (umask)",
-)
 def test_remote_runs_folder_is_private(lab, tmp_path: Path) -> None:
     result = _run(lab.inventory_path, tmp_path)
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(REMOTE_RUNS.stat().st_mode) == 0o700
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_cli.py: `xdpcap check` uses the fixed remote folder runs/check "
-    "(run_id='check'): predictable, shared by concurrent checks, and never removed",
-)
 def test_check_leaves_no_fixed_remote_folder(lab) -> None:
     fixed = REMOTE_RUNS / "check"
     with contextlib.suppress(OSError):
