@@ -7,6 +7,7 @@ figures go to the summary line and to the pcapng interface statistics block.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ DRAIN_INTERVAL_NS = 5_000_000
 ORDER_SLACK_NS = 20_000_000
 PROGRESS_EVERY_NS = 500_000_000
 DEFAULT_START_TIMEOUT_S = 120.0
+HAND_OVER_TIMEOUT_S = 600.0  # how long a finished agent waits for the controller's fetch
 
 
 @dataclass(frozen=True)
@@ -177,10 +179,33 @@ class Capture:
                     debug_print_source=options.debug_print_source,
                 ) as sampler:
                     self._capture(sampler, iface, commands)
+            if commands is not None and self.summary.window_end_ns:
+                self._hand_over(commands)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return self.summary
+
+    def _hand_over(self, commands: ControllerCommands) -> None:
+        """Detached and unlocked: wait (bounded) for the controller to fetch the file.
+
+        It answers "delete" once its copy matches size and sha256, which saves a remote
+        command per host; without an answer the file stays for `xdpcap collect`.
+        """
+        if self.events.controller_gone:
+            return
+        deadline = clock.monotonic_ns() + int(HAND_OVER_TIMEOUT_S * 1e9)
+        while not commands.delete.wait(0.2):
+            if commands.eof.is_set() or self.stop.reason == "SIGTERM":
+                return
+            if clock.monotonic_ns() > deadline:
+                return
+        output = Path(self.summary.file)
+        for path in (output, Path(self.summary.file + ".json")):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            output.parent.rmdir()  # the run's folder, once every capture in it is fetched
+        self.events.emit("deleted")
 
     # -- phases ------------------------------------------------------------------------
     def _capture(

@@ -6,9 +6,10 @@ Agent → controller events (one JSON object a line, key "event"):
   progress   packets, bytes, lost so far, every ~0.5 s
   done       the final summary (see CaptureSummary.to_dict)
   error      one-line message; the agent exits non-zero after it
-Controller → agent lines on stdin: "start", "stop". EOF on stdin means the controller
-is gone: the agent keeps capturing until its own deadline, then detaches and keeps the
-file for `xdpcap collect`.
+Controller → agent lines on stdin: "start", "stop", and after "done": "delete" (the
+controller has verified its copy: remove the file) or "keep". EOF on stdin means the
+controller is gone: the agent keeps capturing until its own deadline, then detaches and
+keeps the file for `xdpcap collect`.
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ class EventSink:
 
 
 class ControllerCommands:
-    """Reads "start"/"stop" lines from stdin in a daemon thread."""
+    """Reads the controller's lines from stdin in a daemon thread."""
 
     def __init__(self, stream: TextIO = sys.stdin) -> None:
         self.start = threading.Event()
         self.stop = threading.Event()
+        self.delete = threading.Event()
         self.eof = threading.Event()
         self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self._thread.start()
@@ -55,6 +57,10 @@ class ControllerCommands:
                     self.start.set()
                 elif word == "stop":
                     self.stop.set()
+                elif word == "delete":
+                    self.delete.set()
+                elif word == "keep":
+                    self.eof.set()
         except (OSError, ValueError):
             pass
         self.eof.set()

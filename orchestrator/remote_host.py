@@ -49,6 +49,7 @@ sync=$(chronyc -n tracking 2>/dev/null | sed -n 's/^Leap status *: */chrony: /p'
 echo "sync=$sync"
 """
 CAPTURE_DIR_VAR = "xdpcap_capture_dir"
+HAND_OVER_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class RemoteHost:
     process: RemoteProcess | None = None
     sync_state: str | None = None
     done_event: threading.Event = field(default_factory=threading.Event)
+    deleted: threading.Event = field(default_factory=threading.Event)
 
     # -- preparation -------------------------------------------------------------------
     def prepare(self, bundle: AgentBundle) -> None:
@@ -332,6 +334,8 @@ class RemoteHost:
             state.seen = int(event.get("seen", 0))
             state.state = "captured"
             self.done_event.set()
+        elif kind == "deleted":
+            self.deleted.set()
         elif kind == "error":
             state.state = "failed"
             state.reason = str(event.get("message"))
@@ -394,6 +398,15 @@ class RemoteHost:
         tmp.replace(local)
         self.state.sha256 = local_sha
         self.state.local_file = str(local)
+        self._delete_remote(remote)
+        return local
+
+    def _delete_remote(self, remote: str) -> None:
+        """Ask the waiting agent to delete its file; else one command does it."""
+        process = self.process
+        alive = process is not None and not process.finished.is_set()
+        if alive and process.send_line("delete") and self.deleted.wait(HAND_OVER_WAIT_S):
+            return
         # One command: the file, its summary, and the run folder once it is empty.
         run(
             self.conn,
@@ -407,7 +420,6 @@ class RemoteHost:
             ],
             host=self.host,
         )
-        return local
 
     def read_remote_summary(self) -> dict[str, Any] | None:
         assert self.conn is not None and self.state.remote_file

@@ -28,7 +28,7 @@ def agent_argv(ns: str, *args: str) -> list[str]:
 def start_agent(ns: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         agent_argv(ns, "capture", "--json-events", *args),
-        stdin=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,  # EOF: no controller, nothing to hand over
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
