@@ -7,7 +7,6 @@ others.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -49,6 +48,37 @@ sync=$(chronyc -n tracking 2>/dev/null | sed -n 's/^Leap status *: */chrony: /p'
 echo "sync=$sync"
 """
 CAPTURE_DIR_VAR = "xdpcap_capture_dir"
+LAUNCH_WAIT_S = 60.0
+# The run's one command per host: set up the folders, report facts, check the cached
+# agent against its hash and exec it (through sudo when not root) — or ask for an
+# upload. Values arrive as positional parameters, never spliced into the script:
+# $1 cache folder, $2 run folder, $3 agent, $4 its sha256, $5 become user ("" = root),
+# $6 "password" when a sudo password follows on stdin; then the agent's argv.
+_LAUNCH_SCRIPT = """set -e
+umask 077
+cache=$1 rundir=$2 agent=$3 sha=$4 become=$5 password=$6
+shift 6
+mkdir -p -m 700 "$cache" "$cache/runs" "$rundir"
+chmod 700 "$cache" "$cache/runs"
+echo "xdpcap-fact uid=$(id -u)"
+echo "xdpcap-fact home=$(pwd)"
+sync=$(chronyc -n tracking 2>/dev/null | sed -n 's/^Leap status *: */chrony: /p')
+[ -n "$sync" ] || sync=$(timedatectl show -p NTPSynchronized --value 2>/dev/null |
+    sed 's/^/NTP synchronized: /')
+echo "xdpcap-fact sync=$sync"
+if [ "$(sha256sum "$agent" 2>/dev/null | cut -d' ' -f1)" != "$sha" ]; then
+    echo "xdpcap-launch need-upload"
+    exit 0
+fi
+echo "xdpcap-launch ok"
+if [ "$(id -u)" = 0 ] && { [ -z "$become" ] || [ "$become" = root ]; }; then
+    exec "$@"
+fi
+if [ "$password" = password ]; then
+    exec sudo -S -p '' -u "${become:-root}" -- "$@"
+fi
+exec sudo -n -u "${become:-root}" -- "$@"
+"""
 HAND_OVER_WAIT_S = 10.0
 
 
@@ -150,11 +180,8 @@ class RemoteHost:
 
     # -- preparation -------------------------------------------------------------------
     def prepare(self, bundle: AgentBundle) -> None:
-        """Connect and make the host ready in one remote command (plus an upload if needed).
-
-        Every SSH command costs a round trip and a process; before the capture window,
-        where all hosts wait for the slowest, they add up, so the set-up is one script.
-        """
+        """Connect and make the host ready for the agent (`check`): one remote command,
+        plus an upload where the agent with this hash is missing. `run` uses `launch`."""
         self.state.state = "connecting"
         self.conn = connect(self.host, self.settings)
         capture_dir = capture_dir_of(self.host) or f"{CACHE_DIR}/runs"
@@ -166,7 +193,7 @@ class RemoteHost:
                 _SETUP_SCRIPT,
                 "xdpcap-setup",
                 CACHE_DIR,
-                f"{capture_dir}/{self.run_id}",
+                capture_dir,  # `check` writes nothing: no run folder, only the captures' root
                 f"{CACHE_DIR}/{bundle.filename}",
             ],
             host=self.host,
@@ -213,6 +240,11 @@ class RemoteHost:
         return f"{self.home}/{CACHE_DIR}"
 
     @property
+    def capture_root(self) -> str:
+        """Where this host's captures go (xdpcap_capture_dir, else the cache's runs/)."""
+        return capture_dir_of(self.host) or f"{self.home}/{CACHE_DIR}/runs"
+
+    @property
     def run_dir(self) -> str:
         capture_dir = capture_dir_of(self.host) or f"{self.home}/{CACHE_DIR}/runs"
         return f"{capture_dir}/{self.run_id}"
@@ -256,7 +288,7 @@ class RemoteHost:
     def preflight(self) -> dict[str, Any]:
         assert self.conn is not None
         command = quote_command(
-            self._agent_argv("preflight", "-i", self.state.iface, "--output-dir", self.run_dir)
+            self._agent_argv("preflight", "-i", self.state.iface, "--output-dir", self.capture_root)
         )
         result = self.conn.run(
             command, timeout=120, warn=True, hide=True, in_stream=self._password_stream()
@@ -275,39 +307,82 @@ class RemoteHost:
         return io.StringIO(password + "\n") if password and self.needs_sudo else False
 
     # -- capture -----------------------------------------------------------------------
-    def start_agent(self, capture: CaptureSettings) -> None:
+    def launch(self, bundle: AgentBundle, capture: CaptureSettings) -> None:
+        """Connect and start the agent with one remote command (two if it must be uploaded).
+
+        Every SSH command costs a login shell on the host; before the capture window,
+        where every host waits for the slowest, they add up.
+        """
+        self.state.state = "connecting"
+        self.conn = connect(self.host, self.settings)
+        if not self._launch_once(bundle, capture):
+            self.state.state = "uploading"
+            self._install_agent(bundle, None)
+            if not self._launch_once(bundle, capture):
+                raise RemoteError(f"{self.host.name}: the agent is still missing after upload")
+
+    def _launch_once(self, bundle: AgentBundle, capture: CaptureSettings) -> bool:
         assert self.conn is not None
+        run_rel = f"{capture_dir_of(self.host) or CACHE_DIR + '/runs'}/{self.run_id}"
         # Host name in the file name too: the namespace lab's hosts share one filesystem.
-        self.state.remote_file = f"{self.run_dir}/{self.host.name}-{self.state.iface}.pcapng"
-        args = [
-            "capture",
-            "--json-events",
-            "--wait-start",
-            "-i",
-            self.state.iface,
-            "-w",
-            self.state.remote_file,
-            "--duration",
-            repr(capture.duration_s),
-            "--snaplen",
-            str(capture.snaplen),
-            "--sample-rate",
-            str(capture.sample_rate),
-            "--xdp-mode",
-            capture.xdp_mode,
-            "--start-timeout",
-            repr(capture.start_timeout_s),
+        out_rel = f"{run_rel}/{self.host.name}-{self.state.iface}.pcapng"
+        agent_rel = f"{CACHE_DIR}/{bundle.filename}"
+        password = self.become_password
+        command = [
+            "sh",
+            "-c",
+            _LAUNCH_SCRIPT,
+            "xdpcap-launch",
+            CACHE_DIR,
+            run_rel,
+            agent_rel,
+            bundle.sha256,
+            self.host.become_user or "",
+            "password" if password else "",
+            *self._plain_agent_argv(agent_rel, *_capture_args(capture, self.state.iface, out_rel)),
         ]
-        if capture.count is not None:
-            args += ["--count", str(capture.count)]
         self.state.state = "compiling"
+        self._facts: dict[str, str] = {}
+        self._launched = threading.Event()
         self.process = RemoteProcess(
-            self.conn, quote_command(self._agent_argv(*args)), self._on_line, name=self.host.name
+            self.conn, quote_command(command), self._on_line, name=self.host.name
         )
-        if self.become_password is not None and self.needs_sudo:
-            self.process.send_line(self.become_password)  # on stdin: never in a process list
+        if not self._launched.wait(LAUNCH_WAIT_S) and not self.process.finished.wait(1):
+            raise RemoteError(
+                f"{self.host.name}: no answer from the host within {LAUNCH_WAIT_S:.0f} s"
+            )
+        home = self._facts.get("home", "")
+        if self._facts.get("launch") not in ("ok", "need-upload") or not _SAFE_PATH.match(home):
+            self.process.wait(10)
+            raise RemoteError(f"{self.host.name}: {self.failure_reason()}")
+        self._learn_identity(self._facts.get("uid", ""), home)
+        self.sync_state = self._facts.get("sync") or None
+        if self._facts["launch"] == "need-upload":
+            self.process.wait(10)
+            return False
+        self.agent_path = f"{home}/{agent_rel}"
+        self.state.remote_file = out_rel if out_rel.startswith("/") else f"{home}/{out_rel}"
+        if password is not None and self.needs_sudo:
+            self.process.send_line(password)  # on stdin: never in a process list
+        return True
+
+    def _plain_agent_argv(self, agent: str, *args: str) -> list[str]:
+        """The agent's argv without sudo (the launch script adds it where needed)."""
+        argv: list[str] = []
+        skew = test_skew_of(self.host)
+        if skew is not None:
+            argv += ["env", f"XDPCAP_TEST_CLOCK_SKEW_NS={skew}"]
+        return [*argv, interpreter_of(self.host), agent, *args]
 
     def _on_line(self, line: str) -> None:
+        if line.startswith("xdpcap-fact "):
+            key, _, value = line[len("xdpcap-fact ") :].partition("=")
+            self._facts[key] = value
+            return
+        if line.startswith("xdpcap-launch "):
+            self._facts["launch"] = line[len("xdpcap-launch ") :].strip()
+            self._launched.set()
+            return
         event = parse_event(line)
         if event is None:
             return
@@ -431,18 +506,36 @@ class RemoteHost:
         except ValueError:
             return None
 
-    def remove_run_dir(self) -> None:
-        """Remove this run's folder on the host if it is empty (best effort)."""
-        if self.conn is None or not self.home:
-            return
-        with contextlib.suppress(RemoteError):
-            run(self.conn, ["rmdir", self.run_dir], host=self.host)
-
     def close(self) -> None:
         if self.process is not None:
             self.process.close()
         if self.conn is not None:
             self.conn.close()
+
+
+def _capture_args(capture: CaptureSettings, iface: str, output: str) -> list[str]:
+    args = [
+        "capture",
+        "--json-events",
+        "--wait-start",
+        "-i",
+        iface,
+        "-w",
+        output,
+        "--duration",
+        repr(capture.duration_s),
+        "--snaplen",
+        str(capture.snaplen),
+        "--sample-rate",
+        str(capture.sample_rate),
+        "--xdp-mode",
+        capture.xdp_mode,
+        "--start-timeout",
+        repr(capture.start_timeout_s),
+    ]
+    if capture.count is not None:
+        args += ["--count", str(capture.count)]
+    return args
 
 
 def _sha256_of(path: Path) -> str:

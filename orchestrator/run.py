@@ -169,15 +169,12 @@ class Run:
         return RunResult(self.run_dir, self.states, merged, report)
 
     def _prepare(self, bundle: AgentBundle) -> None:
-        self.console.print(f"xdpcap {__version__}: preparing {len(self.remotes)} host(s)")
-        _each(self.options.forks, self.remotes, lambda r: r.prepare(bundle))
+        """Connect to every host (at most --forks at a time) and start its agent there."""
+        self.console.print(f"xdpcap {__version__}: starting on {len(self.remotes)} host(s)")
+        capture = self.options.capture
+        _each(self.options.forks, self.remotes, lambda r: r.launch(bundle, capture))
 
     def _capture(self, active: list[RemoteHost]) -> None:
-        for remote in active:
-            try:
-                remote.start_agent(self.options.capture)
-            except XdpcapError as exc:
-                _fail(remote, str(exc))
         active = [r for r in active if r.process is not None]
         # Written now as well: if the controller dies mid-run, `collect` still knows
         # where every host's capture is.

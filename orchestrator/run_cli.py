@@ -190,7 +190,7 @@ def check_command(args: argparse.Namespace) -> int:
     hosts = select_hosts(args)
     ssh = _ssh_settings(args)
     bundle = build_agent_bundle()
-    run_id = secrets.token_hex(8)  # unpredictable, and removed afterwards
+    run_id = secrets.token_hex(8)  # unused by check, which creates no run folder
     remotes = [
         RemoteHost(
             h, HostState(h.name, h.address, validate_iface_for(h, args.iface)), ssh, run_id=run_id
@@ -204,7 +204,6 @@ def check_command(args: argparse.Namespace) -> int:
             remote.prepare(bundle)
             reports[remote.host.name] = remote.preflight()
         finally:
-            remote.remove_run_dir()
             remote.close()
 
     _each(args.forks, remotes, check)
