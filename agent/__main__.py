@@ -90,7 +90,7 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
         xdp_mode=args.xdp_mode,
         buffer_pages=args.buffer_pages,
         wait_start=args.wait_start,
-        start_timeout_s=args.start_timeout,
+        start_timeout_s=validate.positive_number("--start-timeout", args.start_timeout, 3600),
         controller=args.json_events,
         debug_print_source=args.print_bpf,
     )
