@@ -8,7 +8,6 @@ others.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import secrets
@@ -27,26 +26,12 @@ from .channel import RemoteProcess
 from .clock import ClockOffset, estimate_offset
 from .errors import RemoteError, UsageError
 from .inventory import Host
-from .ssh import SshSettings, become_prefix, connect, quote_command, run, sudo_failure
+from .ssh import SshSettings, connect, quote_command, run, sudo_failure
 
 CACHE_DIR = ".cache/xdpcap"  # relative to the SSH user's home
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
 _SAFE_INTERPRETER = re.compile(r"^[A-Za-z0-9_./+-]+$")
 TEST_SKEW_VAR = "xdpcap_test_clock_skew_ns"
-# The one set-up command. Values arrive as positional parameters, never spliced into the
-# script: $1 the cache folder, $2 this run's capture folder, $3 the agent's path.
-_SETUP_SCRIPT = """set -e
-umask 077
-mkdir -p -m 700 "$1" "$1/runs" "$2"
-chmod 700 "$1" "$1/runs"
-echo "uid=$(id -u)"
-echo "home=$(pwd)"
-echo "sha256=$(sha256sum "$3" 2>/dev/null | cut -d' ' -f1)"
-sync=$(chronyc -n tracking 2>/dev/null | sed -n 's/^Leap status *: */chrony: /p')
-[ -n "$sync" ] || sync=$(timedatectl show -p NTPSynchronized --value 2>/dev/null |
-    sed 's/^/NTP synchronized: /')
-echo "sync=$sync"
-"""
 CAPTURE_DIR_VAR = "xdpcap_capture_dir"
 LAUNCH_WAIT_S = 60.0
 # The run's one command per host: set up the folders, report facts, check the cached
@@ -80,6 +65,7 @@ fi
 exec sudo -n -u "${become:-root}" -- "$@"
 """
 HAND_OVER_WAIT_S = 10.0
+PREFLIGHT_WAIT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -179,34 +165,6 @@ class RemoteHost:
     deleted: threading.Event = field(default_factory=threading.Event)
 
     # -- preparation -------------------------------------------------------------------
-    def prepare(self, bundle: AgentBundle) -> None:
-        """Connect and make the host ready for the agent (`check`): one remote command,
-        plus an upload where the agent with this hash is missing. `run` uses `launch`."""
-        self.state.state = "connecting"
-        self.conn = connect(self.host, self.settings)
-        capture_dir = capture_dir_of(self.host) or f"{CACHE_DIR}/runs"
-        status, out, err = run(
-            self.conn,
-            [
-                "sh",
-                "-c",
-                _SETUP_SCRIPT,
-                "xdpcap-setup",
-                CACHE_DIR,
-                capture_dir,  # `check` writes nothing: no run folder, only the captures' root
-                f"{CACHE_DIR}/{bundle.filename}",
-            ],
-            host=self.host,
-        )
-        facts = dict(line.partition("=")[::2] for line in out.splitlines() if "=" in line)
-        if status != 0 or not _SAFE_PATH.match(facts.get("home", "")):
-            detail = (err.strip().splitlines() or [out.strip() or f"exit {status}"])[-1]
-            raise RemoteError(f"{self.host.name}: setting up {CACHE_DIR} failed: {detail}")
-        self._learn_identity(facts["uid"], facts["home"])
-        self.sync_state = facts.get("sync") or None
-        self.state.state = "uploading"
-        self._install_agent(bundle, facts.get("sha256") or None)
-
     def open(self) -> None:
         """Connect, and learn who we are and where home is (reconnect, collect)."""
         self.state.state = "connecting"
@@ -226,7 +184,7 @@ class RemoteHost:
     def probe_clock(self, lock: threading.Lock) -> None:
         """Measure the host clock's offset (after the capture: no compile competes for CPU)."""
         assert self.conn is not None
-        probe = quote_command(self._agent_argv("clock", "--serve", sudo=False))
+        probe = quote_command(self._plain_agent_argv(self.agent_path, "clock", "--serve"))
         offset = estimate_offset(self.conn, probe, name=self.host.name, rounds_lock=lock)
         self.state.clock = ClockOffset(offset.offset_ns, offset.error_ns, self.sync_state)
 
@@ -273,59 +231,54 @@ class RemoteHost:
         status, out, _ = run(self.conn, ["sha256sum", path], host=self.host)
         return out.split()[0] if status == 0 and out else None
 
-    def _agent_argv(self, *args: str, sudo: bool = True) -> list[str]:
-        argv = become_prefix(
-            sudo and self.needs_sudo,
-            self.host.become_user,
-            self.become_password is not None,
-        )
-        skew = test_skew_of(self.host)
-        if skew is not None:
-            argv += ["env", f"XDPCAP_TEST_CLOCK_SKEW_NS={skew}"]
-        return [*argv, interpreter_of(self.host), self.agent_path, *args]
-
     # -- preflight ---------------------------------------------------------------------
-    def preflight(self) -> dict[str, Any]:
-        assert self.conn is not None
-        command = quote_command(
-            self._agent_argv("preflight", "-i", self.state.iface, "--output-dir", self.capture_root)
+    def preflight(self, bundle: AgentBundle) -> dict[str, Any]:
+        """`xdpcap check`: the agent's preflight report, started like a capture."""
+        root_rel = capture_dir_of(self.host) or f"{CACHE_DIR}/runs"
+        # The captures' root, not a run folder: a check leaves nothing behind.
+        self.launch_agent(
+            bundle, root_rel, ["preflight", "-i", self.state.iface, "--output-dir", root_rel]
         )
-        result = self.conn.run(
-            command, timeout=120, warn=True, hide=True, in_stream=self._password_stream()
-        )
-        reason = sudo_failure(result.stderr)
+        assert self.process is not None
+        if not self.process.wait(PREFLIGHT_WAIT_S):
+            raise RemoteError(
+                f"{self.host.name}: preflight gave no answer in {PREFLIGHT_WAIT_S:.0f} s"
+            )
+        reason = sudo_failure(self.process.stderr)
         if reason:
             raise RemoteError(f"{self.host.name}: {reason}")
         try:
-            return json.loads(result.stdout)
+            return json.loads("\n".join(self._output))
         except ValueError:
-            detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RemoteError(f"{self.host.name}: preflight failed: {detail}") from None
-
-    def _password_stream(self) -> io.StringIO | bool:
-        password = self.become_password
-        return io.StringIO(password + "\n") if password and self.needs_sudo else False
+            raise RemoteError(
+                f"{self.host.name}: preflight failed: {self.failure_reason()}"
+            ) from None
 
     # -- capture -----------------------------------------------------------------------
     def launch(self, bundle: AgentBundle, capture: CaptureSettings) -> None:
-        """Connect and start the agent with one remote command (two if it must be uploaded).
+        """Connect and start the capture agent, waiting for the controller's "start"."""
+        run_rel = f"{capture_dir_of(self.host) or CACHE_DIR + '/runs'}/{self.run_id}"
+        # Host name in the file name too: the namespace lab's hosts share one filesystem.
+        out_rel = f"{run_rel}/{self.host.name}-{self.state.iface}.pcapng"
+        self.launch_agent(bundle, run_rel, _capture_args(capture, self.state.iface, out_rel))
+        self.state.remote_file = out_rel if out_rel.startswith("/") else f"{self.home}/{out_rel}"
+
+    def launch_agent(self, bundle: AgentBundle, folder_rel: str, args: list[str]) -> None:
+        """Connect and run the agent with one remote command (two if it must be uploaded).
 
         Every SSH command costs a login shell on the host; before the capture window,
         where every host waits for the slowest, they add up.
         """
         self.state.state = "connecting"
         self.conn = connect(self.host, self.settings)
-        if not self._launch_once(bundle, capture):
+        if not self._launch_once(bundle, folder_rel, args):
             self.state.state = "uploading"
             self._install_agent(bundle, None)
-            if not self._launch_once(bundle, capture):
+            if not self._launch_once(bundle, folder_rel, args):
                 raise RemoteError(f"{self.host.name}: the agent is still missing after upload")
 
-    def _launch_once(self, bundle: AgentBundle, capture: CaptureSettings) -> bool:
+    def _launch_once(self, bundle: AgentBundle, folder_rel: str, args: list[str]) -> bool:
         assert self.conn is not None
-        run_rel = f"{capture_dir_of(self.host) or CACHE_DIR + '/runs'}/{self.run_id}"
-        # Host name in the file name too: the namespace lab's hosts share one filesystem.
-        out_rel = f"{run_rel}/{self.host.name}-{self.state.iface}.pcapng"
         agent_rel = f"{CACHE_DIR}/{bundle.filename}"
         password = self.become_password
         command = [
@@ -334,15 +287,16 @@ class RemoteHost:
             _LAUNCH_SCRIPT,
             "xdpcap-launch",
             CACHE_DIR,
-            run_rel,
+            folder_rel,
             agent_rel,
             bundle.sha256,
             self.host.become_user or "",
             "password" if password else "",
-            *self._plain_agent_argv(agent_rel, *_capture_args(capture, self.state.iface, out_rel)),
+            *self._plain_agent_argv(agent_rel, *args),
         ]
         self.state.state = "compiling"
         self._facts: dict[str, str] = {}
+        self._output: list[str] = []
         self._launched = threading.Event()
         self.process = RemoteProcess(
             self.conn, quote_command(command), self._on_line, name=self.host.name
@@ -361,7 +315,6 @@ class RemoteHost:
             self.process.wait(10)
             return False
         self.agent_path = f"{home}/{agent_rel}"
-        self.state.remote_file = out_rel if out_rel.startswith("/") else f"{home}/{out_rel}"
         if password is not None and self.needs_sudo:
             self.process.send_line(password)  # on stdin: never in a process list
         return True
@@ -385,6 +338,7 @@ class RemoteHost:
             return
         event = parse_event(line)
         if event is None:
+            self._output.append(line)  # the preflight's JSON report, line by line
             return
         kind = event["event"]
         state = self.state

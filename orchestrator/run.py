@@ -1,13 +1,15 @@
 """`xdpcap run`: capture on every selected host at once, fetch, merge.
 
 Phases, each bounded in time:
-1. prepare (at most --forks hosts at a time): connect, verify host key, upload the agent
-   where its hash is missing, create the run folder, probe the clock offset;
-2. start an agent on every prepared host; each compiles and attaches, then says ready;
-3. when every host is ready (or failed, or the ready timeout passed), send "start" to all
+1. launch (at most --forks hosts at a time): connect, verify the host key, and with one
+   remote command create the run folder, check the cached agent's hash (uploading it
+   where missing) and start it; each agent compiles and attaches, then says ready;
+2. when every host is ready (or failed, or the ready timeout passed), send "start" to all
    at once, so every host captures the same stretch of time; show live progress;
-4. fetch each capture (at most --forks at a time), verified by size and sha256;
-5. merge what arrived into one pcapng, clock-corrected.
+3. fetch each capture (at most --forks at a time), verified against the sha256 the agent
+   computed, while the host's clock offset is probed beside it; the agent then deletes
+   its copy;
+4. merge what arrived into one pcapng, clock-corrected.
 A failed host never hides the others: each ends with a result, reported at the end.
 """
 
@@ -148,8 +150,8 @@ class Run:
     def execute(self) -> RunResult:
         bundle = build_agent_bundle()
         try:
-            self._prepare(bundle)
-            self._mark("prepared")
+            self._launch(bundle)
+            self._mark("launched")
             active = [r for r in self.remotes if r.state.state != "failed"]
             self._capture(active)
             self._mark("captured")
@@ -168,7 +170,7 @@ class Run:
         self._write_run_json(merged)
         return RunResult(self.run_dir, self.states, merged, report)
 
-    def _prepare(self, bundle: AgentBundle) -> None:
+    def _launch(self, bundle: AgentBundle) -> None:
         """Connect to every host (at most --forks at a time) and start its agent there."""
         self.console.print(f"xdpcap {__version__}: starting on {len(self.remotes)} host(s)")
         capture = self.options.capture

@@ -201,8 +201,7 @@ def check_command(args: argparse.Namespace) -> int:
 
     def check(remote: RemoteHost) -> None:
         try:
-            remote.prepare(bundle)
-            reports[remote.host.name] = remote.preflight()
+            reports[remote.host.name] = remote.preflight(bundle)
         finally:
             remote.close()
 

@@ -137,16 +137,6 @@ def quote_command(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
-def become_prefix(needs_sudo: bool, become_user: str | None, password: bool) -> list[str]:
-    """sudo -n (never prompt) unless a password will be sent on stdin (-S, empty prompt)."""
-    if not needs_sudo:
-        return []
-    argv = ["sudo", "-S", "-p", ""] if password else ["sudo", "-n"]
-    if become_user and become_user != "root":
-        argv += ["-u", become_user]
-    return [*argv, "--"]
-
-
 def run(
     conn: Connection,
     argv: Sequence[str],
