@@ -461,7 +461,8 @@ class Lab:
                 f"ListenAddress [{host.ipv6}]:{SSH_PORT}",
                 f"HostKey {hdir / 'ssh_host_ed25519_key'}",
                 f"PidFile {hdir / 'sshd.pid'}",
-                f"AuthorizedKeysFile {self.key_path}.pub",
+                # The lab key for root; a user's own file too (the sudo tests log in as one).
+                f"AuthorizedKeysFile {self.key_path}.pub .ssh/authorized_keys",
                 "PermitRootLogin prohibit-password",
                 "PubkeyAuthentication yes",
                 "PasswordAuthentication no",

@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 #   tcpdump xdp-tools netsniff-ng   the peers in bench/ (tcpdump, xdpdump, trafgen)
 #   iproute2 iputils-ping           namespaces, veths, bridges; lab traffic
 #   ruby                 `ruby -c Vagrantfile` in the tests (no VMs boot here)
+#   sudo                 the tests log in as a non-root user and capture through sudo
 PACKAGES=(python3-bpfcc linux-headers-amd64 openssh-server tshark tcpdump xdp-tools
-          netsniff-ng iproute2 iputils-ping ruby python3-venv)
+          netsniff-ng iproute2 iputils-ping ruby python3-venv sudo)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

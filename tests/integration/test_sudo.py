@@ -1,0 +1,92 @@
+"""Not root on the host: the agent runs through sudo (-n, or with the become password).
+
+The lab hosts share this machine's users, so the test makes a throw-away user with the
+lab key in its authorized_keys and a sudoers drop-in, and removes both afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from .lab_helpers import inventory_with, private_lab, xdpcap
+
+PASSWORD = "Become-Pass-4471"
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    if shutil.which("sudo") is None:
+        pytest.fail("sudo is not installed (scripts/setup.sh installs it)")
+    with private_lab("sudo", tmp_path) as lab:
+        yield lab
+
+
+@contextmanager
+def sudo_user(lab, *, nopasswd: bool) -> Iterator[str]:
+    name = f"xdpcapt{os.getpid() % 100000}"
+    sudoers = Path(f"/etc/sudoers.d/xdpcap-test-{name}")
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True, timeout=30)
+    try:
+        home = Path(f"/home/{name}")
+        ssh_dir = home / ".ssh"
+        ssh_dir.mkdir(mode=0o700)
+        (ssh_dir / "authorized_keys").write_text(Path(f"{lab.key_path}.pub").read_text())
+        shutil.chown(ssh_dir, name, name)
+        shutil.chown(ssh_dir / "authorized_keys", name, name)
+        subprocess.run(
+            ["chpasswd"], input=f"{name}:{PASSWORD}\n", text=True, check=True, timeout=30
+        )
+        rule = f"{name} ALL=(root) {'NOPASSWD: ' if nopasswd else ''}ALL\n"
+        sudoers.write_text(rule)
+        sudoers.chmod(0o440)
+        yield name
+    finally:
+        sudoers.unlink(missing_ok=True)
+        subprocess.run(["pkill", "-9", "-u", name], check=False, timeout=30)
+        subprocess.run(["userdel", "-r", "-f", name], check=False, timeout=30, capture_output=True)
+
+
+def _as_user(lab, tmp_path: Path, user: str, **extra: object) -> Path:
+    return inventory_with(
+        lab, tmp_path, {h.name: {"ansible_user": user, **extra} for h in lab.hosts}
+    )
+
+
+def _run(inventory: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    result = xdpcap(
+        "run", "-i", str(inventory), "--duration", "2", "--runs-dir", str(tmp_path / "runs")
+    )
+    print(result.stderr)
+    return result
+
+
+def test_passwordless_sudo(lab, tmp_path: Path) -> None:
+    with sudo_user(lab, nopasswd=True) as user:
+        result = _run(_as_user(lab, tmp_path, user), tmp_path)
+        assert result.returncode == 0, result.stderr
+        merged = Path(result.stdout.strip().splitlines()[-1])
+        run = json.loads((merged.parent / "run.json").read_text())
+        assert all(h["state"] == "done" for h in run["hosts"])
+        # The agent ran as root, yet the user could fetch its file and it is gone now.
+        leftovers = list(Path(f"/home/{user}/.cache/xdpcap/runs").rglob("*.pcapng"))
+        assert leftovers == []
+
+
+def test_sudo_password_from_the_inventory(lab, tmp_path: Path) -> None:
+    with sudo_user(lab, nopasswd=False) as user:
+        refused = _run(_as_user(lab, tmp_path, user), tmp_path)
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr.count("sudo needs a password") == len(lab.hosts)
+
+        inventory = _as_user(lab, tmp_path, user, ansible_become_password=PASSWORD)
+        result = _run(inventory, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert PASSWORD not in result.stderr + result.stdout
