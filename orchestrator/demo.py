@@ -23,6 +23,7 @@ from .run import Run, RunOptions, print_result
 from .ssh import SshSettings
 
 DEMO_LAB = "demo"
+LISTED_PACKETS = 15
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,8 +63,6 @@ def summarize(merged: Path, console: Console) -> None:
                 "tshark",
                 "-r",
                 str(merged),
-                "-c",
-                "15",
                 "-T",
                 "fields",
                 "-E",
@@ -91,7 +90,8 @@ def summarize(merged: Path, console: Console) -> None:
             check=False,
         )
         print("first echo requests and replies (interface = host:iface):", file=sys.stderr)
-        print(listing.stdout.rstrip(), file=sys.stderr)
+        # -c would count packets before the filter: keep the first matches instead.
+        print("\n".join(listing.stdout.splitlines()[:LISTED_PACKETS]), file=sys.stderr)
 
 
 def demo_command(args: argparse.Namespace) -> int:
