@@ -52,6 +52,12 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
         help="only check whether this host can capture, print JSON",
     )
     parser.add_argument("--print-bpf", action="store_true", help="print the BPF C source")
+    parser.add_argument(
+        "--no-bpf-cache",
+        dest="bpf_cache",
+        action="store_false",
+        help="compile the sampler with bcc even when this host has it cached",
+    )
     # Used by the controller, not by people.
     parser.add_argument("--json-events", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--wait-start", action="store_true", help=argparse.SUPPRESS)
@@ -93,6 +99,7 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
         start_timeout_s=validate.positive_number("--start-timeout", args.start_timeout, 3600),
         controller=args.json_events,
         debug_print_source=args.print_bpf,
+        bpf_cache=args.bpf_cache,
     )
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from . import __version__, clock, netdev
+from . import __version__, clock, netdev, program_cache
 from .consumer import SampleConsumer, TimeOrderer
 from .errors import AgentError
 from .lock import InterfaceLock
@@ -51,6 +51,7 @@ class CaptureOptions:
     start_timeout_s: float = DEFAULT_START_TIMEOUT_S
     controller: bool = False  # driven over SSH: SIGHUP does not stop us
     debug_print_source: bool = False
+    bpf_cache: bool = True  # load the compiled sampler from the host's cache when there
 
 
 @dataclass
@@ -177,6 +178,7 @@ class Capture:
                     sample_rate=options.sample_rate,
                     mode=options.xdp_mode,
                     debug_print_source=options.debug_print_source,
+                    cache_dir=program_cache.default_dir() if options.bpf_cache else None,
                 ) as sampler:
                     self._capture(sampler, iface, commands)
             if commands is not None and self.summary.window_end_ns:
@@ -230,6 +232,9 @@ class Capture:
                 mode=sampler.mode,
                 attach=sampler.attach_method,
                 headers=sampler.headers.describe(),
+                program=sampler.loaded_from,
+                load_s=round(sampler.load_s or 0.0, 3),
+                cache_note=sampler.cache_note,
                 pid=os.getpid(),
             )
             if options.wait_start and commands is not None and not self._wait_for_start(commands):

@@ -1,4 +1,5 @@
-"""Load the XDP sampler with bcc, attach it safely, read its counters, detach it.
+"""Load the XDP sampler (compiled by bcc, or from the host's cache), attach it safely,
+read its counters, detach it.
 
 Attaching goes through a BPF link where the kernel has them (5.9+): the kernel refuses
 it with EBUSY when another XDP program is attached, and drops it when our process dies,
@@ -6,6 +7,9 @@ even by kill -9. Older kernels fall back to a netlink attach with
 XDP_FLAGS_UPDATE_IF_NOEXIST; a program of ours left behind by a killed agent is then
 found by name and removed by the next run (under the interface lock, so never one a
 live agent is using).
+
+Whichever way the program was loaded, its maps are used through their fds
+(agent/libbpf.py): one path for the program from bcc and the one from the cache.
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 import shutil
 import struct
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
 
-from . import contract, netdev, perf_ring
+from . import contract, libbpf, netdev, perf_ring, program_cache
 from .bcc_import import import_bcc
 from .errors import AgentError
 from .headers import KernelHeaders, apply_environment, find_kernel_headers, remove_farm
@@ -30,13 +36,9 @@ XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
 XDP_FLAGS_DRV_MODE = 4
 MODE_FLAGS = {"auto": 0, "native": XDP_FLAGS_DRV_MODE, "skb": XDP_FLAGS_SKB_MODE}
-BPF_XDP_ATTACH_TYPE = 37  # enum bpf_attach_type BPF_XDP
-
-
-class _LinkCreateOpts(ctypes.Structure):
-    # The head of libbpf's struct bpf_link_create_opts; `sz` tells libbpf how much of
-    # the struct we pass, so the rest needs not be mirrored.
-    _fields_ = (("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32), ("_pad", ctypes.c_uint32))
+CFLAGS = ("-Wno-unused-value",)
+MAP_NAMES = ("samples", "counters", "config")
+_KEY0 = struct.pack("<I", 0)
 
 
 @dataclass(frozen=True)
@@ -47,25 +49,27 @@ class Counters:
     output_failed: int
 
 
-def read_bpf_sources(into: Path) -> Path:
-    """Copy the C program and its header out of the package (which may be a zipapp)."""
+@dataclass(frozen=True)
+class _ProgramRef:
+    """What bcc's attach_xdp needs of a program: its fd."""
+
+    fd: int
+
+
+def bpf_sources() -> dict[str, str]:
+    """The C program and its header, read from the package (which may be a zipapp)."""
     package = resources.files(__package__.rpartition(".")[0] + ".bpf")
-    for name in (contract.PROGRAM_FILE, contract.HEADER_FILE):
-        (into / name).write_text(package.joinpath(name).read_text())
+    return {
+        name: package.joinpath(name).read_text()
+        for name in (contract.PROGRAM_FILE, contract.HEADER_FILE)
+    }
+
+
+def read_bpf_sources(into: Path) -> Path:
+    """Copy the C program and its header into a folder for the compiler."""
+    for name, text in bpf_sources().items():
+        (into / name).write_text(text)
     return into / contract.PROGRAM_FILE
-
-
-def _bpf_link_create(prog_fd: int, ifindex: int, flags: int) -> int:
-    """Attach through a BPF link; returns the link fd, or -errno."""
-    try:
-        libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
-    except OSError:
-        return -errno.ENOSYS
-    opts = _LinkCreateOpts(ctypes.sizeof(_LinkCreateOpts), flags, 0)
-    fd = libbpf.bpf_link_create(prog_fd, ifindex, BPF_XDP_ATTACH_TYPE, ctypes.byref(opts))
-    if fd < 0:
-        return -(ctypes.get_errno() or -fd)
-    return fd
 
 
 class Sampler:
@@ -79,6 +83,7 @@ class Sampler:
         sample_rate: int,
         mode: str = "auto",
         debug_print_source: bool = False,
+        cache_dir: Path | None = None,
     ) -> None:
         self.iface = iface
         self.snaplen = snaplen
@@ -87,43 +92,111 @@ class Sampler:
         self.mode: str | None = None
         self.headers: KernelHeaders | None = None
         self.attach_method: str | None = None
+        self.loaded_from: str | None = None  # "bcc" or "cache"
+        self.load_s: float | None = None  # compile (or cache load) time
+        self.cache_note: str | None = None  # why the cache was not used or written
+        self._cache_dir = cache_dir
         self._debug = debug_print_source
         self._bcc: ModuleType | None = None
         self._bpf = None
-        self._fn = None
+        self._cached: program_cache.LoadedProgram | None = None
+        self._prog_fd: int | None = None
+        self._map_fds: dict[str, int] = {}
         self._link_fd: int | None = None
         self._netlink_flags: int | None = None
-        self._workdir: Path | None = None
         self._rings: perf_ring.PerfRings | _BccRings | None = None
 
     # -- compile -----------------------------------------------------------------------
     def compile(self) -> None:
+        """Load the sampler: from the cache when it holds this exact build, else bcc."""
+        started = time.monotonic()
         self._bcc = import_bcc()
-        self._workdir = Path(tempfile.mkdtemp(prefix="xdpcap-bpf-"))
-        self.headers = find_kernel_headers(self._workdir)
+        workdir = Path(tempfile.mkdtemp(prefix="xdpcap-bpf-"))
+        try:
+            self.headers = find_kernel_headers(workdir)
+            key = self._cache_key()
+            if not self._load_cached(key):
+                self._compile_with_bcc(workdir)
+                self._store_cached(key)
+        finally:
+            # The headers and sources are only needed by the compiler.
+            shutil.rmtree(workdir, ignore_errors=True)
+        self.load_s = time.monotonic() - started
+        self._write_config(enabled=False)
+
+    def _cache_usable(self) -> bool:
+        # Our own perf-ring reader needs only the map's fd; bcc's reader (other
+        # architectures) needs bcc's table objects, so there the cache is not used.
+        return self._cache_dir is not None and perf_ring.supported() and libbpf.available()
+
+    def _cache_key(self) -> str:
+        assert self._bcc is not None and self.headers is not None
+        return program_cache.cache_key(
+            *bpf_sources().values(),
+            " ".join(CFLAGS),
+            self.headers.describe(),
+            str(getattr(self._bcc, "__version__", "?")),
+            platform.release(),
+            str(libbpf.possible_cpus()),
+        )
+
+    def _load_cached(self, key: str) -> bool:
+        if not self._cache_usable() or self._debug:
+            return False
+        assert self._cache_dir is not None
+        program = program_cache.load(self._cache_dir, key)
+        if program is None:
+            return False
+        try:
+            self._cached = program_cache.instantiate(program)
+        except (OSError, ValueError) as exc:  # a kernel that refuses it: compile instead
+            self.cache_note = f"cached program not loaded ({exc}); compiled instead"
+            return False
+        self._prog_fd = self._cached.prog_fd
+        self._map_fds = dict(self._cached.map_fds)
+        self.loaded_from = "cache"
+        return True
+
+    def _compile_with_bcc(self, workdir: Path) -> None:
+        assert self._bcc is not None and self.headers is not None
         apply_environment(self.headers)
-        source = read_bpf_sources(self._workdir)
+        source = read_bpf_sources(workdir)
         if self._debug:
             print(source.read_text())
         try:
             self._bpf = self._bcc.BPF(
-                src_file=str(source).encode(), cflags=[f"-I{self._workdir}", "-Wno-unused-value"]
+                src_file=str(source).encode(), cflags=[f"-I{workdir}", *CFLAGS]
             )
-            self._fn = self._bpf.load_func(contract.PROGRAM_NAME.encode(), self._bcc.BPF.XDP)
+            fn = self._bpf.load_func(contract.PROGRAM_NAME.encode(), self._bcc.BPF.XDP)
         except Exception as exc:  # bcc raises bare Exception for compile/load failures
             raise AgentError(f"the XDP sampler did not compile or load: {exc}") from exc
-        finally:
-            # The headers and sources are only needed by the compiler.
-            shutil.rmtree(self._workdir, ignore_errors=True)
-        self._write_config(enabled=False)
+        self._prog_fd = int(fn.fd)
+        self._map_fds = {name: int(self._bpf[name.encode()].map_fd) for name in MAP_NAMES}
+        self.loaded_from = "bcc"
+
+    def _store_cached(self, key: str) -> None:
+        """Keep what bcc built for the next run; a failure costs only the next compile."""
+        if not self._cache_usable() or self._debug:
+            return
+        assert self._cache_dir is not None and self._bpf is not None
+        name = contract.PROGRAM_NAME.encode()
+        try:
+            program = program_cache.CompiledProgram(
+                name=contract.PROGRAM_NAME,
+                license=self._bcc.libbcc.lib.bpf_module_license(self._bpf.module).decode(),
+                insns=bytes(self._bpf.dump_func(name)),
+                maps=tuple(
+                    program_cache.CachedMap(libbpf.map_spec(fd), fd)
+                    for fd in self._map_fds.values()
+                ),
+            )
+            program_cache.store(self._cache_dir, key, program)
+        except (OSError, ValueError) as exc:
+            self.cache_note = f"compiled program not cached: {exc}"
 
     def _write_config(self, *, enabled: bool) -> None:
-        config = self._bpf[b"config"]
-        leaf = config.Leaf()
-        leaf.enabled = int(enabled)
-        leaf.snaplen = self.snaplen
-        leaf.sample_rate = self.sample_rate
-        config[config.Key(0)] = leaf
+        value = contract.CONFIG.pack(int(enabled), self.snaplen, self.sample_rate)
+        libbpf.map_update(self._map_fds["config"], _KEY0, value)
 
     def enable(self) -> None:
         """Open the capture window: from now on packets are counted and sampled."""
@@ -131,13 +204,13 @@ class Sampler:
 
     def disable(self) -> None:
         """Close the capture window; the program stays attached but does nothing."""
-        if self._bpf is not None:
+        if self._map_fds:
             self._write_config(enabled=False)
 
     # -- attach / detach ---------------------------------------------------------------
     def attach(self) -> None:
         """Attach without ever replacing a program that is already there."""
-        assert self._fn is not None, "compile() first"
+        assert self._prog_fd is not None, "compile() first"
         present = netdev.attached_program(self.iface)
         if present is not None:
             if present.name == contract.PROGRAM_NAME and self._remove_stale(present):
@@ -149,7 +222,7 @@ class Sampler:
                 )
         ifindex = netdev.inspect_interface(self.iface).ifindex
         flags = MODE_FLAGS[self.mode_requested]
-        fd = _bpf_link_create(self._fn.fd, ifindex, flags)
+        fd = libbpf.xdp_link_create(self._prog_fd, ifindex, flags)
         if fd >= 0:
             self._link_fd = fd
             self.attach_method = "bpf_link"
@@ -173,9 +246,10 @@ class Sampler:
         self.mode = attached.mode if attached else self.mode_requested
 
     def _attach_netlink(self, mode_flags: int) -> None:
+        assert self._bcc is not None and self._prog_fd is not None
         flags = mode_flags | XDP_FLAGS_UPDATE_IF_NOEXIST
         try:
-            self._bpf.attach_xdp(self.iface.encode(), self._fn, flags)
+            self._bcc.BPF.attach_xdp(self.iface.encode(), _ProgramRef(self._prog_fd), flags)
         except Exception as exc:  # bcc raises bare Exception
             raise AgentError(f"{self.iface}: cannot attach XDP: {exc}") from exc
         self._netlink_flags = flags
@@ -187,9 +261,10 @@ class Sampler:
         Called with the interface lock held, so no live agent owns it. A program held by
         a BPF link cannot be removed this way (and the kernel drops those on exit).
         """
+        assert self._bcc is not None
         flags = XDP_FLAGS_SKB_MODE if present.mode == "skb" else 0
         try:
-            self._bpf.remove_xdp(self.iface.encode(), flags)
+            self._bcc.BPF.remove_xdp(self.iface.encode(), flags)
         except Exception:  # bcc raises bare Exception
             return False
         return netdev.attached_program(self.iface) is None
@@ -200,8 +275,9 @@ class Sampler:
             os.close(self._link_fd)  # the last reference: the kernel detaches the program
             self._link_fd = None
         if self._netlink_flags is not None:
+            assert self._bcc is not None
             try:
-                self._bpf.remove_xdp(self.iface.encode(), self._netlink_flags & ~1)
+                self._bcc.BPF.remove_xdp(self.iface.encode(), self._netlink_flags & ~1)
             finally:
                 self._netlink_flags = None
 
@@ -210,6 +286,11 @@ class Sampler:
         if self._rings is not None:
             self._rings.close()
             self._rings = None
+        self._map_fds = {}
+        self._prog_fd = None
+        if self._cached is not None:
+            self._cached.close()
+            self._cached = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -224,20 +305,19 @@ class Sampler:
 
     @property
     def prog_fd(self) -> int:
-        assert self._fn is not None, "compile() first"
-        return int(self._fn.fd)
+        assert self._prog_fd is not None, "compile() first"
+        return self._prog_fd
 
     # -- data --------------------------------------------------------------------------
     def open_buffers(self, *, page_count: int, wakeup_events: int) -> None:
         """A perf ring per CPU, read in bulk by our own reader where it is safe (x86-64)."""
-        table = self._bpf[b"samples"]
         try:
             if perf_ring.supported():
                 self._rings = perf_ring.PerfRings(
-                    table.map_fd, perf_ring.online_cpus(), page_count, wakeup_events
+                    self._map_fds["samples"], perf_ring.online_cpus(), page_count, wakeup_events
                 )
             else:
-                self._rings = _BccRings(self._bpf, table, page_count, wakeup_events)
+                self._rings = _BccRings(self._bpf, self._bpf[b"samples"], page_count, wakeup_events)
         except OSError as exc:
             raise AgentError(f"cannot open the perf buffers: {exc}") from exc
 
@@ -250,8 +330,12 @@ class Sampler:
         return self._rings.read()
 
     def counters(self) -> Counters:
-        table = self._bpf[b"counters"]
-        values = [sum(table[table.Key(i)]) for i in range(contract.COUNTER_MAX)]
+        # A per-CPU array's value holds one u64 per possible CPU: sum them.
+        fd, cpus = self._map_fds["counters"], libbpf.possible_cpus()
+        values = []
+        for index in range(contract.COUNTER_MAX):
+            raw = libbpf.map_lookup(fd, struct.pack("<I", index), 8 * cpus)
+            values.append(sum(struct.unpack(f"<{cpus}Q", raw)))
         return Counters(
             seen=values[contract.SEEN],
             sampled=values[contract.SAMPLED],

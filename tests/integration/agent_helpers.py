@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -25,9 +26,10 @@ def agent_argv(ns: str, *args: str) -> list[str]:
     return ["ip", "netns", "exec", ns, sys.executable, "-m", "xdpcap.agent", *args]
 
 
-def start_agent(ns: str, *args: str) -> subprocess.Popen:
+def start_agent(ns: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         agent_argv(ns, "capture", "--json-events", *args),
+        env={**os.environ, **env} if env else None,
         stdin=subprocess.DEVNULL,  # EOF: no controller, nothing to hand over
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -102,6 +102,35 @@ def test_capture_pings_exactly(pair, tmp_path: Path) -> None:
     assert done["unaccounted"] == 0
 
 
+def test_second_run_loads_the_cached_sampler(pair, tmp_path: Path) -> None:
+    """The first capture compiles with bcc and caches; the next loads the cache and
+    captures exactly the same way."""
+    cache = {"XDPCAP_BPF_CACHE": str(tmp_path / "bpf-cache")}
+    loaded = []
+    for run in range(2):
+        out = tmp_path / f"run{run}.pcapng"
+        rx_before = pair.rx_packets()
+        agent = start_agent(
+            pair.capture_ns, "-i", pair.capture_if, "-w", str(out), "--duration", "3", env=cache
+        )
+        try:
+            ready = wait_for_event(agent, "ready")
+            wait_for_event(agent, "capturing")
+            _ping(pair, 10, 56)
+            done = wait_for_event(agent, "done", timeout=30)
+        finally:
+            agent.wait(timeout=30)
+        assert agent.returncode == 0, agent.stderr.read()
+        assert ready["cache_note"] is None
+        loaded.append(ready["program"])
+        assert done["seen"] == done["written"] == pair.rx_packets() - rx_before
+        assert len(tshark_fields(out, "frame.number", display_filter="icmp.type == 8")) == 10
+        assert xdp_program(pair.capture_ns, pair.capture_if) is None
+    assert loaded == ["bcc", "cache"]
+    entries = list((tmp_path / "bpf-cache").iterdir())
+    assert len(entries) == 1 and entries[0].stat().st_mode & 0o777 == 0o600
+
+
 def test_count_stops_and_sampling_accounts(pair, tmp_path: Path) -> None:
     out = tmp_path / "count.pcapng"
     agent = start_agent(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from pathlib import Path
 
 import pytest
 from xdpcap.agent.consumer import SampleConsumer
@@ -65,14 +66,28 @@ def _test_run(prog_fd: int, frame: bytes, repeat: int = 1) -> int:
     return opts.retval
 
 
-@pytest.fixture
-def make_sampler():
+@pytest.fixture(scope="module")
+def filled_cache(tmp_path_factory) -> Path:
+    """A program cache holding the sampler, filled by one bcc compile."""
+    folder = tmp_path_factory.mktemp("bpf-cache") / "bpf"
+    with Sampler("lo", snaplen=64, sample_rate=1, cache_dir=folder) as sampler:
+        sampler.compile()
+        assert sampler.loaded_from == "bcc", sampler.cache_note
+    assert len(list(folder.glob("*.json"))) == 1
+    return folder
+
+
+@pytest.fixture(params=["bcc", "cache"])
+def make_sampler(request, filled_cache: Path):
+    """Every test runs on the program as bcc loads it and as the cache reloads it."""
     made = []
 
     def make(snaplen: int, sample_rate: int) -> tuple[Sampler, SampleConsumer]:
-        sampler = Sampler("lo", snaplen=snaplen, sample_rate=sample_rate)
+        cache_dir = filled_cache if request.param == "cache" else None
+        sampler = Sampler("lo", snaplen=snaplen, sample_rate=sample_rate, cache_dir=cache_dir)
         made.append(sampler)
         sampler.compile()
+        assert sampler.loaded_from == request.param, sampler.cache_note
         consumer = SampleConsumer()
         sampler.open_buffers(page_count=256, wakeup_events=1)
         sampler.enable()

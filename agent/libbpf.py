@@ -1,0 +1,170 @@
+"""The few BPF syscalls the agent makes itself, through libbpf's thin wrappers (ctypes).
+
+bcc compiles the sampler and loads it the first time; everything after that — maps
+read and written, a cached program loaded again, the BPF link — goes through these, so
+the one code path is exercised whether the program came from bcc or from the cache.
+libbpf.so.1 is a dependency of bcc's own library on every distribution that ships
+python3-bpfcc/python3-bcc, so nothing new is needed on a host.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+BPF_PROG_TYPE_XDP = 6
+BPF_XDP_ATTACH_TYPE = 37  # enum bpf_attach_type BPF_XDP
+BPF_OBJ_NAME_LEN = 16
+
+
+class LibbpfError(OSError):
+    """A BPF syscall failed; errno and strerror as the kernel said."""
+
+
+class _MapInfo(ctypes.Structure):
+    # The head of struct bpf_map_info (linux/bpf.h); the kernel fills what fits in the
+    # size we pass, so the rest needs not be mirrored.
+    _fields_ = (
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+    )
+
+
+class _MapCreateOpts(ctypes.Structure):
+    # struct bpf_map_create_opts up to map_flags; `sz` tells libbpf how much we pass.
+    _fields_ = (
+        ("sz", ctypes.c_size_t),
+        ("btf_fd", ctypes.c_uint32),
+        ("btf_key_type_id", ctypes.c_uint32),
+        ("btf_value_type_id", ctypes.c_uint32),
+        ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+    )
+
+
+class _LinkCreateOpts(ctypes.Structure):
+    # The head of struct bpf_link_create_opts: sz and flags.
+    _fields_ = (("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32), ("_pad", ctypes.c_uint32))
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """What it takes to create a map like one that exists."""
+
+    name: str
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+
+
+@lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL:
+    try:
+        lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    except OSError as exc:
+        raise LibbpfError(errno.ENOSYS, f"libbpf.so.1 is not installed ({exc})") from exc
+    for name in ("bpf_map_create", "bpf_prog_load", "bpf_link_create"):
+        getattr(lib, name).restype = ctypes.c_int
+    return lib
+
+
+def available() -> bool:
+    try:
+        _lib()
+    except LibbpfError:
+        return False
+    return True
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        code = ctypes.get_errno() or -result
+        raise LibbpfError(code, f"{what}: {os.strerror(code)}")
+    return result
+
+
+def map_spec(fd: int) -> MapSpec:
+    info = _MapInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "map info")
+    return MapSpec(
+        name=info.name.decode(),
+        type=info.type,
+        key_size=info.key_size,
+        value_size=info.value_size,
+        max_entries=info.max_entries,
+        flags=info.map_flags,
+    )
+
+
+def map_create(spec: MapSpec) -> int:
+    opts = _MapCreateOpts(sz=ctypes.sizeof(_MapCreateOpts), map_flags=spec.flags)
+    fd = _lib().bpf_map_create(
+        spec.type,
+        spec.name.encode(),
+        spec.key_size,
+        spec.value_size,
+        spec.max_entries,
+        ctypes.byref(opts),
+    )
+    return _check(fd, f"creating map {spec.name}")
+
+
+def prog_load_xdp(name: str, license: str, insns: bytes) -> int:
+    """Load XDP bytecode; the kernel's verifier checks it like any other program."""
+    buffer = ctypes.create_string_buffer(insns, len(insns))
+    fd = _lib().bpf_prog_load(
+        BPF_PROG_TYPE_XDP,
+        name.encode(),
+        license.encode(),
+        buffer,
+        ctypes.c_size_t(len(insns) // 8),
+        None,
+    )
+    return _check(fd, f"loading program {name}")
+
+
+def map_update(fd: int, key: bytes, value: bytes) -> None:
+    _check(_lib().bpf_map_update_elem(fd, key, value, ctypes.c_uint64(0)), "map update")
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes:
+    value = ctypes.create_string_buffer(value_size)
+    _check(_lib().bpf_map_lookup_elem(fd, key, value), "map lookup")
+    return value.raw
+
+
+def xdp_link_create(prog_fd: int, ifindex: int, flags: int) -> int:
+    """Attach through a BPF link; returns the link fd, or -errno (never raises)."""
+    try:
+        lib = _lib()
+    except LibbpfError:
+        return -errno.ENOSYS
+    opts = _LinkCreateOpts(ctypes.sizeof(_LinkCreateOpts), flags, 0)
+    fd = lib.bpf_link_create(prog_fd, ifindex, BPF_XDP_ATTACH_TYPE, ctypes.byref(opts))
+    if fd < 0:
+        return -(ctypes.get_errno() or -fd)
+    return fd
+
+
+@lru_cache(maxsize=1)
+def possible_cpus() -> int:
+    """How many slots a per-CPU map's value has (the kernel sizes it by possible CPUs)."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    count = 0
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
