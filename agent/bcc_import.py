@@ -9,7 +9,10 @@ at the end of sys.path (never in front: they must not shadow anything else).
 from __future__ import annotations
 
 import glob
+import importlib.util
+import re
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from .errors import AgentError
@@ -23,6 +26,12 @@ DIST_FOLDERS = (
 INSTALL_HINT = "install python3-bpfcc (Debian/Ubuntu) or python3-bcc (Fedora/RHEL)"
 
 
+def _add_dist_folders() -> None:
+    for folder in DIST_FOLDERS:
+        if folder not in sys.path:
+            sys.path.append(folder)
+
+
 def import_bcc() -> ModuleType:
     try:
         import bcc
@@ -30,9 +39,7 @@ def import_bcc() -> ModuleType:
         pass
     else:
         return bcc
-    for folder in DIST_FOLDERS:
-        if folder not in sys.path:
-            sys.path.append(folder)
+    _add_dist_folders()
     try:
         import bcc
     except ImportError as exc:
@@ -50,3 +57,25 @@ def bcc_version() -> str | None:
     except AgentError:
         return None
     return str(getattr(bcc, "__version__", "unknown"))
+
+
+def bcc_version_unloaded() -> str | None:
+    """bcc's version from its version.py, without importing bcc.
+
+    Importing bcc loads libbcc.so (LLVM and clang inside): tens of MB of memory and a
+    tenth of a second that an agent loading its sampler from the cache does not need.
+    """
+    _add_dist_folders()
+    try:
+        spec = importlib.util.find_spec("bcc")
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            text = (Path(folder) / "version.py").read_text()
+        except OSError:
+            continue
+        match = re.search(r"""__version__\s*=\s*['"]([^'"]+)['"]""", text)
+        if match:
+            return match.group(1)
+    return None

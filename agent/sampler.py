@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 
 from . import contract, libbpf, netdev, perf_ring, program_cache
-from .bcc_import import import_bcc
+from .bcc_import import bcc_version_unloaded, import_bcc
 from .errors import AgentError
 from .headers import KernelHeaders, apply_environment, find_kernel_headers, remove_farm
 
@@ -110,7 +110,6 @@ class Sampler:
     def compile(self) -> None:
         """Load the sampler: from the cache when it holds this exact build, else bcc."""
         started = time.monotonic()
-        self._bcc = import_bcc()
         workdir = Path(tempfile.mkdtemp(prefix="xdpcap-bpf-"))
         try:
             self.headers = find_kernel_headers(workdir)
@@ -129,13 +128,22 @@ class Sampler:
         # architectures) needs bcc's table objects, so there the cache is not used.
         return self._cache_dir is not None and perf_ring.supported() and libbpf.available()
 
+    def _bcc_module(self) -> ModuleType:
+        """bcc, imported only when needed: a program from the cache needs no compiler."""
+        if self._bcc is None:
+            self._bcc = import_bcc()
+        return self._bcc
+
     def _cache_key(self) -> str:
-        assert self._bcc is not None and self.headers is not None
+        assert self.headers is not None
+        version = bcc_version_unloaded() or str(
+            getattr(self._bcc_module(), "__version__", "unknown")
+        )
         return program_cache.cache_key(
             *bpf_sources().values(),
             " ".join(CFLAGS),
             self.headers.describe(),
-            str(getattr(self._bcc, "__version__", "?")),
+            version,
             platform.release(),
             str(libbpf.possible_cpus()),
         )
@@ -158,7 +166,8 @@ class Sampler:
         return True
 
     def _compile_with_bcc(self, workdir: Path) -> None:
-        assert self._bcc is not None and self.headers is not None
+        assert self.headers is not None
+        self._bcc_module()
         apply_environment(self.headers)
         source = read_bpf_sources(workdir)
         if self._debug:
@@ -246,10 +255,12 @@ class Sampler:
         self.mode = attached.mode if attached else self.mode_requested
 
     def _attach_netlink(self, mode_flags: int) -> None:
-        assert self._bcc is not None and self._prog_fd is not None
+        assert self._prog_fd is not None
         flags = mode_flags | XDP_FLAGS_UPDATE_IF_NOEXIST
         try:
-            self._bcc.BPF.attach_xdp(self.iface.encode(), _ProgramRef(self._prog_fd), flags)
+            self._bcc_module().BPF.attach_xdp(
+                self.iface.encode(), _ProgramRef(self._prog_fd), flags
+            )
         except Exception as exc:  # bcc raises bare Exception
             raise AgentError(f"{self.iface}: cannot attach XDP: {exc}") from exc
         self._netlink_flags = flags
@@ -261,10 +272,9 @@ class Sampler:
         Called with the interface lock held, so no live agent owns it. A program held by
         a BPF link cannot be removed this way (and the kernel drops those on exit).
         """
-        assert self._bcc is not None
         flags = XDP_FLAGS_SKB_MODE if present.mode == "skb" else 0
         try:
-            self._bcc.BPF.remove_xdp(self.iface.encode(), flags)
+            self._bcc_module().BPF.remove_xdp(self.iface.encode(), flags)
         except Exception:  # bcc raises bare Exception
             return False
         return netdev.attached_program(self.iface) is None
@@ -275,9 +285,8 @@ class Sampler:
             os.close(self._link_fd)  # the last reference: the kernel detaches the program
             self._link_fd = None
         if self._netlink_flags is not None:
-            assert self._bcc is not None
             try:
-                self._bcc.BPF.remove_xdp(self.iface.encode(), self._netlink_flags & ~1)
+                self._bcc_module().BPF.remove_xdp(self.iface.encode(), self._netlink_flags & ~1)
             finally:
                 self._netlink_flags = None
 
