@@ -150,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except XdpcapError as exc:
         print(f"xdpcap: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a file or folder the system refused: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"xdpcap: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 2

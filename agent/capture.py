@@ -1,6 +1,7 @@
 """One capture on one interface: attach, sample, write time-ordered pcapng, account, detach.
 
-Accounting is exact: seen = written + lost + not sampled, where lost gathers every way a
+Accounting is exact: seen = written + lost + not sampled (+ sampled after --count was
+reached, which like `tcpdump -c N` we do not write), where lost gathers every way a
 sample can fail to reach the file (perf buffer full, malformed sample, disk full). The
 figures go to the summary line and to the pcapng interface statistics block.
 """
@@ -63,6 +64,8 @@ class CaptureSummary:
     written: int = 0
     lost: int = 0
     not_sampled: int = 0
+    # Sampled after --count was reached: not written, as `tcpdump -c N` writes N.
+    past_count: int = 0
     os_drops: int = 0
     bytes_written: int = 0
     window_start_ns: int = 0
@@ -76,7 +79,7 @@ class CaptureSummary:
 
     @property
     def unaccounted(self) -> int:
-        return self.seen - self.written - self.lost - self.not_sampled
+        return self.seen - self.written - self.lost - self.not_sampled - self.past_count
 
     def to_dict(self) -> dict:
         return {**asdict(self), "unaccounted": self.unaccounted}
@@ -86,9 +89,11 @@ class CaptureSummary:
         text = (
             f"{self.iface}: {self.written} packets written to {self.file} in {seconds:.1f} s "
             f"({self.mode} XDP); seen {self.seen} = written {self.written} + lost {self.lost} "
-            f"+ not sampled {self.not_sampled}; dropped by the interface before XDP "
-            f"{self.os_drops}"
+            f"+ not sampled {self.not_sampled}"
         )
+        if self.past_count:
+            text += f" + after --count {self.past_count}"
+        text += f"; dropped by the interface before XDP {self.os_drops}"
         if self.partial_reason:
             text += f"; PARTIAL: {self.partial_reason}"
         return text
@@ -159,6 +164,7 @@ class Capture:
         self._late = 0
         self._last_ts = 0
         self._bytes = 0
+        self._released = 0  # packets handed to the writer (for --count)
 
     def run(self) -> CaptureSummary:
         options = self.options
@@ -215,7 +221,10 @@ class Capture:
     ) -> None:
         options = self.options
         # Output opened before anything is attached: a bad path fails with nothing changed.
-        fd = os.open(options.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            fd = os.open(options.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            raise AgentError(f"cannot write {options.output}: {exc.strerror or exc}") from exc
         _give_to_sudo_user(fd)
         with os.fdopen(fd, "wb", buffering=0) as stream:
             sampler.compile()
@@ -315,7 +324,7 @@ class Capture:
             for chunk in sampler.read():
                 consumer.parse(chunk)
             orderer.add(consumer.take())
-            self._write(writer, orderer.release(now - ORDER_SLACK_NS))
+            self._write(writer, self._within_count(orderer.release(now - ORDER_SLACK_NS)))
             if now >= next_progress:
                 next_progress = now + PROGRESS_EVERY_NS
                 self._progress(sampler, writer)
@@ -335,7 +344,7 @@ class Capture:
                 consumer.parse(chunk)
             idle_rounds = 0 if chunks else idle_rounds + 1
             self._orderer.add(consumer.take())
-        self._write(writer, self._orderer.release(None))
+        self._write(writer, self._within_count(self._orderer.release(None)))
         counters = sampler.counters()
         summary = self.summary
         summary.seen = counters.seen
@@ -347,7 +356,7 @@ class Capture:
         summary.lost_detail = {
             "perf_buffer_full": counters.output_failed,
             "malformed": consumer.malformed,
-            "disk": consumer.received - consumer.malformed - summary.written,
+            "disk": consumer.received - consumer.malformed - summary.past_count - summary.written,
             "in_transit": max(0, in_transit),
         }
         summary.lost = sum(summary.lost_detail.values())
@@ -363,8 +372,8 @@ class Capture:
                 filteraccept=counters.sampled,
                 osdrop=summary.os_drops,
                 usrdeliv=summary.written,
-                comment=f"seen = written + lost + not sampled ({summary.not_sampled}); "
-                f"lost: {summary.lost_detail}",
+                comment=f"seen = written + lost + not sampled ({summary.not_sampled}) "
+                f"+ after --count ({summary.past_count}); lost: {summary.lost_detail}",
             )
             writer.flush()
         except OSError as exc:
@@ -379,6 +388,17 @@ class Capture:
         self.events.emit("done", **summary.to_dict())
 
     # -- helpers -----------------------------------------------------------------------
+    def _within_count(self, ready: list[tuple[int, bytes, int]]) -> list[tuple[int, bytes, int]]:
+        """The first --count packets in time order; the rest are counted, not written."""
+        count = self.options.count
+        if count is None:
+            return ready
+        room = max(0, count - self._released)
+        kept = ready[:room]
+        self._released += len(kept)
+        self.summary.past_count += len(ready) - len(kept)
+        return kept
+
     def _write(self, writer: PcapngWriter, ready: list[tuple[int, bytes, int]]) -> None:
         """Appends released (ts, block, cap_len) items: the blocks are already framed."""
         if not ready or self.summary.partial_reason:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..agent import __main__ as agent_cli
 from .agent_bundle import write_agent_bundle
+from .errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +29,9 @@ def _capture(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    bundle = write_agent_bundle(Path(args.output))
+    try:
+        bundle = write_agent_bundle(Path(args.output))
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     print(f"{args.output} sha256 {bundle.sha256}")
     return 0

@@ -47,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except XdpcapError as exc:
         print(f"xdpcap: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a local file or folder the system refused: one line
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"xdpcap: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("xdpcap: interrupted", file=sys.stderr)
         return 130

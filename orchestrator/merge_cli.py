@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import UsageError, XdpcapError
 from .merge import MergeSource, merge_captures
@@ -66,9 +67,20 @@ def _check_readable(inputs: Sequence[str]) -> None:
             raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
+def _check_output_is_not_an_input(inputs: Sequence[str], output: str) -> None:
+    """The output is truncated before the inputs are read: writing over one would
+    destroy the capture being merged."""
+    out = Path(output)
+    for path in inputs:
+        same = out.exists() and out.samefile(path)
+        if same or out.resolve() == Path(path).resolve():
+            raise UsageError(f"-w {output} is also an input: it would be overwritten")
+
+
 def handler(args: argparse.Namespace) -> int:
     names = _names(args.name, args.inputs)
     _check_readable(args.inputs)
+    _check_output_is_not_an_input(args.inputs, args.output)
     sources = [MergeSource(path, name=names.get(path)) for path in args.inputs]
     # A MergeError (no usable input) is one line, printed by main().
     report = merge_captures(sources, args.output, clock_correction=args.clock_correction)

@@ -450,3 +450,36 @@ def test_merge_of_a_missing_file(tmp_path: Path) -> None:
     assert str(missing) in line and "No such file" in line
     assert result.returncode == 2
     assert not out.exists()
+
+
+@pytest.mark.parametrize("spelling", ["same", "dot-slash", "symlink"])
+def test_merge_never_writes_over_an_input(tmp_path: Path, spelling: str) -> None:
+    first = tmp_path / "a.pcapng"
+    second = tmp_path / "b.pcapng"
+    _capture_file(first, "a:eth0", 1_700_000_000_000_000_000, 4)
+    _capture_file(second, "b:eth0", 1_700_000_000_000_500_000, 4)
+    before = first.read_bytes()
+    out = {"same": str(first), "dot-slash": f"{tmp_path}/./a.pcapng"}.get(spelling)
+    if out is None:
+        (tmp_path / "link.pcapng").symlink_to(first)
+        out = str(tmp_path / "link.pcapng")
+    result = xdpcap("merge", str(first), str(second), "-w", out)
+    assert "also an input" in _one_line(result)
+    assert result.returncode == 2
+    assert first.read_bytes() == before
+
+
+def test_local_capture_to_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "no" / "such" / "cap.pcapng"
+    result = xdpcap("capture", "-i", "lo", "-w", str(out), "--duration", "1")
+    line = _one_line(result)
+    assert str(out) in line and "No such file" in line
+    assert result.returncode == 1
+
+
+def test_build_agent_to_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "no" / "agent.pyz"
+    result = xdpcap("build-agent", "-o", str(out))
+    line = _one_line(result)
+    assert str(out) in line
+    assert result.returncode == 2
