@@ -983,11 +983,13 @@ def vagrant_inventory(ssh_config: str) -> dict[str, Any]:
             host_vars["ansible_user"] = block["user"][0]
         if "identityfile" in block:
             host_vars["ansible_ssh_private_key_file"] = block["identityfile"][0]
-        options = [
-            f"-o {option}={shlex.quote(block[option.lower()][0])}"
-            for option in ("UserKnownHostsFile", "StrictHostKeyChecking", "IdentitiesOnly")
-            if option.lower() in block
-        ]
+        # Vagrant writes `UserKnownHostsFile /dev/null` and `StrictHostKeyChecking no`:
+        # no host key is ever checked. Those two are not carried over: the VMs' keys
+        # are learnt once with --accept-new-host-keys, then checked like any host's.
+        known = block.get("userknownhostsfile", [""])[0]
+        options = [f"-o UserKnownHostsFile={shlex.quote(known)}"] if _is_real_file(known) else []
+        if "identitiesonly" in block:
+            options.append(f"-o IdentitiesOnly={shlex.quote(block['identitiesonly'][0])}")
         if options:
             host_vars["ansible_ssh_common_args"] = " ".join(options)
         for name in names:
@@ -996,6 +998,10 @@ def vagrant_inventory(ssh_config: str) -> dict[str, Any]:
         raise LabError("no Host entries in the ssh-config (is any Vagrant VM running?)")
     # eth1 is the private_network interface of the Vagrantfile; eth0 is Vagrant's NAT.
     return {"vagrant": {"hosts": hosts, "vars": {"ansible_become": True, "xdpcap_iface": "eth1"}}}
+
+
+def _is_real_file(known_hosts: str) -> bool:
+    return bool(known_hosts) and known_hosts not in ("/dev/null", "none")
 
 
 def _first(block: dict[str, list[str]], key: str, default: str) -> str:

@@ -102,9 +102,9 @@ def test_ssh_config_to_inventory() -> None:
         "ansible_ssh_private_key_file": (
             "/home/me/xdpcap/.vagrant/machines/node1/virtualbox/private_key"
         ),
-        "ansible_ssh_common_args": (
-            "-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o IdentitiesOnly=yes"
-        ),
+        # Vagrant's /dev/null known_hosts and StrictHostKeyChecking=no are dropped:
+        # host keys are checked as for any other host.
+        "ansible_ssh_common_args": "-o IdentitiesOnly=yes",
     }
     node2 = group["hosts"]["node2"]
     assert node2["ansible_port"] == 2200
@@ -197,3 +197,12 @@ def test_state_dir_default_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert default_state_dir("lab") == Path("/var/tmp/xdpcap-lab/lab")
     monkeypatch.setenv("XDPCAP_LAB_DIR", str(tmp_path))
     assert default_state_dir("demo") == tmp_path / "demo"  # one folder per lab, side by side
+
+
+def test_a_real_known_hosts_file_is_kept_and_checking_never_disabled() -> None:
+    text = (
+        "Host vm\n  HostName 127.0.0.1\n  UserKnownHostsFile /home/me/vm_known_hosts\n"
+        "  StrictHostKeyChecking no\n"
+    )
+    host = vagrant_inventory(text)["vagrant"]["hosts"]["vm"]
+    assert host["ansible_ssh_common_args"] == "-o UserKnownHostsFile=/home/me/vm_known_hosts"
