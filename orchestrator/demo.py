@@ -18,6 +18,7 @@ from rich.console import Console
 from .errors import XdpcapError
 from .inventory import load_inventory
 from .lab import Lab
+from .lab_cli import host_count
 from .remote_host import CaptureSettings
 from .run import Run, RunOptions, print_result
 from .ssh import SshSettings
@@ -30,11 +31,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser(
         "demo", help="lab up, traffic, capture on every lab host, merge, lab down"
     )
-    demo.add_argument("--hosts", type=int, default=3)
-    demo.add_argument("--duration", type=float, default=6.0)
+    # Checked by the parser: a bad value must not bring a lab up first.
+    demo.add_argument("--hosts", type=host_count, default=3)
+    demo.add_argument("--duration", type=_demo_seconds, default=6.0)
     demo.add_argument("--runs-dir", type=Path, default=Path("xdpcap-runs"))
     demo.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
     demo.set_defaults(func=demo_command)
+
+
+def _demo_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"between 1 and 3600 seconds, not {value:g}")
+    return value
 
 
 def _traffic_until(lab: Lab, stop: threading.Event, console: Console) -> None:

@@ -15,6 +15,7 @@ from .errors import UsageError
 from .lab import (
     DEFAULT_HOSTS,
     DEFAULT_NAME,
+    MAX_HOSTS,
     Lab,
     read_vagrant_ssh_config,
     render_yaml,
@@ -44,7 +45,7 @@ def register(subparsers: Any) -> None:
     sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
 
     up = sub.add_parser("up", parents=[common], help="build the lab; print its inventory path")
-    up.add_argument("--hosts", type=_host_count, default=DEFAULT_HOSTS, help="default: 3")
+    up.add_argument("--hosts", type=host_count, default=DEFAULT_HOSTS, help="default: 3")
     sub.add_parser("down", parents=[common], help="remove everything the lab made")
     status = sub.add_parser("status", parents=[common], help="hosts, sshd, addresses")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -152,13 +153,13 @@ def _vagrant_inventory(args: argparse.Namespace) -> int:
     return 0
 
 
-def _host_count(text: str) -> int:
+def host_count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("at least 1 host")
+    if not 1 <= value <= MAX_HOSTS:
+        raise argparse.ArgumentTypeError(f"between 1 and {MAX_HOSTS} hosts, not {value}")
     return value
 
 

@@ -483,3 +483,23 @@ def test_build_agent_to_a_missing_folder_is_one_line(tmp_path: Path) -> None:
     line = _one_line(result)
     assert str(out) in line
     assert result.returncode == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("demo", "--duration", "-1"),
+        ("demo", "--duration", "nan"),
+        ("demo", "--hosts", "0"),
+        ("lab", "up", "--hosts", "1000000"),
+    ],
+    ids=["demo-negative", "demo-nan", "demo-no-hosts", "lab-huge"],
+)
+def test_lab_and_demo_numbers_are_checked_before_anything_is_built(args) -> None:
+    result = xdpcap(*args)
+    assert "between" in _one_line(result)
+    assert result.returncode == 2
+    lab_bridges = subprocess.run(
+        ["ip", "-j", "link", "show", "type", "bridge"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "xcdemo-br" not in lab_bridges  # the demo lab was never built
