@@ -13,9 +13,11 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
+from ..agent import validate
 from .agent_bundle import build_agent_bundle
 from .clock import ClockOffset
 from .errors import RemoteError, UsageError
@@ -59,13 +61,22 @@ def load_run(run_dir: Path) -> dict:
         raise UsageError(f"{path}: not valid JSON ({exc})") from None
 
 
+def _states_of(run: Any, path: Path) -> list[HostState]:
+    """The hosts a run.json records; a file that is not one of ours is one clear line."""
+    try:
+        if not isinstance(run.get("run_id"), str) or not run.get("inventory"):
+            raise ValueError("no run id or no inventory")
+        return [_state_from(h) for h in run["hosts"]]
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{path}: not a run.json written by xdpcap run ({exc})") from None
+
+
 def collect_command(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
+    validate.positive_number("--wait", args.wait, 3600)
     run = load_run(args.run_dir)
-    if not run.get("inventory"):
-        raise UsageError(f"{args.run_dir}/run.json names no inventory")
+    states = _states_of(run, args.run_dir / "run.json")
     inventory = load_inventory(run["inventory"])
-    states = [_state_from(h) for h in run["hosts"]]
     settings = SshSettings(accept_new_host_keys=args.accept_new_host_keys)
     missing = [
         s for s in states if not (s.local_file and Path(s.local_file).exists()) and s.remote_file

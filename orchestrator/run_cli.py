@@ -162,6 +162,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(format_host_list(hosts, args.iface))
         return 0
     validate.positive_number("--ready-timeout", args.ready_timeout, 3600)
+    validate.positive_number("--reconnect-wait", args.reconnect_wait, 3600)
     check_output_paths(args.runs_dir, args.output)
     options = RunOptions(
         iface=args.iface,

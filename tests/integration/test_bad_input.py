@@ -301,6 +301,8 @@ BAD_NUMBERS = [
     ("--sample-rate", "4294967296"),
     ("--sample-rate", "x"),
     ("--forks", "0"),
+    ("--reconnect-wait", "-1"),
+    ("--reconnect-wait", "nan"),
     ("--forks", "-2"),
     ("--forks", "1000000"),
     ("--ready-timeout", "0"),
@@ -503,3 +505,15 @@ def test_lab_and_demo_numbers_are_checked_before_anything_is_built(args) -> None
         ["ip", "-j", "link", "show", "type", "bridge"], capture_output=True, text=True, check=True
     ).stdout
     assert "xcdemo-br" not in lab_bridges  # the demo lab was never built
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["[]", "{", '{"hosts": "x"}', '{"run_id": "r", "inventory": "i", "hosts": [1]}'],
+    ids=["list", "not-json", "hosts-not-list", "host-not-object"],
+)
+def test_collect_of_a_foreign_run_json_is_one_line(tmp_path: Path, content: str) -> None:
+    (tmp_path / "run.json").write_text(content)
+    result = xdpcap("collect", str(tmp_path))
+    assert "run.json" in _one_line(result)
+    assert result.returncode == 2
