@@ -232,6 +232,14 @@ def _check_iface(value: str) -> None:
         raise _Problem(str(exc)) from None
 
 
+def _check_ssh_args(_what: str, value: str) -> None:
+    # Read as ssh's command-line words (for UserKnownHostsFile): quoting must close.
+    try:
+        shlex.split(value)
+    except ValueError as exc:
+        raise _Problem(f"{value!r} cannot be split into ssh arguments ({exc})") from None
+
+
 def _check_interpreter(_what: str, value: str) -> None:
     # Run on the host as the agent's interpreter, through sudo: a plain path or command
     # name, no arguments ('/usr/bin/env python3' included), no option.
@@ -591,7 +599,7 @@ class _HostSettings:
             port=self.port(),
             user=self.text("user", _check_remote_word),
             key_file=None if key_file is None else os.path.expanduser(key_file),
-            ssh_common_args=self.text("ssh_common_args"),
+            ssh_common_args=self.text("ssh_common_args", _check_ssh_args),
             become=self.flag("become"),
             become_user=self.text("become_user", _check_remote_word),
             become_password=self.text("become_password", secret=True),

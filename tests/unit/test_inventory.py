@@ -721,3 +721,14 @@ def test_json_with_yaml_line_breaks_keeps_values_and_drops_line_numbers() -> Non
             '{"web": {"hosts": ["a"], "vars": {"xdpcap_iface": "\u2028"}}}', "x.json"
         )
     assert str(caught.value).startswith("x.json: host 'a': xdpcap_iface: ")
+
+
+def test_ssh_common_args_with_an_open_quote_is_an_inventory_error() -> None:
+    text = """
+    all:
+      hosts:
+        h1:
+          ansible_ssh_common_args: "-o UserKnownHostsFile='/tmp/x"
+    """
+    with pytest.raises(InventoryError, match=r"inv\.yml:5: host 'h1': ansible_ssh_common_args"):
+        parse(text)
