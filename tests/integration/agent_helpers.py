@@ -104,3 +104,19 @@ def read_isbs(path: Path) -> list[dict]:
                     }
                 )
     return stats
+
+
+def read_headers(path: Path) -> tuple[dict, list[tuple[int, dict]]]:
+    """The section header's options and each interface's (snaplen, options), read by
+    python-pcapng."""
+    import pcapng
+
+    shb: dict = {}
+    idbs: list[tuple[int, dict]] = []
+    with path.open("rb") as f:
+        for block in pcapng.FileScanner(f):
+            if isinstance(block, pcapng.blocks.SectionHeader):
+                shb = dict(block.options.items())
+            elif isinstance(block, pcapng.blocks.InterfaceDescription):
+                idbs.append((block.snaplen, dict(block.options.items())))
+    return shb, idbs

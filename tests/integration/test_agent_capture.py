@@ -14,6 +14,7 @@ from .agent_helpers import (
     agent_argv,
     attach_foreign_program,
     capinfos,
+    read_headers,
     read_isbs,
     start_agent,
     tshark_fields,
@@ -93,12 +94,23 @@ def test_capture_pings_exactly(pair, tmp_path: Path) -> None:
         assert int(cap_len) == SNAPLEN
         assert queue == "0" and int(direction, 16) == 1  # inbound
 
+    shb, idbs = read_headers(out)
+    assert shb["shb_userappl"].startswith("xdpcap ")
+    assert shb["shb_os"].startswith("Linux ") and shb["shb_hardware"]
+    ((snaplen, idb),) = idbs
+    assert snaplen == SNAPLEN
+    assert idb["if_name"] == pair.capture_if and idb["if_tsresol"] == b"\x09"
+    assert idb["if_hardware"] == "veth" and idb["if_os"].startswith("Linux ")
+    assert "XDP ingress" in idb["if_description"] and "every packet" in idb["if_description"]
+
     isb = read_isbs(out)
     assert len(isb) == 1
     seen = rx_after - rx_before
     assert isb[0]["isb_ifrecv"] == seen == done["seen"]
     assert isb[0]["isb_usrdeliv"] == done["written"] == seen  # nothing lost at this rate
     assert isb[0]["isb_ifdrop"] == 0
+    assert isb[0]["isb_filteraccept"] == seen  # sample rate 1: every packet sampled
+    assert isb[0]["isb_osdrop"] == 0
     assert done["unaccounted"] == 0
 
 
