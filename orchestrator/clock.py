@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from fabric import Connection
+from paramiko import SSHException
 
 from .errors import RemoteError
 
@@ -32,47 +33,77 @@ class ClockOffset:
         return f"{text} ({self.sync_state})" if self.sync_state else text
 
 
-def estimate_offset(
-    conn: Connection,
-    command: str,
-    *,
-    name: str,
-    rounds: int = ROUNDS,
-    rounds_lock: threading.Lock | None = None,
-) -> ClockOffset:
-    """Probe over a channel of its own, read in this thread: every hand-off between
-    threads on the reply path would widen the round trip and bias the offset.
+class ClockProbe:
+    """The agent's `clock --serve` on a channel of its own, read in the thread that measures:
+    every hand-off between threads on the reply path would widen the round trip and bias
+    the offset.
 
-    With `rounds_lock`, the agents of many hosts start in parallel but their timed
-    rounds run one host at a time: threads of this process contending for the GIL would
-    add tens of microseconds of noise to the round trips.
+    Starting it costs the host a login shell and a Python start, far longer than the
+    rounds; `__init__` (sends the command) and `wait_up` (its first answer) are apart so
+    the start can overlap other work, and the whole start can happen long before
+    `measure` (the run starts it during the capture window, see standby.py).
     """
-    transport = conn.client.get_transport()
-    if transport is None or not transport.is_active():
-        raise RemoteError(f"{name}: the SSH connection is closed")
-    channel = transport.open_session(timeout=ROUND_TIMEOUT_S)
-    channel.settimeout(ROUND_TIMEOUT_S)
-    best: tuple[int, int] | None = None
-    try:
-        channel.exec_command(command)
-        reader = channel.makefile("rb")
-        _answer(reader, name)  # the first answer only says the agent is up
-        with rounds_lock or contextlib.nullcontext():
-            for _ in range(rounds):
-                sent = time.time_ns()
-                channel.sendall(b"\n")
-                remote = _answer(reader, name)
-                received = time.time_ns()
-                rtt = received - sent
-                if best is None or rtt < best[1]:
-                    best = (remote - (sent + received) // 2, rtt)
-    except OSError as exc:
-        raise RemoteError(f"{name}: the clock probe failed: {exc}") from exc
-    finally:
-        channel.close()
-    if best is None:
-        raise RemoteError(f"{name}: the clock probe got no answer")
-    return ClockOffset(best[0], best[1] // 2)
+
+    def __init__(self, conn: Connection, command: str, *, name: str) -> None:
+        self.name = name
+        transport = conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise RemoteError(f"{name}: the SSH connection is closed")
+        try:
+            self._channel = transport.open_session(timeout=ROUND_TIMEOUT_S)
+        except (OSError, SSHException) as exc:
+            raise RemoteError(f"{name}: the clock probe failed: {exc}") from exc
+        try:
+            self._channel.settimeout(ROUND_TIMEOUT_S)
+            self._channel.exec_command(command)
+            self._reader = self._channel.makefile("rb")
+        except (OSError, SSHException) as exc:
+            self.close()
+            raise RemoteError(f"{name}: the clock probe failed: {exc}") from exc
+
+    def wait_up(self) -> None:
+        """Read the first answer, which only says the agent is up."""
+        try:
+            _answer(self._reader, self.name)
+        except OSError as exc:
+            raise RemoteError(f"{self.name}: the clock probe failed: {exc}") from exc
+
+    @property
+    def alive(self) -> bool:
+        """Still there to answer: the channel is open and the agent has not exited."""
+        return not (self._channel.closed or self._channel.exit_status_ready())
+
+    def measure(
+        self, rounds: int = ROUNDS, rounds_lock: threading.Lock | None = None
+    ) -> ClockOffset:
+        """The timed rounds; call after `wait_up`.
+
+        With `rounds_lock`, the probes of many hosts start in parallel but their timed
+        rounds run one host at a time: threads of this process contending for the GIL
+        would add tens of microseconds of noise to the round trips.
+        """
+        best: tuple[int, int] | None = None
+        channel, reader = self._channel, self._reader
+        try:
+            with rounds_lock or contextlib.nullcontext():
+                for _ in range(rounds):
+                    sent = time.time_ns()
+                    channel.sendall(b"\n")
+                    remote = _answer(reader, self.name)
+                    received = time.time_ns()
+                    rtt = received - sent
+                    if best is None or rtt < best[1]:
+                        best = (remote - (sent + received) // 2, rtt)
+        except OSError as exc:
+            raise RemoteError(f"{self.name}: the clock probe failed: {exc}") from exc
+        if best is None:
+            raise RemoteError(f"{self.name}: the clock probe got no answer")
+        return ClockOffset(best[0], best[1] // 2)
+
+    def close(self) -> None:
+        # Closing the channel ends the agent's stdin: it exits.
+        with contextlib.suppress(Exception):
+            self._channel.close()
 
 
 def _answer(reader, name: str) -> int:

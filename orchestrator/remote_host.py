@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from fabric import Connection
+from paramiko import SFTPClient
 
 from ..agent import validate
 from ..agent.protocol import parse_event
 from .agent_bundle import AgentBundle
 from .channel import RemoteProcess
-from .clock import ClockOffset, estimate_offset
+from .clock import ClockOffset, ClockProbe
 from .errors import RemoteError, UsageError
 from .inventory import Host
 from .ssh import SshSettings, connect, quote_command, run, sudo_failure
+from .standby import Standby
 
 CACHE_DIR = ".cache/xdpcap"  # relative to the SSH user's home
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
@@ -163,6 +165,7 @@ class RemoteHost:
     sync_state: str | None = None
     done_event: threading.Event = field(default_factory=threading.Event)
     deleted: threading.Event = field(default_factory=threading.Event)
+    standby: Standby | None = None  # the fetch's sessions, opened during the capture window
 
     # -- preparation -------------------------------------------------------------------
     def open(self) -> None:
@@ -181,12 +184,39 @@ class RemoteHost:
             self.host.become and (self.host.become_user or "root") != "root"
         )
 
-    def probe_clock(self, lock: threading.Lock) -> None:
-        """Measure the host clock's offset (after the capture: no compile competes for CPU)."""
+    def probe_clock(self, lock: threading.Lock, probe: ClockProbe | None = None) -> None:
+        """Measure the host clock's offset (after the capture: no compile competes for CPU).
+
+        `probe` is one started during the capture window (take_standby); without one, one
+        is started now. Either way it is closed here.
+        """
         assert self.conn is not None
-        probe = quote_command(self._plain_agent_argv(self.agent_path, "clock", "--serve"))
-        offset = estimate_offset(self.conn, probe, name=self.host.name, rounds_lock=lock)
+        try:
+            if probe is None:
+                probe = ClockProbe(self.conn, self._clock_command(), name=self.host.name)
+                probe.wait_up()
+            offset = probe.measure(rounds_lock=lock)
+        finally:
+            if probe is not None:
+                probe.close()
         self.state.clock = ClockOffset(offset.offset_ns, offset.error_ns, self.sync_state)
+
+    def _clock_command(self) -> str:
+        return quote_command(self._plain_agent_argv(self.agent_path, "clock", "--serve"))
+
+    def open_standby(self) -> None:
+        """Start opening the fetch's SFTP session and clock probe (once the window is open).
+
+        Once per connection: a reconnect closes the old standby and the fetch that follows
+        at once opens its own.
+        """
+        if self.standby is None and self.conn is not None and self.conn.is_connected:
+            self.standby = Standby(self.conn, self._clock_command(), name=self.host.name)
+
+    def take_standby(self) -> tuple[SFTPClient | None, ClockProbe | None]:
+        """The pre-opened SFTP client and clock probe where ready, else None: the caller
+        owns (and closes) what it gets."""
+        return self.standby.take() if self.standby is not None else (None, None)
 
     @property
     def become_password(self) -> str | None:
@@ -400,18 +430,25 @@ class RemoteHost:
         return last.removeprefix("xdpcap: ")
 
     # -- fetch -------------------------------------------------------------------------
-    def fetch(self, into: Path) -> Path:
-        """Copy the capture home, check size and sha256, then delete the remote copy."""
+    def fetch(self, into: Path, sftp: SFTPClient | None = None) -> Path:
+        """Copy the capture home, check size and sha256, then delete the remote copy.
+
+        `sftp` is a client opened during the capture window (take_standby), closed here;
+        without one, the connection's own is opened now.
+        """
         assert self.conn is not None and self.state.remote_file
         remote = self.state.remote_file
         local = into / f"{self.host.name}.pcapng"
         tmp = local.with_suffix(".pcapng.part")
-        sftp = self.conn.sftp()
+        client = sftp if sftp is not None else self.conn.sftp()
         try:
-            size = sftp.stat(remote).st_size
-            sftp.get(remote, str(tmp))
+            size = client.stat(remote).st_size
+            client.get(remote, str(tmp))
         except OSError as exc:
             raise RemoteError(f"{self.host.name}: fetching {remote} failed: {exc}") from exc
+        finally:
+            if sftp is not None:
+                sftp.close()
         local_sha = _sha256_of(tmp)
         summary = self.state.summary or {}
         if summary.get("file_sha256"):
@@ -461,10 +498,15 @@ class RemoteHost:
             return None
 
     def close(self) -> None:
+        standby, self.standby = self.standby, None
+        if standby is not None:
+            standby.close()
         if self.process is not None:
             self.process.close()
         if self.conn is not None:
             self.conn.close()
+        if standby is not None:
+            standby.join()  # with the connection closed, a pending open fails at once
 
 
 def _capture_args(capture: CaptureSettings, iface: str, output: str) -> list[str]:

@@ -6,9 +6,12 @@ Phases, each bounded in time:
    where missing) and start it; each agent compiles and attaches, then says ready;
 2. when every host is ready (or failed, or the ready timeout passed), send "start" to all
    at once, so every host captures the same stretch of time; show live progress;
+   once a host's window is open, its SFTP session and clock probe are opened in the
+   background (standby.py), so that after the capture nobody waits for them;
 3. fetch each capture (at most --forks at a time), verified against the sha256 the agent
-   computed, while the host's clock offset is probed beside it; the agent then deletes
-   its copy;
+   computed, while the host's clock offset is measured beside it (the timed rounds run
+   only now, with no compile or capture competing for CPU); the agent then deletes its
+   copy;
 4. merge what arrived into one pcapng, clock-corrected.
 A failed host never hides the others: each ends with a result, reported at the end.
 """
@@ -30,7 +33,7 @@ from rich.live import Live
 
 from ..agent import __version__
 from .agent_bundle import AgentBundle, build_agent_bundle
-from .clock import corrections
+from .clock import ClockProbe, corrections
 from .errors import MergeError, RemoteError, UsageError, XdpcapError
 from .inventory import Host
 from .merge import MergeReport, MergeSource, merge_captures
@@ -229,6 +232,11 @@ class Run:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._note_dead_agents(remotes)
+            for remote in remotes:
+                # Its window is open: what the fetch needs can open now, off the clock.
+                # Not before: the start of the window must not wait for a login shell.
+                if remote.state.state in ("capturing", "captured"):
+                    remote.open_standby()
             if all(r.done_event.is_set() or r.state.state == "failed" for r in remotes):
                 return
             live.update(live_table(self.states))
@@ -255,21 +263,27 @@ class Run:
             if remote.state.state != "captured":
                 return
             # The clock probe and the transfer use channels of their own: run them side
-            # by side, each SSH command costs the host a login shell.
+            # by side. Both were opened during the capture window where that worked;
+            # else each opens now (each SSH command costs the host a login shell).
             remote.state.state = "fetching"
-            probe = threading.Thread(target=self._probe_clock, args=(remote, clock_lock))
+            sftp, clock_probe = remote.take_standby()
+            probe = threading.Thread(
+                target=self._probe_clock, args=(remote, clock_lock, clock_probe)
+            )
             probe.start()
             try:
-                remote.fetch(hosts_dir)
+                remote.fetch(hosts_dir, sftp)
             finally:
                 probe.join(timeout=60)
             remote.state.state = "done"
 
         _each(self.options.forks, active, fetch)
 
-    def _probe_clock(self, remote: RemoteHost, lock: threading.Lock) -> None:
+    def _probe_clock(
+        self, remote: RemoteHost, lock: threading.Lock, probe: ClockProbe | None
+    ) -> None:
         try:
-            remote.probe_clock(lock)
+            remote.probe_clock(lock, probe)
         except XdpcapError as exc:  # the capture is still good; merged uncorrected
             self.console.print(f"{exc}; its clock offset is unknown", soft_wrap=True)
 

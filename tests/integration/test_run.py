@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
+import paramiko
 import pytest
+from rich.console import Console
+from xdpcap.orchestrator.inventory import load_inventory
+from xdpcap.orchestrator.remote_host import CaptureSettings, RemoteHost
+from xdpcap.orchestrator.run import Run, RunOptions
+from xdpcap.orchestrator.ssh import SshSettings
+from xdpcap.orchestrator.standby import Standby
 
 from .agent_helpers import capinfos, tshark_fields
 from .lab_helpers import (
@@ -96,6 +105,40 @@ def test_clock_skew_is_corrected(lab, tmp_path: Path) -> None:
     # Pings towards the skewed host: their requests carry its +250 ms and land after
     # the replies; a third of all pairs (2 of the 6 directions).
     assert len(inverted) >= len(pairs) // 4, (len(inverted), len(pairs))
+
+
+@pytest.mark.parametrize("standby", ["ready", "never ready"])
+def test_fetch_sessions_open_during_the_capture(lab, tmp_path: Path, monkeypatch, standby) -> None:
+    """The SFTP session and clock probe open during the window; when that does not work,
+    the fetch opens its own. Either way: every host fetched with a clock offset, and no
+    thread or channel left open."""
+    channels: list[paramiko.Channel] = []
+    open_session = paramiko.Transport.open_session
+
+    def recorded(self, *args, **kwargs):
+        channels.append(open_session(self, *args, **kwargs))
+        return channels[-1]
+
+    monkeypatch.setattr(paramiko.Transport, "open_session", recorded)
+    taken: list[tuple[object, object]] = []
+    take = RemoteHost.take_standby
+    monkeypatch.setattr(
+        RemoteHost, "take_standby", lambda self: taken.append(take(self)) or taken[-1]
+    )
+    if standby == "never ready":
+        monkeypatch.setattr(Standby, "_open", lambda self: None)
+
+    hosts = list(load_inventory(str(lab.inventory_path)).hosts.values())
+    capture = CaptureSettings(2.0, None, 256, 1, "auto", 120.0)
+    options = RunOptions(iface="eth0", capture=capture, runs_dir=tmp_path / "runs")
+    result = Run(hosts, options, SshSettings(), Console(file=io.StringIO())).execute()
+
+    assert result.exit_code == 0
+    assert all(s.state == "done" and s.clock is not None for s in result.states)
+    expected = len(hosts) if standby == "ready" else 0
+    assert sum(1 for sftp, probe in taken if sftp and probe) == expected
+    assert not [t for t in threading.enumerate() if t.name.startswith("standby-")]
+    assert channels and all(c.closed for c in channels)
 
 
 def test_limit_and_list_hosts(lab, tmp_path: Path) -> None:
