@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
 import threading
@@ -34,6 +35,7 @@ CACHE_DIR = ".cache/xdpcap"  # relative to the SSH user's home
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
 _SAFE_INTERPRETER = re.compile(r"^[A-Za-z0-9_./+-]+$")
 TEST_SKEW_VAR = "xdpcap_test_clock_skew_ns"
+TEST_HOOKS_ENV = "XDPCAP_TEST_HOOKS"
 CAPTURE_DIR_VAR = "xdpcap_capture_dir"
 LAUNCH_WAIT_S = 60.0
 # The run's one command per host: set up the folders, report facts, check the cached
@@ -141,9 +143,16 @@ def capture_dir_of(host: Host) -> str | None:
 
 
 def test_skew_of(host: Host) -> int | None:
+    """The test-only clock skew: it falsifies a host's timestamps, so a stray variable in
+    a production inventory must not do that silently — only with XDPCAP_TEST_HOOKS=1."""
     value = host.vars.get(TEST_SKEW_VAR)
     if value is None:
         return None
+    if os.environ.get(TEST_HOOKS_ENV) != "1":
+        raise UsageError(
+            f"{host.name}: {TEST_SKEW_VAR} shifts the host's timestamps and is for xdpcap's "
+            f"own tests only (set {TEST_HOOKS_ENV}=1 to allow it)"
+        )
     try:
         return int(str(value))
     except ValueError:
@@ -164,6 +173,8 @@ class RemoteHost:
     process: RemoteProcess | None = None
     sync_state: str | None = None
     done_event: threading.Event = field(default_factory=threading.Event)
+    # Set on every event from the agent, so the run reacts at once (shared by the run).
+    changed: threading.Event = field(default_factory=threading.Event)
     deleted: threading.Event = field(default_factory=threading.Event)
     standby: Standby | None = None  # the fetch's sessions, opened during the capture window
 
@@ -399,6 +410,7 @@ class RemoteHost:
             state.state = "failed"
             state.reason = str(event.get("message"))
             self.done_event.set()
+        self.changed.set()
 
     def send(self, word: str) -> None:
         if self.process is not None:

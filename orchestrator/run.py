@@ -91,7 +91,9 @@ def _new_run_dir(runs_dir: Path) -> Path:
     while path.exists():
         suffix += 1
         path = runs_dir / f"{stamp}-{suffix}"
-    (path / "hosts").mkdir(parents=True)
+    # Captures hold other people's traffic: the run folder is for its owner only.
+    path.mkdir(mode=0o700, parents=True)
+    (path / "hosts").mkdir(mode=0o700)
     return path
 
 
@@ -140,6 +142,10 @@ class Run:
             for host in hosts
         ]
         self.interrupted = False
+        self._changed = threading.Event()  # any host's agent said something
+        for remote in self.remotes:
+            remote.changed = self._changed
+        self._next_render = 0.0
         self.phases: dict[str, float] = {}  # seconds since the start, for run.json
 
     def _mark(self, phase: str) -> None:
@@ -158,7 +164,10 @@ class Run:
             active = [r for r in self.remotes if r.state.state != "failed"]
             self._capture(active)
             self._mark("captured")
-            self._fetch(active)
+            try:
+                self._fetch(active)
+            except KeyboardInterrupt:
+                self._fetch_interrupted(active)
             self._mark("fetched")
         finally:
             for remote in self.remotes:
@@ -214,8 +223,7 @@ class Run:
             self._note_dead_agents(active)
             if all(r.state.state in ("ready", "failed") for r in active):
                 return
-            live.update(live_table(self.states))
-            time.sleep(0.05)
+            self._pause(live)
         for remote in active:
             if remote.state.state != "ready":
                 remote.send("stop")
@@ -239,8 +247,17 @@ class Run:
                     remote.open_standby()
             if all(r.done_event.is_set() or r.state.state == "failed" for r in remotes):
                 return
+            self._pause(live)
+
+    def _pause(self, live: Live) -> None:
+        """Until an agent says something (at most 50 ms: dead connections are polled);
+        the table is redrawn a few times a second, not on every event."""
+        self._changed.wait(0.05)
+        self._changed.clear()
+        now = time.monotonic()
+        if now >= self._next_render:
+            self._next_render = now + 0.25
             live.update(live_table(self.states))
-            time.sleep(0.05)
 
     def _note_dead_agents(self, remotes: list[RemoteHost]) -> None:
         for remote in remotes:
@@ -278,6 +295,19 @@ class Run:
             remote.state.state = "done"
 
         _each(self.options.forks, active, fetch)
+
+    def _fetch_interrupted(self, active: list[RemoteHost]) -> None:
+        """Ctrl-C while fetching: the fetches under way were finished (their threads
+        cannot be cut mid-transfer); the rest stay on their hosts for `collect`."""
+        self.interrupted = True
+        self.console.print(
+            f"interrupted: merging what was fetched; `xdpcap collect {self.run_dir}` "
+            "fetches the rest",
+            soft_wrap=True,
+        )
+        for remote in active:
+            if remote.state.state in ("captured", "fetching", "disconnected"):
+                _fail(remote, f"fetch interrupted; run `xdpcap collect {self.run_dir}`")
 
     def _probe_clock(
         self, remote: RemoteHost, lock: threading.Lock, probe: ClockProbe | None

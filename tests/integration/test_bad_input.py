@@ -157,6 +157,24 @@ def test_port_out_of_range_in_a_host_key(lab, tmp_path: Path) -> None:
     _assert_refused(lab, tmp_path, "run", "-i", str(inventory), words=("99999",))
 
 
+def test_test_only_clock_skew_is_refused_outside_the_tests(
+    lab, tmp_path: Path, monkeypatch
+) -> None:
+    skew = {h.name: {"xdpcap_test_clock_skew_ns": 250_000_000} for h in lab.hosts[:1]}
+    inventory = inventory_with(lab, tmp_path, skew)
+    monkeypatch.delenv("XDPCAP_TEST_HOOKS")  # as on an operator's machine
+    _assert_refused(
+        lab,
+        tmp_path,
+        "run",
+        "-i",
+        str(inventory),
+        "--iface",
+        "eth0",
+        words=("xdpcap_test_clock_skew_ns", "XDPCAP_TEST_HOOKS"),
+    )
+
+
 @pytest.mark.parametrize("pattern", ["nosuchhost", "lab*:&nosuchgroup", "~^zz", "lab[7]"])
 def test_limit_that_matches_nothing(lab, tmp_path: Path, pattern: str) -> None:
     _assert_refused(

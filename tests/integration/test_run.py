@@ -141,6 +141,45 @@ def test_fetch_sessions_open_during_the_capture(lab, tmp_path: Path, monkeypatch
     assert channels and all(c.closed for c in channels)
 
 
+def test_ctrl_c_during_the_fetch_merges_what_arrived(lab, tmp_path: Path, monkeypatch) -> None:
+    """A Ctrl-C that lands while the captures are being fetched: the fetched hosts are
+    merged, the others keep their capture for `collect`, which then completes the run."""
+    hosts = list(load_inventory(str(lab.inventory_path)).hosts.values())
+    interrupted_host = hosts[0].name
+    fetch = RemoteHost.fetch
+
+    def fetch_or_interrupt(self, *args, **kwargs):
+        if self.host.name == interrupted_host:
+            raise KeyboardInterrupt
+        return fetch(self, *args, **kwargs)
+
+    monkeypatch.setattr(RemoteHost, "fetch", fetch_or_interrupt)
+    capture = CaptureSettings(2.0, None, 256, 1, "auto", 120.0)
+    options = RunOptions(
+        iface="eth0",
+        capture=capture,
+        runs_dir=tmp_path / "runs",
+        inventory_path=str(lab.inventory_path),
+    )
+    result = Run(hosts, options, SshSettings(), Console(file=io.StringIO())).execute()
+    monkeypatch.undo()
+
+    assert result.exit_code == 3
+    assert oct(result.run_dir.stat().st_mode & 0o777) == oct(0o700)  # captures are private
+    states = {s.name: s for s in result.states}
+    assert "collect" in states[interrupted_host].reason
+    assert all(states[h.name].ok for h in hosts[1:])
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["interrupted"] is True
+    names = {row[0] for row in tshark_fields(result.merged, "frame.interface_name")}
+    assert f"{interrupted_host}:eth0" not in names
+
+    collected = xdpcap("collect", str(result.run_dir), "--wait", "20")
+    assert collected.returncode == 0, collected.stderr
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert all(h["state"] == "done" for h in run["hosts"]), run["hosts"]
+
+
 def test_limit_and_list_hosts(lab, tmp_path: Path) -> None:
     first, second, third = (h.name for h in lab.hosts)
     listed = xdpcap(
