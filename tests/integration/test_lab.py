@@ -140,6 +140,7 @@ def test_inventory_file(lab: Lab) -> None:
             "ansible_ssh_common_args": (
                 f"-o UserKnownHostsFile={lab.known_hosts_path} -o StrictHostKeyChecking=yes"
             ),
+            "ansible_python_interpreter": "/usr/bin/python3",
             "xdpcap_iface": "eth0",
         }
 
