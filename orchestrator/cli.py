@@ -18,7 +18,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{command}: {message}" if command else message)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (given the command word) just that command's part."""
     parser = _Parser(
         prog="xdpcap",
         description="Capture packets with XDP on many Linux hosts at once.",
@@ -29,20 +30,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Each command module adds its own sub-parser and sets `func`; keeping the
     # registration in the modules keeps this file free of every command's details.
-    for module in _command_modules():
+    from .commands import modules_for
+
+    for module in modules_for(command):
         module.register(sub)
     return parser
 
 
-def _command_modules() -> list:
-    from . import commands
-
-    return commands.MODULES
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The first word that is not an option: the command, if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        words = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(_command_word(words)).parse_args(words)
         return int(args.func(args))
     except XdpcapError as exc:
         print(f"xdpcap: {exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ from rich.console import Console
 from .errors import XdpcapError
 from .inventory import load_inventory
 from .lab import Lab
-from .lab_cli import host_count
+from .lab_cli import host_count, seconds_between
 from .remote_host import CaptureSettings
 from .run import Run, RunOptions, print_result
 from .ssh import SshSettings
@@ -33,20 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     # Checked by the parser: a bad value must not bring a lab up first.
     demo.add_argument("--hosts", type=host_count, default=3)
-    demo.add_argument("--duration", type=_demo_seconds, default=6.0)
+    demo.add_argument("--duration", type=seconds_between(1, 3600), default=6.0)
     demo.add_argument("--runs-dir", type=Path, default=Path("xdpcap-runs"))
     demo.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
     demo.set_defaults(func=demo_command)
-
-
-def _demo_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 1 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"between 1 and 3600 seconds, not {value:g}")
-    return value
 
 
 def _traffic_until(lab: Lab, stop: threading.Event, console: Console) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def register(subparsers: Any) -> None:
     traffic = sub.add_parser(
         "traffic", parents=[common], help="ping, TCP and UDP between every pair of hosts"
     )
-    traffic.add_argument("--seconds", type=_seconds, default=3.0, help="default: 3")
+    traffic.add_argument("--seconds", type=seconds_between(0, 3600), default=3.0, help="default: 3")
 
     vagrant = sub.add_parser(
         "vagrant-inventory",
@@ -163,11 +164,16 @@ def host_count(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError("between 0 and 3600 seconds")
-    return value
+def seconds_between(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number of seconds in [low, high] (NaN is refused too)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"between {low:g} and {high:g} seconds, not {value:g}")
+        return value
+
+    return parse

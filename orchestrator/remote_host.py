@@ -69,6 +69,7 @@ fi
 exec sudo -n -u "${become:-root}" -- "$@"
 """
 HAND_OVER_WAIT_S = 10.0
+FETCH_STALL_S = 60.0
 PREFLIGHT_WAIT_S = 120.0
 
 
@@ -453,6 +454,9 @@ class RemoteHost:
         local = into / f"{self.host.name}.pcapng"
         tmp = local.with_suffix(".pcapng.part")
         client = sftp if sftp is not None else self.conn.sftp()
+        # A host that stops answering mid-transfer must not hang the run: no reply for
+        # this long fails the fetch (socket.timeout is an OSError); the file stays there.
+        client.get_channel().settimeout(FETCH_STALL_S)
         try:
             size = client.stat(remote).st_size
             client.get(remote, str(tmp))

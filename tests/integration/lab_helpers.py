@@ -88,10 +88,10 @@ def pings_between_all(lab: Lab, seconds: float) -> Iterator[None]:
             proc.wait(timeout=10)
 
 
-def echo_pairs(merged: Path) -> tuple[list[tuple[int, int, str, str]], int]:
-    """(request frame, reply frame, request iface, reply iface) per IPv4 ping seen on both
-    sides, whatever their order in the file; and how many replies lack their request
-    (possible only at the edges of the capture window)."""
+def echo_pairs(merged: Path) -> tuple[list[tuple[int, int, str, str, str, str]], int]:
+    """(request frame, reply frame, request iface, reply iface, pinger address, pinged
+    address) per IPv4 ping seen on both sides, whatever their order in the file; and how
+    many replies lack their request (possible only at the edges of the capture window)."""
     rows = tshark_fields(
         merged,
         "frame.number",
@@ -111,7 +111,7 @@ def echo_pairs(merged: Path) -> tuple[list[tuple[int, int, str, str]], int]:
         else:
             replies[(ident, seq, dst, src)] = (int(number), iface)
     pairs = [
-        (requests[k][0], reply[0], requests[k][1], reply[1])
+        (requests[k][0], reply[0], requests[k][1], reply[1], k[2], k[3])
         for k, reply in replies.items()
         if k in requests
     ]

@@ -67,9 +67,11 @@ def test_run_merges_every_host_in_order(lab, tmp_path: Path) -> None:
 
     pairs, orphans = echo_pairs(merged)
     assert len(pairs) >= 6 * 10  # every ordered pair of 3 hosts, for several seconds
-    for request, reply, request_iface, reply_iface in pairs:
+    iface_of = {h.ipv4: f"{h.name}:eth0" for h in lab.hosts}
+    for request, reply, request_iface, reply_iface, pinger, pinged in pairs:
         assert request < reply, (request, reply)
-        assert request_iface != reply_iface  # seen on the receiver, then on the sender
+        # XDP sees what arrives: the request on the pinged host, the reply on the pinger.
+        assert (request_iface, reply_iface) == (iface_of[pinged], iface_of[pinger])
     assert orphans <= 6  # at most one per host pair, at the window's edges
 
     run = _run_json(merged)
@@ -78,6 +80,9 @@ def test_run_merges_every_host_in_order(lab, tmp_path: Path) -> None:
         assert host["summary"]["unaccounted"] == 0
         assert Path(host["local_file"]).exists()
         assert host["t_capturing_s"] is not None
+    # The synchronised start: no window opened before every host was ready.
+    last_ready = max(h["t_ready_s"] for h in run["hosts"])
+    assert all(h["t_capturing_s"] > last_ready for h in run["hosts"])
 
 
 def test_clock_skew_is_corrected(lab, tmp_path: Path) -> None:
