@@ -69,6 +69,9 @@ def _common_args_options(common_args: str | None) -> dict[str, str]:
     return options
 
 
+_NO_FILE = ("/dev/null", "none")
+
+
 def known_hosts_files(host: Host, ssh_config: dict) -> list[Path]:
     files = [DEFAULT_KNOWN_HOSTS]
     for source in (
@@ -76,7 +79,10 @@ def known_hosts_files(host: Host, ssh_config: dict) -> list[Path]:
         _common_args_options(host.ssh_common_args).get("userknownhostsfile"),
     ):
         if source:
-            files.extend(Path(p).expanduser() for p in str(source).split())
+            # "/dev/null" (Vagrant's, and many copied configs) would make every key
+            # unknown and --accept-new-host-keys learn into nothing: skip it, so keys
+            # are checked against, and learnt into, the user's own known_hosts.
+            files.extend(Path(p).expanduser() for p in str(source).split() if p not in _NO_FILE)
     return files
 
 
