@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import io
 import marshal
+import os
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def _pyc(name: str, source: bytes) -> bytes:
     )
 
 
-def build_agent_bundle() -> AgentBundle:
+def _sources() -> list[tuple[str, bytes]]:
     members: list[tuple[str, bytes]] = [
         ("__main__.py", _MAIN.encode()),
         ("xdpcap/__init__.py", b""),
@@ -67,10 +68,64 @@ def build_agent_bundle() -> AgentBundle:
         members.append((f"xdpcap/agent/{path.name}", path.read_bytes()))
     for path in _package_files(bpf_package, ("*.py", "*.c", "*.h")):
         members.append((f"xdpcap/bpf/{path.name}", path.read_bytes()))
+    return members
+
+
+def build_agent_bundle(cache_dir: Path | None = None) -> AgentBundle:
+    """The bundle of this version; built once per source and Python, then read back.
+
+    Compiling the modules takes a tenth of a second, on every run's way to the capture
+    window: the result is kept in `cache_dir` (default ~/.cache/xdpcap-controller), and
+    used only if the sources inside it are exactly this version's.
+    """
+    sources = _sources()
+    folder = cache_dir or _default_cache_dir()
+    key = hashlib.sha256(importlib.util.MAGIC_NUMBER)
+    for name, content in sources:
+        key.update(f"{name}\0{len(content)}\0".encode() + content)
+    path = folder / f"agent-{key.hexdigest()[:32]}.pyz"
+    data = _read_cached(path, sources)
+    if data is None:
+        data = _zip(sources)
+        _write_cached(path, data)
+    return AgentBundle(data, hashlib.sha256(data).hexdigest())
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "xdpcap-controller"
+
+
+def _read_cached(path: Path, sources: list[tuple[str, bytes]]) -> bytes | None:
+    try:
+        data = path.read_bytes()
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            if all(archive.read(name) == content for name, content in sources):
+                return data
+    except (OSError, zipfile.BadZipFile, KeyError):
+        pass
+    return None
+
+
+def _write_cached(path: Path, data: bytes) -> None:
+    """Best effort: a read-only home only costs the next run the same tenth of a second."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        for old in sorted(path.parent.glob("agent-*.pyz"), key=lambda p: p.stat().st_mtime)[:-4]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _zip(members: list[tuple[str, bytes]]) -> bytes:
     # zipimport looks for NAME.pyc beside NAME.py (not in __pycache__).
-    members += [
+    members = members + [
         (name[:-3] + ".pyc", _pyc(name, content))
-        for name, content in list(members)
+        for name, content in members
         if name.endswith(".py") and name != "__main__.py"
     ]
     buffer = io.BytesIO()
@@ -81,8 +136,7 @@ def build_agent_bundle() -> AgentBundle:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o600 << 16
             archive.writestr(info, content)
-    data = buffer.getvalue()
-    return AgentBundle(data, hashlib.sha256(data).hexdigest())
+    return buffer.getvalue()
 
 
 def write_agent_bundle(path: Path) -> AgentBundle:

@@ -46,3 +46,29 @@ def test_a_pyc_that_does_not_match_its_source_is_not_used(tmp_path: Path) -> Non
                 data += b"\nEDITED = True\n"
             out.writestr(info, data)
     assert _run(pyz, "import xdpcap.agent.validate as m; print(m.EDITED)").strip() == "True"
+
+
+def test_the_built_bundle_is_kept_and_read_back(tmp_path: Path) -> None:
+    first = build_agent_bundle(tmp_path)
+    (kept,) = tmp_path.glob("agent-*.pyz")
+    assert kept.read_bytes() == first.data and kept.stat().st_mode & 0o777 == 0o600
+    assert build_agent_bundle(tmp_path) == first
+
+
+def test_a_kept_bundle_whose_sources_differ_is_rebuilt(tmp_path: Path) -> None:
+    first = build_agent_bundle(tmp_path)
+    (kept,) = tmp_path.glob("agent-*.pyz")
+    original = zipfile.ZipFile(BytesIO(kept.read_bytes()))
+    tampered = BytesIO()
+    with zipfile.ZipFile(tampered, "w") as out:
+        for info in original.infolist():
+            data = original.read(info)
+            out.writestr(info, data + b"\nimport os\n" if info.filename.endswith("e.py") else data)
+    kept.write_bytes(tampered.getvalue())
+    assert build_agent_bundle(tmp_path) == first  # built again from the real sources
+
+
+def test_an_unwritable_cache_only_costs_time(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert build_agent_bundle(blocked / "cache") == build_agent_bundle(tmp_path / "ok")
