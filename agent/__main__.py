@@ -49,8 +49,8 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--buffer-pages",
         type=int,
-        default=2048,
-        help="perf buffer pages per CPU (default 2048 = 8 MiB)",
+        help="perf buffer pages per CPU, a power of two (default: 8 MiB per CPU, "
+        "at most about 64 MiB in all)",
     )
     parser.add_argument(
         "--preflight",
@@ -92,7 +92,9 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
 
     if not args.output:
         raise UsageError("-w FILE is required (the pcapng file to write)")
-    if args.buffer_pages < 1 or args.buffer_pages & (args.buffer_pages - 1):
+    if args.buffer_pages is not None and (
+        args.buffer_pages < 1 or args.buffer_pages & (args.buffer_pages - 1)
+    ):
         raise UsageError(f"--buffer-pages must be a power of two, not {args.buffer_pages}")
     return CaptureOptions(
         iface=validate.interface_name(args.iface),

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from . import __version__, clock, netdev, program_cache
+from . import __version__, clock, netdev, perf_ring, program_cache
 from .consumer import SampleConsumer, TimeOrderer
 from .errors import AgentError
 from .lock import InterfaceLock
@@ -37,6 +37,23 @@ DEFAULT_START_TIMEOUT_S = 120.0
 HAND_OVER_TIMEOUT_S = 600.0  # how long a finished agent waits for the controller's fetch
 
 
+MAX_BUFFER_PAGES = 2048  # 8 MiB per CPU with 4 KiB pages: what a 2-core host gets
+MIN_BUFFER_PAGES = 256  # 1 MiB: below this a burst of full-size frames overflows at once
+BUFFER_BUDGET_PAGES = 16384  # 64 MiB over all CPUs
+
+
+def buffer_pages_for(cpus: int) -> int:
+    """Perf buffer pages per CPU: 8 MiB each on a small host, but about 64 MiB in all.
+
+    The buffers are locked kernel memory, one per CPU: 8 MiB on each of a 128-CPU
+    production host would be a gigabyte. Samples go to the CPU that received the
+    packet, so with many CPUs each one carries a share of the traffic anyway.
+    """
+    pages = BUFFER_BUDGET_PAGES // max(1, cpus)
+    pages = 1 << (pages.bit_length() - 1) if pages else 1  # a power of two, as perf needs
+    return max(MIN_BUFFER_PAGES, min(MAX_BUFFER_PAGES, pages))
+
+
 @dataclass(frozen=True)
 class CaptureOptions:
     iface: str
@@ -46,7 +63,7 @@ class CaptureOptions:
     snaplen: int = 262144
     sample_rate: int = 1
     xdp_mode: str = "auto"
-    buffer_pages: int = 2048  # per CPU: 8 MiB with 4 KiB pages
+    buffer_pages: int | None = None  # per CPU; None: buffer_pages_for(online CPUs)
     wakeup_events: int = 32
     wait_start: bool = False
     start_timeout_s: float = DEFAULT_START_TIMEOUT_S
@@ -165,6 +182,7 @@ class Capture:
         self._last_ts = 0
         self._bytes = 0
         self._released = 0  # packets handed to the writer (for --count)
+        self.buffer_pages = options.buffer_pages or buffer_pages_for(len(perf_ring.online_cpus()))
 
     def run(self) -> CaptureSummary:
         options = self.options
@@ -229,9 +247,7 @@ class Capture:
         with os.fdopen(fd, "wb", buffering=0) as stream:
             sampler.compile()
             consumer = SampleConsumer()
-            sampler.open_buffers(
-                page_count=options.buffer_pages, wakeup_events=options.wakeup_events
-            )
+            sampler.open_buffers(page_count=self.buffer_pages, wakeup_events=options.wakeup_events)
             sampler.attach()
             self.summary.mode = sampler.mode or ""
             assert sampler.headers is not None
@@ -244,6 +260,7 @@ class Capture:
                 program=sampler.loaded_from,
                 load_s=round(sampler.load_s or 0.0, 3),
                 cache_note=sampler.cache_note,
+                buffer_pages_per_cpu=self.buffer_pages,
                 pid=os.getpid(),
             )
             if options.wait_start and commands is not None and not self._wait_for_start(commands):
