@@ -13,6 +13,7 @@ from . import __version__, netdev
 from .bcc_import import bcc_version
 from .errors import AgentError
 from .headers import find_kernel_headers, remove_farm
+from .sampler import cached_sampler_present
 
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
@@ -55,6 +56,10 @@ def preflight(iface: str, output_dir: str = ".") -> dict[str, Any]:
     else:
         report["headers"] = headers.describe()
         report["headers_exact"] = headers.exact
+        # Whether the first capture here compiles (a CPU and memory spike) or loads.
+        report["sampler_cached"] = (
+            cached_sampler_present(headers, report["bcc"]) if report["bcc"] else None
+        )
         remove_farm(headers)
     try:
         info = netdev.inspect_interface(iface)

@@ -72,6 +72,26 @@ def read_bpf_sources(into: Path) -> Path:
     return into / contract.PROGRAM_FILE
 
 
+def sampler_cache_key(headers: KernelHeaders, bcc_version: str) -> str:
+    """Everything the sampler's bytecode depends on (see program_cache)."""
+    return program_cache.cache_key(
+        *bpf_sources().values(),
+        " ".join(CFLAGS),
+        headers.describe(),
+        bcc_version,
+        platform.release(),
+        str(libbpf.possible_cpus()),
+    )
+
+
+def cached_sampler_present(headers: KernelHeaders, bcc_version: str) -> bool | None:
+    """Whether a capture here would load the sampler from the cache (None: no cache)."""
+    folder = program_cache.default_dir()
+    if folder is None:
+        return None
+    return program_cache.load(folder, sampler_cache_key(headers, bcc_version)) is not None
+
+
 class Sampler:
     """One compiled sampler attached to one interface. Use as a context manager."""
 
@@ -139,14 +159,7 @@ class Sampler:
         version = bcc_version_unloaded() or str(
             getattr(self._bcc_module(), "__version__", "unknown")
         )
-        return program_cache.cache_key(
-            *bpf_sources().values(),
-            " ".join(CFLAGS),
-            self.headers.describe(),
-            version,
-            platform.release(),
-            str(libbpf.possible_cpus()),
-        )
+        return sampler_cache_key(self.headers, version)
 
     def _load_cached(self, key: str) -> bool:
         if not self._cache_usable() or self._debug:

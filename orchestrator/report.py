@@ -72,11 +72,11 @@ def final_table(states: Sequence[HostState]) -> Table:
 
 def check_table(rows: Sequence[tuple[str, dict[str, Any] | None, str | None]]) -> Table:
     table = Table(title="xdpcap check")
-    for column in ("host", "verdict", "kernel", "bcc", "headers", "reason"):
+    for column in ("host", "verdict", "kernel", "bcc", "headers", "sampler", "reason"):
         table.add_column(column)
     for name, report, error in rows:
         if report is None:
-            table.add_row(name, "[red]unreachable[/red]", "-", "-", "-", error or "")
+            table.add_row(name, "[red]unreachable[/red]", "-", "-", "-", "-", error or "")
             continue
         verdict = report.get("verdict", "?")
         colour = "green" if verdict == "ok" else "red"
@@ -91,9 +91,15 @@ def check_table(rows: Sequence[tuple[str, dict[str, Any] | None, str | None]]) -
             str(report.get("kernel")),
             str(report.get("bcc")),
             headers,
+            _sampler_state(report.get("sampler_cached")),
             str(report.get("reason")),
         )
     return table
+
+
+def _sampler_state(cached: bool | None) -> str:
+    """What the first capture on the host does: load the cached sampler, or compile it."""
+    return {True: "cached", False: "compiles"}.get(cached, "-")
 
 
 def final_lines(states: Sequence[HostState]) -> list[str]:

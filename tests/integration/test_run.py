@@ -239,6 +239,8 @@ def test_check_reports_each_host(lab) -> None:
     for host in lab.hosts:
         assert host.name in result.stdout
     assert result.stdout.count("ok") >= len(lab.hosts)
+    # Whether a capture there compiles the sampler or loads it from the cache.
+    assert result.stdout.count("cached") + result.stdout.count("compiles") == len(lab.hosts)
 
 
 def test_unreachable_host_gives_exit_3(tmp_path: Path) -> None:
