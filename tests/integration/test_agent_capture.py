@@ -292,6 +292,16 @@ def test_preflight_reports(pair) -> None:
     assert report["verdict"] == "ok", report["reason"]
     assert report["iface_exists"] and report["driver"] == "veth"
     assert report["headers"] and report["bcc"]
+    assert report["privileges"]["CAP_BPF"] and report["free_bytes"] > 0
+    # An empty cache folder: the first capture would compile.
+    fresh = subprocess.run(
+        agent_argv(pair.capture_ns, "preflight", "-i", pair.capture_if),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "XDPCAP_BPF_CACHE": "/nonexistent/xdpcap-cache"},
+    )
+    assert json.loads(fresh.stdout)["sampler_cached"] is False
     missing = subprocess.run(
         agent_argv(pair.capture_ns, "preflight", "-i", "nosuch0"),
         capture_output=True,
