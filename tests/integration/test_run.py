@@ -185,6 +185,39 @@ def test_ctrl_c_during_the_fetch_merges_what_arrived(lab, tmp_path: Path, monkey
     assert all(h["state"] == "done" for h in run["hosts"]), run["hosts"]
 
 
+def test_a_capture_damaged_on_its_way_is_refused_and_kept(lab, tmp_path, monkeypatch) -> None:
+    """A per-host file that changed between the agent's hash and the controller's copy:
+    that host is reported with the reason, its remote copy stays for a look, and the
+    other hosts are merged."""
+    hosts = list(load_inventory(str(lab.inventory_path)).hosts.values())
+    damaged_host = hosts[0].name
+    fetch = RemoteHost.fetch
+
+    def damage_then_fetch(self, *args, **kwargs):
+        if self.host.name == damaged_host:
+            with open(self.state.remote_file, "r+b") as f:  # the lab shares our filesystem
+                f.seek(40)
+                f.write(b"\xde\xad\xbe\xef")
+        return fetch(self, *args, **kwargs)
+
+    monkeypatch.setattr(RemoteHost, "fetch", damage_then_fetch)
+    capture = CaptureSettings(2.0, None, 256, 1, "auto", 120.0)
+    options = RunOptions(iface="eth0", capture=capture, runs_dir=tmp_path / "runs")
+    result = Run(hosts, options, SshSettings(), Console(file=io.StringIO())).execute()
+
+    assert result.exit_code == 3
+    states = {s.name: s for s in result.states}
+    damaged = states[damaged_host]
+    assert "damaged in transfer" in damaged.reason and damaged.local_file is None
+    remote = Path(damaged.remote_file)
+    assert remote.exists()  # kept on the host
+    for leftover in (remote, remote.with_name(remote.name + ".json")):
+        leftover.unlink(missing_ok=True)
+    remote.parent.rmdir()
+    assert all(states[h.name].ok for h in hosts[1:])
+    assert result.merged is not None and result.merged.exists()
+
+
 def test_limit_and_list_hosts(lab, tmp_path: Path) -> None:
     first, second, third = (h.name for h in lab.hosts)
     listed = xdpcap(
