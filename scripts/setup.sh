@@ -36,6 +36,13 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+# pip's build backend chatters on stderr even when all is well: show it only on failure.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+       .venv/bin/python -m pip install -q -e '.[test]'; } >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "setup: installing the project into .venv failed (pip's output above)" >&2
+  exit 1
+fi
 echo "setup: ready (.venv/bin/xdpcap)"
