@@ -3,8 +3,9 @@
 bcc compiles the sampler and loads it the first time; everything after that — maps
 read and written, a cached program loaded again, the BPF link — goes through these, so
 the one code path is exercised whether the program came from bcc or from the cache.
-libbpf.so.1 is a dependency of bcc's own library on every distribution that ships
-python3-bpfcc/python3-bcc, so nothing new is needed on a host.
+libbpf.so.1 is a dependency of bcc's own library on Debian and Ubuntu (python3-bpfcc),
+so nothing new is needed there. Where it is missing, maps are read and written through
+bcc's own exports, the cache is not used and the attach falls back to netlink.
 """
 
 from __future__ import annotations
@@ -135,13 +136,27 @@ def prog_load_xdp(name: str, license: str, insns: bytes) -> int:
     return _check(fd, f"loading program {name}")
 
 
+@lru_cache(maxsize=1)
+def _map_calls() -> tuple[object, object]:
+    """(update, lookup): libbpf's, or bcc's own wrappers of the same syscalls where a
+    distribution links libbpf into libbcc instead of shipping libbpf.so.1."""
+    try:
+        lib = _lib()
+        return lib.bpf_map_update_elem, lib.bpf_map_lookup_elem
+    except LibbpfError:
+        bcc = ctypes.CDLL("libbcc.so.0", use_errno=True)
+        return bcc.bpf_update_elem, bcc.bpf_lookup_elem
+
+
 def map_update(fd: int, key: bytes, value: bytes) -> None:
-    _check(_lib().bpf_map_update_elem(fd, key, value, ctypes.c_uint64(0)), "map update")
+    update, _ = _map_calls()
+    _check(update(fd, key, value, ctypes.c_uint64(0)), "map update")
 
 
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes:
+    _, lookup = _map_calls()
     value = ctypes.create_string_buffer(value_size)
-    _check(_lib().bpf_map_lookup_elem(fd, key, value), "map lookup")
+    _check(lookup(fd, key, value), "map lookup")
     return value.raw
 
 

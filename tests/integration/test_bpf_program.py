@@ -164,3 +164,26 @@ def test_disabled_program_counts_nothing(make_sampler) -> None:
     _test_run(sampler.prog_fd, _frame(100), repeat=10)
     assert _drain(sampler, consumer) == []
     assert sampler.counters().seen == 0
+
+
+def test_maps_work_without_libbpf_so(monkeypatch) -> None:
+    """Where libbpf.so.1 is missing, maps go through bcc's own exports (no cache)."""
+    from xdpcap.agent import libbpf
+
+    def missing():
+        raise libbpf.LibbpfError(2, "libbpf.so.1 is not installed")
+
+    monkeypatch.setattr(libbpf, "_lib", missing)
+    libbpf._map_calls.cache_clear()
+    try:
+        with Sampler("lo", snaplen=64, sample_rate=1, cache_dir=Path("/nonexistent")) as sampler:
+            sampler.compile()
+            assert sampler.loaded_from == "bcc"  # the cache needs libbpf: not used
+            consumer = SampleConsumer()
+            sampler.open_buffers(page_count=64, wakeup_events=1)
+            sampler.enable()
+            _test_run(sampler.prog_fd, _frame(100), repeat=5)
+            assert len(_drain(sampler, consumer)) == 5
+            assert sampler.counters().seen == 5
+    finally:
+        libbpf._map_calls.cache_clear()
