@@ -90,3 +90,49 @@ def test_sudo_password_from_the_inventory(lab, tmp_path: Path) -> None:
         result = _run(inventory, tmp_path)
         assert result.returncode == 0, result.stderr
         assert PASSWORD not in result.stderr + result.stdout
+
+
+def _run_on_a_terminal(argv: list[str], answer: str, timeout: float = 120) -> tuple[int, str]:
+    """Run `xdpcap ARGV` on a pseudo-terminal, answer its password prompt, and return
+    its exit status and everything it showed there."""
+    import pty
+    import select
+    import sys
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the terminal is its controlling tty, as for a person
+        os.execvp(sys.executable, [sys.executable, "-m", "xdpcap.orchestrator", *argv])
+    shown = b""
+    answered = False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+            if not answered and b"BECOME password:" in shown:
+                os.write(fd, answer.encode() + b"\n")
+                answered = True
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+
+
+def test_sudo_password_asked_on_the_terminal(lab, tmp_path: Path) -> None:
+    with sudo_user(lab, nopasswd=False) as user:
+        argv = ["run", "-i", str(_as_user(lab, tmp_path, user)), "--ask-become-pass"]
+        argv += ["--duration", "2", "--runs-dir", str(tmp_path / "runs")]
+        status, shown = _run_on_a_terminal(argv, PASSWORD)
+        assert status == 0, shown
+        assert "BECOME password:" in shown
+        assert PASSWORD not in shown  # not echoed, not logged
+        assert "merged" in shown
