@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -66,10 +67,17 @@ def test_vagrantfile_ruby_syntax() -> None:
 
 
 def test_vagrantfile_validates() -> None:
+    """Debian's vagrant validates the file; no provider (VirtualBox, libvirt) runs here."""
     if shutil.which("vagrant") is None:
-        pytest.skip("vagrant is not installed")
+        if os.environ.get("XDPCAP_REQUIRE_INTEGRATION") == "1":
+            pytest.fail("vagrant is not installed (scripts/setup.sh installs it)")
+        pytest.skip("vagrant is not installed (scripts/setup.sh installs it)")
     proc = subprocess.run(
-        ["vagrant", "validate"], cwd=REPO, capture_output=True, text=True, timeout=120
+        ["vagrant", "validate", "--ignore-provider"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
