@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .perf_ring import online_cpus
+
 BPF_PROG_TYPE_XDP = 6
 BPF_XDP_ATTACH_TYPE = 37  # enum bpf_attach_type BPF_XDP
 BPF_OBJ_NAME_LEN = 16
@@ -176,10 +178,4 @@ def xdp_link_create(prog_fd: int, ifindex: int, flags: int) -> int:
 @lru_cache(maxsize=1)
 def possible_cpus() -> int:
     """How many slots a per-CPU map's value has (the kernel sizes it by possible CPUs)."""
-    with open("/sys/devices/system/cpu/possible") as f:
-        text = f.read().strip()
-    count = 0
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        count += int(high or low) - int(low) + 1
-    return count
+    return len(online_cpus("/sys/devices/system/cpu/possible"))  # the same list format
