@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__, clock, validate
-from .errors import UsageError, XdpcapError
+from .errors import UsageError, XdpcapError, os_error_line
 from .protocol import EventSink
 
 if TYPE_CHECKING:
@@ -165,8 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xdpcap: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # a file or folder the system refused: one line, not a traceback
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"xdpcap: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(os_error_line(exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

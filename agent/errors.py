@@ -23,3 +23,9 @@ class AgentError(XdpcapError):
 
 class PcapngError(XdpcapError):
     """A pcapng or pcap file is truncated, corrupt or not a capture at all."""
+
+
+def os_error_line(exc: OSError) -> str:
+    """A file or folder the system refused, as the one line a CLI prints for it."""
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"xdpcap: {exc.strerror or exc}{where}"

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ..agent import __version__
+from ..agent.errors import os_error_line
 from .errors import UsageError, XdpcapError
 
 
@@ -50,9 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except XdpcapError as exc:
         print(f"xdpcap: {exc}", file=sys.stderr)
         return exc.exit_code
-    except OSError as exc:  # a local file or folder the system refused: one line
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"xdpcap: {exc.strerror or exc}{where}", file=sys.stderr)
+    except OSError as exc:  # a file or folder the system refused: one line, not a traceback
+        print(os_error_line(exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("xdpcap: interrupted", file=sys.stderr)
