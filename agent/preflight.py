@@ -57,9 +57,7 @@ def preflight(iface: str, output_dir: str = ".") -> dict[str, Any]:
         report["headers"] = headers.describe()
         report["headers_exact"] = headers.exact
         # Whether the first capture here compiles (a CPU and memory spike) or loads.
-        report["sampler_cached"] = (
-            cached_sampler_present(headers, report["bcc"]) if report["bcc"] else None
-        )
+        report["sampler_cached"] = cached_sampler_present(headers) if report["bcc"] else None
         remove_farm(headers)
     try:
         info = netdev.inspect_interface(iface)

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 
 from . import contract, libbpf, netdev, perf_ring, program_cache
-from .bcc_import import bcc_version_unloaded, import_bcc
+from .bcc_import import bcc_version, bcc_version_unloaded, import_bcc
 from .errors import AgentError
 from .headers import KernelHeaders, apply_environment, find_kernel_headers, remove_farm
 
@@ -72,24 +72,28 @@ def read_bpf_sources(into: Path) -> Path:
     return into / contract.PROGRAM_FILE
 
 
-def sampler_cache_key(headers: KernelHeaders, bcc_version: str) -> str:
-    """Everything the sampler's bytecode depends on (see program_cache)."""
+def sampler_cache_key(headers: KernelHeaders) -> str:
+    """Everything the sampler's bytecode depends on (see program_cache).
+
+    bcc's version is read from its version.py where it can be: importing bcc to ask
+    would load libbcc (LLVM inside), which a program from the cache does not need.
+    """
     return program_cache.cache_key(
         *bpf_sources().values(),
         " ".join(CFLAGS),
         headers.describe(),
-        bcc_version,
+        bcc_version_unloaded() or bcc_version() or "unknown",
         platform.release(),
         str(libbpf.possible_cpus()),
     )
 
 
-def cached_sampler_present(headers: KernelHeaders, bcc_version: str) -> bool | None:
+def cached_sampler_present(headers: KernelHeaders) -> bool | None:
     """Whether a capture here would load the sampler from the cache (None: no cache)."""
     folder = program_cache.default_dir()
     if folder is None:
         return None
-    return program_cache.load(folder, sampler_cache_key(headers, bcc_version)) is not None
+    return program_cache.load(folder, sampler_cache_key(headers)) is not None
 
 
 class Sampler:
@@ -133,7 +137,7 @@ class Sampler:
         workdir = Path(tempfile.mkdtemp(prefix="xdpcap-bpf-"))
         try:
             self.headers = find_kernel_headers(workdir)
-            key = self._cache_key()
+            key = sampler_cache_key(self.headers)
             if not self._load_cached(key):
                 self._compile_with_bcc(workdir)
                 self._store_cached(key)
@@ -153,13 +157,6 @@ class Sampler:
         if self._bcc is None:
             self._bcc = import_bcc()
         return self._bcc
-
-    def _cache_key(self) -> str:
-        assert self.headers is not None
-        version = bcc_version_unloaded() or str(
-            getattr(self._bcc_module(), "__version__", "unknown")
-        )
-        return sampler_cache_key(self.headers, version)
 
     def _load_cached(self, key: str) -> bool:
         if not self._cache_usable() or self._debug:
