@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 from xdpcap.orchestrator.inventory import load_inventory
 from xdpcap.orchestrator.remote_host import CaptureSettings, RemoteHost
-from xdpcap.orchestrator.run import Run, RunOptions
+from xdpcap.orchestrator.run import Run, RunOptions, RunResult
 from xdpcap.orchestrator.ssh import SshSettings
 from xdpcap.orchestrator.standby import Standby
 
@@ -45,6 +45,19 @@ def _merged_path(result) -> Path:
 
 def _run_json(merged: Path) -> dict:
     return json.loads((merged.parent / "run.json").read_text())
+
+
+def _run_in_process(lab, tmp_path: Path) -> RunResult:
+    """A 2 s `xdpcap run` on the lab in this process, so a test can patch its parts."""
+    hosts = list(load_inventory(str(lab.inventory_path)).hosts.values())
+    capture = CaptureSettings(2.0, None, 256, 1, "auto", 120.0)
+    options = RunOptions(
+        iface="eth0",
+        capture=capture,
+        runs_dir=tmp_path / "runs",
+        inventory_path=str(lab.inventory_path),  # for `xdpcap collect`
+    )
+    return Run(hosts, options, SshSettings(), Console(file=io.StringIO())).execute()
 
 
 def test_run_merges_every_host_in_order(lab, tmp_path: Path) -> None:
@@ -133,14 +146,11 @@ def test_fetch_sessions_open_during_the_capture(lab, tmp_path: Path, monkeypatch
     if standby == "never ready":
         monkeypatch.setattr(Standby, "_open", lambda self: None)
 
-    hosts = list(load_inventory(str(lab.inventory_path)).hosts.values())
-    capture = CaptureSettings(2.0, None, 256, 1, "auto", 120.0)
-    options = RunOptions(iface="eth0", capture=capture, runs_dir=tmp_path / "runs")
-    result = Run(hosts, options, SshSettings(), Console(file=io.StringIO())).execute()
+    result = _run_in_process(lab, tmp_path)
 
     assert result.exit_code == 0
     assert all(s.state == "done" and s.clock is not None for s in result.states)
-    expected = len(hosts) if standby == "ready" else 0
+    expected = len(lab.hosts) if standby == "ready" else 0
     assert sum(1 for sftp, probe in taken if sftp and probe) == expected
     assert not [t for t in threading.enumerate() if t.name.startswith("standby-")]
     assert channels and all(c.closed for c in channels)
@@ -149,8 +159,7 @@ def test_fetch_sessions_open_during_the_capture(lab, tmp_path: Path, monkeypatch
 def test_ctrl_c_during_the_fetch_merges_what_arrived(lab, tmp_path: Path, monkeypatch) -> None:
     """A Ctrl-C that lands while the captures are being fetched: the fetched hosts are
     merged, the others keep their capture for `collect`, which then completes the run."""
-    hosts = list(load_inventory(str(lab.inventory_path)).hosts.values())
-    interrupted_host = hosts[0].name
+    interrupted_host = lab.hosts[0].name
     fetch = RemoteHost.fetch
 
     def fetch_or_interrupt(self, *args, **kwargs):
@@ -159,21 +168,14 @@ def test_ctrl_c_during_the_fetch_merges_what_arrived(lab, tmp_path: Path, monkey
         return fetch(self, *args, **kwargs)
 
     monkeypatch.setattr(RemoteHost, "fetch", fetch_or_interrupt)
-    capture = CaptureSettings(2.0, None, 256, 1, "auto", 120.0)
-    options = RunOptions(
-        iface="eth0",
-        capture=capture,
-        runs_dir=tmp_path / "runs",
-        inventory_path=str(lab.inventory_path),
-    )
-    result = Run(hosts, options, SshSettings(), Console(file=io.StringIO())).execute()
+    result = _run_in_process(lab, tmp_path)
     monkeypatch.undo()
 
     assert result.exit_code == 3
     assert oct(result.run_dir.stat().st_mode & 0o777) == oct(0o700)  # captures are private
     states = {s.name: s for s in result.states}
     assert "collect" in states[interrupted_host].reason
-    assert all(states[h.name].ok for h in hosts[1:])
+    assert all(states[h.name].ok for h in lab.hosts[1:])
     run = json.loads((result.run_dir / "run.json").read_text())
     assert run["interrupted"] is True
     names = {row[0] for row in tshark_fields(result.merged, "frame.interface_name")}
@@ -189,8 +191,7 @@ def test_a_capture_damaged_on_its_way_is_refused_and_kept(lab, tmp_path, monkeyp
     """A per-host file that changed between the agent's hash and the controller's copy:
     that host is reported with the reason, its remote copy stays for a look, and the
     other hosts are merged."""
-    hosts = list(load_inventory(str(lab.inventory_path)).hosts.values())
-    damaged_host = hosts[0].name
+    damaged_host = lab.hosts[0].name
     fetch = RemoteHost.fetch
 
     def damage_then_fetch(self, *args, **kwargs):
@@ -201,9 +202,7 @@ def test_a_capture_damaged_on_its_way_is_refused_and_kept(lab, tmp_path, monkeyp
         return fetch(self, *args, **kwargs)
 
     monkeypatch.setattr(RemoteHost, "fetch", damage_then_fetch)
-    capture = CaptureSettings(2.0, None, 256, 1, "auto", 120.0)
-    options = RunOptions(iface="eth0", capture=capture, runs_dir=tmp_path / "runs")
-    result = Run(hosts, options, SshSettings(), Console(file=io.StringIO())).execute()
+    result = _run_in_process(lab, tmp_path)
 
     assert result.exit_code == 3
     states = {s.name: s for s in result.states}
@@ -214,7 +213,7 @@ def test_a_capture_damaged_on_its_way_is_refused_and_kept(lab, tmp_path, monkeyp
     for leftover in (remote, remote.with_name(remote.name + ".json")):
         leftover.unlink(missing_ok=True)
     remote.parent.rmdir()
-    assert all(states[h.name].ok for h in hosts[1:])
+    assert all(states[h.name].ok for h in lab.hosts[1:])
     assert result.merged is not None and result.merged.exists()
 
 
