@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from . import __version__, clock, netdev, perf_ring, program_cache
-from .consumer import SampleConsumer, TimeOrderer
+from .consumer import Backlog, SampleConsumer, TimeOrderer
 from .errors import AgentError
 from .lock import InterfaceLock
 from .pcapng import PcapngWriter
@@ -29,6 +29,13 @@ from .sampler import Sampler
 
 POLL_MS = 100
 DRAIN_INTERVAL_NS = 5_000_000
+# Between two drains of the rings, at most this long is spent turning the backlog into
+# file blocks, so the rings are emptied every few milliseconds however far behind the
+# formatting is (see Backlog).
+FORMAT_SLICE_NS = 20_000_000
+# Drained records waiting to be formatted, at most: beyond it the rings are left to fill
+# and the kernel counts what it cannot store (lost, and accounted).
+BACKLOG_MAX_BYTES = 128 << 20
 # Samples younger than this are held back one more round, waiting for older samples
 # still in another CPU's buffer (see TimeOrderer).
 ORDER_SLACK_NS = 20_000_000
@@ -91,6 +98,7 @@ class CaptureSummary:
     partial_reason: str | None = None
     stopped_by: str = ""
     out_of_order: int = 0  # batches that began before the last one ended: should stay 0
+    backlog_peak_bytes: int = 0  # how far formatting fell behind draining, at worst
     file_size: int = 0  # bytes in the file, and their sha256, for the controller's check
     file_sha256: str = ""
 
@@ -307,12 +315,12 @@ class Capture:
     ) -> None:
         options = self.options
         orderer = TimeOrderer()
-        self._orderer = orderer
+        backlog = Backlog()
+        self._orderer, self._backlog = orderer, backlog
         self._offset = clock.realtime_minus_monotonic_ns()
-        consumer.offset_ns = self._offset
         drops_before = netdev.read_os_drops(options.iface)
         start_mono = clock.monotonic_ns()
-        sampler.enable()
+        sampler.enable(self._offset)
         self.summary.window_start_ns = start_mono + self._offset
         self.events.emit("capturing", window_start_ns=self.summary.window_start_ns)
         deadline = (start_mono + int(options.duration_s * 1e9)) if options.duration_s else None
@@ -328,20 +336,20 @@ class Capture:
                 self.stop.set("controller")
             if self.stop.reason:
                 break
-            timeout = (
-                POLL_MS if deadline is None else max(0, min(POLL_MS, (deadline - now) // 10**6))
-            )
-            # At most one drain per DRAIN_INTERVAL_NS: each costs a fixed overhead, and
-            # the rings hold far more than arrives in that time.
-            pause = last_drain + DRAIN_INTERVAL_NS - now
-            if pause > 0:
-                time.sleep(pause / 1e9)
-            sampler.poll(timeout)
+            if not backlog:  # nothing left to format: wait for the rings
+                timeout = (
+                    POLL_MS if deadline is None else max(0, min(POLL_MS, (deadline - now) // 10**6))
+                )
+                # At most one drain per DRAIN_INTERVAL_NS: each costs a fixed overhead,
+                # and the rings hold far more than arrives in that time.
+                pause = last_drain + DRAIN_INTERVAL_NS - now
+                if pause > 0:
+                    time.sleep(pause / 1e9)
+                sampler.poll(timeout)
             last_drain = now = clock.monotonic_ns()
-            for chunk in sampler.read():
-                consumer.parse(chunk)
-            orderer.add(consumer.take())
-            self._write(writer, self._within_count(orderer.release(now - ORDER_SLACK_NS)))
+            if backlog.size < BACKLOG_MAX_BYTES:
+                backlog.add(now, sampler.read())
+            self._format(consumer, writer, now + FORMAT_SLICE_NS)
             if now >= next_progress:
                 next_progress = now + PROGRESS_EVERY_NS
                 self._progress(sampler, writer)
@@ -351,19 +359,36 @@ class Capture:
         self.summary.stopped_by = self.stop.reason or ""
         self.summary.os_drops = max(0, netdev.read_os_drops(options.iface) - drops_before)
 
+    def _format(self, consumer: SampleConsumer, writer: PcapngWriter, until_ns: int | None) -> None:
+        """Turns drained records into file blocks, oldest drain first, until `until_ns`.
+
+        Each drain's records are released up to that drain's horizon: a drain empties
+        every CPU's ring, so nothing stamped well before it can still be elsewhere.
+        """
+        backlog, orderer = self._backlog, self._orderer
+        while backlog:
+            drained_at, chunks = backlog.take()
+            for chunk in chunks:
+                consumer.parse(chunk)
+            orderer.add(consumer.take())
+            self._write(writer, self._within_count(orderer.release(drained_at - ORDER_SLACK_NS)))
+            if until_ns is not None and clock.monotonic_ns() >= until_ns:
+                break
+
     def _finish(self, sampler: Sampler, consumer: SampleConsumer, writer: PcapngWriter) -> None:
         # Detach first so nothing new arrives, then drain every buffer to the end.
         sampler.detach()
+        backlog = self._backlog
         idle_rounds = 0
         while idle_rounds < 2:
             chunks = sampler.read()
-            for chunk in chunks:
-                consumer.parse(chunk)
+            backlog.add(clock.monotonic_ns(), chunks)
             idle_rounds = 0 if chunks else idle_rounds + 1
-            self._orderer.add(consumer.take())
+        self._format(consumer, writer, None)
         self._write(writer, self._within_count(self._orderer.release(None)))
         counters = sampler.counters()
         summary = self.summary
+        summary.backlog_peak_bytes = backlog.peak
         summary.seen = counters.seen
         summary.not_sampled = counters.not_sampled
         self._flush(writer)

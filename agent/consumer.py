@@ -1,106 +1,82 @@
 """From per-CPU perf ring records to one time-ordered stream of ready-made pcapng blocks.
 
-The sampler hands over each CPU's records as one bytes chunk (see perf_ring.py). Here
-every record is parsed with one `struct` call and turned straight into the enhanced
-packet block that goes into the file, with one more: the per-packet work in Python is
-what bounds the agent's rate, so it is kept to those two calls and a tuple. Ordering
-across CPUs happens in bulk on (timestamp, block) pairs.
+The sampler hands over each CPU's records as one bytes chunk (see perf_ring.py). The
+BPF program has already written each sample's EPB head (wall-clock timestamp, lengths,
+block length) in front of the packet bytes, so a record becomes its file block with one
+`struct` call, one slice and one concatenation with a cached trailer (padding, options,
+trailing length): the per-packet work in Python is what bounds the agent's rate.
+Ordering across CPUs happens in bulk on (timestamp, block) pairs.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import deque
 from operator import itemgetter
 
-from .contract import SAMPLE
-from .pcapng import BT_EPB, EPB_FLAG_INBOUND, EPB_FLAGS, EPB_QUEUE, OPT_ENDOFOPT
-from .perf_ring import (
-    HEADER,
-    PERF_RECORD_LOST,
-    PERF_RECORD_SAMPLE,
-    RAW_SIZE,
-    SAMPLE_DATA_OFFSET,
-)
+from .contract import EPB_HEAD, EPB_HEAD_OFFSET, EPB_OPTIONS_LEN, SAMPLE
+from .pcapng import EPB_FLAG_INBOUND, EPB_FLAGS, EPB_QUEUE, OPT_ENDOFOPT
+from .perf_ring import HEADER, PERF_RECORD_LOST, PERF_RECORD_SAMPLE, SAMPLE_DATA_OFFSET
 
-# A sample record's head: perf_event_header, the raw data size, then struct xdpcap_sample.
-RECORD = struct.Struct("<" + "".join(s.format.lstrip("<") for s in (HEADER, RAW_SIZE, SAMPLE)))
-PACKET_OFFSET = SAMPLE_DATA_OFFSET + SAMPLE.size  # where the packet bytes start
+# What the loop reads of a record: perf_event_header's type and size, the raw data size,
+# then struct xdpcap_sample's ts_ns and (cap_len, rx_queue) as one u64 trailer key.
+RECORD = struct.Struct("<I2xHIQQ")
+EPB_OFFSET = SAMPLE_DATA_OFFSET + EPB_HEAD_OFFSET  # where the EPB starts in a record
 _LOST = struct.Struct("<QQ")  # PERF_RECORD_LOST body: id, lost
 _ZEROS = bytes(RECORD.size)  # lets RECORD be unpacked at a record shorter than it
-_EPB_FIXED = 28 + 20 + 4  # head, flags + queue options and end of options, trailing length
+_TRAILER = struct.Struct("<HHIHHIHHI")  # flags and queue options, end of options, length
 _first = itemgetter(0)
 
 
-def _epb_packer(cap_len: int):
-    """Struct.pack for a whole EPB with cap_len packet bytes (what PcapngWriter writes)."""
+def epb_trailer(key: int) -> bytes:
+    """What follows a packet's bytes in its EPB, for key = rx_queue << 32 | cap_len."""
+    cap_len, queue = key & 0xFFFFFFFF, key >> 32
     pad = -cap_len & 3
-    return struct.Struct(f"<7I{cap_len}s{pad}xHHIHHIHHI").pack
+    total = EPB_HEAD.size + cap_len + pad + EPB_OPTIONS_LEN + 4
+    options = _TRAILER.pack(
+        EPB_FLAGS, 4, EPB_FLAG_INBOUND, EPB_QUEUE, 4, queue, OPT_ENDOFOPT, 0, total
+    )
+    return bytes(pad) + options
 
 
 class SampleConsumer:
     """Parses record chunks into (ts_mono, epb, cap_len) items and keeps the counts."""
 
-    def __init__(self, if_id: int = 0) -> None:
-        self.if_id = if_id
-        self.offset_ns = 0  # REALTIME - MONOTONIC: set when the window opens
+    def __init__(self) -> None:
         self.items: list[tuple[int, bytes, int]] = []
         self.received = 0  # sample records seen, malformed ones included
         self.malformed = 0  # counted as lost by the capture, never written
         self.lost_reported = 0  # PERF_RECORD_LOST totals: a cross-check of the BPF counter
-        self._packers: dict[int, object] = {}
+        # One trailer per (cap_len, rx_queue) seen: a few hundred at most in practice.
+        self._trailers: dict[int, bytes] = {}
 
     def parse(self, chunk: bytes) -> None:
         """Every record of one CPU's chunk, in order; a corrupt length ends the chunk."""
         end = len(chunk)
         buf = chunk + _ZEROS
         unpack = RECORD.unpack_from
-        packers = self._packers
+        trailers = self._trailers
         append = self.items.append
-        offset, if_id = self.offset_ns, self.if_id
         minimum = SAMPLE.size
+        head = EPB_HEAD.size
         received = malformed = 0
         pos = 0
         while pos < end:
-            rtype, _misc, size, raw_size, ts, _ifindex, queue, orig_len, cap_len = unpack(buf, pos)
+            rtype, size, raw_size, ts, key = unpack(buf, pos)
             if size < HEADER.size or pos + size > end:
                 malformed += 1  # the ring is corrupt from here: nothing after it is trusted
                 break
             if rtype == PERF_RECORD_SAMPLE:
                 received += 1
+                cap_len = key & 0xFFFFFFFF
                 if raw_size < minimum + cap_len or SAMPLE_DATA_OFFSET + raw_size > size:
                     malformed += 1
                 else:
-                    pack = packers.get(cap_len)
-                    if pack is None:
-                        pack = packers[cap_len] = _epb_packer(cap_len)
-                    wall = ts + offset
-                    total = _EPB_FIXED + cap_len + (-cap_len & 3)
-                    start = pos + PACKET_OFFSET
-                    append(
-                        (
-                            ts,
-                            pack(
-                                BT_EPB,
-                                total,
-                                if_id,
-                                wall >> 32,
-                                wall & 0xFFFFFFFF,
-                                cap_len,
-                                orig_len,
-                                buf[start : start + cap_len],
-                                EPB_FLAGS,
-                                4,
-                                EPB_FLAG_INBOUND,
-                                EPB_QUEUE,
-                                4,
-                                queue,
-                                OPT_ENDOFOPT,
-                                0,
-                                total,
-                            ),
-                            cap_len,
-                        )
-                    )
+                    trailer = trailers.get(key)
+                    if trailer is None:
+                        trailer = trailers[key] = epb_trailer(key)
+                    start = pos + EPB_OFFSET
+                    append((ts, buf[start : start + head + cap_len] + trailer, cap_len))
             elif rtype == PERF_RECORD_LOST:
                 self.lost_reported += _LOST.unpack_from(buf, pos + HEADER.size)[1]
             pos += size
@@ -110,6 +86,35 @@ class SampleConsumer:
     def take(self) -> list[tuple[int, bytes, int]]:
         batch, self.items = self.items, []
         return batch
+
+
+class Backlog:
+    """Drained ring chunks waiting to be formatted, oldest drain first.
+
+    Draining is a copy per CPU and costs next to nothing; formatting costs Python work
+    per packet. Keeping the two apart lets the capture empty the kernel's rings every
+    few milliseconds even while formatting is behind (a burst, a busy CPU): the records
+    wait here, in memory the capture bounds, instead of overflowing the rings.
+    """
+
+    def __init__(self) -> None:
+        self._drains: deque[tuple[int, list[bytes]]] = deque()
+        self.size = 0  # bytes held
+        self.peak = 0
+
+    def add(self, drained_at_ns: int, chunks: list[bytes]) -> None:
+        """One drain's chunks (one per CPU that had any), stamped with the drain's time."""
+        self._drains.append((drained_at_ns, chunks))
+        self.size += sum(len(chunk) for chunk in chunks)
+        self.peak = max(self.peak, self.size)
+
+    def take(self) -> tuple[int, list[bytes]]:
+        drained_at, chunks = self._drains.popleft()
+        self.size -= sum(len(chunk) for chunk in chunks)
+        return drained_at, chunks
+
+    def __bool__(self) -> bool:
+        return bool(self._drains)
 
 
 class TimeOrderer:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import struct
 
-# struct xdpcap_sample (packed): ts_ns u64, ifindex u32, rx_queue u32, orig_len u32, cap_len u32.
-SAMPLE = struct.Struct("<QIIII")
-# struct xdpcap_config (packed): enabled u32, snaplen u32, sample_rate u32.
-CONFIG = struct.Struct("<III")
+# struct xdpcap_epb_head (packed): block_type, block_len, if_id, ts_high, ts_low, cap_len,
+# orig_len, all u32: the head of a pcapng enhanced packet block.
+EPB_HEAD = struct.Struct("<IIIIIII")
+# struct xdpcap_sample (packed): ts_ns u64, cap_len u32, rx_queue u32, then the EPB head.
+SAMPLE = struct.Struct("<QII" + EPB_HEAD.format.lstrip("<"))
+EPB_HEAD_OFFSET = 16  # where the EPB head starts in struct xdpcap_sample
+# XDPCAP_EPB_OPTIONS_LEN: epb_flags (8) + epb_queue (8) + opt_endofopt (4).
+EPB_OPTIONS_LEN = 20
+# struct xdpcap_config (packed): enabled u32, snaplen u32, sample_rate u32, reserved u32,
+# realtime_offset_ns u64.
+CONFIG = struct.Struct("<IIIIQ")
 
 SEEN = 0
 SAMPLED = 1

@@ -112,6 +112,7 @@ class Sampler:
         self.iface = iface
         self.snaplen = snaplen
         self.sample_rate = sample_rate
+        self._realtime_offset_ns = 0  # set by enable(): see there
         self.mode_requested = mode
         self.mode: str | None = None
         self.headers: KernelHeaders | None = None
@@ -214,11 +215,22 @@ class Sampler:
             self.cache_note = f"compiled program not cached: {exc}"
 
     def _write_config(self, *, enabled: bool) -> None:
-        value = contract.CONFIG.pack(int(enabled), self.snaplen, self.sample_rate)
+        value = contract.CONFIG.pack(
+            int(enabled),
+            self.snaplen,
+            self.sample_rate,
+            0,
+            self._realtime_offset_ns & 0xFFFFFFFFFFFFFFFF,  # two's complement if negative
+        )
         libbpf.map_update(self._map_fds["config"], _KEY0, value)
 
-    def enable(self) -> None:
-        """Open the capture window: from now on packets are counted and sampled."""
+    def enable(self, realtime_offset_ns: int = 0) -> None:
+        """Open the capture window: from now on packets are counted and sampled.
+
+        The program stamps each EPB with its monotonic time plus `realtime_offset_ns`
+        (CLOCK_REALTIME − CLOCK_MONOTONIC), the wall-clock time pcapng wants.
+        """
+        self._realtime_offset_ns = realtime_offset_ns
         self._write_config(enabled=True)
 
     def disable(self) -> None:

@@ -8,13 +8,32 @@
 
 #include <linux/types.h>
 
-/* Metadata in front of every sample; the kernel appends cap_len packet bytes. */
+/* Every option an EPB written by the agent carries, after the padded packet bytes:
+ * epb_flags (8 bytes), epb_queue (8 bytes) and opt_endofopt (4 bytes). The program
+ * needs its length to fill in the block length; the agent writes the options. */
+#define XDPCAP_EPB_OPTIONS_LEN 20
+
+/* The head of a pcapng enhanced packet block, filled in by the program: user space
+ * copies it out of the ring together with the packet bytes that follow it, instead
+ * of building it in Python for every packet (the agent's per-packet cost is what
+ * bounds its rate). */
+struct xdpcap_epb_head {
+	__u32 block_type;  /* 6: enhanced packet block */
+	__u32 block_len;   /* head, padded packet, options, trailing length */
+	__u32 if_id;       /* 0: a host's capture file has one interface */
+	__u32 ts_high;     /* wall clock in nanoseconds (if_tsresol 9), upper half */
+	__u32 ts_low;
+	__u32 cap_len;
+	__u32 orig_len;    /* whole packet, fragments included */
+} __attribute__((packed));
+
+/* Metadata in front of every sample; the kernel appends cap_len packet bytes, so
+ * `epb` and the packet are one contiguous EPB up to its options. */
 struct xdpcap_sample {
-	__u64 ts_ns;     /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
-	__u32 ifindex;   /* ingress interface */
-	__u32 rx_queue;  /* receive queue the packet came in on */
-	__u32 orig_len;  /* whole packet, fragments included */
-	__u32 cap_len;   /* bytes appended: min(snaplen, linear data) */
+	__u64 ts_ns;       /* bpf_ktime_get_ns(), CLOCK_MONOTONIC: the order across CPUs */
+	__u32 cap_len;     /* bytes appended: min(snaplen, linear data) */
+	__u32 rx_queue;    /* receive queue: with cap_len, selects the EPB's trailer */
+	struct xdpcap_epb_head epb;
 } __attribute__((packed));
 
 /* Per-run settings, written by user space into the single-entry `config` map
@@ -23,6 +42,8 @@ struct xdpcap_config {
 	__u32 enabled;      /* 0 until the capture window opens, 0 again when it closes */
 	__u32 snaplen;      /* largest number of packet bytes per sample */
 	__u32 sample_rate;  /* keep 1 packet in sample_rate; 0 and 1 keep every packet */
+	__u32 reserved;     /* keeps the next field 8-byte aligned */
+	__u64 realtime_offset_ns;  /* CLOCK_REALTIME - CLOCK_MONOTONIC when the window opened */
 } __attribute__((packed));
 
 /* Indexes of the per-CPU `counters` map. seen = sampled + not_sampled + output_failed. */

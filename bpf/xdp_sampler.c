@@ -3,6 +3,8 @@
  * Every packet the interface receives is counted; one in `sample_rate` is sent to
  * user space through a perf event array with up to `snaplen` of its bytes appended by
  * the kernel (the sample length goes in the upper 32 bits of the helper's flags).
+ * The metadata ends with the sample's pcapng EPB head, stamped here with the wall-clock
+ * time, so the head and the appended bytes already form the block the file gets.
  *
  * Why a perf event array and not a BPF ring buffer: the perf helper appends packet bytes
  * straight from the XDP buffer, while a ring buffer needs a fixed-size reservation and a
@@ -33,6 +35,7 @@ int xdpcap_sampler(struct xdp_md *ctx)
 	struct xdpcap_config *cfg;
 	struct xdpcap_sample meta = {};
 	__u64 linear = data_end - data;
+	__u64 wall;
 	int ret;
 
 	cfg = config.lookup(&zero);
@@ -47,13 +50,20 @@ int xdpcap_sampler(struct xdp_md *ctx)
 	}
 
 	meta.ts_ns = bpf_ktime_get_ns();
-	meta.ifindex = ctx->ingress_ifindex;
 	meta.rx_queue = ctx->rx_queue_index;
-	/* The true length, fragments of a multi-buffer frame included, so a packet
-	 * longer than the snap length keeps its original length in the capture. */
-	meta.orig_len = bpf_xdp_get_buff_len(ctx);
 	/* The helper can only append linear data; asking for more makes it fail. */
 	meta.cap_len = linear < cfg->snaplen ? linear : cfg->snaplen;
+
+	wall = meta.ts_ns + cfg->realtime_offset_ns;
+	meta.epb.block_type = 6;
+	meta.epb.block_len = sizeof(meta.epb) + ((meta.cap_len + 3) & ~3U) +
+			     XDPCAP_EPB_OPTIONS_LEN + 4;
+	meta.epb.ts_high = wall >> 32;
+	meta.epb.ts_low = (__u32)wall;
+	meta.epb.cap_len = meta.cap_len;
+	/* The true length, fragments of a multi-buffer frame included, so a packet
+	 * longer than the snap length keeps its original length in the capture. */
+	meta.epb.orig_len = bpf_xdp_get_buff_len(ctx);
 
 	/* bcc expands this to bpf_perf_event_output(ctx, samples, BPF_F_CURRENT_CPU |
 	 * (u64)cap_len << 32, &meta, sizeof(meta)): the kernel appends cap_len bytes. */

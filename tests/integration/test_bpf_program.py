@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,7 @@ def make_sampler(request, filled_cache: Path):
         assert sampler.loaded_from == request.param, sampler.cache_note
         consumer = SampleConsumer()
         sampler.open_buffers(page_count=256, wakeup_events=1)
-        sampler.enable()
+        sampler.enable(REALTIME_OFFSET_NS)
         return sampler, consumer
 
     yield make
@@ -99,18 +100,24 @@ def make_sampler(request, filled_cache: Path):
 
 
 _EPB_HEAD = struct.Struct("<7I")
+# A wall clock ~2023 ahead of the monotonic one: the program adds it to every stamp.
+REALTIME_OFFSET_NS = 1_700_000_000_123_456_789
 
 
 def _drain(sampler: Sampler, consumer: SampleConsumer) -> list[tuple[int, int, int, bytes]]:
     """Every sample as (ts, orig_len, cap_len, packet bytes), read from the EPB the
-    consumer built for the file."""
+    program and the consumer built for the file; the EPB's framing is checked too."""
     got = []
     for _ in range(5):
         sampler.poll(50)
         for chunk in sampler.read():
             consumer.parse(chunk)
-        for ts, block, _cap in consumer.take():
-            _type, _total, _if, _hi, _lo, cap_len, orig_len = _EPB_HEAD.unpack_from(block)
+        for ts, block, cap in consumer.take():
+            btype, total, if_id, high, low, cap_len, orig_len = _EPB_HEAD.unpack_from(block)
+            assert (btype, if_id, cap_len) == (6, 0, cap)
+            assert total == len(block) == struct.unpack_from("<I", block, total - 4)[0]
+            assert total % 4 == 0
+            assert (high << 32 | low) == ts + REALTIME_OFFSET_NS
             got.append((ts, orig_len, cap_len, block[28 : 28 + cap_len]))
     assert consumer.malformed == 0
     return got
@@ -158,6 +165,39 @@ def test_one_in_n_sampling_and_counters_add_up(make_sampler) -> None:
     assert 800 <= counters.sampled <= 1200
 
 
+def test_blocks_read_back_by_an_independent_pcapng_reader(make_sampler, tmp_path: Path) -> None:
+    """The EPB the program stamps, with the consumer's trailer, is what pcapng readers
+    expect: python-pcapng finds the packet, its wall-clock time and both options."""
+    import pcapng
+    from xdpcap.agent.pcapng import PcapngWriter
+
+    sampler, consumer = make_sampler(snaplen=100, sample_rate=1)
+    frames = [_frame(n) for n in (60, 61, 62, 63, 1000)]  # every padding, and a cut
+    for frame in frames:
+        _test_run(sampler.prog_fd, frame)
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    for _ in range(5):
+        sampler.poll(50)
+        for chunk in sampler.read():
+            consumer.parse(chunk)
+    items = consumer.take()
+    path = tmp_path / "blocks.pcapng"
+    with path.open("wb") as f:
+        writer = PcapngWriter(f)
+        writer.add_interface("lo", snaplen=100)
+        writer.write_blocks([block for _ts, block, _cap in items], len(items))
+        writer.flush()
+    with path.open("rb") as f:
+        packets = [b for b in pcapng.FileScanner(f) if isinstance(b, pcapng.blocks.EnhancedPacket)]
+    assert [p.packet_data for p in packets] == [frame[:100] for frame in frames]
+    assert [p.packet_len for p in packets] == [len(frame) for frame in frames]
+    for packet, (ts, _block, _cap) in zip(packets, items):
+        assert packet.timestamp_high << 32 | packet.timestamp_low == ts + REALTIME_OFFSET_NS
+        assert ts <= before
+        assert packet.options["epb_flags"].inout == "inbound"
+        assert packet.options["epb_queue"] == 0
+
+
 def test_disabled_program_counts_nothing(make_sampler) -> None:
     sampler, consumer = make_sampler(snaplen=64, sample_rate=1)
     sampler.disable()
@@ -181,7 +221,7 @@ def test_maps_work_without_libbpf_so(monkeypatch) -> None:
             assert sampler.loaded_from == "bcc"  # the cache needs libbpf: not used
             consumer = SampleConsumer()
             sampler.open_buffers(page_count=64, wakeup_events=1)
-            sampler.enable()
+            sampler.enable(REALTIME_OFFSET_NS)
             _test_run(sampler.prog_fd, _frame(100), repeat=5)
             assert len(_drain(sampler, consumer)) == 5
             assert sampler.counters().seen == 5

@@ -15,16 +15,20 @@ PROGRAM = r"""
 #include <stddef.h>
 #include <stdio.h>
 #include "sampler.h"
+#define S struct xdpcap_sample
+#define E struct xdpcap_epb_head
+#define C struct xdpcap_config
 int main(void) {
-    printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %d %d %d %d %d\n",
-           sizeof(struct xdpcap_sample), offsetof(struct xdpcap_sample, ts_ns),
-           offsetof(struct xdpcap_sample, ifindex), offsetof(struct xdpcap_sample, rx_queue),
-           offsetof(struct xdpcap_sample, orig_len), offsetof(struct xdpcap_sample, cap_len),
-           sizeof(struct xdpcap_config), offsetof(struct xdpcap_config, enabled),
-           offsetof(struct xdpcap_config, snaplen),
-           offsetof(struct xdpcap_config, sample_rate),
-           XDPCAP_SEEN, XDPCAP_SAMPLED, XDPCAP_NOT_SAMPLED,
-           XDPCAP_OUTPUT_FAILED, XDPCAP_COUNTER_MAX);
+    printf("%zu %zu %zu %zu %zu\n", sizeof(S), offsetof(S, ts_ns), offsetof(S, cap_len),
+           offsetof(S, rx_queue), offsetof(S, epb));
+    printf("%zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(E), offsetof(E, block_type),
+           offsetof(E, block_len), offsetof(E, if_id), offsetof(E, ts_high),
+           offsetof(E, ts_low), offsetof(E, cap_len), offsetof(E, orig_len));
+    printf("%zu %zu %zu %zu %zu %zu\n", sizeof(C), offsetof(C, enabled),
+           offsetof(C, snaplen), offsetof(C, sample_rate), offsetof(C, reserved),
+           offsetof(C, realtime_offset_ns));
+    printf("%d %d %d %d %d %d\n", XDPCAP_SEEN, XDPCAP_SAMPLED, XDPCAP_NOT_SAMPLED,
+           XDPCAP_OUTPUT_FAILED, XDPCAP_COUNTER_MAX, XDPCAP_EPB_OPTIONS_LEN);
     return 0;
 }
 """
@@ -41,21 +45,21 @@ def test_header_and_python_mirror_agree(tmp_path: Path) -> None:
     source.write_text(PROGRAM)
     binary = tmp_path / "sizes"
     subprocess.run(["gcc", "-I", str(BPF_DIR), "-o", str(binary), str(source)], check=True)
-    values = [
-        int(v)
-        for v in subprocess.run(
-            [str(binary)], capture_output=True, text=True, check=True
-        ).stdout.split()
-    ]
+    lines = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
+    sample, epb, config, constants = ([int(v) for v in line.split()] for line in lines.splitlines())
     # The Python mirror: each field's offset is the size of the fields before it.
-    assert values[0] == contract.SAMPLE.size
-    assert values[1:6] == _offsets(contract.SAMPLE)
-    assert values[6] == contract.CONFIG.size
-    assert values[7:10] == _offsets(contract.CONFIG)
-    assert values[10:] == [
+    assert sample[0] == contract.SAMPLE.size
+    assert sample[1:4] == _offsets(contract.SAMPLE)[:3]
+    assert sample[4] == contract.EPB_HEAD_OFFSET == _offsets(contract.SAMPLE)[3]
+    assert epb[0] == contract.EPB_HEAD.size == contract.SAMPLE.size - contract.EPB_HEAD_OFFSET
+    assert epb[1:] == _offsets(contract.EPB_HEAD)
+    assert config[0] == contract.CONFIG.size
+    assert config[1:] == _offsets(contract.CONFIG)
+    assert constants == [
         contract.SEEN,
         contract.SAMPLED,
         contract.NOT_SAMPLED,
         contract.OUTPUT_FAILED,
         contract.COUNTER_MAX,
+        contract.EPB_OPTIONS_LEN,
     ]
