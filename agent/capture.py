@@ -33,6 +33,9 @@ DRAIN_INTERVAL_NS = 5_000_000
 # file blocks, so the rings are emptied every few milliseconds however far behind the
 # formatting is (see Backlog).
 FORMAT_SLICE_NS = 20_000_000
+# Formatted in one go, at most (~2,000 small packets): a chunk that grew large while
+# formatting was behind is cut, so a drain never waits on one whole chunk.
+FORMAT_PIECE_BYTES = 256 << 10
 # Drained records waiting to be formatted, at most: beyond it the rings are left to fill
 # and the kernel counts what it cannot store (lost, and accounted).
 BACKLOG_MAX_BYTES = 128 << 20
@@ -367,11 +370,12 @@ class Capture:
         """
         backlog, orderer = self._backlog, self._orderer
         while backlog:
-            drained_at, chunks = backlog.take()
-            for chunk in chunks:
-                consumer.parse(chunk)
+            drained_at = backlog.format_piece(consumer, FORMAT_PIECE_BYTES)
             orderer.add(consumer.take())
-            self._write(writer, self._within_count(orderer.release(drained_at - ORDER_SLACK_NS)))
+            if drained_at is not None:
+                self._write(
+                    writer, self._within_count(orderer.release(drained_at - ORDER_SLACK_NS))
+                )
             if until_ns is not None and clock.monotonic_ns() >= until_ns:
                 break
 

@@ -23,7 +23,7 @@ from .perf_ring import HEADER, PERF_RECORD_LOST, PERF_RECORD_SAMPLE, SAMPLE_DATA
 RECORD = struct.Struct("<I2xHIQQ")
 EPB_OFFSET = SAMPLE_DATA_OFFSET + EPB_HEAD_OFFSET  # where the EPB starts in a record
 _LOST = struct.Struct("<QQ")  # PERF_RECORD_LOST body: id, lost
-_ZEROS = bytes(RECORD.size)  # lets RECORD be unpacked at a record shorter than it
+PADDING = bytes(RECORD.size)  # lets RECORD be unpacked at a record shorter than it
 _TRAILER = struct.Struct("<HHIHHIHHI")  # flags and queue options, end of options, length
 _first = itemgetter(0)
 
@@ -50,21 +50,25 @@ class SampleConsumer:
         # One trailer per (cap_len, rx_queue) seen: a few hundred at most in practice.
         self._trailers: dict[int, bytes] = {}
 
-    def parse(self, chunk: bytes) -> None:
-        """Every record of one CPU's chunk, in order; a corrupt length ends the chunk."""
-        end = len(chunk)
-        buf = chunk + _ZEROS
+    def parse(self, buf: bytes, pos: int, end: int, budget: int) -> int:
+        """Records of one CPU's chunk from `pos`, until `end` or about `budget` bytes;
+        returns where it stopped (`end` when done: a corrupt length ends the chunk).
+
+        `buf` is the chunk followed by padding (see Backlog.add), so the record head
+        can be unpacked even at a record shorter than it.
+        """
+        stop = min(end, pos + budget)
         unpack = RECORD.unpack_from
         trailers = self._trailers
         append = self.items.append
         minimum = SAMPLE.size
         head = EPB_HEAD.size
         received = malformed = 0
-        pos = 0
-        while pos < end:
+        while pos < stop:
             rtype, size, raw_size, ts, key = unpack(buf, pos)
             if size < HEADER.size or pos + size > end:
                 malformed += 1  # the ring is corrupt from here: nothing after it is trusted
+                pos = end
                 break
             if rtype == PERF_RECORD_SAMPLE:
                 received += 1
@@ -82,6 +86,11 @@ class SampleConsumer:
             pos += size
         self.received += received
         self.malformed += malformed
+        return pos
+
+    def parse_chunk(self, chunk: bytes) -> None:
+        """A whole chunk at once (tests and tools; the capture goes through Backlog)."""
+        self.parse(chunk + PADDING, 0, len(chunk), len(chunk))
 
     def take(self) -> list[tuple[int, bytes, int]]:
         batch, self.items = self.items, []
@@ -89,29 +98,48 @@ class SampleConsumer:
 
 
 class Backlog:
-    """Drained ring chunks waiting to be formatted, oldest drain first.
+    """Drained ring chunks waiting to be formatted, oldest drain first, read in pieces.
 
     Draining is a copy per CPU and costs next to nothing; formatting costs Python work
     per packet. Keeping the two apart lets the capture empty the kernel's rings every
     few milliseconds even while formatting is behind (a burst, a busy CPU): the records
-    wait here, in memory the capture bounds, instead of overflowing the rings.
+    wait here, in memory the capture bounds, instead of overflowing the rings. Chunks are
+    formatted a piece at a time, so the time between two drains stays bounded however
+    large a chunk grew while formatting was behind.
     """
 
     def __init__(self) -> None:
-        self._drains: deque[tuple[int, list[bytes]]] = deque()
-        self.size = 0  # bytes held
+        # Per drain: [drained_at_ns, padded chunks, index of the chunk, position in it].
+        self._drains: deque[list] = deque()
+        self.size = 0  # bytes not yet formatted
         self.peak = 0
 
     def add(self, drained_at_ns: int, chunks: list[bytes]) -> None:
         """One drain's chunks (one per CPU that had any), stamped with the drain's time."""
-        self._drains.append((drained_at_ns, chunks))
+        if not chunks:
+            return
+        # Padded once here, not at every piece: see SampleConsumer.parse.
+        self._drains.append([drained_at_ns, [chunk + PADDING for chunk in chunks], 0, 0])
         self.size += sum(len(chunk) for chunk in chunks)
         self.peak = max(self.peak, self.size)
 
-    def take(self) -> tuple[int, list[bytes]]:
-        drained_at, chunks = self._drains.popleft()
-        self.size -= sum(len(chunk) for chunk in chunks)
-        return drained_at, chunks
+    def format_piece(self, consumer: SampleConsumer, budget: int) -> int | None:
+        """Parses about `budget` bytes of the oldest drain; returns that drain's time
+        once all of it is parsed (its samples may then be released), else None."""
+        drain = self._drains[0]
+        drained_at, chunks, index, pos = drain
+        chunk = chunks[index]
+        end = len(chunk) - len(PADDING)
+        stop = consumer.parse(chunk, pos, end, budget)
+        self.size -= stop - pos
+        if stop < end:
+            drain[3] = stop
+            return None
+        if index + 1 < len(chunks):
+            drain[2], drain[3] = index + 1, 0
+            return None
+        self._drains.popleft()
+        return drained_at
 
     def __bool__(self) -> bool:
         return bool(self._drains)

@@ -111,7 +111,7 @@ def _drain(sampler: Sampler, consumer: SampleConsumer) -> list[tuple[int, int, i
     for _ in range(5):
         sampler.poll(50)
         for chunk in sampler.read():
-            consumer.parse(chunk)
+            consumer.parse_chunk(chunk)
         for ts, block, cap in consumer.take():
             btype, total, if_id, high, low, cap_len, orig_len = _EPB_HEAD.unpack_from(block)
             assert (btype, if_id, cap_len) == (6, 0, cap)
@@ -179,7 +179,7 @@ def test_blocks_read_back_by_an_independent_pcapng_reader(make_sampler, tmp_path
     for _ in range(5):
         sampler.poll(50)
         for chunk in sampler.read():
-            consumer.parse(chunk)
+            consumer.parse_chunk(chunk)
     items = consumer.take()
     path = tmp_path / "blocks.pcapng"
     with path.open("wb") as f:
