@@ -28,7 +28,8 @@ from .channel import RemoteProcess
 from .clock import ClockOffset, ClockProbe
 from .errors import RemoteError, UsageError
 from .inventory import Host
-from .ssh import SshSettings, connect, quote_command, run, sudo_failure
+from .ssh import SshSettings, quote_command, run, sudo_failure
+from .ssh import connect as ssh_connect
 from .standby import Standby
 
 CACHE_DIR = ".cache/xdpcap"  # relative to the SSH user's home
@@ -180,10 +181,14 @@ class RemoteHost:
     standby: Standby | None = None  # the fetch's sessions, opened during the capture window
 
     # -- preparation -------------------------------------------------------------------
+    def connect(self) -> None:
+        """Open the verified SSH connection; nothing runs on the host yet."""
+        self.state.state = "connecting"
+        self.conn = ssh_connect(self.host, self.settings)
+
     def open(self) -> None:
         """Connect, and learn who we are and where home is (reconnect, collect)."""
-        self.state.state = "connecting"
-        self.conn = connect(self.host, self.settings)
+        self.connect()
         status, out, err = run(self.conn, ["sh", "-c", "id -u && pwd"], host=self.host)
         lines = out.split()
         if status != 0 or len(lines) < 2 or not _SAFE_PATH.match(lines[1]):
@@ -298,7 +303,8 @@ class RemoteHost:
 
     # -- capture -----------------------------------------------------------------------
     def launch(self, bundle: AgentBundle, capture: CaptureSettings) -> None:
-        """Connect and start the capture agent, waiting for the controller's "start"."""
+        """Start the capture agent (connecting first if not yet connected); it waits for
+        the controller's "start"."""
         run_rel = f"{capture_dir_of(self.host) or CACHE_DIR + '/runs'}/{self.run_id}"
         # Host name in the file name too: the namespace lab's hosts share one filesystem.
         out_rel = f"{run_rel}/{self.host.name}-{self.state.iface}.pcapng"
@@ -306,13 +312,14 @@ class RemoteHost:
         self.state.remote_file = out_rel if out_rel.startswith("/") else f"{self.home}/{out_rel}"
 
     def launch_agent(self, bundle: AgentBundle, folder_rel: str, args: list[str]) -> None:
-        """Connect and run the agent with one remote command (two if it must be uploaded).
+        """Run the agent with one remote command (two if it must be uploaded), connecting
+        first if not yet connected.
 
         Every SSH command costs a login shell on the host; before the capture window,
         where every host waits for the slowest, they add up.
         """
-        self.state.state = "connecting"
-        self.conn = connect(self.host, self.settings)
+        if self.conn is None:
+            self.connect()
         if not self._launch_once(bundle, folder_rel, args):
             self.state.state = "uploading"
             self._install_agent(bundle, None)

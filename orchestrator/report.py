@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from .remote_host import HostState
+
+if TYPE_CHECKING:  # loaded when a table is first drawn: `xdpcap run` connects before that
+    from rich.table import Table
 
 
 def _human_bytes(n: int) -> str:
@@ -19,6 +20,8 @@ def _human_bytes(n: int) -> str:
 
 
 def live_table(states: Sequence[HostState]) -> Table:
+    from rich.table import Table
+
     table = Table(title="xdpcap: capturing", expand=False)
     for column in ("host", "iface", "state", "packets", "bytes", "lost"):
         table.add_column(
@@ -47,6 +50,8 @@ def _window(s: HostState) -> str:
 
 
 def final_table(states: Sequence[HostState]) -> Table:
+    from rich.table import Table
+
     table = Table(title="xdpcap: run results")
     for column in ("host", "result", "written", "lost", "seen", "window", "clock offset"):
         table.add_column(column)
@@ -71,6 +76,8 @@ def final_table(states: Sequence[HostState]) -> Table:
 
 
 def check_table(rows: Sequence[tuple[str, dict[str, Any] | None, str | None]]) -> Table:
+    from rich.table import Table
+
     table = Table(title="xdpcap check")
     for column in ("host", "verdict", "kernel", "bcc", "headers", "sampler", "reason"):
         table.add_column(column)

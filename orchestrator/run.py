@@ -3,7 +3,9 @@
 Phases, each bounded in time:
 1. launch (at most --forks hosts at a time): connect, verify the host key, and with one
    remote command create the run folder, check the cached agent's hash (uploading it
-   where missing) and start it; each agent compiles and attaches, then says ready;
+   where missing) and start it; each agent compiles and attaches, then says ready.
+   The connects go out first: the agent bundle is built, and the live table's code
+   loaded, while they are under way;
 2. when every host is ready (or failed, or the ready timeout passed), send "start" to all
    at once, so every host captures the same stretch of time; show live progress;
    once a host's window is open, its SFTP session and clock probe are opened in the
@@ -18,6 +20,7 @@ A failed host never hides the others: each ends with a result, reported at the e
 
 from __future__ import annotations
 
+import importlib
 import json
 import secrets
 import threading
@@ -27,21 +30,30 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-
-from rich.console import Console
-from rich.live import Live
+from typing import TYPE_CHECKING
 
 from ..agent import __version__
-from .agent_bundle import AgentBundle, build_agent_bundle
+from .agent_bundle import build_agent_bundle
 from .clock import ClockProbe, corrections
 from .errors import MergeError, RemoteError, UsageError, XdpcapError
 from .inventory import Host
-from .merge import MergeReport, MergeSource, merge_captures
 from .remote_host import CaptureSettings, HostState, RemoteHost, validate_iface_for
 from .report import final_lines, final_table, live_table
 from .ssh import SshSettings
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.live import Live
+
+    from .merge import MergeReport
+
+# Loaded while the hosts connect (rich, for the live table) or capture (the merge), not
+# in front of the first connect: together over a tenth of a second on a slow machine.
+DRAWING_MODULES = ("rich.live", "rich.table")
+MERGE_MODULE = f"{__package__}.merge"
+
 READY_TIMEOUT_S = 90.0
+BUNDLE_WAIT_S = 60.0
 DONE_GRACE_S = 30.0
 STOP_GRACE_S = 30.0
 RECONNECT_WAIT_S = 30.0
@@ -97,8 +109,16 @@ def _new_run_dir(runs_dir: Path) -> Path:
     return path
 
 
-def _each(pool_size: int, items: Sequence[RemoteHost], work: Callable[[RemoteHost], None]) -> None:
-    """Run `work` on every host with at most pool_size at a time; failures become results."""
+def _each(
+    pool_size: int,
+    items: Sequence[RemoteHost],
+    work: Callable[[RemoteHost], None],
+    meanwhile: Callable[[], None] | None = None,
+) -> None:
+    """Run `work` on every host with at most pool_size at a time; failures become results.
+
+    `meanwhile` runs in this thread once the work has started.
+    """
 
     def guarded(remote: RemoteHost) -> None:
         try:
@@ -109,7 +129,10 @@ def _each(pool_size: int, items: Sequence[RemoteHost], work: Callable[[RemoteHos
             _fail(remote, f"{remote.host.name}: {type(exc).__name__}: {exc}")
 
     with ThreadPoolExecutor(max_workers=max(1, min(pool_size, len(items) or 1))) as pool:
-        list(pool.map(guarded, items))
+        results = pool.map(guarded, items)  # submits every item now
+        if meanwhile is not None:
+            meanwhile()
+        list(results)
 
 
 def _fail(remote: RemoteHost, reason: str) -> None:
@@ -127,7 +150,7 @@ class Run:
         console: Console | None = None,
     ) -> None:
         self.options = options
-        self.console = console or Console(stderr=True)
+        self._console = console
         self.run_id = secrets.token_hex(8)  # unpredictable remote folder names
         self.run_dir = new_run_dir(options.runs_dir)
         self.started = time.monotonic()
@@ -148,6 +171,15 @@ class Run:
         self._next_render = 0.0
         self.phases: dict[str, float] = {}  # seconds since the start, for run.json
 
+    @property
+    def console(self) -> Console:
+        """The status console (stderr), made on first use: rich loads after the connects."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+        return self._console
+
     def _mark(self, phase: str) -> None:
         self.phases[phase] = round(time.monotonic() - self.started, 3)
 
@@ -157,9 +189,8 @@ class Run:
 
     # -- the phases --------------------------------------------------------------------
     def execute(self) -> RunResult:
-        bundle = build_agent_bundle()
         try:
-            self._launch(bundle)
+            self._launch()
             self._mark("launched")
             active = [r for r in self.remotes if r.state.state != "failed"]
             self._capture(active)
@@ -182,13 +213,32 @@ class Run:
         self._write_run_json(merged)
         return RunResult(self.run_dir, self.states, merged, report)
 
-    def _launch(self, bundle: AgentBundle) -> None:
-        """Connect to every host (at most --forks at a time) and start its agent there."""
-        self.console.print(f"xdpcap {__version__}: starting on {len(self.remotes)} host(s)")
+    def _launch(self) -> None:
+        """Connect to every host (at most --forks at a time) and start its agent there.
+
+        A connect mostly waits, on the network and on the host's sshd: meanwhile the
+        agent bundle is built (a host waits for it only once connected) and this thread
+        loads what the next phases draw with.
+        """
         capture = self.options.capture
-        _each(self.options.forks, self.remotes, lambda r: r.launch(bundle, capture))
+        with ThreadPoolExecutor(max_workers=1) as builder:
+            bundle = builder.submit(build_agent_bundle)
+
+            def launch(remote: RemoteHost) -> None:
+                remote.connect()
+                remote.launch(bundle.result(BUNDLE_WAIT_S), capture)
+
+            _each(self.options.forks, self.remotes, launch, meanwhile=self._while_connecting)
+        bundle.result()  # a bundle that could not be built is the run's error, not a host's
+
+    def _while_connecting(self) -> None:
+        self.console.print(f"xdpcap {__version__}: starting on {len(self.remotes)} host(s)")
+        for name in DRAWING_MODULES:
+            importlib.import_module(name)
 
     def _capture(self, active: list[RemoteHost]) -> None:
+        from rich.live import Live
+
         active = [r for r in active if r.process is not None]
         # Written now as well: if the controller dies mid-run, `collect` still knows
         # where every host's capture is.
@@ -202,6 +252,7 @@ class Run:
                 self._mark("all ready")
                 for remote in ready:
                     remote.send("start")
+                importlib.import_module(MERGE_MODULE)  # while the hosts capture
                 self._wait_done(ready, live)
             except KeyboardInterrupt:
                 # Stop every agent cleanly (each detaches), then fetch what they captured.
@@ -375,6 +426,8 @@ def merge_states(
     states: Sequence[HostState], out: Path, *, clock_correction: bool
 ) -> MergeReport | None:
     """Merge every fetched host capture, aligning the hosts' clocks (clock.corrections)."""
+    from .merge import MergeSource, merge_captures
+
     fetched = [s for s in states if s.local_file]
     if not fetched:
         return None

@@ -12,8 +12,6 @@ import secrets
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
 from ..agent import validate
 from .agent_bundle import build_agent_bundle
 from .errors import UsageError
@@ -179,15 +177,17 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def execute_run(hosts: list[Host], options: RunOptions, ssh: SshSettings) -> int:
-    console = Console(stderr=True)
-    result: RunResult = Run(hosts, options, ssh, console).execute()
-    print_result(result, console)
+    run = Run(hosts, options, ssh)
+    result: RunResult = run.execute()
+    print_result(result, run.console)
     if result.merged is not None:
         print(result.merged)
     return result.exit_code
 
 
 def check_command(args: argparse.Namespace) -> int:
+    from rich.console import Console  # here: `run` loads rich only once it has connected
+
     hosts = select_hosts(args)
     ssh = _ssh_settings(args)
     bundle = build_agent_bundle()
