@@ -44,24 +44,31 @@ LAUNCH_WAIT_S = 60.0
 # upload. Values arrive as positional parameters, never spliced into the script:
 # $1 cache folder, $2 run folder, $3 agent, $4 its sha256, $5 become user ("" = root),
 # $6 "password" when a sudo password follows on stdin; then the agent's argv.
+# Every process it starts delays the agent: the clock's sync state, needed only after
+# the capture, is asked for in the background (its stdin is /dev/null, so it never
+# takes the password or a "start" meant for the agent).
 _LAUNCH_SCRIPT = """set -e
 umask 077
 cache=$1 rundir=$2 agent=$3 sha=$4 become=$5 password=$6
 shift 6
 mkdir -p -m 700 "$cache" "$cache/runs" "$rundir"
 chmod 700 "$cache" "$cache/runs"
-echo "xdpcap-fact uid=$(id -u)"
+uid=$(id -u)
+echo "xdpcap-fact uid=$uid"
 echo "xdpcap-fact home=$(pwd)"
-sync=$(chronyc -n tracking 2>/dev/null | sed -n 's/^Leap status *: */chrony: /p')
-[ -n "$sync" ] || sync=$(timedatectl show -p NTPSynchronized --value 2>/dev/null |
-    sed 's/^/NTP synchronized: /')
-echo "xdpcap-fact sync=$sync"
-if [ "$(sha256sum "$agent" 2>/dev/null | cut -d' ' -f1)" != "$sha" ]; then
+{
+    sync=$(chronyc -n tracking 2>/dev/null | sed -n 's/^Leap status *: */chrony: /p')
+    [ -n "$sync" ] || sync=$(timedatectl show -p NTPSynchronized --value 2>/dev/null |
+        sed 's/^/NTP synchronized: /')
+    echo "xdpcap-fact sync=$sync"
+} &
+sum=$(sha256sum "$agent" 2>/dev/null) || true
+if [ "${sum%% *}" != "$sha" ]; then
     echo "xdpcap-launch need-upload"
     exit 0
 fi
 echo "xdpcap-launch ok"
-if [ "$(id -u)" = 0 ] && { [ -z "$become" ] || [ "$become" = root ]; }; then
+if [ "$uid" = 0 ] && { [ -z "$become" ] || [ "$become" = root ]; }; then
     exec "$@"
 fi
 if [ "$password" = password ]; then
@@ -173,7 +180,8 @@ class RemoteHost:
     needs_sudo: bool = False
     agent_path: str = ""
     process: RemoteProcess | None = None
-    sync_state: str | None = None
+    # What the launch script reported (uid, home, sync, launch), filled by the reader.
+    facts: dict[str, str] = field(default_factory=dict)
     done_event: threading.Event = field(default_factory=threading.Event)
     # Set on every event from the agent, so the run reacts at once (shared by the run).
     changed: threading.Event = field(default_factory=threading.Event)
@@ -194,6 +202,15 @@ class RemoteHost:
         if status != 0 or len(lines) < 2 or not _SAFE_PATH.match(lines[1]):
             raise RemoteError(f"{self.host.name}: cannot read user and home: {err.strip() or out}")
         self._learn_identity(lines[0], lines[1])
+
+    @property
+    def sync_state(self) -> str | None:
+        """The host's clock sync (chrony or timedatectl), for the clock offset's report.
+
+        The launch script asks for it in the background: it may arrive after the agent
+        started, and does long before the capture ends (None if it never does).
+        """
+        return self.facts.get("sync") or None
 
     def _learn_identity(self, uid: str, home: str) -> None:
         self.home = home
@@ -344,7 +361,7 @@ class RemoteHost:
             *self._plain_agent_argv(agent_rel, *args),
         ]
         self.state.state = "compiling"
-        self._facts: dict[str, str] = {}
+        self.facts = {}
         self._output: list[str] = []
         self._launched = threading.Event()
         self.process = RemoteProcess(
@@ -354,13 +371,12 @@ class RemoteHost:
             raise RemoteError(
                 f"{self.host.name}: no answer from the host within {LAUNCH_WAIT_S:.0f} s"
             )
-        home = self._facts.get("home", "")
-        if self._facts.get("launch") not in ("ok", "need-upload") or not _SAFE_PATH.match(home):
+        home = self.facts.get("home", "")
+        if self.facts.get("launch") not in ("ok", "need-upload") or not _SAFE_PATH.match(home):
             self.process.wait(10)
             raise RemoteError(f"{self.host.name}: {self.failure_reason()}")
-        self._learn_identity(self._facts.get("uid", ""), home)
-        self.sync_state = self._facts.get("sync") or None
-        if self._facts["launch"] == "need-upload":
+        self._learn_identity(self.facts.get("uid", ""), home)
+        if self.facts["launch"] == "need-upload":
             self.process.wait(10)
             return False
         self.agent_path = f"{home}/{agent_rel}"
@@ -379,10 +395,10 @@ class RemoteHost:
     def _on_line(self, line: str) -> None:
         if line.startswith("xdpcap-fact "):
             key, _, value = line[len("xdpcap-fact ") :].partition("=")
-            self._facts[key] = value
+            self.facts[key] = value
             return
         if line.startswith("xdpcap-launch "):
-            self._facts["launch"] = line[len("xdpcap-launch ") :].strip()
+            self.facts["launch"] = line[len("xdpcap-launch ") :].strip()
             self._launched.set()
             return
         event = parse_event(line)
