@@ -232,11 +232,14 @@ class Capture:
         if self.events.controller_gone:
             return
         deadline = clock.monotonic_ns() + int(HAND_OVER_TIMEOUT_S * 1e9)
-        while not commands.delete.wait(0.2):
+        while not commands.delete.is_set():
             if commands.eof.is_set() or self.stop.reason == "SIGTERM":
                 return
             if clock.monotonic_ns() > deadline:
                 return
+            # Woken at once by "delete", "keep" or EOF; the timeout is for signals.
+            commands.changed.wait(0.2)
+            commands.changed.clear()
         output = Path(self.summary.file)
         for path in (output, Path(self.summary.file + ".json")):
             path.unlink(missing_ok=True)

@@ -46,6 +46,7 @@ class ControllerCommands:
         self.stop = threading.Event()
         self.delete = threading.Event()
         self.eof = threading.Event()
+        self.changed = threading.Event()  # set at every line and at EOF: one thing to wait on
         self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self._thread.start()
 
@@ -61,9 +62,11 @@ class ControllerCommands:
                     self.delete.set()
                 elif word == "keep":
                     self.eof.set()
+                self.changed.set()
         except (OSError, ValueError):
             pass
         self.eof.set()
+        self.changed.set()
 
 
 def parse_event(line: str) -> dict[str, Any] | None:
