@@ -353,9 +353,15 @@ class Capture:
                     time.sleep(pause / 1e9)
                 sampler.poll(timeout)
             last_drain = now = clock.monotonic_ns()
-            if backlog.size < BACKLOG_MAX_BYTES:
+            drained = backlog.size < BACKLOG_MAX_BYTES
+            if drained:
                 backlog.add(now, sampler.read())
             self._format(consumer, writer, now + FORMAT_SLICE_NS)
+            if drained and not backlog:
+                # All of this drain is parsed, new records or none: what is older than
+                # its horizon can go now, not only when the next packet arrives (a
+                # --count reached by the last packet of a burst stops the capture).
+                self._write(writer, self._within_count(orderer.release(now - ORDER_SLACK_NS)))
             if now >= next_progress:
                 next_progress = now + PROGRESS_EVERY_NS
                 self._progress(sampler, writer)

@@ -174,6 +174,41 @@ def test_count_stops_and_sampling_accounts(pair, tmp_path: Path) -> None:
     assert int(tshark_fields(out, "frame.number")[-1][0]) == done["written"]
 
 
+def _static_neighbours(pair) -> None:
+    """Permanent ARP entries both ways: the pings below are then the only frames."""
+    for ns, ifname, other_ns, other_if, other_ip in (
+        (pair.capture_ns, pair.capture_if, pair.peer_ns, pair.peer_if, pair.peer_ip),
+        (pair.peer_ns, pair.peer_if, pair.capture_ns, pair.capture_if, pair.capture_ip),
+    ):
+        mac = in_ns(other_ns, "cat", f"/sys/class/net/{other_if}/address").stdout.strip()
+        in_ns(ns, "ip", "neigh", "replace", other_ip, "lladdr", mac, "dev", ifname,
+              "nud", "permanent")  # fmt: skip
+
+
+def test_count_reached_by_the_last_packet_stops_at_once(pair, tmp_path: Path) -> None:
+    """The N-th packet, followed by silence, ends a --count N capture: it is written
+    without waiting for a later packet to push it out of the time ordering.
+
+    N = 32, the rings' wake-up count: the 32nd sample wakes the agent at once, so the
+    last few samples are younger than the ordering's horizon at that drain and must be
+    released by a later drain that finds nothing new."""
+    _static_neighbours(pair)
+    out = tmp_path / "count.pcapng"
+    agent = start_agent(
+        pair.capture_ns, "-i", pair.capture_if, "-w", str(out), "--duration", "60",
+        "--count", "32",
+    )  # fmt: skip
+    try:
+        wait_for_event(agent, "capturing")
+        _ping(pair, 32, 56)  # exactly 32 echo requests arrive, then nothing
+        done = wait_for_event(agent, "done", timeout=90)
+    finally:
+        agent.wait(timeout=30)
+    assert done["stopped_by"] == "count", done
+    assert done["written"] == 32 and done["past_count"] == 0
+    assert done["unaccounted"] == 0
+
+
 def test_foreign_program_is_refused_and_kept(pair, tmp_path: Path) -> None:
     foreign = attach_foreign_program(pair.capture_ns, pair.capture_if)
     try:
