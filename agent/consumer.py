@@ -14,8 +14,8 @@ import struct
 from collections import deque
 from operator import itemgetter
 
-from .contract import EPB_HEAD, EPB_HEAD_OFFSET, EPB_OPTIONS_LEN, SAMPLE
-from .pcapng import EPB_FLAG_INBOUND, EPB_FLAGS, EPB_QUEUE, OPT_ENDOFOPT
+from .contract import EPB_HEAD, EPB_HEAD_OFFSET, SAMPLE
+from .pcapng import EPB_FLAG_INBOUND, epb_tail
 from .perf_ring import HEADER, PERF_RECORD_LOST, PERF_RECORD_SAMPLE, SAMPLE_DATA_OFFSET
 
 # What the loop reads of a record: perf_event_header's type and size, the raw data size,
@@ -24,19 +24,12 @@ RECORD = struct.Struct("<I2xHIQQ")
 EPB_OFFSET = SAMPLE_DATA_OFFSET + EPB_HEAD_OFFSET  # where the EPB starts in a record
 _LOST = struct.Struct("<QQ")  # PERF_RECORD_LOST body: id, lost
 PADDING = bytes(RECORD.size)  # lets RECORD be unpacked at a record shorter than it
-_TRAILER = struct.Struct("<HHIHHIHHI")  # flags and queue options, end of options, length
 _first = itemgetter(0)
 
 
 def epb_trailer(key: int) -> bytes:
     """What follows a packet's bytes in its EPB, for key = rx_queue << 32 | cap_len."""
-    cap_len, queue = key & 0xFFFFFFFF, key >> 32
-    pad = -cap_len & 3
-    total = EPB_HEAD.size + cap_len + pad + EPB_OPTIONS_LEN + 4
-    options = _TRAILER.pack(
-        EPB_FLAGS, 4, EPB_FLAG_INBOUND, EPB_QUEUE, 4, queue, OPT_ENDOFOPT, 0, total
-    )
-    return bytes(pad) + options
+    return epb_tail(key & 0xFFFFFFFF, EPB_FLAG_INBOUND, key >> 32)
 
 
 class SampleConsumer:

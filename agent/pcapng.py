@@ -60,7 +60,9 @@ TSRESOL_NS = 9
 FLUSH_BYTES = 1 << 20
 
 _EPB_HEAD = struct.Struct("<IIIIIII")  # type, total len, if id, ts hi, ts lo, cap, orig
-_EPB_FLAGS_QUEUE = struct.Struct("<HHIHHIHH")  # flags opt, queue opt, end of options
+# What follows the padded packet bytes in the agent's EPBs: the epb_flags and epb_queue
+# options, opt_endofopt and the trailing block length.
+_EPB_TAIL = struct.Struct("<HHIHHIHHI")
 _U32 = struct.Struct("<I")
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
 
@@ -70,6 +72,14 @@ Option = tuple[int, bytes]
 def pad4(length: int) -> int:
     """Bytes of padding that bring `length` to a multiple of 4."""
     return -length & 3
+
+
+def epb_tail(cap_len: int, flags: int, queue: int) -> bytes:
+    """Everything after `cap_len` packet bytes in an EPB carrying epb_flags and epb_queue:
+    padding, the options and the block length (the agent's blocks, built in bulk)."""
+    total = _EPB_HEAD.size + cap_len + pad4(cap_len) + _EPB_TAIL.size
+    tail = _EPB_TAIL.pack(EPB_FLAGS, 4, flags, EPB_QUEUE, 4, queue, OPT_ENDOFOPT, 0, total)
+    return _PADDING[cap_len & 3] + tail
 
 
 def encode_options(options: Iterable[Option]) -> bytes:
@@ -208,17 +218,15 @@ class PcapngWriter:
         """Append one enhanced packet block; `data` may be shorter than `orig_len`."""
         cap_len = len(data)
         if flags is not None and queue is not None:
-            # The hot path of the agent: one pack for the head, one for both options.
-            trailer = _EPB_FLAGS_QUEUE.pack(EPB_FLAGS, 4, flags, EPB_QUEUE, 4, queue, 0, 0)
-            total = 28 + cap_len + pad4(cap_len) + 20 + 4
+            # The agent's block layout: one pack for the head, one for the tail.
+            tail = epb_tail(cap_len, flags, queue)
+            total = _EPB_HEAD.size + cap_len + len(tail)
             buf = self._buffer
             buf += _EPB_HEAD.pack(
                 BT_EPB, total, if_id, ts >> 32, ts & 0xFFFFFFFF, cap_len, orig_len
             )
             buf += data
-            buf += _PADDING[cap_len & 3]
-            buf += trailer
-            buf += _U32.pack(total)
+            buf += tail
         else:
             options: list[Option] = []
             if flags is not None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from xdpcap.agent import contract
 from xdpcap.agent.consumer import SampleConsumer
 from xdpcap.agent.sampler import Sampler
 
@@ -99,7 +100,6 @@ def make_sampler(request, filled_cache: Path):
         sampler.close()
 
 
-_EPB_HEAD = struct.Struct("<7I")
 # A wall clock ~2023 ahead of the monotonic one: the program adds it to every stamp.
 REALTIME_OFFSET_NS = 1_700_000_000_123_456_789
 
@@ -113,7 +113,7 @@ def _drain(sampler: Sampler, consumer: SampleConsumer) -> list[tuple[int, int, i
         for chunk in sampler.read():
             consumer.parse_chunk(chunk)
         for ts, block, cap in consumer.take():
-            btype, total, if_id, high, low, cap_len, orig_len = _EPB_HEAD.unpack_from(block)
+            btype, total, if_id, high, low, cap_len, orig_len = contract.EPB_HEAD.unpack_from(block)
             assert (btype, if_id, cap_len) == (6, 0, cap)
             assert total == len(block) == struct.unpack_from("<I", block, total - 4)[0]
             assert total % 4 == 0
