@@ -320,9 +320,8 @@ class Capture:
         commands: ControllerCommands | None,
     ) -> None:
         options = self.options
-        orderer = TimeOrderer()
-        backlog = Backlog()
-        self._orderer, self._backlog = orderer, backlog
+        self._orderer = TimeOrderer()
+        backlog = self._backlog = Backlog()
         self._offset = clock.realtime_minus_monotonic_ns()
         drops_before = netdev.read_os_drops(options.iface)
         start_mono = clock.monotonic_ns()
@@ -353,15 +352,9 @@ class Capture:
                     time.sleep(pause / 1e9)
                 sampler.poll(timeout)
             last_drain = now = clock.monotonic_ns()
-            drained = backlog.size < BACKLOG_MAX_BYTES
-            if drained:
+            if backlog.size < BACKLOG_MAX_BYTES:
                 backlog.add(now, sampler.read())
             self._format(consumer, writer, now + FORMAT_SLICE_NS)
-            if drained and not backlog:
-                # All of this drain is parsed, new records or none: what is older than
-                # its horizon can go now, not only when the next packet arrives (a
-                # --count reached by the last packet of a burst stops the capture).
-                self._write(writer, self._within_count(orderer.release(now - ORDER_SLACK_NS)))
             if now >= next_progress:
                 next_progress = now + PROGRESS_EVERY_NS
                 self._progress(sampler, writer)

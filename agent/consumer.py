@@ -108,9 +108,12 @@ class Backlog:
         self.peak = 0
 
     def add(self, drained_at_ns: int, chunks: list[bytes]) -> None:
-        """One drain's chunks (one per CPU that had any), stamped with the drain's time."""
-        if not chunks:
-            return
+        """One drain's chunks (one per CPU that had any), stamped with the drain's time.
+
+        A drain that found nothing is kept too: its time alone lets samples of earlier
+        drains be released (a --count reached by the last packet of a burst stops the
+        capture without waiting for another packet).
+        """
         # Padded once here, not at every piece: see SampleConsumer.parse.
         self._drains.append([drained_at_ns, [chunk + PADDING for chunk in chunks], 0, 0])
         self.size += sum(len(chunk) for chunk in chunks)
@@ -121,16 +124,17 @@ class Backlog:
         once all of it is parsed (its samples may then be released), else None."""
         drain = self._drains[0]
         drained_at, chunks, index, pos = drain
-        chunk = chunks[index]
-        end = len(chunk) - len(PADDING)
-        stop = consumer.parse(chunk, pos, end, budget)
-        self.size -= stop - pos
-        if stop < end:
-            drain[3] = stop
-            return None
-        if index + 1 < len(chunks):
-            drain[2], drain[3] = index + 1, 0
-            return None
+        if chunks:
+            chunk = chunks[index]
+            end = len(chunk) - len(PADDING)
+            stop = consumer.parse(chunk, pos, end, budget)
+            self.size -= stop - pos
+            if stop < end:
+                drain[3] = stop
+                return None
+            if index + 1 < len(chunks):
+                drain[2], drain[3] = index + 1, 0
+                return None
         self._drains.popleft()
         return drained_at
 
