@@ -30,6 +30,18 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """tcpdump's way to give a filter: trailing words, or -F FILE."""
+    parser.add_argument(
+        "expression",
+        nargs="*",
+        help="capture filter, in tcpdump's language (e.g. tcp port 443 and host 10.0.0.5)",
+    )
+    parser.add_argument(
+        "-F", dest="filter_file", metavar="FILE", help="read the capture filter from FILE"
+    )
+
+
 def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iface", "-i", required=True, help="interface to capture on")
     parser.add_argument("-w", "--write", dest="output", help="pcapng file to write")
@@ -64,7 +76,11 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="compile the sampler with bcc even when this host has it cached",
     )
+    add_filter_arguments(parser)
     # Used by the controller, not by people.
+    parser.add_argument(
+        "--filter-cbpf", action="append", default=[], metavar="LINK=PROGRAM", help=argparse.SUPPRESS
+    )
     parser.add_argument("--json-events", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--wait-start", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--start-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
@@ -89,9 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> CaptureOptions:
     from .capture import CaptureOptions
+    from .filter import spec
 
     if not args.output:
         raise UsageError("-w FILE is required (the pcapng file to write)")
+    expression = spec.expression_from(args.expression, args.filter_file)
     if args.buffer_pages is not None and (
         args.buffer_pages < 1 or args.buffer_pages & (args.buffer_pages - 1)
     ):
@@ -110,6 +128,8 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
         controller=args.json_events,
         debug_print_source=args.print_bpf,
         bpf_cache=args.bpf_cache,
+        filter_expression=expression,
+        filter_programs=spec.parse_program_args(args.filter_cbpf),
     )
 
 

@@ -1,9 +1,9 @@
 """One capture on one interface: attach, sample, write time-ordered pcapng, account, detach.
 
-Accounting is exact: seen = written + lost + not sampled (+ sampled after --count was
-reached, which like `tcpdump -c N` we do not write), where lost gathers every way a
-sample can fail to reach the file (perf buffer full, malformed sample, disk full). The
-figures go to the summary line and to the pcapng interface statistics block.
+Accounting is exact: seen = filtered out + written + lost + not sampled (+ sampled after
+--count was reached, which like `tcpdump -c N` we do not write), where lost gathers
+every way a sample can fail to reach the file (perf buffer full, malformed sample, disk
+full). The figures go to the summary line and to the pcapng interface statistics block.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import platform
 import signal
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -22,8 +23,11 @@ from types import FrameType
 from . import __version__, clock, netdev, perf_ring, program_cache
 from .consumer import Backlog, SampleConsumer, TimeOrderer
 from .errors import AgentError
+from .filter import spec as filter_spec
+from .filter.cbpf import Program
+from .filter.to_c import MATCH_ALL
 from .lock import InterfaceLock
-from .pcapng import PcapngWriter
+from .pcapng import IF_FILTER, PcapngWriter
 from .protocol import ControllerCommands, EventSink
 from .sampler import Sampler
 
@@ -80,6 +84,10 @@ class CaptureOptions:
     controller: bool = False  # driven over SSH: SIGHUP does not stop us
     debug_print_source: bool = False
     bpf_cache: bool = True  # load the compiled sampler from the host's cache when there
+    # The capture filter: the expression, and its checked programs by link type as the
+    # controller sent them (none: compiled here with libpcap).
+    filter_expression: str | None = None
+    filter_programs: Mapping[str, Program] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,7 +95,9 @@ class CaptureSummary:
     iface: str
     file: str
     mode: str = ""
+    filter: str | None = None
     seen: int = 0
+    filtered_out: int = 0  # the capture filter did not match
     written: int = 0
     lost: int = 0
     not_sampled: int = 0
@@ -107,7 +117,14 @@ class CaptureSummary:
 
     @property
     def unaccounted(self) -> int:
-        return self.seen - self.written - self.lost - self.not_sampled - self.past_count
+        return (
+            self.seen
+            - self.filtered_out
+            - self.written
+            - self.lost
+            - self.not_sampled
+            - self.past_count
+        )
 
     def to_dict(self) -> dict:
         return {**asdict(self), "unaccounted": self.unaccounted}
@@ -116,12 +133,16 @@ class CaptureSummary:
         seconds = (self.window_end_ns - self.window_start_ns) / 1e9
         text = (
             f"{self.iface}: {self.written} packets written to {self.file} in {seconds:.1f} s "
-            f"({self.mode} XDP); seen {self.seen} = written {self.written} + lost {self.lost} "
-            f"+ not sampled {self.not_sampled}"
+            f"({self.mode} XDP); seen {self.seen} = "
         )
+        if self.filter is not None:
+            text += f"filtered out {self.filtered_out} + "
+        text += f"written {self.written} + lost {self.lost} + not sampled {self.not_sampled}"
         if self.past_count:
             text += f" + after --count {self.past_count}"
-        text += f"; dropped by the interface before XDP {self.os_drops}"
+        if self.filter is not None:
+            text += f"; filter {self.filter!r}"
+        text += f"; missed by the interface before XDP {self.os_drops}"
         if self.partial_reason:
             text += f"; PARTIAL: {self.partial_reason}"
         return text
@@ -156,10 +177,13 @@ def _install_signal_handlers(stop: _StopFlag, controller: bool) -> dict[int, obj
 
 def _interface_description(sampler: Sampler, options: CaptureOptions) -> str:
     rate = f"1-in-{options.sample_rate}" if options.sample_rate > 1 else "every packet"
-    return (
+    text = (
         f"XDP ingress capture by xdpcap ({sampler.mode} mode, {sampler.attach_method}), "
         f"sampling {rate}, snaplen {options.snaplen}"
     )
+    if options.filter_expression:
+        text += f", filter {options.filter_expression!r}"
+    return text
 
 
 def _give_to_sudo_user(fd: int) -> None:
@@ -207,6 +231,14 @@ class Capture:
                         f"{options.iface}: an XDP program is already attached "
                         f"({iface.attached.describe()}); xdpcap never replaces it"
                     )
+                # Checked (or compiled) before anything is loaded or attached.
+                active = filter_spec.active_filter(
+                    options.filter_expression,
+                    options.filter_programs,
+                    filter_spec.LINK_OF_IP_LINK_TYPE.get(iface.link_type),
+                    options.iface,
+                )
+                self.summary.filter = active.expression if active else None
                 with Sampler(
                     options.iface,
                     snaplen=options.snaplen,
@@ -214,6 +246,7 @@ class Capture:
                     mode=options.xdp_mode,
                     debug_print_source=options.debug_print_source,
                     cache_dir=program_cache.default_dir() if options.bpf_cache else None,
+                    filter_source=active.c_source if active else MATCH_ALL,
                 ) as sampler:
                     self._capture(sampler, iface, commands)
             if commands is not None and self.summary.window_end_ns:
@@ -303,12 +336,19 @@ class Capture:
             hardware=uname.machine,
             comment=f"host {socket.gethostname()}",
         )
+        expression = self.options.filter_expression
         writer.add_interface(
             self.options.iface,
+            # Frames of an L3 device (tun, wireguard) start with their IP header.
+            linktype=filter_spec.PCAPNG_LINKTYPE[
+                filter_spec.LINK_OF_IP_LINK_TYPE.get(iface.link_type, "ether")
+            ],
             snaplen=self.options.snaplen,
             description=_interface_description(sampler, self.options),
             hardware=iface.driver,
             os_name=f"{uname.system} {uname.release}",
+            # if_filter: a first byte 0 says the filter is given as libpcap text.
+            extra_options=[(IF_FILTER, b"\x00" + expression.encode())] if expression else (),
         )
         return writer
 
@@ -396,6 +436,7 @@ class Capture:
         summary = self.summary
         summary.backlog_peak_bytes = backlog.peak
         summary.seen = counters.seen
+        summary.filtered_out = counters.filtered_out
         summary.not_sampled = counters.not_sampled
         self._flush(writer)
         summary.written = writer.packets_committed
@@ -417,11 +458,12 @@ class Capture:
                 endtime=summary.window_end_ns,
                 ifrecv=summary.seen,
                 ifdrop=summary.lost,
-                filteraccept=counters.sampled,
+                filteraccept=summary.seen - summary.filtered_out,
                 osdrop=summary.os_drops,
                 usrdeliv=summary.written,
-                comment=f"seen = written + lost + not sampled ({summary.not_sampled}) "
-                f"+ after --count ({summary.past_count}); lost: {summary.lost_detail}",
+                comment=f"seen = filtered out ({summary.filtered_out}) + written + lost "
+                f"+ not sampled ({summary.not_sampled}) + after --count ({summary.past_count}); "
+                f"lost: {summary.lost_detail}; osdrop: missed by the interface before XDP",
             )
             writer.flush()
         except OSError as exc:

@@ -31,6 +31,7 @@ class Interface:
     driver: str
     mtu: int
     attached: AttachedProgram | None
+    link_type: str = "ether"  # iproute2's name for the ARPHRD type: ether, none, ...
 
 
 def _ip_link(name: str) -> dict:
@@ -72,7 +73,12 @@ def _attached(link: dict) -> AttachedProgram | None:
 def inspect_interface(name: str) -> Interface:
     link = _ip_link(name)
     return Interface(
-        name, int(link["ifindex"]), _driver(name, link), int(link.get("mtu", 0)), _attached(link)
+        name,
+        int(link["ifindex"]),
+        _driver(name, link),
+        int(link.get("mtu", 0)),
+        _attached(link),
+        str(link.get("link_type", "ether")),
     )
 
 
@@ -81,13 +87,15 @@ def attached_program(name: str) -> AttachedProgram | None:
 
 
 def read_os_drops(name: str) -> int:
-    """Frames the interface dropped before XDP could see them (driver and stack counters).
+    """Frames the interface missed before XDP could see them: its receive ring overflowed.
 
     Counted over the capture window as the difference of two readings; virtual devices
-    without a counter read 0.
+    without a counter read 0. Not rx_dropped: the stack adds to it frames XDP already
+    passed (unknown ethertypes such as LLDP, MPLS, PPPoE, STP), which the capture saw
+    and wrote, so counting them as missed would count them twice.
     """
     total = 0
-    for counter in ("rx_dropped", "rx_missed_errors", "rx_fifo_errors"):
+    for counter in ("rx_missed_errors", "rx_fifo_errors"):
         path = SYS_NET / name / "statistics" / counter
         try:
             total += int(path.read_text())

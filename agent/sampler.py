@@ -30,6 +30,7 @@ from types import ModuleType
 from . import contract, libbpf, netdev, perf_ring, program_cache
 from .bcc_import import bcc_version, bcc_version_unloaded, import_bcc
 from .errors import AgentError
+from .filter import to_c
 from .headers import KernelHeaders, apply_environment, find_kernel_headers, remove_farm
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
@@ -47,6 +48,7 @@ class Counters:
     sampled: int
     not_sampled: int
     output_failed: int
+    filtered_out: int
 
 
 @dataclass(frozen=True)
@@ -56,30 +58,33 @@ class _ProgramRef:
     fd: int
 
 
-def bpf_sources() -> dict[str, str]:
-    """The C program and its header, read from the package (which may be a zipapp)."""
+def bpf_sources(filter_source: str = to_c.MATCH_ALL) -> dict[str, str]:
+    """The C program, its header (read from the package, which may be a zipapp) and the
+    generated filter header."""
     package = resources.files(__package__.rpartition(".")[0] + ".bpf")
-    return {
+    sources = {
         name: package.joinpath(name).read_text()
         for name in (contract.PROGRAM_FILE, contract.HEADER_FILE)
     }
+    sources[contract.FILTER_FILE] = filter_source
+    return sources
 
 
-def read_bpf_sources(into: Path) -> Path:
-    """Copy the C program and its header into a folder for the compiler."""
-    for name, text in bpf_sources().items():
+def read_bpf_sources(into: Path, filter_source: str = to_c.MATCH_ALL) -> Path:
+    """Write the C program, its header and the filter into a folder for the compiler."""
+    for name, text in bpf_sources(filter_source).items():
         (into / name).write_text(text)
     return into / contract.PROGRAM_FILE
 
 
-def sampler_cache_key(headers: KernelHeaders) -> str:
+def sampler_cache_key(headers: KernelHeaders, filter_source: str = to_c.MATCH_ALL) -> str:
     """Everything the sampler's bytecode depends on (see program_cache).
 
     bcc's version is read from its version.py where it can be: importing bcc to ask
     would load libbcc (LLVM inside), which a program from the cache does not need.
     """
     return program_cache.cache_key(
-        *bpf_sources().values(),
+        *bpf_sources(filter_source).values(),
         " ".join(CFLAGS),
         headers.describe(),
         bcc_version_unloaded() or bcc_version() or "unknown",
@@ -108,8 +113,10 @@ class Sampler:
         mode: str = "auto",
         debug_print_source: bool = False,
         cache_dir: Path | None = None,
+        filter_source: str = to_c.MATCH_ALL,
     ) -> None:
         self.iface = iface
+        self.filter_source = filter_source  # the generated xdpcap_filter.h
         self.snaplen = snaplen
         self.sample_rate = sample_rate
         self._realtime_offset_ns = 0  # set by enable(): see there
@@ -138,7 +145,7 @@ class Sampler:
         workdir = Path(tempfile.mkdtemp(prefix="xdpcap-bpf-"))
         try:
             self.headers = find_kernel_headers(workdir)
-            key = sampler_cache_key(self.headers)
+            key = sampler_cache_key(self.headers, self.filter_source)
             if not self._load_cached(key):
                 self._compile_with_bcc(workdir)
                 self._store_cached(key)
@@ -180,8 +187,9 @@ class Sampler:
         assert self.headers is not None
         self._bcc_module()
         apply_environment(self.headers)
-        source = read_bpf_sources(workdir)
+        source = read_bpf_sources(workdir, self.filter_source)
         if self._debug:
+            print(self.filter_source)
             print(source.read_text())
         try:
             self._bpf = self._bcc.BPF(
@@ -372,6 +380,7 @@ class Sampler:
             sampled=values[contract.SAMPLED],
             not_sampled=values[contract.NOT_SAMPLED],
             output_failed=values[contract.OUTPUT_FAILED],
+            filtered_out=values[contract.FILTERED_OUT],
         )
 
 

@@ -46,13 +46,21 @@ struct xdpcap_config {
 	__u64 realtime_offset_ns;  /* CLOCK_REALTIME - CLOCK_MONOTONIC when the window opened */
 } __attribute__((packed));
 
-/* Indexes of the per-CPU `counters` map. seen = sampled + not_sampled + output_failed. */
+/* Indexes of the per-CPU `counters` map.
+ * seen = filtered_out + not_sampled + sampled + output_failed. */
 enum xdpcap_counter {
 	XDPCAP_SEEN = 0,
 	XDPCAP_SAMPLED = 1,        /* handed to the perf buffer */
-	XDPCAP_NOT_SAMPLED = 2,    /* skipped by 1-in-N sampling */
+	XDPCAP_NOT_SAMPLED = 2,    /* skipped by 1-in-N sampling (after the filter) */
 	XDPCAP_OUTPUT_FAILED = 3,  /* perf buffer full: the sample is lost, and counted */
-	XDPCAP_COUNTER_MAX = 4,
+	XDPCAP_FILTERED_OUT = 4,   /* the capture filter did not match */
+	XDPCAP_COUNTER_MAX = 5,
 };
+
+/* Every sampler includes "xdpcap_filter.h", which the agent generates: from a checked
+ * cBPF program (agent/filter/to_c.py), or a match-all function when the capture has no
+ * filter. It defines
+ *   __u32 xdpcap_filter(const __u8 *pkt, const __u8 *pkt_end, __u32 wire_len);
+ * non-zero keeps the packet. */
 
 #endif

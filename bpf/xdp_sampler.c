@@ -1,6 +1,7 @@
 /* xdpcap's XDP packet sampler, compiled at run time by bcc.
  *
- * Every packet the interface receives is counted; one in `sample_rate` is sent to
+ * Every packet the interface receives is counted and run through the capture filter
+ * (the generated xdpcap_filter.h); of those it matches, one in `sample_rate` is sent to
  * user space through a perf event array with up to `snaplen` of its bytes appended by
  * the kernel (the sample length goes in the upper 32 bits of the helper's flags).
  * The metadata ends with the sample's pcapng EPB head, stamped here with the wall-clock
@@ -14,6 +15,7 @@
  * The program never changes what the host receives: every path returns XDP_PASS.
  */
 #include "sampler.h"
+#include "xdpcap_filter.h"
 
 BPF_PERF_OUTPUT(samples);
 BPF_PERCPU_ARRAY(counters, __u64, XDPCAP_COUNTER_MAX);
@@ -44,6 +46,11 @@ int xdpcap_sampler(struct xdp_md *ctx)
 	if (!cfg || !cfg->enabled)
 		return XDP_PASS;
 	count(XDPCAP_SEEN);
+	/* The filter runs first, as tcpdump's does: sampling picks among the matches. */
+	if (!xdpcap_filter(data, data_end, bpf_xdp_get_buff_len(ctx))) {
+		count(XDPCAP_FILTERED_OUT);
+		return XDP_PASS;
+	}
 	if (cfg->sample_rate > 1 && bpf_get_prandom_u32() % cfg->sample_rate) {
 		count(XDPCAP_NOT_SAMPLED);
 		return XDP_PASS;

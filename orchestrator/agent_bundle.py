@@ -64,8 +64,9 @@ def _sources() -> list[tuple[str, bytes]]:
         ("__main__.py", _MAIN.encode()),
         ("xdpcap/__init__.py", b""),
     ]
-    for path in _package_files(agent_package, ("*.py",)):
-        members.append((f"xdpcap/agent/{path.name}", path.read_bytes()))
+    agent_dir = Path(agent_package.__file__).parent
+    for path in _package_files(agent_package, ("*.py", "*/*.py")):  # with sub-packages
+        members.append((f"xdpcap/agent/{path.relative_to(agent_dir)}", path.read_bytes()))
     for path in _package_files(bpf_package, ("*.py", "*.c", "*.h")):
         members.append((f"xdpcap/bpf/{path.name}", path.read_bytes()))
     return members
