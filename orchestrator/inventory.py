@@ -109,6 +109,7 @@ class Host:
     become_password: str | None = field(repr=False)
     python_interpreter: str | None
     iface: str | None
+    filter: str | None  # xdpcap_filter: this host's capture filter expression
     # In precedence order: 'all' first, the deepest group last.
     groups: tuple[str, ...]
     # Every merged variable; kept out of the repr (and hides secrets in its own repr).
@@ -570,6 +571,7 @@ _VAR_NAMES: dict[str, tuple[str, ...]] = {
     "become_password": ("ansible_become_password", "ansible_become_pass", "ansible_sudo_pass"),
     "python_interpreter": ("ansible_python_interpreter",),
     "iface": ("xdpcap_iface",),
+    "filter": ("xdpcap_filter",),
 }
 
 
@@ -605,6 +607,7 @@ class _HostSettings:
             become_password=self.text("become_password", secret=True),
             python_interpreter=self.text("python_interpreter", _check_interpreter),
             iface=self.text("iface", lambda _what, value: _check_iface(value)),
+            filter=self.text("filter"),
             groups=groups,
             vars=_Vars({key: var.value for key, var in self.merged.items()}),
         )

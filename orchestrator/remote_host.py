@@ -22,6 +22,7 @@ from fabric import Connection
 from paramiko import SFTPClient
 
 from ..agent import validate
+from ..agent.filter.spec import CompiledFilter
 from ..agent.protocol import parse_event
 from .agent_bundle import AgentBundle
 from .channel import RemoteProcess
@@ -113,6 +114,7 @@ class HostState:
     local_file: str | None = None
     remote_file: str | None = None
     sha256: str | None = None
+    filter: str | None = None  # the capture filter expression this host ran
 
     @property
     def ok(self) -> bool:
@@ -187,6 +189,7 @@ class RemoteHost:
     changed: threading.Event = field(default_factory=threading.Event)
     deleted: threading.Event = field(default_factory=threading.Event)
     standby: Standby | None = None  # the fetch's sessions, opened during the capture window
+    capture_filter: CompiledFilter | None = None  # compiled on the controller (filters.py)
 
     # -- preparation -------------------------------------------------------------------
     def connect(self) -> None:
@@ -325,7 +328,8 @@ class RemoteHost:
         run_rel = f"{capture_dir_of(self.host) or CACHE_DIR + '/runs'}/{self.run_id}"
         # Host name in the file name too: the namespace lab's hosts share one filesystem.
         out_rel = f"{run_rel}/{self.host.name}-{self.state.iface}.pcapng"
-        self.launch_agent(bundle, run_rel, _capture_args(capture, self.state.iface, out_rel))
+        args = _capture_args(capture, self.state.iface, out_rel, self.capture_filter)
+        self.launch_agent(bundle, run_rel, args)
         self.state.remote_file = out_rel if out_rel.startswith("/") else f"{self.home}/{out_rel}"
 
     def launch_agent(self, bundle: AgentBundle, folder_rel: str, args: list[str]) -> None:
@@ -548,7 +552,9 @@ class RemoteHost:
             standby.join()  # with the connection closed, a pending open fails at once
 
 
-def _capture_args(capture: CaptureSettings, iface: str, output: str) -> list[str]:
+def _capture_args(
+    capture: CaptureSettings, iface: str, output: str, capture_filter: CompiledFilter | None
+) -> list[str]:
     args = [
         "capture",
         "--json-events",
@@ -570,6 +576,10 @@ def _capture_args(capture: CaptureSettings, iface: str, output: str) -> list[str
     ]
     if capture.count is not None:
         args += ["--count", str(capture.count)]
+    if capture_filter is not None:
+        # The checked programs, then the expression as the trailing words (the agent
+        # checks the programs again: it trusts nothing that arrives over the wire).
+        args += capture_filter.agent_args()
     return args
 
 

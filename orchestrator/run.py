@@ -25,14 +25,15 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..agent import __version__
+from ..agent.filter.spec import CompiledFilter
 from .agent_bundle import build_agent_bundle
 from .clock import ClockProbe, corrections
 from .errors import MergeError, RemoteError, UsageError, XdpcapError
@@ -70,6 +71,8 @@ class RunOptions:
     output: Path | None = None
     clock_correction: bool = True
     ready_timeout_s: float = READY_TIMEOUT_S
+    # Host name → its compiled capture filter (absent or None: no filter).
+    filters: Mapping[str, CompiledFilter | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -154,22 +157,21 @@ class Run:
         self.run_id = secrets.token_hex(8)  # unpredictable remote folder names
         self.run_dir = new_run_dir(options.runs_dir)
         self.started = time.monotonic()
-        self.remotes = [
-            RemoteHost(
-                host,
-                HostState(host.name, host.address, validate_iface_for(host, options.iface)),
-                ssh,
-                self.run_id,
-                started=self.started,
-            )
-            for host in hosts
-        ]
+        self.remotes = [self._remote_for(host, ssh) for host in hosts]
         self.interrupted = False
         self._changed = threading.Event()  # any host's agent said something
         for remote in self.remotes:
             remote.changed = self._changed
         self._next_render = 0.0
         self.phases: dict[str, float] = {}  # seconds since the start, for run.json
+
+    def _remote_for(self, host: Host, ssh: SshSettings) -> RemoteHost:
+        capture_filter = self.options.filters.get(host.name)
+        state = HostState(host.name, host.address, validate_iface_for(host, self.options.iface))
+        state.filter = capture_filter.expression if capture_filter else None
+        return RemoteHost(
+            host, state, ssh, self.run_id, started=self.started, capture_filter=capture_filter
+        )
 
     @property
     def console(self) -> Console:

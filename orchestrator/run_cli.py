@@ -13,8 +13,11 @@ import sys
 from pathlib import Path
 
 from ..agent import validate
+from ..agent.__main__ import add_filter_arguments
+from ..agent.filter import spec as filter_spec
 from .agent_bundle import build_agent_bundle
 from .errors import UsageError
+from .filters import compile_for_hosts
 from .inventory import Host, format_host_list, load_inventory
 from .remote_host import (
     CaptureSettings,
@@ -95,6 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print the selected hosts and exit, connecting to none",
     )
+    add_filter_arguments(run)  # host var xdpcap_filter wins, as xdpcap_iface does
     run.set_defaults(func=run_command)
 
     check = sub.add_parser("check", help="preflight every host: can it capture?")
@@ -156,6 +160,10 @@ def check_output_paths(runs_dir: Path, output: Path | None) -> None:
 def run_command(args: argparse.Namespace) -> int:
     capture = capture_settings(args)
     hosts = select_hosts(args)
+    # Compiled here, before any host is contacted: a bad filter is one line, exit 2.
+    filters = compile_for_hosts(
+        hosts, filter_spec.expression_from(args.expression, args.filter_file)
+    )
     if args.list_hosts:
         print(format_host_list(hosts, args.iface))
         return 0
@@ -172,6 +180,7 @@ def run_command(args: argparse.Namespace) -> int:
         ready_timeout_s=args.ready_timeout,
         inventory_path=str(Path(args.inventory).resolve()),
         reconnect_wait_s=args.reconnect_wait,
+        filters=filters,
     )
     return execute_run(hosts, options, _ssh_settings(args))
 

@@ -29,6 +29,7 @@ def _host(common_args: str | None = None) -> Host:
         become_password=None,
         python_interpreter=None,
         iface=None,
+        filter=None,
         groups=("all",),
         vars={},
     )
