@@ -120,9 +120,11 @@ def final_lines(states: Sequence[HostState]) -> list[str]:
         else:
             result = f"failed: {s.reason or s.state}"
         clock = f", clock {s.clock.describe()}" if s.clock else ""
+        # With a filter, most of what a host sees is rightly not written: say how much.
+        filtered = f", filtered out {summary['filtered_out']}" if summary.get("filter") else ""
         lines.append(
             f"{s.name}: {result}; written {summary.get('written', s.packets)}, "
-            f"lost {summary.get('lost', s.lost)}, seen {summary.get('seen', s.seen)}, "
+            f"lost {summary.get('lost', s.lost)}, seen {summary.get('seen', s.seen)}{filtered}, "
             f"window {_window(s)}{clock}"
         )
     return lines

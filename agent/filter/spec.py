@@ -17,7 +17,8 @@ from .cbpf import FilterError, Program
 
 # What an interface's frames start with, by iproute2's name for its ARPHRD type: an
 # Ethernet header, or the IP header itself (tun, wireguard and other L3 devices).
-LINK_OF_IP_LINK_TYPE = {"ether": "ether", "none": "raw", "rawip": "raw"}
+# Linux loopback frames carry a zeroed Ethernet header (tcpdump reads lo as EN10MB).
+LINK_OF_IP_LINK_TYPE = {"ether": "ether", "loopback": "ether", "none": "raw", "rawip": "raw"}
 # The pcapng link type of each (LINKTYPE_ETHERNET, LINKTYPE_RAW).
 PCAPNG_LINKTYPE = {"ether": 1, "raw": 101}
 MAX_FILTER_FILE = 64 << 10
@@ -100,12 +101,24 @@ def compile_filter(expression: str) -> CompiledFilter:
     unavailable: dict[str, str] = {}
     for link in libpcap.LINK_TYPES:
         try:
-            programs[link] = cbpf.check(libpcap.compile_expression(expression, link))
+            programs[link] = compile_checked(expression, link)
         except FilterError as exc:
             if link == "ether":  # the common case: its message is the one to show
                 raise
             unavailable[link] = str(exc)
     return CompiledFilter(expression, programs, unavailable)
+
+
+def compile_checked(expression: str, link: str) -> Program:
+    """libpcap's program for `expression`, accepted by the checker, else one clear line."""
+    program = libpcap.compile_expression(expression, link)
+    try:
+        return cbpf.check(program)
+    except FilterError as exc:
+        reason = str(exc).removeprefix("filter program: ")
+        raise FilterError(
+            f"filter {expression!r} compiles to a program xdpcap cannot run: {reason}"
+        ) from exc
 
 
 def parse_program_args(values: Sequence[str]) -> dict[str, Program]:
@@ -135,4 +148,4 @@ def active_filter(
         if link not in programs:
             raise FilterError(f"filter {expression!r} does not apply to {iface} ({link} link)")
         return ActiveFilter(expression, programs[link])
-    return ActiveFilter(expression, cbpf.check(libpcap.compile_expression(expression, link)))
+    return ActiveFilter(expression, compile_checked(expression, link))

@@ -294,6 +294,64 @@ def test_bad_python_interpreter(lab, tmp_path: Path, python: str) -> None:
     )
 
 
+# --------------------------------------------------------------------------- filters
+
+BAD_FILTERS = [
+    (("tcp", "port"), ("syntax error",)),
+    (("tcp", "and", "udp"), ("rejects all packets",)),
+    (("ip[0:3]", "=", "1"), ("data size",)),
+    (("ip[0]", "<<", "40", "=", "0"), ("shift",)),
+    (("ip[0]", "/", "0", "=", "1"), ("division by zero",)),
+    (("protochain", "6"), ("protochain", "backwards")),
+    (("host", "10.0.0.5\x01"), ("printable",)),
+]
+
+
+@pytest.mark.parametrize("words,expected", BAD_FILTERS, ids=[" ".join(w) for w, _ in BAD_FILTERS])
+def test_bad_filter(lab, tmp_path: Path, words: tuple[str, ...], expected: tuple[str, ...]) -> None:
+    line = _assert_refused(lab, tmp_path, "run", "-i", str(lab.inventory_path), *words, words=())
+    assert "filter" in line
+    for word in expected:
+        assert word in line, (word, line)
+
+
+def test_bad_filter_host_var_names_the_host(lab, tmp_path: Path) -> None:
+    second = lab.hosts[1].name
+    inventory = inventory_with(lab, tmp_path, {second: {"xdpcap_filter": "tcp port"}})
+    _assert_refused(
+        lab, tmp_path, "run", "-i", str(inventory), words=(second, "xdpcap_filter", "syntax error")
+    )
+
+
+def test_filter_file_problems(lab, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-filter"
+    _assert_refused(
+        lab, tmp_path, "run", "-i", str(lab.inventory_path), "-F", str(missing), words=("-F",)
+    )
+    both = tmp_path / "filter"
+    both.write_text("icmp # pings only\n")
+    _assert_refused(
+        lab,
+        tmp_path,
+        "run",
+        "-i",
+        str(lab.inventory_path),
+        "-F",
+        str(both),
+        "udp",
+        words=("not both",),
+    )
+
+
+def test_bad_filter_in_a_local_capture(tmp_path: Path) -> None:
+    result = xdpcap(
+        "capture", "-i", "lo", "-w", str(tmp_path / "c.pcapng"), "--duration", "1", "tcp", "port"
+    )
+    assert "syntax error" in _one_line(result)
+    assert result.returncode == 2
+    assert not (tmp_path / "c.pcapng").exists()
+
+
 # --------------------------------------------------------------------------- numbers
 
 BAD_NUMBERS = [

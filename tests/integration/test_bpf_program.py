@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import struct
 import time
 from pathlib import Path
@@ -12,26 +11,7 @@ from xdpcap.agent import contract
 from xdpcap.agent.consumer import SampleConsumer
 from xdpcap.agent.sampler import Sampler
 
-XDP_PASS = 2
-
-
-class _TestRunOpts(ctypes.Structure):
-    # libbpf's struct bpf_test_run_opts; `sz` tells libbpf how much of it we pass.
-    _fields_ = (
-        ("sz", ctypes.c_size_t),
-        ("data_in", ctypes.c_void_p),
-        ("data_out", ctypes.c_void_p),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_void_p),
-        ("ctx_out", ctypes.c_void_p),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("repeat", ctypes.c_int),
-        ("duration", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-    )
+from .bpf_test_run import XDP_PASS, prog_test_run
 
 
 def _frame(length: int) -> bytes:
@@ -52,20 +32,6 @@ def _frame(length: int) -> bytes:
     )
     udp = struct.pack("!HHHH", 1234, 5678, length - 34, 0)
     return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp + payload
-
-
-def _test_run(prog_fd: int, frame: bytes, repeat: int = 1) -> int:
-    libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
-    data = ctypes.create_string_buffer(frame, len(frame))
-    opts = _TestRunOpts(
-        sz=ctypes.sizeof(_TestRunOpts),
-        data_in=ctypes.addressof(data),
-        data_size_in=len(frame),
-        repeat=repeat,
-    )
-    err = libbpf.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
-    assert err == 0, f"BPF_PROG_TEST_RUN failed: {err}"
-    return opts.retval
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +92,7 @@ def _drain(sampler: Sampler, consumer: SampleConsumer) -> list[tuple[int, int, i
 def test_snaplen_truncates_but_keeps_the_original_length(make_sampler) -> None:
     sampler, consumer = make_sampler(snaplen=128, sample_rate=1)
     frame = _frame(1000)
-    assert _test_run(sampler.prog_fd, frame) == XDP_PASS
+    assert prog_test_run(sampler.prog_fd, frame) == XDP_PASS
     samples = _drain(sampler, consumer)
     assert len(samples) == 1
     ts, orig_len, cap_len, data = samples[0]
@@ -145,7 +111,7 @@ def test_snaplen_truncates_but_keeps_the_original_length(make_sampler) -> None:
 def test_short_frame_is_captured_whole(make_sampler) -> None:
     sampler, consumer = make_sampler(snaplen=262144, sample_rate=1)
     frame = _frame(60)
-    _test_run(sampler.prog_fd, frame)
+    prog_test_run(sampler.prog_fd, frame)
     ((_ts, orig_len, cap_len, data),) = _drain(sampler, consumer)
     assert orig_len == cap_len == 60
     assert data == frame
@@ -154,7 +120,7 @@ def test_short_frame_is_captured_whole(make_sampler) -> None:
 def test_one_in_n_sampling_and_counters_add_up(make_sampler) -> None:
     sampler, consumer = make_sampler(snaplen=64, sample_rate=4)
     runs = 4000
-    assert _test_run(sampler.prog_fd, _frame(100), repeat=runs) == XDP_PASS
+    assert prog_test_run(sampler.prog_fd, _frame(100), repeat=runs) == XDP_PASS
     samples = _drain(sampler, consumer)
     counters = sampler.counters()
     assert counters.seen == runs
@@ -174,7 +140,7 @@ def test_blocks_read_back_by_an_independent_pcapng_reader(make_sampler, tmp_path
     sampler, consumer = make_sampler(snaplen=100, sample_rate=1)
     frames = [_frame(n) for n in (60, 61, 62, 63, 1000)]  # every padding, and a cut
     for frame in frames:
-        _test_run(sampler.prog_fd, frame)
+        prog_test_run(sampler.prog_fd, frame)
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     for _ in range(5):
         sampler.poll(50)
@@ -201,7 +167,7 @@ def test_blocks_read_back_by_an_independent_pcapng_reader(make_sampler, tmp_path
 def test_disabled_program_counts_nothing(make_sampler) -> None:
     sampler, consumer = make_sampler(snaplen=64, sample_rate=1)
     sampler.disable()
-    _test_run(sampler.prog_fd, _frame(100), repeat=10)
+    prog_test_run(sampler.prog_fd, _frame(100), repeat=10)
     assert _drain(sampler, consumer) == []
     assert sampler.counters().seen == 0
 
@@ -222,7 +188,7 @@ def test_maps_work_without_libbpf_so(monkeypatch) -> None:
             consumer = SampleConsumer()
             sampler.open_buffers(page_count=64, wakeup_events=1)
             sampler.enable(REALTIME_OFFSET_NS)
-            _test_run(sampler.prog_fd, _frame(100), repeat=5)
+            prog_test_run(sampler.prog_fd, _frame(100), repeat=5)
             assert len(_drain(sampler, consumer)) == 5
             assert sampler.counters().seen == 5
     finally:
