@@ -18,7 +18,7 @@ from xdpcap.orchestrator.run import Run, RunOptions, RunResult
 from xdpcap.orchestrator.ssh import SshSettings
 from xdpcap.orchestrator.standby import Standby
 
-from .agent_helpers import capinfos, tshark_fields
+from .agent_helpers import capinfos, read_headers, tshark_fields
 from .lab_helpers import (
     delayed_udp_echo,
     echo_pairs,
@@ -263,6 +263,50 @@ def test_count_stops_the_run(lab, tmp_path: Path) -> None:
         assert host["summary"]["written"] >= 15
         window = host["summary"]["window_end_ns"] - host["summary"]["window_start_ns"]
         assert window < 30e9
+
+
+def test_filters_from_the_command_line_and_a_host_variable(lab, tmp_path: Path) -> None:
+    """Trailing words filter every host but one, whose xdpcap_filter wins; each host's
+    interface in the merged file carries its own expression, and the sums close."""
+    replies_host = lab.hosts[2].name
+    replies_only = "icmp[icmptype] == icmp-echoreply"
+    inventory = inventory_with(lab, tmp_path, {replies_host: {"xdpcap_filter": replies_only}})
+    with pings_between_all(lab, seconds=10):
+        result = xdpcap(
+            "run",
+            "-i",
+            str(inventory),
+            "--duration",
+            "4",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "icmp[icmptype]",
+            "==",
+            "icmp-echo",
+        )
+    assert result.returncode == 0, result.stderr
+    merged = _merged_path(result)
+    expected = {h.name: "icmp[icmptype] == icmp-echo" for h in lab.hosts}
+    expected[replies_host] = replies_only
+
+    rows = tshark_fields(merged, "frame.interface_name", "icmp.type")
+    by_iface: dict[str, set[str]] = {}
+    for iface, icmp_type in rows:
+        by_iface.setdefault(iface, set()).add(icmp_type)
+    assert by_iface == {f"{name}:eth0": {"0" if name == replies_host else "8"} for name in expected}
+    _shb, idbs = read_headers(merged)
+    filters = {idb["if_name"]: idb["if_filter"] for _snaplen, idb in idbs}
+    assert filters == {f"{n}:eth0": (0, e.encode()) for n, e in expected.items()}
+
+    for host in _run_json(merged)["hosts"]:
+        summary = host["summary"]
+        assert host["filter"] == summary["filter"] == expected[host["name"]]
+        assert summary["filtered_out"] > 0  # the other pings, and the lab's other traffic
+        assert summary["seen"] == (
+            summary["filtered_out"] + summary["written"] + summary["not_sampled"] + summary["lost"]
+        )
+        assert f"{host['name']}: ok;" in result.stderr
+    assert f"filtered out {summary['filtered_out']}," in result.stderr
 
 
 def test_check_reports_each_host(lab) -> None:
