@@ -42,6 +42,18 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_direction_argument(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """tcpdump's -Q: which directions to capture."""
+    parser.add_argument(
+        "-Q",
+        "--direction",
+        choices=validate.DIRECTIONS,
+        default=default,
+        help="in: what arrives (XDP), out: what is sent (tc egress), inout: both "
+        "(the default, as tcpdump)",
+    )
+
+
 def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iface", "-i", required=True, help="interface to capture on")
     parser.add_argument("-w", "--write", dest="output", help="pcapng file to write")
@@ -58,6 +70,14 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep one packet in N, chosen at random (default 1: all)",
     )
     parser.add_argument("--xdp-mode", choices=("auto", "native", "skb"), default="auto")
+    add_direction_argument(parser, "inout")
+    parser.add_argument(
+        "--egress-attach",
+        choices=("auto", "tcx", "clsact"),
+        default="auto",
+        help="how the egress program attaches (auto: a tcx link where the kernel has it, "
+        "6.6+; else a clsact filter)",
+    )
     parser.add_argument(
         "--buffer-pages",
         type=int,
@@ -122,6 +142,8 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
         snaplen=validate.snaplen(args.snaplen),
         sample_rate=validate.sample_rate(args.sample_rate),
         xdp_mode=args.xdp_mode,
+        direction=args.direction,
+        egress_attach=args.egress_attach,
         buffer_pages=args.buffer_pages,
         wait_start=args.wait_start,
         start_timeout_s=validate.positive_number("--start-timeout", args.start_timeout, 3600),

@@ -3,7 +3,8 @@
 Accounting is exact: seen = filtered out + written + lost + not sampled (+ sampled after
 --count was reached, which like `tcpdump -c N` we do not write), where lost gathers
 every way a sample can fail to reach the file (perf buffer full, malformed sample, disk
-full). The figures go to the summary line and to the pcapng interface statistics block.
+full) — in total and in each direction. The figures go to the summary line and to the
+pcapng interface statistics block.
 """
 
 from __future__ import annotations
@@ -20,16 +21,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from . import __version__, clock, netdev, perf_ring, program_cache
-from .consumer import Backlog, SampleConsumer, TimeOrderer
+from . import __version__, clock, contract, netdev, perf_ring, program_cache
+from .consumer import Backlog, SampleConsumer, TimeOrderer, cap_len_of, direction_of
 from .errors import AgentError
 from .filter import spec as filter_spec
 from .filter.cbpf import Program
 from .filter.to_c import MATCH_ALL
+from .hooks.xdp import refuse_foreign
 from .lock import InterfaceLock
 from .pcapng import IF_FILTER, PcapngWriter
 from .protocol import ControllerCommands, EventSink
-from .sampler import Sampler
+from .sampler import Counters, Sampler
+
+# -Q/--direction, as tcpdump: which ways the packets went that are captured.
+DIRECTIONS = {
+    "in": frozenset({contract.INBOUND}),
+    "out": frozenset({contract.OUTBOUND}),
+    "inout": frozenset({contract.INBOUND, contract.OUTBOUND}),
+}
+DIRECTION_NAMES = {contract.INBOUND: "in", contract.OUTBOUND: "out"}
 
 POLL_MS = 100
 DRAIN_INTERVAL_NS = 5_000_000
@@ -77,6 +87,8 @@ class CaptureOptions:
     snaplen: int = 262144
     sample_rate: int = 1
     xdp_mode: str = "auto"
+    direction: str = "inout"  # a key of DIRECTIONS
+    egress_attach: str = "auto"  # tcx where the kernel has it, else clsact; or forced
     buffer_pages: int | None = None  # per CPU; None: buffer_pages_for(online CPUs)
     wakeup_events: int = 32
     wait_start: bool = False
@@ -91,10 +103,24 @@ class CaptureOptions:
 
 
 @dataclass
+class DirectionSummary:
+    """One direction's share of the accounting; the same sum closes in each."""
+
+    seen: int = 0
+    filtered_out: int = 0
+    written: int = 0
+    lost: int = 0
+    not_sampled: int = 0
+    past_count: int = 0
+
+
+@dataclass
 class CaptureSummary:
     iface: str
     file: str
-    mode: str = ""
+    mode: str = ""  # the XDP mode ("" without an XDP hook)
+    direction: str = "inout"
+    hooks: str = ""  # what captured: "XDP ingress native (bpf_link) + tcx egress"
     filter: str | None = None
     seen: int = 0
     filtered_out: int = 0  # the capture filter did not match
@@ -114,6 +140,8 @@ class CaptureSummary:
     backlog_peak_bytes: int = 0  # how far formatting fell behind draining, at worst
     file_size: int = 0  # bytes in the file, and their sha256, for the controller's check
     file_sha256: str = ""
+    # "in", "out": each captured direction's figures (they add up to the totals above).
+    directions: dict[str, DirectionSummary] = field(default_factory=dict)
 
     @property
     def unaccounted(self) -> int:
@@ -133,16 +161,26 @@ class CaptureSummary:
         seconds = (self.window_end_ns - self.window_start_ns) / 1e9
         text = (
             f"{self.iface}: {self.written} packets written to {self.file} in {seconds:.1f} s "
-            f"({self.mode} XDP); seen {self.seen} = "
+            f"({self.hooks}); seen {self.seen} = "
         )
         if self.filter is not None:
             text += f"filtered out {self.filtered_out} + "
         text += f"written {self.written} + lost {self.lost} + not sampled {self.not_sampled}"
         if self.past_count:
             text += f" + after --count {self.past_count}"
+        if len(self.directions) > 1:
+            text += (
+                " ("
+                + "; ".join(
+                    f"{name}: seen {d.seen}, written {d.written}"
+                    for name, d in self.directions.items()
+                )
+                + ")"
+            )
         if self.filter is not None:
             text += f"; filter {self.filter!r}"
-        text += f"; missed by the interface before XDP {self.os_drops}"
+        if self.mode:
+            text += f"; missed by the interface before XDP {self.os_drops}"
         if self.partial_reason:
             text += f"; PARTIAL: {self.partial_reason}"
         return text
@@ -178,8 +216,7 @@ def _install_signal_handlers(stop: _StopFlag, controller: bool) -> dict[int, obj
 def _interface_description(sampler: Sampler, options: CaptureOptions) -> str:
     rate = f"1-in-{options.sample_rate}" if options.sample_rate > 1 else "every packet"
     text = (
-        f"XDP ingress capture by xdpcap ({sampler.mode} mode, {sampler.attach_method}), "
-        f"sampling {rate}, snaplen {options.snaplen}"
+        f"{sampler.describe_hooks()} capture by xdpcap, sampling {rate}, snaplen {options.snaplen}"
     )
     if options.filter_expression:
         text += f", filter {options.filter_expression!r}"
@@ -217,6 +254,9 @@ class Capture:
         self._last_ts = 0
         self._bytes = 0
         self._released = 0  # packets handed to the writer (for --count)
+        # Outbound packets written and past --count; inbound ones are the rest.
+        self._written_out = 0
+        self._past_count_out = 0
         self.buffer_pages = options.buffer_pages or buffer_pages_for(len(perf_ring.online_cpus()))
 
     def run(self) -> CaptureSummary:
@@ -226,11 +266,9 @@ class Capture:
         try:
             with InterfaceLock(options.iface):
                 iface = netdev.inspect_interface(options.iface)
-                if iface.attached is not None and iface.attached.name != "xdpcap_sampler":
-                    raise AgentError(
-                        f"{options.iface}: an XDP program is already attached "
-                        f"({iface.attached.describe()}); xdpcap never replaces it"
-                    )
+                directions = DIRECTIONS[options.direction]
+                if contract.INBOUND in directions:
+                    refuse_foreign(options.iface, iface.attached)
                 # Checked (or compiled) before anything is loaded or attached.
                 active = filter_spec.active_filter(
                     options.filter_expression,
@@ -239,6 +277,7 @@ class Capture:
                     options.iface,
                 )
                 self.summary.filter = active.expression if active else None
+                self.summary.direction = options.direction
                 with Sampler(
                     options.iface,
                     snaplen=options.snaplen,
@@ -247,6 +286,8 @@ class Capture:
                     debug_print_source=options.debug_print_source,
                     cache_dir=program_cache.default_dir() if options.bpf_cache else None,
                     filter_source=active.c_source if active else MATCH_ALL,
+                    directions=directions,
+                    egress_attach=options.egress_attach,
                 ) as sampler:
                     self._capture(sampler, iface, commands)
             if commands is not None and self.summary.window_end_ns:
@@ -297,12 +338,13 @@ class Capture:
             sampler.open_buffers(page_count=self.buffer_pages, wakeup_events=options.wakeup_events)
             sampler.attach()
             self.summary.mode = sampler.mode or ""
+            self.summary.hooks = sampler.describe_hooks()
             assert sampler.headers is not None
             self.events.emit(
                 "ready",
                 iface=options.iface,
                 mode=sampler.mode,
-                attach=sampler.attach_method,
+                hooks=sampler.describe_hooks(),
                 headers=sampler.headers.describe(),
                 program=sampler.loaded_from,
                 load_s=round(sampler.load_s or 0.0, 3),
@@ -363,7 +405,7 @@ class Capture:
         self._orderer = TimeOrderer()
         backlog = self._backlog = Backlog()
         self._offset = clock.realtime_minus_monotonic_ns()
-        drops_before = netdev.read_os_drops(options.iface)
+        drops_before = netdev.read_os_drops(options.iface) if sampler.xdp else 0
         start_mono = clock.monotonic_ns()
         sampler.enable(self._offset)
         self.summary.window_start_ns = start_mono + self._offset
@@ -402,7 +444,8 @@ class Capture:
         end_mono = clock.monotonic_ns()
         self.summary.window_end_ns = end_mono + self._offset
         self.summary.stopped_by = self.stop.reason or ""
-        self.summary.os_drops = max(0, netdev.read_os_drops(options.iface) - drops_before)
+        if sampler.xdp:  # frames missed before XDP: meaningless for egress alone
+            self.summary.os_drops = max(0, netdev.read_os_drops(options.iface) - drops_before)
 
     def _format(self, consumer: SampleConsumer, writer: PcapngWriter, until_ns: int | None) -> None:
         """Turns drained records into file blocks, oldest drain first, until `until_ns`.
@@ -432,7 +475,8 @@ class Capture:
             idle_rounds = 0 if chunks else idle_rounds + 1
         self._format(consumer, writer, None)
         self._write(writer, self._within_count(self._orderer.release(None)))
-        counters = sampler.counters()
+        by_direction = sampler.counters_by_direction()
+        counters = sum(by_direction.values(), Counters())
         summary = self.summary
         summary.backlog_peak_bytes = backlog.peak
         summary.seen = counters.seen
@@ -449,6 +493,7 @@ class Capture:
             "in_transit": max(0, in_transit),
         }
         summary.lost = sum(summary.lost_detail.values())
+        summary.directions = self._split(by_direction)
         summary.bytes_written = self._bytes
         try:
             writer.write_statistics(
@@ -463,7 +508,8 @@ class Capture:
                 usrdeliv=summary.written,
                 comment=f"seen = filtered out ({summary.filtered_out}) + written + lost "
                 f"+ not sampled ({summary.not_sampled}) + after --count ({summary.past_count}); "
-                f"lost: {summary.lost_detail}; osdrop: missed by the interface before XDP",
+                f"lost: {summary.lost_detail}; osdrop: missed by the interface before XDP"
+                + "".join(f"; {name}: {asdict(d)}" for name, d in summary.directions.items()),
             )
             writer.flush()
         except OSError as exc:
@@ -477,6 +523,31 @@ class Capture:
             summary.partial_reason = summary.partial_reason or f"summary not written: {exc}"
         self.events.emit("done", **summary.to_dict())
 
+    def _split(self, by_direction: dict[int, Counters]) -> dict[str, DirectionSummary]:
+        """Each direction's share. The kernel counts seen, filtered, not sampled and
+        sampled per direction; the file's share is counted as packets are released;
+        lost is what was sampled and neither written nor past --count — so the sum
+        closes in each direction as it does in total."""
+        summary = self.summary
+        out_written = min(self._written_out, summary.written)  # a cut file may hold fewer
+        written = {contract.OUTBOUND: out_written, contract.INBOUND: summary.written - out_written}
+        past = {
+            contract.OUTBOUND: self._past_count_out,
+            contract.INBOUND: summary.past_count - self._past_count_out,
+        }
+        split = {}
+        for direction, c in by_direction.items():
+            sampled = c.sampled + c.output_failed
+            split[DIRECTION_NAMES[direction]] = DirectionSummary(
+                seen=c.seen,
+                filtered_out=c.filtered_out,
+                written=written[direction],
+                lost=sampled - written[direction] - past[direction],
+                not_sampled=c.not_sampled,
+                past_count=past[direction],
+            )
+        return split
+
     # -- helpers -----------------------------------------------------------------------
     def _within_count(self, ready: list[tuple[int, bytes, int]]) -> list[tuple[int, bytes, int]]:
         """The first --count packets in time order; the rest are counted, not written."""
@@ -487,17 +558,21 @@ class Capture:
         kept = ready[:room]
         self._released += len(kept)
         self.summary.past_count += len(ready) - len(kept)
+        self._past_count_out += sum(direction_of(item[2]) for item in ready[room:])
         return kept
 
     def _write(self, writer: PcapngWriter, ready: list[tuple[int, bytes, int]]) -> None:
-        """Appends released (ts, block, cap_len) items: the blocks are already framed."""
+        """Appends released (ts, block, key) items: the blocks are already framed."""
         if not ready or self.summary.partial_reason:
             return
+        keys = [item[2] for item in ready]
         try:
             writer.write_blocks([item[1] for item in ready], len(ready))
         except OSError as exc:
             self._disk_full(exc)
-        self._bytes += sum(item[2] for item in ready)
+        else:
+            self._written_out += sum(map(direction_of, keys))  # 1 for each outbound packet
+        self._bytes += sum(map(cap_len_of, keys))
         if ready[0][0] < self._last_ts:
             self._late += 1
         self._last_ts = ready[-1][0]

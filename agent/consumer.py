@@ -14,12 +14,13 @@ import struct
 from collections import deque
 from operator import itemgetter
 
-from .contract import EPB_HEAD, EPB_HEAD_OFFSET, SAMPLE
-from .pcapng import EPB_FLAG_INBOUND, epb_tail
+from .contract import EPB_HEAD, EPB_HEAD_OFFSET, INBOUND, OUTBOUND, SAMPLE
+from .pcapng import EPB_FLAG_INBOUND, EPB_FLAG_OUTBOUND, epb_tail
 from .perf_ring import HEADER, PERF_RECORD_LOST, PERF_RECORD_SAMPLE, SAMPLE_DATA_OFFSET
 
 # What the loop reads of a record: perf_event_header's type and size, the raw data size,
-# then struct xdpcap_sample's ts_ns and (cap_len, rx_queue) as one u64 trailer key.
+# then struct xdpcap_sample's ts_ns and (cap_len, queue, direction) as one u64: the key
+# of the sample's trailer, cap_len | queue << 32 | direction << 48.
 RECORD = struct.Struct("<I2xHIQQ")
 EPB_OFFSET = SAMPLE_DATA_OFFSET + EPB_HEAD_OFFSET  # where the EPB starts in a record
 _LOST = struct.Struct("<QQ")  # PERF_RECORD_LOST body: id, lost
@@ -27,20 +28,35 @@ PADDING = bytes(RECORD.size)  # lets RECORD be unpacked at a record shorter than
 _first = itemgetter(0)
 
 
+_EPB_DIRECTION = {INBOUND: EPB_FLAG_INBOUND, OUTBOUND: EPB_FLAG_OUTBOUND}
+
+
+def cap_len_of(key: int) -> int:
+    return key & 0xFFFFFFFF
+
+
+def direction_of(key: int) -> int:
+    """INBOUND (0) or OUTBOUND (1): so a sum of direction_of over keys counts outbound."""
+    return key >> 48
+
+
 def epb_trailer(key: int) -> bytes:
-    """What follows a packet's bytes in its EPB, for key = rx_queue << 32 | cap_len."""
-    return epb_tail(key & 0xFFFFFFFF, EPB_FLAG_INBOUND, key >> 32)
+    """What follows a packet's bytes in its EPB (padding, epb_flags with the direction,
+    epb_queue, the block length), for key = cap_len | queue << 32 | direction << 48."""
+    flags = _EPB_DIRECTION.get(direction_of(key), 0)  # 0: direction unknown
+    return epb_tail(cap_len_of(key), flags, (key >> 32) & 0xFFFF)
 
 
 class SampleConsumer:
-    """Parses record chunks into (ts_mono, epb, cap_len) items and keeps the counts."""
+    """Parses record chunks into (ts_mono, epb, key) items and keeps the counts; the
+    key (see RECORD) gives the sample's captured length and direction."""
 
     def __init__(self) -> None:
         self.items: list[tuple[int, bytes, int]] = []
         self.received = 0  # sample records seen, malformed ones included
         self.malformed = 0  # counted as lost by the capture, never written
         self.lost_reported = 0  # PERF_RECORD_LOST totals: a cross-check of the BPF counter
-        # One trailer per (cap_len, rx_queue) seen: a few hundred at most in practice.
+        # One trailer per (cap_len, queue, direction) seen: a few hundred at most in practice.
         self._trailers: dict[int, bytes] = {}
 
     def parse(self, buf: bytes, pos: int, end: int, budget: int) -> int:
@@ -65,7 +81,7 @@ class SampleConsumer:
                 break
             if rtype == PERF_RECORD_SAMPLE:
                 received += 1
-                cap_len = key & 0xFFFFFFFF
+                cap_len = key & 0xFFFFFFFF  # cap_len_of, inlined: this loop is the hot path
                 if raw_size < minimum + cap_len or SAMPLE_DATA_OFFSET + raw_size > size:
                     malformed += 1
                 else:
@@ -73,7 +89,7 @@ class SampleConsumer:
                     if trailer is None:
                         trailer = trailers[key] = epb_trailer(key)
                     start = pos + EPB_OFFSET
-                    append((ts, buf[start : start + head + cap_len] + trailer, cap_len))
+                    append((ts, buf[start : start + head + cap_len] + trailer, key))
             elif rtype == PERF_RECORD_LOST:
                 self.lost_reported += _LOST.unpack_from(buf, pos + HEADER.size)[1]
             pos += size

@@ -18,8 +18,12 @@ from functools import lru_cache
 
 from .perf_ring import online_cpus
 
+BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_PROG_TYPE_XDP = 6
 BPF_XDP_ATTACH_TYPE = 37  # enum bpf_attach_type BPF_XDP
+BPF_TCX_EGRESS = 47  # kernel 6.6+
+BPF_F_BEFORE = 1 << 3  # tcx: with no relative program, first in the chain
+BPF_TC_EGRESS = 1 << 1  # enum bpf_tc_attach_point
 BPF_OBJ_NAME_LEN = 16
 
 
@@ -59,6 +63,48 @@ class _LinkCreateOpts(ctypes.Structure):
     _fields_ = (("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32), ("_pad", ctypes.c_uint32))
 
 
+class _TcHook(ctypes.Structure):
+    # struct bpf_tc_hook: sz, ifindex, attach_point, parent.
+    _fields_ = (
+        ("sz", ctypes.c_size_t),
+        ("ifindex", ctypes.c_int),
+        ("attach_point", ctypes.c_int),
+        ("parent", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+    )
+
+
+class _TcOpts(ctypes.Structure):
+    # struct bpf_tc_opts: sz, prog_fd, flags, prog_id, handle, priority.
+    _fields_ = (
+        ("sz", ctypes.c_size_t),
+        ("prog_fd", ctypes.c_int),
+        ("flags", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("handle", ctypes.c_uint32),
+        ("priority", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+    )
+
+
+class _ProgInfo(ctypes.Structure):
+    # The head of struct bpf_prog_info, up to the name.
+    _fields_ = (
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+    )
+
+
 @dataclass(frozen=True)
 class MapSpec:
     """What it takes to create a map like one that exists."""
@@ -77,7 +123,16 @@ def _lib() -> ctypes.CDLL:
         lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
     except OSError as exc:
         raise LibbpfError(errno.ENOSYS, f"libbpf.so.1 is not installed ({exc})") from exc
-    for name in ("bpf_map_create", "bpf_prog_load", "bpf_link_create"):
+    for name in (
+        "bpf_map_create",
+        "bpf_prog_load",
+        "bpf_link_create",
+        "bpf_prog_get_fd_by_id",
+        "bpf_tc_hook_create",
+        "bpf_tc_attach",
+        "bpf_tc_query",
+        "bpf_tc_detach",
+    ):
         getattr(lib, name).restype = ctypes.c_int
     return lib
 
@@ -124,11 +179,11 @@ def map_create(spec: MapSpec) -> int:
     return _check(fd, f"creating map {spec.name}")
 
 
-def prog_load_xdp(name: str, license: str, insns: bytes) -> int:
-    """Load XDP bytecode; the kernel's verifier checks it like any other program."""
+def prog_load(prog_type: int, name: str, license: str, insns: bytes) -> int:
+    """Load bytecode; the kernel's verifier checks it like any other program."""
     buffer = ctypes.create_string_buffer(insns, len(insns))
     fd = _lib().bpf_prog_load(
-        BPF_PROG_TYPE_XDP,
+        prog_type,
         name.encode(),
         license.encode(),
         buffer,
@@ -162,17 +217,83 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes:
     return value.raw
 
 
-def xdp_link_create(prog_fd: int, ifindex: int, flags: int) -> int:
+def xdp_link_create(
+    prog_fd: int, ifindex: int, flags: int, attach_type: int = BPF_XDP_ATTACH_TYPE
+) -> int:
     """Attach through a BPF link; returns the link fd, or -errno (never raises)."""
     try:
         lib = _lib()
     except LibbpfError:
         return -errno.ENOSYS
     opts = _LinkCreateOpts(ctypes.sizeof(_LinkCreateOpts), flags, 0)
-    fd = lib.bpf_link_create(prog_fd, ifindex, BPF_XDP_ATTACH_TYPE, ctypes.byref(opts))
+    fd = lib.bpf_link_create(prog_fd, ifindex, attach_type, ctypes.byref(opts))
     if fd < 0:
         return -(ctypes.get_errno() or -fd)
     return fd
+
+
+def tcx_link_create(prog_fd: int, ifindex: int, attach_type: int, flags: int) -> int:
+    """A tcx link (kernel 6.6+); returns the link fd, or -errno (never raises).
+
+    libbpf 1.1 predates tcx, but passes an attach type it does not know through to the
+    kernel with only `flags` set, which is all a first-in-chain attach needs.
+    """
+    return xdp_link_create(prog_fd, ifindex, flags, attach_type)
+
+
+def _tc_hook(ifindex: int) -> _TcHook:
+    return _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=BPF_TC_EGRESS)
+
+
+def _tc_opts(handle: int, priority: int, prog_fd: int = 0) -> _TcOpts:
+    return _TcOpts(sz=ctypes.sizeof(_TcOpts), prog_fd=prog_fd, handle=handle, priority=priority)
+
+
+def tc_egress_hook_create(ifindex: int) -> bool:
+    """Make sure the interface has a clsact qdisc; True if we created it."""
+    result = _lib().bpf_tc_hook_create(ctypes.byref(_tc_hook(ifindex)))
+    if result == -errno.EEXIST:
+        return False
+    _check(result, "creating the clsact qdisc")
+    return True
+
+
+def tc_egress_attach(ifindex: int, prog_fd: int, handle: int, priority: int) -> None:
+    """A direct-action cls_bpf filter with our handle and priority, never a replacement
+    (EEXIST if that handle and priority are taken)."""
+    opts = _tc_opts(handle, priority, prog_fd)
+    _check(_lib().bpf_tc_attach(ctypes.byref(_tc_hook(ifindex)), ctypes.byref(opts)), "tc attach")
+
+
+def tc_egress_query(ifindex: int, handle: int, priority: int) -> int | None:
+    """The id of the program in the filter with this handle and priority, or None."""
+    opts = _tc_opts(handle, priority)
+    result = _lib().bpf_tc_query(ctypes.byref(_tc_hook(ifindex)), ctypes.byref(opts))
+    if result in (-errno.ENOENT, -errno.EINVAL):  # no such filter, or no clsact at all
+        return None
+    _check(result, "tc query")
+    return opts.prog_id
+
+
+def tc_egress_detach(ifindex: int, handle: int, priority: int) -> None:
+    """Remove exactly the filter with this handle and priority: nothing else."""
+    opts = _tc_opts(handle, priority)
+    _check(_lib().bpf_tc_detach(ctypes.byref(_tc_hook(ifindex)), ctypes.byref(opts)), "tc detach")
+
+
+def prog_name(prog_id: int) -> str | None:
+    """The name of the loaded program with this id (None if it is gone)."""
+    lib = _lib()
+    fd = lib.bpf_prog_get_fd_by_id(ctypes.c_uint32(prog_id))
+    if fd < 0:
+        return None
+    try:
+        info = _ProgInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        _check(lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "prog info")
+        return info.name.decode(errors="replace")
+    finally:
+        os.close(fd)
 
 
 @lru_cache(maxsize=1)

@@ -42,7 +42,8 @@ EPB_DROPCOUNT = 4
 EPB_PACKETID = 5
 EPB_QUEUE = 6
 EPB_VERDICT = 7
-EPB_FLAG_INBOUND = 0x1
+EPB_FLAG_INBOUND = 0x1  # epb_flags bits 0-1: the direction
+EPB_FLAG_OUTBOUND = 0x2
 # Interface statistics options.
 ISB_STARTTIME = 2
 ISB_ENDTIME = 3

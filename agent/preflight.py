@@ -13,6 +13,7 @@ from . import __version__, netdev
 from .bcc_import import bcc_version
 from .errors import AgentError
 from .headers import find_kernel_headers, remove_farm
+from .hooks.tc import tcx_expected
 from .sampler import cached_sampler_present
 
 CAP_NET_ADMIN = 12
@@ -42,6 +43,12 @@ def preflight(iface: str, output_dir: str = ".") -> dict[str, Any]:
         "python_executable": sys.executable,
         "bcc": bcc_version(),
         "iface": iface,
+        # How each direction would be captured: inbound by XDP (native where the driver
+        # has it), outbound by a tcx link (6.6+) or else a clsact filter.
+        "hooks": {
+            "in": "xdp",
+            "out": "tcx" if tcx_expected(platform.release()) else "clsact",
+        },
     }
     if report["bcc"] is None:
         problems.append(

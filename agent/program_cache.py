@@ -23,12 +23,13 @@ import json
 import os
 import stat
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import libbpf
 
-FORMAT = 1
+FORMAT = 2  # 2: several programs (one per capture point) sharing their maps
 KEEP_ENTRIES = 8  # one per source/kernel/bcc combination a host has seen recently
 ENV_VAR = "XDPCAP_BPF_CACHE"  # a folder, or "off"
 
@@ -44,23 +45,34 @@ class CachedMap:
 
 
 @dataclass(frozen=True)
-class CompiledProgram:
+class CachedFunction:
+    """One program of the compiled file: its name, BPF program type and bytecode."""
+
     name: str
-    license: str
+    prog_type: int
     insns: bytes
+
+
+@dataclass(frozen=True)
+class CompiledProgram:
+    """What one compile made: its programs and the maps they share."""
+
+    license: str
+    functions: tuple[CachedFunction, ...]
     maps: tuple[CachedMap, ...]
 
 
 @dataclass
 class LoadedProgram:
-    """A program and its maps loaded from the cache; we own every fd."""
+    """Programs and their maps loaded from the cache; we own every fd."""
 
-    prog_fd: int
+    prog_fds: dict[str, int]
     map_fds: dict[str, int]
 
     def close(self) -> None:
-        for fd in (self.prog_fd, *self.map_fds.values()):
+        for fd in (*self.prog_fds.values(), *self.map_fds.values()):
             os.close(fd)
+        self.prog_fds = {}
         self.map_fds = {}
 
 
@@ -101,19 +113,27 @@ def relocate(insns: bytes, fd_map: dict[int, int]) -> bytes:
     return bytes(out)
 
 
-def instantiate(program: CompiledProgram) -> LoadedProgram:
-    """Create the maps, relocate, load. Raises OSError or ValueError; leaks no fd."""
-    map_fds: dict[str, int] = {}
+def instantiate(program: CompiledProgram, names: Iterable[str]) -> LoadedProgram:
+    """Create the maps, relocate and load the programs called `names` (only those a
+    capture attaches). Raises OSError or ValueError; leaks no fd."""
+    wanted = set(names)
+    loaded = LoadedProgram({}, {})
     try:
         for cached in program.maps:
-            map_fds[cached.spec.name] = libbpf.map_create(cached.spec)
-        insns = relocate(program.insns, {m.fd: map_fds[m.spec.name] for m in program.maps})
-        prog_fd = libbpf.prog_load_xdp(program.name, program.license, insns)
+            loaded.map_fds[cached.spec.name] = libbpf.map_create(cached.spec)
+        fd_map = {m.fd: loaded.map_fds[m.spec.name] for m in program.maps}
+        for function in program.functions:
+            if function.name in wanted:
+                insns = relocate(function.insns, fd_map)
+                loaded.prog_fds[function.name] = libbpf.prog_load(
+                    function.prog_type, function.name, program.license, insns
+                )
+        if missing := wanted - set(loaded.prog_fds):
+            raise ValueError(f"no program {sorted(missing)} in the cached entry")
     except BaseException:
-        for fd in map_fds.values():
-            os.close(fd)
+        loaded.close()
         raise
-    return LoadedProgram(prog_fd, map_fds)
+    return loaded
 
 
 def _private_dir(folder: Path) -> bool:
@@ -146,9 +166,11 @@ def load(folder: Path, key: str) -> CompiledProgram | None:
         if data.get("format") != FORMAT or data.get("key") != key:
             return None
         return CompiledProgram(
-            name=str(data["name"]),
             license=str(data["license"]),
-            insns=base64.b64decode(data["insns"]),
+            functions=tuple(
+                CachedFunction(str(f["name"]), int(f["prog_type"]), base64.b64decode(f["insns"]))
+                for f in data["functions"]
+            ),
             maps=tuple(CachedMap(libbpf.MapSpec(**m["spec"]), int(m["fd"])) for m in data["maps"]),
         )
     except (OSError, ValueError, KeyError, TypeError):
@@ -162,16 +184,19 @@ def store(folder: Path, key: str, program: CompiledProgram) -> None:
 
     Raises OSError or ValueError; the caller goes on without a cache.
     """
-    relocate(program.insns, {m.fd: m.fd for m in program.maps})  # refuse what we can't load
+    for function in program.functions:  # refuse what we could not load
+        relocate(function.insns, {m.fd: m.fd for m in program.maps})
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not _private_dir(folder):
         raise OSError(f"{folder} is not a private folder of this user")
     data = {
         "format": FORMAT,
         "key": key,
-        "name": program.name,
         "license": program.license,
-        "insns": base64.b64encode(program.insns).decode(),
+        "functions": [
+            {"name": f.name, "prog_type": f.prog_type, "insns": base64.b64encode(f.insns).decode()}
+            for f in program.functions
+        ],
         "maps": [{"spec": m.spec.__dict__, "fd": m.fd} for m in program.maps],
     }
     tmp = folder / f".{key}.{os.getpid()}.tmp"

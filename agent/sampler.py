@@ -1,61 +1,57 @@
-"""Load the XDP sampler (compiled by bcc, or from the host's cache), attach it safely,
-read its counters, detach it.
+"""Load the sampler's programs (compiled by bcc, or from the host's cache), attach them
+through their hooks (agent/hooks/), read their counters, detach them.
 
-Attaching goes through a BPF link where the kernel has them (5.9+): the kernel refuses
-it with EBUSY when another XDP program is attached, and drops it when our process dies,
-even by kill -9. Older kernels fall back to a netlink attach with
-XDP_FLAGS_UPDATE_IF_NOEXIST; a program of ours left behind by a killed agent is then
-found by name and removed by the next run (under the interface lock, so never one a
-live agent is using).
+One compile makes every program — XDP on receive, tc on egress — sharing the maps, so
+one perf array carries both directions in one clock. A capture loads and attaches only
+the programs for the directions it was asked for.
 
-Whichever way the program was loaded, its maps are used through their fds
-(agent/libbpf.py): one path for the program from bcc and the one from the cache.
+Whichever way the programs were loaded, their maps are used through their fds
+(agent/libbpf.py): one path for programs from bcc and from the cache.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
-import os
 import platform
 import shutil
 import struct
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
 
-from . import contract, libbpf, netdev, perf_ring, program_cache
+from . import contract, libbpf, perf_ring, program_cache
 from .bcc_import import bcc_version, bcc_version_unloaded, import_bcc
 from .errors import AgentError
 from .filter import to_c
 from .headers import KernelHeaders, apply_environment, find_kernel_headers, remove_farm
+from .hooks import Hook
+from .hooks.tc import TcEgressHook
+from .hooks.xdp import XdpHook
 
-XDP_FLAGS_UPDATE_IF_NOEXIST = 1
-XDP_FLAGS_SKB_MODE = 2
-XDP_FLAGS_DRV_MODE = 4
-MODE_FLAGS = {"auto": 0, "native": XDP_FLAGS_DRV_MODE, "skb": XDP_FLAGS_SKB_MODE}
 CFLAGS = ("-Wno-unused-value",)
 MAP_NAMES = ("samples", "counters", "config")
 _KEY0 = struct.pack("<I", 0)
+BOTH = frozenset({contract.INBOUND, contract.OUTBOUND})
+# Each direction's program: its name and BPF program type (as bcc and the kernel number them).
+PROGRAMS = {
+    contract.INBOUND: (contract.PROGRAM_NAME, libbpf.BPF_PROG_TYPE_XDP),
+    contract.OUTBOUND: (contract.EGRESS_PROGRAM_NAME, libbpf.BPF_PROG_TYPE_SCHED_CLS),
+}
 
 
 @dataclass(frozen=True)
 class Counters:
-    seen: int
-    sampled: int
-    not_sampled: int
-    output_failed: int
-    filtered_out: int
+    seen: int = 0
+    sampled: int = 0
+    not_sampled: int = 0
+    output_failed: int = 0
+    filtered_out: int = 0
 
-
-@dataclass(frozen=True)
-class _ProgramRef:
-    """What bcc's attach_xdp needs of a program: its fd."""
-
-    fd: int
+    def __add__(self, other: Counters) -> Counters:
+        return Counters(*(a + b for a, b in zip(astuple(self), astuple(other))))
 
 
 def bpf_sources(filter_source: str = to_c.MATCH_ALL) -> dict[str, str]:
@@ -102,7 +98,8 @@ def cached_sampler_present(headers: KernelHeaders) -> bool | None:
 
 
 class Sampler:
-    """One compiled sampler attached to one interface. Use as a context manager."""
+    """The compiled sampler on one interface, for the directions asked. Use as a context
+    manager: everything it attached is detached when it closes."""
 
     def __init__(
         self,
@@ -114,16 +111,24 @@ class Sampler:
         debug_print_source: bool = False,
         cache_dir: Path | None = None,
         filter_source: str = to_c.MATCH_ALL,
+        directions: frozenset[int] = frozenset({contract.INBOUND}),
+        egress_attach: str = "auto",
     ) -> None:
         self.iface = iface
         self.filter_source = filter_source  # the generated xdpcap_filter.h
         self.snaplen = snaplen
         self.sample_rate = sample_rate
+        self.directions = directions
         self._realtime_offset_ns = 0  # set by enable(): see there
-        self.mode_requested = mode
-        self.mode: str | None = None
         self.headers: KernelHeaders | None = None
-        self.attach_method: str | None = None
+        self.hooks: list[Hook] = []
+        if contract.INBOUND in directions:
+            self.xdp: XdpHook | None = XdpHook(iface, mode, self._bcc_module)
+            self.hooks.append(self.xdp)
+        else:
+            self.xdp = None
+        if contract.OUTBOUND in directions:
+            self.hooks.append(TcEgressHook(iface, egress_attach))
         self.loaded_from: str | None = None  # "bcc" or "cache"
         self.load_s: float | None = None  # compile (or cache load) time
         self.cache_note: str | None = None  # why the cache was not used or written
@@ -132,11 +137,22 @@ class Sampler:
         self._bcc: ModuleType | None = None
         self._bpf = None
         self._cached: program_cache.LoadedProgram | None = None
-        self._prog_fd: int | None = None
+        self._prog_fds: dict[str, int] = {}
         self._map_fds: dict[str, int] = {}
-        self._link_fd: int | None = None
-        self._netlink_flags: int | None = None
+        self._attached: list[Hook] = []
         self._rings: perf_ring.PerfRings | _BccRings | None = None
+
+    @property
+    def mode(self) -> str | None:
+        """The XDP mode as attached (native or skb); None without an XDP hook."""
+        return self.xdp.mode if self.xdp else None
+
+    def describe_hooks(self) -> str:
+        """ "XDP ingress native (bpf_link) + tcx egress": what captures, and how."""
+        return " + ".join(hook.describe() for hook in self.hooks)
+
+    def _program_names(self) -> list[str]:
+        return [PROGRAMS[direction][0] for direction in sorted(self.directions)]
 
     # -- compile -----------------------------------------------------------------------
     def compile(self) -> None:
@@ -174,11 +190,11 @@ class Sampler:
         if program is None:
             return False
         try:
-            self._cached = program_cache.instantiate(program)
+            self._cached = program_cache.instantiate(program, self._program_names())
         except (OSError, ValueError) as exc:  # a kernel that refuses it: compile instead
             self.cache_note = f"cached program not loaded ({exc}); compiled instead"
             return False
-        self._prog_fd = self._cached.prog_fd
+        self._prog_fds = dict(self._cached.prog_fds)
         self._map_fds = dict(self._cached.map_fds)
         self.loaded_from = "cache"
         return True
@@ -195,10 +211,12 @@ class Sampler:
             self._bpf = self._bcc.BPF(
                 src_file=str(source).encode(), cflags=[f"-I{workdir}", *CFLAGS]
             )
-            fn = self._bpf.load_func(contract.PROGRAM_NAME.encode(), self._bcc.BPF.XDP)
+            for direction in sorted(self.directions):
+                name, prog_type = PROGRAMS[direction]
+                fn = self._bpf.load_func(name.encode(), prog_type)
+                self._prog_fds[name] = int(fn.fd)
         except Exception as exc:  # bcc raises bare Exception for compile/load failures
-            raise AgentError(f"the XDP sampler did not compile or load: {exc}") from exc
-        self._prog_fd = int(fn.fd)
+            raise AgentError(f"the sampler did not compile or load: {exc}") from exc
         self._map_fds = {name: int(self._bpf[name.encode()].map_fd) for name in MAP_NAMES}
         self.loaded_from = "bcc"
 
@@ -207,12 +225,16 @@ class Sampler:
         if not self._cache_usable() or self._debug:
             return
         assert self._cache_dir is not None and self._bpf is not None
-        name = contract.PROGRAM_NAME.encode()
         try:
+            # Every program, not only this capture's: the next may want other directions.
             program = program_cache.CompiledProgram(
-                name=contract.PROGRAM_NAME,
                 license=self._bcc.libbcc.lib.bpf_module_license(self._bpf.module).decode(),
-                insns=bytes(self._bpf.dump_func(name)),
+                functions=tuple(
+                    program_cache.CachedFunction(
+                        name, prog_type, bytes(self._bpf.dump_func(name.encode()))
+                    )
+                    for name, prog_type in PROGRAMS.values()
+                ),
                 maps=tuple(
                     program_cache.CachedMap(libbpf.map_spec(fd), fd)
                     for fd in self._map_fds.values()
@@ -248,77 +270,20 @@ class Sampler:
 
     # -- attach / detach ---------------------------------------------------------------
     def attach(self) -> None:
-        """Attach without ever replacing a program that is already there."""
-        assert self._prog_fd is not None, "compile() first"
-        present = netdev.attached_program(self.iface)
-        if present is not None:
-            if present.name == contract.PROGRAM_NAME and self._remove_stale(present):
-                pass
-            else:
-                raise AgentError(
-                    f"{self.iface}: an XDP program is already attached ({present.describe()}); "
-                    "xdpcap never replaces it"
-                )
-        ifindex = netdev.inspect_interface(self.iface).ifindex
-        flags = MODE_FLAGS[self.mode_requested]
-        fd = libbpf.xdp_link_create(self._prog_fd, ifindex, flags)
-        if fd >= 0:
-            self._link_fd = fd
-            self.attach_method = "bpf_link"
-        elif -fd in (errno.EBUSY, errno.EEXIST):
-            present = netdev.attached_program(self.iface)
-            what = present.describe() if present else "another program"
-            raise AgentError(
-                f"{self.iface}: an XDP program is already attached ({what}); "
-                "xdpcap never replaces it"
-            )
-        elif (
-            -fd in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
-            and self.mode_requested != "native"
-        ):
-            self._attach_netlink(flags)
-        else:
-            raise AgentError(
-                f"{self.iface}: cannot attach XDP in {self.mode_requested} mode: {os.strerror(-fd)}"
-            )
-        attached = netdev.attached_program(self.iface)
-        self.mode = attached.mode if attached else self.mode_requested
-
-    def _attach_netlink(self, mode_flags: int) -> None:
-        assert self._prog_fd is not None
-        flags = mode_flags | XDP_FLAGS_UPDATE_IF_NOEXIST
-        try:
-            self._bcc_module().BPF.attach_xdp(
-                self.iface.encode(), _ProgramRef(self._prog_fd), flags
-            )
-        except Exception as exc:  # bcc raises bare Exception
-            raise AgentError(f"{self.iface}: cannot attach XDP: {exc}") from exc
-        self._netlink_flags = flags
-        self.attach_method = "netlink"
-
-    def _remove_stale(self, present: netdev.AttachedProgram) -> bool:
-        """Remove our own program left by a killed agent (netlink attach only).
-
-        Called with the interface lock held, so no live agent owns it. A program held by
-        a BPF link cannot be removed this way (and the kernel drops those on exit).
-        """
-        flags = XDP_FLAGS_SKB_MODE if present.mode == "skb" else 0
-        try:
-            self._bcc_module().BPF.remove_xdp(self.iface.encode(), flags)
-        except Exception:  # bcc raises bare Exception
-            return False
-        return netdev.attached_program(self.iface) is None
+        """Attach every hook's program; if one fails, the ones attached go again."""
+        assert self._prog_fds, "compile() first"
+        for hook in self.hooks:
+            try:
+                hook.attach(self._prog_fds[hook.program])
+            except BaseException:
+                self.detach()
+                raise
+            self._attached.append(hook)
 
     def detach(self) -> None:
-        """Detach; safe to call more than once and on a half-attached sampler."""
-        if self._link_fd is not None:
-            os.close(self._link_fd)  # the last reference: the kernel detaches the program
-            self._link_fd = None
-        if self._netlink_flags is not None:
-            try:
-                self._bcc_module().BPF.remove_xdp(self.iface.encode(), self._netlink_flags & ~1)
-            finally:
-                self._netlink_flags = None
+        """Detach everything attached; safe to call more than once."""
+        while self._attached:
+            self._attached.pop().detach()
 
     def close(self) -> None:
         self.detach()
@@ -326,7 +291,7 @@ class Sampler:
             self._rings.close()
             self._rings = None
         self._map_fds = {}
-        self._prog_fd = None
+        self._prog_fds = {}
         if self._cached is not None:
             self._cached.close()
             self._cached = None
@@ -344,8 +309,13 @@ class Sampler:
 
     @property
     def prog_fd(self) -> int:
-        assert self._prog_fd is not None, "compile() first"
-        return self._prog_fd
+        """The XDP program's fd (tests run it with BPF_PROG_TEST_RUN)."""
+        return self.prog_fds[contract.PROGRAM_NAME]
+
+    @property
+    def prog_fds(self) -> dict[str, int]:
+        assert self._prog_fds, "compile() first"
+        return self._prog_fds
 
     # -- data --------------------------------------------------------------------------
     def open_buffers(self, *, page_count: int, wakeup_events: int) -> None:
@@ -368,12 +338,21 @@ class Sampler:
         """Everything the rings hold now: per CPU, one chunk of perf records."""
         return self._rings.read()
 
+    def counters_by_direction(self) -> dict[int, Counters]:
+        """Each captured direction's counters (contract.INBOUND, contract.OUTBOUND)."""
+        return {direction: self._read_counters(direction) for direction in sorted(self.directions)}
+
     def counters(self) -> Counters:
+        """Both directions together."""
+        return sum(self.counters_by_direction().values(), Counters())
+
+    def _read_counters(self, direction: int) -> Counters:
         # A per-CPU array's value holds one u64 per possible CPU: sum them.
         fd, cpus = self._map_fds["counters"], libbpf.possible_cpus()
         values = []
         for index in range(contract.COUNTER_MAX):
-            raw = libbpf.map_lookup(fd, struct.pack("<I", index), 8 * cpus)
+            slot = direction * contract.COUNTER_MAX + index
+            raw = libbpf.map_lookup(fd, struct.pack("<I", slot), 8 * cpus)
             values.append(sum(struct.unpack(f"<{cpus}Q", raw)))
         return Counters(
             seen=values[contract.SEEN],

@@ -68,3 +68,13 @@ def sample_rate(value: int) -> int:
     if not 1 <= value <= MAX_SAMPLE_RATE:
         raise UsageError(f"--sample-rate must be between 1 and {MAX_SAMPLE_RATE}, not {value}")
     return value
+
+
+# -Q/--direction and xdpcap_direction, as tcpdump's -Q.
+DIRECTIONS = ("in", "out", "inout")
+
+
+def direction(value: str) -> str:
+    if value not in DIRECTIONS:
+        raise UsageError(f"direction {value!r}: expected one of {', '.join(DIRECTIONS)}")
+    return value

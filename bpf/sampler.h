@@ -1,7 +1,7 @@
-/* The one wire contract between the XDP sampler and user space.
+/* The one wire contract between the sampler's programs and user space.
  *
- * Mirrored once in Python (agent/contract.py); tests/integration/test_contract.py
- * checks that both sides agree on every size and offset.
+ * Mirrored once in Python (agent/contract.py); tests/unit/test_contract.py checks
+ * that both sides agree on every size and offset.
  */
 #ifndef XDPCAP_SAMPLER_H
 #define XDPCAP_SAMPLER_H
@@ -27,14 +27,29 @@ struct xdpcap_epb_head {
 	__u32 orig_len;    /* whole packet, fragments included */
 } __attribute__((packed));
 
+/* Which way a packet went, in samples and counters: the index of its direction. */
+enum xdpcap_direction {
+	XDPCAP_INBOUND = 0,    /* XDP, on receive */
+	XDPCAP_OUTBOUND = 1,   /* tc egress, what the stack hands the device */
+	XDPCAP_DIRECTIONS = 2,
+};
+
 /* Metadata in front of every sample; the kernel appends cap_len packet bytes, so
  * `epb` and the packet are one contiguous EPB up to its options. */
 struct xdpcap_sample {
 	__u64 ts_ns;       /* bpf_ktime_get_ns(), CLOCK_MONOTONIC: the order across CPUs */
-	__u32 cap_len;     /* bytes appended: min(snaplen, linear data) */
-	__u32 rx_queue;    /* receive queue: with cap_len, selects the EPB's trailer */
+	__u32 cap_len;     /* bytes appended: min(snaplen, what the hook can copy) */
+	/* With cap_len, queue and direction select the EPB's trailer (epb_queue, epb_flags). */
+	__u16 queue;       /* receive queue (inbound) or transmit queue (outbound) */
+	__u16 direction;   /* enum xdpcap_direction */
 	struct xdpcap_epb_head epb;
 } __attribute__((packed));
+
+/* The most packet bytes one sample can carry: a perf record's size is a u16, and holds
+ * its 8-byte header, the raw data's u32 size, this metadata and the bytes, padded to 8.
+ * Only tc egress meets it (GSO super-packets of up to 64 KiB); past it, a record's size
+ * would wrap. */
+#define XDPCAP_MAX_CAP_LEN (65528 - 8 - 4 - (__u32)sizeof(struct xdpcap_sample))
 
 /* Per-run settings, written by user space into the single-entry `config` map
  * before the program is attached, so one compiled program serves every run. */
@@ -46,8 +61,9 @@ struct xdpcap_config {
 	__u64 realtime_offset_ns;  /* CLOCK_REALTIME - CLOCK_MONOTONIC when the window opened */
 } __attribute__((packed));
 
-/* Indexes of the per-CPU `counters` map.
- * seen = filtered_out + not_sampled + sampled + output_failed. */
+/* Indexes of the per-CPU `counters` map, one set per direction: the counter for
+ * direction d is at d * XDPCAP_COUNTER_MAX + index.
+ * seen = filtered_out + not_sampled + sampled + output_failed, in each direction. */
 enum xdpcap_counter {
 	XDPCAP_SEEN = 0,
 	XDPCAP_SAMPLED = 1,        /* handed to the perf buffer */
@@ -57,7 +73,7 @@ enum xdpcap_counter {
 	XDPCAP_COUNTER_MAX = 5,
 };
 
-/* Every sampler includes "xdpcap_filter.h", which the agent generates: from a checked
+/* The sampler includes "xdpcap_filter.h", which the agent generates: from a checked
  * cBPF program (agent/filter/to_c.py), or a match-all function when the capture has no
  * filter. It defines
  *   __u32 xdpcap_filter(const __u8 *pkt, const __u8 *pkt_end, __u32 wire_len);

@@ -110,6 +110,7 @@ class Host:
     python_interpreter: str | None
     iface: str | None
     filter: str | None  # xdpcap_filter: this host's capture filter expression
+    direction: str | None  # xdpcap_direction: in, out or inout
     # In precedence order: 'all' first, the deepest group last.
     groups: tuple[str, ...]
     # Every merged variable; kept out of the repr (and hides secrets in its own repr).
@@ -231,6 +232,11 @@ def _check_iface(value: str) -> None:
         validate.interface_name(value)
     except UsageError as exc:
         raise _Problem(str(exc)) from None
+
+
+def _check_direction(_what: str, value: str) -> None:
+    if value not in validate.DIRECTIONS:
+        raise _Problem(f"{value!r} is not one of {', '.join(validate.DIRECTIONS)}")
 
 
 def _check_ssh_args(_what: str, value: str) -> None:
@@ -572,6 +578,7 @@ _VAR_NAMES: dict[str, tuple[str, ...]] = {
     "python_interpreter": ("ansible_python_interpreter",),
     "iface": ("xdpcap_iface",),
     "filter": ("xdpcap_filter",),
+    "direction": ("xdpcap_direction",),
 }
 
 
@@ -608,6 +615,7 @@ class _HostSettings:
             python_interpreter=self.text("python_interpreter", _check_interpreter),
             iface=self.text("iface", lambda _what, value: _check_iface(value)),
             filter=self.text("filter"),
+            direction=self.text("direction", _check_direction),
             groups=groups,
             vars=_Vars({key: var.value for key, var in self.merged.items()}),
         )

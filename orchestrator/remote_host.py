@@ -115,6 +115,7 @@ class HostState:
     remote_file: str | None = None
     sha256: str | None = None
     filter: str | None = None  # the capture filter expression this host ran
+    direction: str = "inout"  # -Q: in, out or inout
 
     @property
     def ok(self) -> bool:
@@ -328,7 +329,9 @@ class RemoteHost:
         run_rel = f"{capture_dir_of(self.host) or CACHE_DIR + '/runs'}/{self.run_id}"
         # Host name in the file name too: the namespace lab's hosts share one filesystem.
         out_rel = f"{run_rel}/{self.host.name}-{self.state.iface}.pcapng"
-        args = _capture_args(capture, self.state.iface, out_rel, self.capture_filter)
+        args = _capture_args(
+            capture, self.state.iface, out_rel, self.state.direction, self.capture_filter
+        )
         self.launch_agent(bundle, run_rel, args)
         self.state.remote_file = out_rel if out_rel.startswith("/") else f"{self.home}/{out_rel}"
 
@@ -553,7 +556,11 @@ class RemoteHost:
 
 
 def _capture_args(
-    capture: CaptureSettings, iface: str, output: str, capture_filter: CompiledFilter | None
+    capture: CaptureSettings,
+    iface: str,
+    output: str,
+    direction: str,
+    capture_filter: CompiledFilter | None,
 ) -> list[str]:
     args = [
         "capture",
@@ -571,6 +578,8 @@ def _capture_args(
         str(capture.sample_rate),
         "--xdp-mode",
         capture.xdp_mode,
+        "--direction",
+        validate.direction(direction),
         "--start-timeout",
         repr(capture.start_timeout_s),
     ]

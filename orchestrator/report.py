@@ -79,11 +79,12 @@ def check_table(rows: Sequence[tuple[str, dict[str, Any] | None, str | None]]) -
     from rich.table import Table
 
     table = Table(title="xdpcap check")
-    for column in ("host", "verdict", "kernel", "bcc", "headers", "sampler", "reason"):
+    table.add_column("host", no_wrap=True)  # the one column a narrow terminal must not cut
+    for column in ("verdict", "kernel", "bcc", "headers", "sampler", "hooks", "reason"):
         table.add_column(column)
     for name, report, error in rows:
         if report is None:
-            table.add_row(name, "[red]unreachable[/red]", "-", "-", "-", "-", error or "")
+            table.add_row(name, "[red]unreachable[/red]", "-", "-", "-", "-", "-", error or "")
             continue
         verdict = report.get("verdict", "?")
         colour = "green" if verdict == "ok" else "red"
@@ -99,9 +100,17 @@ def check_table(rows: Sequence[tuple[str, dict[str, Any] | None, str | None]]) -
             str(report.get("bcc")),
             headers,
             _sampler_state(report.get("sampler_cached")),
+            _hooks(report.get("hooks")),
             str(report.get("reason")),
         )
     return table
+
+
+def _hooks(hooks: dict[str, str] | None) -> str:
+    """How inbound and outbound packets would be captured: "xdp+tcx" (or xdp+clsact)."""
+    if not hooks:
+        return "-"
+    return "+".join(hooks.values())
 
 
 def _sampler_state(cached: bool | None) -> str:
@@ -122,8 +131,14 @@ def final_lines(states: Sequence[HostState]) -> list[str]:
         clock = f", clock {s.clock.describe()}" if s.clock else ""
         # With a filter, most of what a host sees is rightly not written: say how much.
         filtered = f", filtered out {summary['filtered_out']}" if summary.get("filter") else ""
+        directions = summary.get("directions") or {}
+        split = (
+            " (" + ", ".join(f"{name} {d['written']}" for name, d in directions.items()) + ")"
+            if len(directions) > 1
+            else ""
+        )
         lines.append(
-            f"{s.name}: {result}; written {summary.get('written', s.packets)}, "
+            f"{s.name}: {result}; written {summary.get('written', s.packets)}{split}, "
             f"lost {summary.get('lost', s.lost)}, seen {summary.get('seen', s.seen)}{filtered}, "
             f"window {_window(s)}{clock}"
         )

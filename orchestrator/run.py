@@ -71,6 +71,7 @@ class RunOptions:
     output: Path | None = None
     clock_correction: bool = True
     ready_timeout_s: float = READY_TIMEOUT_S
+    direction: str | None = None  # -Q for every host without xdpcap_direction (None: inout)
     # Host name → its compiled capture filter (absent or None: no filter).
     filters: Mapping[str, CompiledFilter | None] = field(default_factory=dict)
 
@@ -169,6 +170,8 @@ class Run:
         capture_filter = self.options.filters.get(host.name)
         state = HostState(host.name, host.address, validate_iface_for(host, self.options.iface))
         state.filter = capture_filter.expression if capture_filter else None
+        # The host's own (xdpcap_direction) wins, as its xdpcap_iface does.
+        state.direction = host.direction or self.options.direction or "inout"
         return RemoteHost(
             host, state, ssh, self.run_id, started=self.started, capture_filter=capture_filter
         )

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..agent import validate
-from ..agent.__main__ import add_filter_arguments
+from ..agent.__main__ import add_direction_argument, add_filter_arguments
 from ..agent.filter import spec as filter_spec
 from .agent_bundle import build_agent_bundle
 from .errors import UsageError
@@ -98,6 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print the selected hosts and exit, connecting to none",
     )
+    add_direction_argument(run, None)  # host var xdpcap_direction wins; else inout
     add_filter_arguments(run)  # host var xdpcap_filter wins, as xdpcap_iface does
     run.set_defaults(func=run_command)
 
@@ -181,6 +182,7 @@ def run_command(args: argparse.Namespace) -> int:
         inventory_path=str(Path(args.inventory).resolve()),
         reconnect_wait_s=args.reconnect_wait,
         filters=filters,
+        direction=args.direction,
     )
     return execute_run(hosts, options, _ssh_settings(args))
 

@@ -11,11 +11,12 @@ cd "$(dirname "$0")/.."
 #   tshark               tshark, capinfos, mergecap: reading and checking captures
 #   tcpdump xdp-tools netsniff-ng   the peers in bench/ (tcpdump, xdpdump, trafgen)
 #   iproute2 iputils-ping           namespaces, veths, bridges; lab traffic
+#   bpftool              the tests list what is attached to an interface (`bpftool net`)
 #   ruby vagrant         `ruby -c` and `vagrant validate` of the Vagrantfile (no VMs boot here)
 #   sudo                 the tests log in as a non-root user and capture through sudo
 #   gcc python3-dev      build the merge's C loop (without them it falls back to Python)
 PACKAGES=(python3-bpfcc linux-headers-amd64 openssh-server tshark tcpdump xdp-tools
-          netsniff-ng iproute2 iputils-ping ruby vagrant python3-venv sudo gcc python3-dev)
+          netsniff-ng iproute2 iputils-ping bpftool ruby vagrant python3-venv sudo gcc python3-dev)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

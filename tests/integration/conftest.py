@@ -15,7 +15,17 @@ import pytest
 # which the controller honours only with this set (inherited by every xdpcap it runs).
 os.environ["XDPCAP_TEST_HOOKS"] = "1"
 
-REQUIRED_TOOLS = ("ip", "tshark", "capinfos", "ssh", "ssh-keygen", "/usr/sbin/sshd")
+REQUIRED_TOOLS = (
+    "ip",
+    "tc",
+    "tshark",
+    "capinfos",
+    "tcpdump",
+    "bpftool",
+    "ssh",
+    "ssh-keygen",
+    "/usr/sbin/sshd",
+)
 
 
 def _missing_prerequisite() -> str | None:

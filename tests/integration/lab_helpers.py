@@ -101,7 +101,9 @@ def echo_pairs(merged: Path) -> tuple[list[tuple[int, int, str, str, str, str]],
         "icmp.seq",
         "ip.src",
         "ip.dst",
-        display_filter="icmp.type == 8 || icmp.type == 0",
+        # Each packet once, where it arrived: with both directions captured, a packet
+        # between two hosts is also in the file as it left its sender.
+        display_filter="(icmp.type == 8 || icmp.type == 0) && frame.packet_flags_direction == 1",
     )
     requests: dict[tuple, tuple[int, str]] = {}
     replies: dict[tuple, tuple[int, str]] = {}
@@ -205,7 +207,11 @@ def delayed_udp_echo(lab: Lab, seconds: float) -> Iterator[None]:
 def udp_echo_pairs(merged: Path) -> list[tuple[int, int]]:
     """(request frame, reply frame) for every UDP echo seen on both hosts."""
     rows = tshark_fields(
-        merged, "frame.number", "data.data", display_filter=f"udp.port == {UDP_ECHO_PORT}"
+        merged,
+        "frame.number",
+        "data.data",
+        # Where each packet arrived (see echo_pairs).
+        display_filter=f"udp.port == {UDP_ECHO_PORT} && frame.packet_flags_direction == 1",
     )
     requests: dict[bytes, int] = {}
     replies: dict[bytes, int] = {}

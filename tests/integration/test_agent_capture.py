@@ -55,6 +55,8 @@ def test_capture_pings_exactly(pair, tmp_path: Path) -> None:
     rx_before = pair.rx_packets()
     agent = start_agent(
         pair.capture_ns,
+        "-Q",
+        "in",  # what arrives, checked against the interface's own rx counter
         "-i",
         pair.capture_if,
         "-w",
@@ -123,8 +125,9 @@ def test_second_run_loads_the_cached_sampler(pair, tmp_path: Path) -> None:
         out = tmp_path / f"run{run}.pcapng"
         rx_before = pair.rx_packets()
         agent = start_agent(
-            pair.capture_ns, "-i", pair.capture_if, "-w", str(out), "--duration", "3", env=cache
-        )
+            pair.capture_ns, "-Q", "in", "-i", pair.capture_if, "-w", str(out),
+            "--duration", "3", env=cache,
+        )  # fmt: skip
         try:
             ready = wait_for_event(agent, "ready")
             wait_for_event(agent, "capturing")
@@ -195,8 +198,8 @@ def test_count_reached_by_the_last_packet_stops_at_once(pair, tmp_path: Path) ->
     _static_neighbours(pair)
     out = tmp_path / "count.pcapng"
     agent = start_agent(
-        pair.capture_ns, "-i", pair.capture_if, "-w", str(out), "--duration", "60",
-        "--count", "32",
+        pair.capture_ns, "-Q", "in", "-i", pair.capture_if, "-w", str(out),
+        "--duration", "60", "--count", "32",
     )  # fmt: skip
     try:
         wait_for_event(agent, "capturing")

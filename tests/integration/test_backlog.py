@@ -46,7 +46,7 @@ def _capture_burst(pair, tmp_path: Path, backlog_max: int) -> tuple[dict, Path, 
     out = tmp_path / "cap.pcapng"
     rx_before = pair.rx_packets()
     argv = ["ip", "netns", "exec", pair.capture_ns, sys.executable, "-c", SLOW_AGENT]
-    argv += [str(backlog_max), "capture", "--json-events", "-i", pair.capture_if]
+    argv += [str(backlog_max), "capture", "--json-events", "-Q", "in", "-i", pair.capture_if]
     argv += ["-w", str(out), "--duration", "4", "--snaplen", "200", "--buffer-pages", "2"]
     agent = subprocess.Popen(
         argv,

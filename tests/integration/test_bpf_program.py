@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from xdpcap.agent import contract
-from xdpcap.agent.consumer import SampleConsumer
+from xdpcap.agent.consumer import SampleConsumer, cap_len_of, direction_of
 from xdpcap.agent.sampler import Sampler
 
 from .bpf_test_run import XDP_PASS, prog_test_run
@@ -78,9 +78,10 @@ def _drain(sampler: Sampler, consumer: SampleConsumer) -> list[tuple[int, int, i
         sampler.poll(50)
         for chunk in sampler.read():
             consumer.parse_chunk(chunk)
-        for ts, block, cap in consumer.take():
+        for ts, block, key in consumer.take():
             btype, total, if_id, high, low, cap_len, orig_len = contract.EPB_HEAD.unpack_from(block)
-            assert (btype, if_id, cap_len) == (6, 0, cap)
+            assert (btype, if_id, cap_len) == (6, 0, cap_len_of(key))
+            assert direction_of(key) == contract.INBOUND
             assert total == len(block) == struct.unpack_from("<I", block, total - 4)[0]
             assert total % 4 == 0
             assert (high << 32 | low) == ts + REALTIME_OFFSET_NS

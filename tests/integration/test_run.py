@@ -98,6 +98,41 @@ def test_run_merges_every_host_in_order(lab, tmp_path: Path) -> None:
     assert all(h["t_capturing_s"] > last_ready for h in run["hosts"])
 
 
+def test_each_ping_is_seen_leaving_and_arriving(lab, tmp_path: Path) -> None:
+    """The default direction is inout: every echo request and reply between two lab
+    hosts is in the merged file twice — outbound on its sender, then inbound on its
+    receiver (the lab's hosts share one clock, so that order is the truth)."""
+    with pings_between_all(lab, seconds=8):
+        result = xdpcap(
+            "run", "-i", str(lab.inventory_path), "--duration", "4",
+            "--runs-dir", str(tmp_path / "runs"), "icmp",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    merged = _merged_path(result)
+    iface_of = {h.ipv4: f"{h.name}:eth0" for h in lab.hosts}
+    rows = tshark_fields(
+        merged, "frame.number", "frame.interface_name", "frame.packet_flags_direction",
+        "icmp.type", "icmp.ident", "icmp.seq", "ip.src", "ip.dst",
+        display_filter="icmp.type == 8 || icmp.type == 0",
+    )  # fmt: skip
+    copies: dict[tuple, list[tuple[int, str, str]]] = {}
+    for number, iface, direction, *packet in rows:
+        copies.setdefault(tuple(packet), []).append((int(number), iface, direction))
+    complete = 0
+    for (_kind, _ident, _seq, src, dst), seen in copies.items():
+        if len(seen) == 1:  # cut by the window's edge on one side
+            continue
+        complete += 1
+        assert [(iface, direction) for _n, iface, direction in seen] == [
+            (iface_of[src], "0x00000002"),  # leaving its sender
+            (iface_of[dst], "0x00000001"),  # then arriving at its receiver
+        ], seen
+    assert complete >= 6 * 2 * 20  # 6 ordered pairs, requests and replies, 10/s for 4 s
+    for host in _run_json(merged)["hosts"]:
+        assert set(host["summary"]["directions"]) == {"in", "out"}
+        assert host["summary"]["unaccounted"] == 0
+
+
 def test_clock_skew_is_corrected(lab, tmp_path: Path) -> None:
     skewed = lab.hosts[1].name
     inventory = inventory_with(lab, tmp_path, {skewed: {"xdpcap_test_clock_skew_ns": SKEW_NS}})

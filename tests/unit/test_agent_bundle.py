@@ -24,7 +24,7 @@ def test_same_content_same_bytes() -> None:
 def test_every_module_ships_with_its_bytecode() -> None:
     names = set(zipfile.ZipFile(BytesIO(build_agent_bundle().data)).namelist())
     sources = {n for n in names if n.endswith(".py") and n != "__main__.py"}
-    assert "xdpcap/agent/capture.py" in sources and "xdpcap/bpf/xdp_sampler.c" in names
+    assert "xdpcap/agent/capture.py" in sources and "xdpcap/bpf/sampler.c" in names
     assert "xdpcap/agent/filter/to_c.py" in sources  # sub-packages travel too
     assert {s[:-3] + ".pyc" for s in sources} <= names
 

@@ -19,16 +19,19 @@ PROGRAM = r"""
 #define E struct xdpcap_epb_head
 #define C struct xdpcap_config
 int main(void) {
-    printf("%zu %zu %zu %zu %zu\n", sizeof(S), offsetof(S, ts_ns), offsetof(S, cap_len),
-           offsetof(S, rx_queue), offsetof(S, epb));
+    printf("%zu %zu %zu %zu %zu %zu\n", sizeof(S), offsetof(S, ts_ns), offsetof(S, cap_len),
+           offsetof(S, queue), offsetof(S, direction), offsetof(S, epb));
     printf("%zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(E), offsetof(E, block_type),
            offsetof(E, block_len), offsetof(E, if_id), offsetof(E, ts_high),
            offsetof(E, ts_low), offsetof(E, cap_len), offsetof(E, orig_len));
     printf("%zu %zu %zu %zu %zu %zu\n", sizeof(C), offsetof(C, enabled),
            offsetof(C, snaplen), offsetof(C, sample_rate), offsetof(C, reserved),
            offsetof(C, realtime_offset_ns));
-    printf("%d %d %d %d %d %d\n", XDPCAP_SEEN, XDPCAP_SAMPLED, XDPCAP_NOT_SAMPLED,
-           XDPCAP_OUTPUT_FAILED, XDPCAP_COUNTER_MAX, XDPCAP_EPB_OPTIONS_LEN);
+    printf("%d %d %d %d %d %d %d\n", XDPCAP_SEEN, XDPCAP_SAMPLED, XDPCAP_NOT_SAMPLED,
+           XDPCAP_OUTPUT_FAILED, XDPCAP_FILTERED_OUT, XDPCAP_COUNTER_MAX,
+           XDPCAP_EPB_OPTIONS_LEN);
+    printf("%d %d %d %u\n", XDPCAP_INBOUND, XDPCAP_OUTBOUND, XDPCAP_DIRECTIONS,
+           (unsigned)XDPCAP_MAX_CAP_LEN);
     return 0;
 }
 """
@@ -46,11 +49,13 @@ def test_header_and_python_mirror_agree(tmp_path: Path) -> None:
     binary = tmp_path / "sizes"
     subprocess.run(["gcc", "-I", str(BPF_DIR), "-o", str(binary), str(source)], check=True)
     lines = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
-    sample, epb, config, constants = ([int(v) for v in line.split()] for line in lines.splitlines())
+    sample, epb, config, constants, directions = (
+        [int(v) for v in line.split()] for line in lines.splitlines()
+    )
     # The Python mirror: each field's offset is the size of the fields before it.
     assert sample[0] == contract.SAMPLE.size
-    assert sample[1:4] == _offsets(contract.SAMPLE)[:3]
-    assert sample[4] == contract.EPB_HEAD_OFFSET == _offsets(contract.SAMPLE)[3]
+    assert sample[1:5] == _offsets(contract.SAMPLE)[:4]
+    assert sample[5] == contract.EPB_HEAD_OFFSET == _offsets(contract.SAMPLE)[4]
     assert epb[0] == contract.EPB_HEAD.size == contract.SAMPLE.size - contract.EPB_HEAD_OFFSET
     assert epb[1:] == _offsets(contract.EPB_HEAD)
     assert config[0] == contract.CONFIG.size
@@ -60,6 +65,13 @@ def test_header_and_python_mirror_agree(tmp_path: Path) -> None:
         contract.SAMPLED,
         contract.NOT_SAMPLED,
         contract.OUTPUT_FAILED,
+        contract.FILTERED_OUT,
         contract.COUNTER_MAX,
         contract.EPB_OPTIONS_LEN,
+    ]
+    assert directions == [
+        contract.INBOUND,
+        contract.OUTBOUND,
+        contract.DIRECTIONS,
+        contract.MAX_CAP_LEN,
     ]

@@ -29,7 +29,11 @@ MOV_R0_2 = INSN.pack(0xB7, 0, 0, 2)
 def _program(*maps_fds: int) -> program_cache.CompiledProgram:
     insns = b"".join(_ld_map_fd(1, fd) for fd in maps_fds) + _ld_imm64(2, 7) + MOV_R0_2 + EXIT
     maps = tuple(program_cache.CachedMap(MapSpec(f"m{fd}", 2, 4, 12, 1, 0), fd) for fd in maps_fds)
-    return program_cache.CompiledProgram("xdpcap_sampler", "GPL", insns, maps)
+    functions = (
+        program_cache.CachedFunction("xdpcap_sampler", 6, insns),
+        program_cache.CachedFunction("xdpcap_egress", 3, insns),
+    )
+    return program_cache.CompiledProgram("GPL", functions, maps)
 
 
 def _imms(insns: bytes) -> list[int]:
@@ -38,13 +42,13 @@ def _imms(insns: bytes) -> list[int]:
 
 def test_relocate_points_map_references_at_new_fds() -> None:
     program = _program(5, 6)
-    out = program_cache.relocate(program.insns, {5: 40, 6: 41})
+    out = program_cache.relocate(program.functions[0].insns, {5: 40, 6: 41})
     assert _imms(out) == [40, 0, 41, 0, 7, 7, 2, 0]  # the constant's 7s are untouched
 
 
 def test_relocate_refuses_an_unknown_fd() -> None:
     with pytest.raises(ValueError, match="unknown map fd 9"):
-        program_cache.relocate(_program(9).insns, {5: 40})
+        program_cache.relocate(_program(9).functions[0].insns, {5: 40})
 
 
 def test_relocate_refuses_map_value_references() -> None:
@@ -103,7 +107,7 @@ def test_a_damaged_entry_is_ignored(tmp_path: Path, damage: bytes) -> None:
 
 def test_store_refuses_what_could_not_be_loaded(tmp_path: Path) -> None:
     program = _program(5)
-    broken = program_cache.CompiledProgram(program.name, program.license, program.insns, ())
+    broken = program_cache.CompiledProgram(program.license, program.functions, ())
     with pytest.raises(ValueError):
         program_cache.store(tmp_path / "cache", "k", broken)
     assert not (tmp_path / "cache").exists()

@@ -59,10 +59,12 @@ def test_check_table_shows_verdicts_and_unreachable_hosts() -> None:
         "headers": "x",
         "headers_exact": False,
         "sampler_cached": False,
+        "hooks": {"in": "xdp", "out": "clsact"},
         "reason": "ready to capture",
     }
     text = _render(check_table([("web01", report, None), ("web02", None, "connection refused")]))
     (web01,) = [line for line in text.splitlines() if "web01" in line]
     assert "ok" in web01 and "other version" in web01 and "compiles" in web01
+    assert "clsact" in text  # how outbound packets would be captured
     (web02,) = [line for line in text.splitlines() if "web02" in line]
     assert "unreachable" in web02 and "connection refused" in web02

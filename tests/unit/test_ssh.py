@@ -30,6 +30,7 @@ def _host(common_args: str | None = None) -> Host:
         python_interpreter=None,
         iface=None,
         filter=None,
+        direction=None,
         groups=("all",),
         vars={},
     )

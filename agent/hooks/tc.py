@@ -1,0 +1,117 @@
+"""The tc egress program: outbound packets, as the stack hands them to the device.
+
+Where the kernel has tcx (6.6+) the program goes in through a tcx link, first in the
+chain (it sees what the stack sent before another program changes or drops it); the
+kernel removes the link when our process dies, kill -9 included, and the chain's other
+programs never notice.
+
+Older kernels (Debian 12 runs 6.1) get a direct-action cls_bpf filter on the clsact
+qdisc, with our own handle and priority. Nothing else there is ever touched: the qdisc
+is created if missing (and left, empty and inert, when we go: another tool may have
+added a filter to it meanwhile), and only the filter with our handle, priority and
+program name is ever removed — ours at the end, or one a killed run left behind, found
+at the next start under the interface lock, so never one a live agent is using.
+
+Both return "next"/"unspecified": every other tc program still runs, and the packet
+goes on as if we were not there.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from .. import contract, libbpf
+from ..errors import AgentError
+from ..netdev import inspect_interface
+
+# Our legacy filter's identity on the egress hook: the handle spells "xdpc"; priority 1
+# runs first, as the tcx link does.
+TC_HANDLE = 0x78647063
+TC_PRIORITY = 1
+ATTACH_CHOICES = ("auto", "tcx", "clsact")
+
+
+class TcEgressHook:
+    direction = contract.OUTBOUND
+    program = contract.EGRESS_PROGRAM_NAME
+
+    def __init__(self, iface: str, how: str = "auto") -> None:
+        if how not in ATTACH_CHOICES:
+            raise AgentError(f"egress attach {how!r}: expected one of {', '.join(ATTACH_CHOICES)}")
+        self.iface = iface
+        self.how = how
+        self.method: str | None = None  # tcx or clsact
+        self._ifindex: int | None = None
+        self._link_fd: int | None = None
+        self._filter_attached = False
+
+    def attach(self, prog_fd: int) -> None:
+        self._ifindex = inspect_interface(self.iface).ifindex
+        if self.how != "clsact":
+            fd = libbpf.tcx_link_create(
+                prog_fd, self._ifindex, libbpf.BPF_TCX_EGRESS, libbpf.BPF_F_BEFORE
+            )
+            if fd >= 0:
+                self._link_fd, self.method = fd, "tcx"
+                return
+            # A kernel without tcx does not know the attach type: EINVAL.
+            if self.how == "tcx" or -fd not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise AgentError(
+                    f"{self.iface}: cannot attach the egress program with tcx: {os.strerror(-fd)}"
+                )
+        self._attach_clsact(prog_fd)
+
+    def _attach_clsact(self, prog_fd: int) -> None:
+        assert self._ifindex is not None
+        try:
+            libbpf.tc_egress_hook_create(self._ifindex)
+            self._remove_stale()
+            libbpf.tc_egress_attach(self._ifindex, prog_fd, TC_HANDLE, TC_PRIORITY)
+        except OSError as exc:
+            raise AgentError(
+                f"{self.iface}: cannot attach the egress filter to clsact: {exc.strerror or exc}"
+            ) from exc
+        self._filter_attached = True
+        self.method = "clsact"
+
+    def _remove_stale(self) -> None:
+        """A filter in our place is ours from a killed run (removed), or not (refused)."""
+        assert self._ifindex is not None
+        prog_id = libbpf.tc_egress_query(self._ifindex, TC_HANDLE, TC_PRIORITY)
+        if prog_id is None:
+            return
+        name = libbpf.prog_name(prog_id)
+        if name != contract.EGRESS_PROGRAM_NAME:
+            raise AgentError(
+                f"{self.iface}: the egress filter handle {TC_HANDLE:#x} priority {TC_PRIORITY} "
+                f"holds program {prog_id} {name!r}; xdpcap never replaces it"
+            )
+        libbpf.tc_egress_detach(self._ifindex, TC_HANDLE, TC_PRIORITY)
+
+    def detach(self) -> None:
+        """Detach; safe to call more than once and on a half-attached hook."""
+        if self._link_fd is not None:
+            os.close(self._link_fd)  # the last reference: the kernel unlinks the program
+            self._link_fd = None
+        if self._filter_attached:
+            self._filter_attached = False
+            assert self._ifindex is not None
+            try:
+                libbpf.tc_egress_detach(self._ifindex, TC_HANDLE, TC_PRIORITY)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:  # already gone with the interface
+                    raise
+
+    def describe(self) -> str:
+        return f"{self.method or self.how} egress"
+
+
+def tcx_expected(release: str) -> bool:
+    """Whether this kernel release should have tcx (6.6+): for preflight's report; the
+    attach itself tries tcx and falls back on what the kernel answers."""
+    try:
+        major, minor = (int(part) for part in release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (6, 6)

@@ -1,0 +1,347 @@
+"""Both directions: XDP on receive, tc egress on send, in one file and one clock.
+
+A veth pair between two namespaces; the agent captures on the capture side while that
+side pings (its requests leave, the replies arrive) or talks TCP. Both attach paths for
+egress are exercised: the tcx link this kernel has, and the clsact filter of older
+kernels (Debian 12's 6.1), forced.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from xdpcap.agent.hooks.tc import TC_HANDLE
+
+from .agent_helpers import capinfos, read_isbs, start_agent, tshark_fields, wait_for_event
+from .veth import in_ns, veth_pair
+
+OUTBOUND, INBOUND = "0x00000002", "0x00000001"  # as tshark prints epb_flags' direction
+
+# A foreign tc egress program that counts what it sees, attached by a process of its
+# own (a tcx link, last in the chain, or a clsact filter at priority 5). It prints its
+# counter for every line it reads and detaches when its stdin closes.
+FOREIGN_TC = r"""
+import ctypes, os, struct, sys
+sys.path.append("/usr/lib/python3/dist-packages")
+from xdpcap.agent.headers import apply_environment, find_kernel_headers
+from xdpcap.agent import libbpf
+import tempfile
+from pathlib import Path
+apply_environment(find_kernel_headers(Path(tempfile.mkdtemp())))
+from bcc import BPF
+b = BPF(text='''
+BPF_ARRAY(seen, u64, 1);
+int foreign_count(struct __sk_buff *skb) {
+    int zero = 0;
+    u64 *value = seen.lookup(&zero);
+    if (value) __sync_fetch_and_add(value, 1);
+    return -1;
+}
+''')
+fd = b.load_func(b"foreign_count", BPF.SCHED_CLS).fd
+ifindex = int(open(f"/sys/class/net/{sys.argv[1]}/ifindex").read())
+if sys.argv[2] == "tcx":
+    link = libbpf.tcx_link_create(fd, ifindex, libbpf.BPF_TCX_EGRESS, 0)
+    assert link >= 0, link
+else:
+    libbpf.tc_egress_hook_create(ifindex)
+    libbpf.tc_egress_attach(ifindex, fd, 0x666, 5)
+print("attached", flush=True)
+for _line in sys.stdin:
+    print(b["seen"][ctypes.c_int(0)].value, flush=True)
+if sys.argv[2] != "tcx":
+    libbpf.tc_egress_detach(ifindex, 0x666, 5)
+"""
+
+
+@pytest.fixture
+def pair():
+    with veth_pair("eg") as p:
+        yield p
+
+
+def _ping(pair, count: int = 5, target: str | None = None, ns: str | None = None) -> None:
+    in_ns(
+        ns or pair.capture_ns,
+        "ping",
+        "-q",
+        "-c",
+        str(count),
+        "-i",
+        "0.05",
+        "-W",
+        "1",
+        target or pair.peer_ip,
+        check=False,
+    )
+
+
+def _capture(pair, out: Path, *args: str, action=None) -> dict:
+    """One capture while `action()` runs; the agent's "done" event."""
+    agent = start_agent(
+        pair.capture_ns, "-i", pair.capture_if, "-w", str(out), "--duration", "60", *args
+    )
+    try:
+        wait_for_event(agent, "capturing")
+        if action is not None:
+            action()
+        time.sleep(0.3)
+        agent.send_signal(signal.SIGINT)
+        done = wait_for_event(agent, "done", timeout=30)
+        agent.wait(timeout=30)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=30)
+    assert agent.returncode == 0, agent.stderr.read()
+    return done
+
+
+def _icmp(out: Path) -> list[tuple[str, str]]:
+    """(direction, ICMP type) of every echo packet, in file order."""
+    rows = tshark_fields(out, "frame.packet_flags_direction", "icmp.type", display_filter="icmp")
+    return [(direction, icmp_type) for direction, icmp_type in rows]
+
+
+def _assert_sums_close(done: dict) -> None:
+    assert done["unaccounted"] == 0
+    for name, d in done["directions"].items():
+        total = d["filtered_out"] + d["written"] + d["lost"] + d["not_sampled"] + d["past_count"]
+        assert d["seen"] == total, (name, d)
+    for key in ("seen", "filtered_out", "written", "lost", "not_sampled"):
+        assert done[key] == sum(d[key] for d in done["directions"].values()), key
+
+
+def test_default_captures_both_directions(pair, tmp_path: Path) -> None:
+    out = tmp_path / "both.pcapng"
+    done = _capture(pair, out, action=lambda: _ping(pair, 5))
+    packets = _icmp(out)
+    assert packets.count((OUTBOUND, "8")) == 5  # our requests, leaving
+    assert packets.count((INBOUND, "0")) == 5  # their replies, arriving
+    assert len(packets) == 10
+    _assert_sums_close(done)
+    assert set(done["directions"]) == {"in", "out"}
+    assert done["directions"]["out"]["written"] >= 5 and done["directions"]["in"]["written"] >= 5
+    assert "tcx egress" in done["hooks"] and "XDP ingress" in done["hooks"]
+
+    # Each request precedes its reply: one clock for both hooks.
+    times = tshark_fields(out, "frame.time_epoch", "icmp.type", "icmp.seq", display_filter="icmp")
+    at = {(t, int(seq)): float(ts) for ts, t, seq in times}
+    for seq in range(1, 6):
+        assert at[("8", seq)] < at[("0", seq)]
+    assert "Strict time order:   True" in capinfos(out)
+    (isb,) = read_isbs(out)
+    assert isb["isb_ifrecv"] == done["seen"]
+
+
+@pytest.mark.parametrize(
+    ("direction", "expected"), [("in", (INBOUND, "0")), ("out", (OUTBOUND, "8"))]
+)
+def test_one_direction(pair, tmp_path: Path, direction: str, expected) -> None:
+    out = tmp_path / f"{direction}.pcapng"
+    done = _capture(pair, out, "-Q", direction, action=lambda: _ping(pair, 5))
+    assert _icmp(out) == [expected] * 5
+    assert set(done["directions"]) == {direction}
+    _assert_sums_close(done)
+
+
+def test_tcp_handshake_from_both_sides(pair, tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        [
+            "ip", "netns", "exec", pair.peer_ns, sys.executable, "-c",
+            "import socket; s = socket.create_server(('0.0.0.0', 7070)); print('up', flush=True);"
+            " c, _ = s.accept(); c.sendall(c.recv(100)); c.close()",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout.readline().strip() == "up"
+
+        def talk() -> None:
+            code = (
+                f"import socket; c = socket.create_connection(('{pair.peer_ip}', 7070));"
+                " c.sendall(b'hi'); assert c.recv(10) == b'hi'; c.close()"
+            )
+            in_ns(pair.capture_ns, sys.executable, "-c", code)
+
+        out = tmp_path / "tcp.pcapng"
+        _capture(pair, out, "tcp port 7070", action=talk)
+    finally:
+        server.kill()
+        server.wait()
+    rows = tshark_fields(out, "frame.packet_flags_direction", "tcp.flags.str", "tcp.len")
+    flags = [(d, f.replace("\u00b7", ".")) for d, f, _ in rows]
+    assert flags[0] == (OUTBOUND, "..........S.")  # our SYN leaves
+    assert flags[1] == (INBOUND, ".......A..S.")  # their SYN-ACK arrives
+    assert flags[2] == (OUTBOUND, ".......A....")  # our ACK leaves
+    payload = [(d, int(n)) for d, _, n in rows if int(n) > 0]
+    assert payload == [(OUTBOUND, 2), (INBOUND, 2)]  # "hi" each way
+    assert {d for d, _f in flags} == {OUTBOUND, INBOUND}
+
+
+def test_filter_applies_to_both_directions(pair, tmp_path: Path) -> None:
+    out = tmp_path / "requests.pcapng"
+
+    def both_ways() -> None:
+        _ping(pair, 4)  # our requests leave
+        _ping(pair, 3, target=pair.capture_ip, ns=pair.peer_ns)  # theirs arrive
+
+    done = _capture(pair, out, "icmp[icmptype] == icmp-echo", action=both_ways)
+    assert sorted(_icmp(out)) == sorted([(OUTBOUND, "8")] * 4 + [(INBOUND, "8")] * 3)
+    assert done["directions"]["out"]["filtered_out"] >= 3  # our replies to their pings
+    assert done["directions"]["in"]["filtered_out"] >= 4  # their replies to ours
+    _assert_sums_close(done)
+
+
+def test_gso_super_packets_are_captured_whole(pair, tmp_path: Path) -> None:
+    """What the stack hands a TSO device: packets far over the MTU, as tcpdump shows."""
+    server = subprocess.Popen(
+        [
+            "ip", "netns", "exec", pair.peer_ns, sys.executable, "-c",
+            "import socket; s = socket.create_server(('0.0.0.0', 7071)); print('up', flush=True);"
+            " c, _ = s.accept();\nwhile c.recv(1 << 16): pass",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout.readline().strip() == "up"
+        code = (
+            f"import socket; c = socket.create_connection(('{pair.peer_ip}', 7071));"
+            " c.sendall(bytes(4 << 20)); c.close()"
+        )
+        out = tmp_path / "gso.pcapng"
+        done = _capture(
+            pair, out, "-Q", "out", "tcp dst port 7071",
+            action=lambda: in_ns(pair.capture_ns, sys.executable, "-c", code),
+        )  # fmt: skip
+    finally:
+        server.kill()
+        server.wait()
+    rows = [(int(a), int(b)) for a, b in tshark_fields(out, "frame.len", "frame.cap_len")]
+    assert max(length for length, _ in rows) > 1514  # super-packets, not MTU-sized frames
+    assert all(cap == min(length, 65472) for length, cap in rows)
+    assert done["lost"] == 0
+    _assert_sums_close(done)
+
+
+def _xdpcap_programs() -> dict[int, str]:
+    """Every loaded program named xdpcap_*, on the whole machine: id → name."""
+    progs = json.loads(subprocess.run(
+        ["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True
+    ).stdout)  # fmt: skip
+    return {p["id"]: p["name"] for p in progs if p.get("name", "").startswith("xdpcap_")}
+
+
+def _wait_until_gone(ids: set[int], timeout: float = 10.0) -> None:
+    """Programs are freed a moment after their last reference goes (RCU)."""
+    deadline = time.monotonic() + timeout
+    while ids & set(_xdpcap_programs()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not ids & set(_xdpcap_programs())
+
+
+def _tc_egress_filters(pair) -> str:
+    return in_ns(pair.capture_ns, "tc", "filter", "show", "dev", pair.capture_if, "egress").stdout
+
+
+def test_kill_9_leaves_nothing_with_tcx(pair, tmp_path: Path) -> None:
+    before = set(_xdpcap_programs())  # other captures on this machine are not ours
+    agent = start_agent(
+        pair.capture_ns, "-i", pair.capture_if, "-w", str(tmp_path / "k.pcapng"),
+        "--duration", "60",
+    )  # fmt: skip
+    wait_for_event(agent, "capturing")
+    ours = {i: n for i, n in _xdpcap_programs().items() if i not in before}
+    assert sorted(ours.values()) == ["xdpcap_egress", "xdpcap_sampler"]
+    agent.kill()
+    agent.wait(timeout=30)
+    _wait_until_gone(set(ours))  # no link held them: the kernel let them go
+    net = json.loads(
+        in_ns(pair.capture_ns, "bpftool", "-j", "net", "show", "dev", pair.capture_if).stdout
+    )
+    assert net[0]["xdp"] == [] and net[0]["tc"] == []
+    done = _capture(pair, tmp_path / "again.pcapng", action=lambda: _ping(pair, 2))
+    assert done["written"] >= 4
+
+
+def test_legacy_clsact_path_cleans_up_and_recovers(pair, tmp_path: Path) -> None:
+    """Forced as on a 6.1 kernel: our filter goes at the end, a killed run's filter goes
+    at the next start, and someone else's filter and the qdisc are never touched."""
+    foreign = subprocess.Popen(
+        ["ip", "netns", "exec", pair.capture_ns, sys.executable, "-c", FOREIGN_TC,
+         pair.capture_if, "clsact"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert foreign.stdout.readline().strip() == "attached"
+        clean = _capture(
+            pair, tmp_path / "a.pcapng", "--egress-attach", "clsact",
+            action=lambda: _ping(pair, 3),
+        )  # fmt: skip
+        assert "clsact egress" in clean["hooks"]
+        after = _tc_egress_filters(pair)
+        assert f"handle {TC_HANDLE:#x}" not in after and "foreign_count" in after
+
+        agent = start_agent(
+            pair.capture_ns, "-i", pair.capture_if, "-w", str(tmp_path / "b.pcapng"),
+            "--duration", "60", "--egress-attach", "clsact",
+        )  # fmt: skip
+        wait_for_event(agent, "capturing")
+        agent.kill()
+        agent.wait(timeout=30)
+        stale = _tc_egress_filters(pair)
+        assert f"handle {TC_HANDLE:#x}" in stale and "xdpcap_egress" in stale  # left behind
+
+        again = _capture(
+            pair, tmp_path / "c.pcapng", "--egress-attach", "clsact",
+            action=lambda: _ping(pair, 3),
+        )  # fmt: skip
+        assert again["directions"]["out"]["written"] >= 3
+        final = _tc_egress_filters(pair)
+        assert "xdpcap_egress" not in final and "foreign_count" in final
+        qdiscs = in_ns(pair.capture_ns, "tc", "qdisc", "show", "dev", pair.capture_if).stdout
+        assert "clsact" in qdiscs
+    finally:
+        foreign.stdin.close()
+        foreign.wait(timeout=30)
+
+
+@pytest.mark.parametrize("how", ["tcx", "clsact"])
+def test_a_foreign_tc_program_keeps_running(pair, tmp_path: Path, how: str) -> None:
+    foreign = subprocess.Popen(
+        ["ip", "netns", "exec", pair.capture_ns, sys.executable, "-c", FOREIGN_TC,
+         pair.capture_if, how],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def counter() -> int:
+        foreign.stdin.write("?\n")
+        foreign.stdin.flush()
+        return int(foreign.stdout.readline())
+
+    try:
+        assert foreign.stdout.readline().strip() == "attached"
+        seen = []
+
+        def ping_and_count() -> None:
+            seen.append(counter())
+            _ping(pair, 5)
+            seen.append(counter())
+
+        done = _capture(pair, tmp_path / "f.pcapng", "-Q", "out", action=ping_and_count)
+        assert seen[1] - seen[0] >= 5  # it saw our pings while we captured them
+        assert done["directions"]["out"]["written"] >= 5
+        before = counter()
+        _ping(pair, 2)
+        assert counter() - before >= 2  # and after we are gone
+    finally:
+        foreign.stdin.close()
+        foreign.wait(timeout=30)
