@@ -35,6 +35,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..agent import __version__
 from ..agent.pcapng import (
@@ -49,6 +50,9 @@ from ..agent.pcapng import (
 )
 from ..agent.pcapng_reader import Batch, CaptureReader, Damage, Interface
 from .errors import MergeError
+
+if TYPE_CHECKING:
+    from .clocksync import Alignment
 
 try:
     from . import _fastmerge
@@ -78,6 +82,8 @@ class MergeSource:
     clock_offset_ns: int = 0
     clock_error_ns: int | None = None
     sync_state: str | None = None
+    # How the offset was found, when the traffic found it (clocksync.Alignment.describe).
+    clock_note: str | None = None
 
 
 @dataclass
@@ -100,6 +106,7 @@ class MergeReport:
     packets: int
     interfaces: list[str]  # output if_name by interface id
     engine: str = "python"  # "c" when the packets went through `_fastmerge`
+    alignment: Alignment | None = None  # the clocks as the traffic aligned them
 
     @property
     def damaged(self) -> list[SourceReport]:
@@ -319,6 +326,7 @@ def merge_captures(
     out_path: str | os.PathLike[str],
     *,
     clock_correction: bool = True,
+    clock_summary: str | None = None,
 ) -> MergeReport:
     """Merge `sources` into one pcapng at `out_path`, ordered by (corrected) time.
 
@@ -351,7 +359,7 @@ def merge_captures(
                 writer = PcapngWriter(
                     stream,
                     userappl=f"xdpcap {__version__}",
-                    comment=section_comment(sources, clock_correction),
+                    comment=section_comment(sources, clock_correction, clock_summary),
                 )
                 merger = engine(sources, writer, clock_correction)
                 try:
@@ -437,9 +445,13 @@ def interface_description(source: MergeSource, iface: Interface) -> str | None:
     return ", ".join(parts) or None
 
 
-def section_comment(sources: Sequence[MergeSource], clock_correction: bool) -> str:
+def section_comment(
+    sources: Sequence[MergeSource], clock_correction: bool, clock_summary: str | None = None
+) -> str:
     state = "on" if clock_correction else "off"
     lines = [f"Merged by xdpcap from {len(sources)} inputs (clock correction {state}):"]
+    if clock_summary:
+        lines.append(f"  {clock_summary}")
     for source in sources:
         what = [f"host {source.host}"] if source.host else []
         if source.address:
@@ -450,6 +462,8 @@ def section_comment(sources: Sequence[MergeSource], clock_correction: bool) -> s
 
 
 def _clock_text(source: MergeSource) -> str:
+    if source.clock_note:
+        return source.clock_note
     text = f"clock offset {format_ns(source.clock_offset_ns, signed=True)}"
     if source.clock_error_ns is not None:
         text += f" ± {format_ns(source.clock_error_ns)}"

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
+from .clocksync import align
 from .errors import UsageError, XdpcapError
 from .merge import MergeSource, merge_captures
 
@@ -82,10 +84,26 @@ def handler(args: argparse.Namespace) -> int:
     _check_readable(args.inputs)
     _check_output_is_not_an_input(args.inputs, args.output)
     sources = [MergeSource(path, name=names.get(path)) for path in args.inputs]
+    alignment = None
+    if args.clock_correction and len(sources) > 1:
+        # Each input is a host as far as clocks go: the traffic they share aligns them.
+        labels = [names.get(path) or Path(path).stem for path in args.inputs]
+        alignment = align(args.inputs, labels)
+        sources = [
+            replace(source, clock_offset_ns=shift, clock_note=alignment.describe(i))
+            for i, (source, shift) in enumerate(zip(sources, alignment.shifts_ns))
+        ]
     # A MergeError (no usable input) is one line, printed by main().
-    report = merge_captures(sources, args.output, clock_correction=args.clock_correction)
+    report = merge_captures(
+        sources,
+        args.output,
+        clock_correction=args.clock_correction,
+        clock_summary=alignment.summary() if alignment else None,
+    )
     for warning in report.warnings:
         print(f"xdpcap merge: warning: {warning}", file=sys.stderr)
+    if alignment is not None:
+        print(f"xdpcap merge: {alignment.summary()}", file=sys.stderr)
     print(
         f"xdpcap merge: {report.packets} packets from {len(sources)} inputs, "
         f"{len(report.interfaces)} interfaces -> {report.out_path}",

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.live import Live
 
+    from .clocksync import Alignment
     from .merge import MergeReport
 
 # Loaded while the hosts connect (rich, for the live table) or capture (the merge), not
@@ -165,6 +166,7 @@ class Run:
             remote.changed = self._changed
         self._next_render = 0.0
         self.phases: dict[str, float] = {}  # seconds since the start, for run.json
+        self._alignment: Alignment | None = None  # the clocks as the traffic aligned them
 
     def _remote_for(self, host: Host, ssh: SshSettings) -> RemoteHost:
         capture_filter = self.options.filters.get(host.name)
@@ -403,6 +405,7 @@ class Run:
     def _merge(self) -> tuple[Path | None, MergeReport | None]:
         out = self.options.output or self.run_dir / "merged.pcapng"
         report = merge_states(self.states, out, clock_correction=self.options.clock_correction)
+        self._alignment = report.alignment if report is not None else None
         return (out, report) if report is not None else (None, None)
 
     def _write_run_json(self, merged: Path | None) -> None:
@@ -416,6 +419,7 @@ class Run:
             "capture": self.options.capture.__dict__,
             "merged": str(merged) if merged else None,
             "clock_correction": self.options.clock_correction,
+            "clock_alignment": self._alignment.to_dict() if self._alignment else None,
             "hosts": [s.to_dict() for s in self.states],
         }
         write_run_json(self.run_dir, data)
@@ -431,15 +435,22 @@ def merge_states(
     states: Sequence[HostState], out: Path, *, clock_correction: bool
 ) -> MergeReport | None:
     """Merge every fetched host capture, aligning the hosts' clocks (clock.corrections)."""
+    from .clocksync import align
     from .merge import MergeSource, merge_captures
 
     fetched = [s for s in states if s.local_file]
     if not fetched:
         return None
+    # The probe's offsets are the prior; the traffic the hosts exchanged refines them.
     shifts = corrections({s.name: s.clock for s in fetched if s.clock})
+    priors = [shifts.get(state.name, 0) for state in fetched]
+    alignment = None
+    if clock_correction:
+        alignment = align([s.local_file for s in fetched], [s.name for s in fetched], priors)
+        priors = alignment.shifts_ns
     sources = []
-    for state in fetched:
-        state.clock_shift_ns = shifts.get(state.name, 0)
+    for index, state in enumerate(fetched):
+        state.clock_shift_ns = priors[index]
         sources.append(
             MergeSource(
                 path=state.local_file,
@@ -448,9 +459,17 @@ def merge_states(
                 clock_offset_ns=state.clock_shift_ns,
                 clock_error_ns=state.clock.error_ns if state.clock else None,
                 sync_state=state.clock.sync_state if state.clock else None,
+                clock_note=alignment.describe(index) if alignment else None,
             )
         )
-    return merge_captures(sources, out, clock_correction=clock_correction)
+    report = merge_captures(
+        sources,
+        out,
+        clock_correction=clock_correction,
+        clock_summary=alignment.summary() if alignment else None,
+    )
+    report.alignment = alignment
+    return report
 
 
 def print_result(result: RunResult, console: Console) -> None:
@@ -463,6 +482,16 @@ def print_result(result: RunResult, console: Console) -> None:
     if result.merge_report is not None:
         for warning in result.merge_report.warnings:
             console.print(f"[yellow]warning:[/yellow] {warning}")
+        alignment = result.merge_report.alignment
+        if alignment is not None:
+            console.print(alignment.summary(), soft_wrap=True)
+            for delay in alignment.delays:
+                console.print(
+                    f"one-way delay {delay.sender} → {delay.receiver}: min "
+                    f"{delay.min_ns / 1000:.1f} µs, median {delay.median_ns / 1000:.1f} µs "
+                    f"({delay.packets} packets)",
+                    soft_wrap=True,
+                )
     if result.merged is not None:
         total = result.merge_report.packets if result.merge_report else "?"
         console.print(f"merged {total} packets into {result.merged}", soft_wrap=True)
