@@ -15,6 +15,7 @@ import os
 import platform
 import signal
 import socket
+import struct
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -254,6 +255,7 @@ class Capture:
         self._last_ts = 0
         self._bytes = 0
         self._released = 0  # packets handed to the writer (for --count)
+        self._test_drift = clock.test_rate_ppb() != 0  # the test-only drifting clock
         # Outbound packets written and past --count; inbound ones are the rest.
         self._written_out = 0
         self._past_count_out = 0
@@ -566,8 +568,11 @@ class Capture:
         if not ready or self.summary.partial_reason:
             return
         keys = [item[2] for item in ready]
+        blocks = [item[1] for item in ready]
+        if self._test_drift:
+            blocks = [_drifted_block(block) for block in blocks]
         try:
-            writer.write_blocks([item[1] for item in ready], len(ready))
+            writer.write_blocks(blocks, len(ready))
         except OSError as exc:
             self._disk_full(exc)
         else:
@@ -600,6 +605,14 @@ class Capture:
             seen=counters.seen,
             lost=counters.output_failed,
         )
+
+
+def _drifted_block(block: bytes) -> bytes:
+    """An EPB with the test clock's drift added to its timestamp (tests only)."""
+    high, low = struct.unpack_from("<II", block, 12)
+    wall = high << 32 | low
+    wall += clock.test_drift_ns(wall)
+    return block[:12] + struct.pack("<II", wall >> 32, wall & 0xFFFFFFFF) + block[20:]
 
 
 def run_capture(options: CaptureOptions, events: EventSink) -> CaptureSummary:

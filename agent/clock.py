@@ -13,13 +13,31 @@ import time
 # skewed clock (its packet timestamps and its answers to the controller's offset probe
 # shifted by the same amount) to prove the merge's clock correction works.
 TEST_SKEW_ENV = "XDPCAP_TEST_CLOCK_SKEW_NS"
+# Test-only as well: a clock that runs fast by RATE ppb from EPOCH (ns) on; the capture's
+# packet timestamps and the probe's answers drift alike.
+TEST_RATE_ENV = "XDPCAP_TEST_CLOCK_RATE_PPB"
+TEST_EPOCH_ENV = "XDPCAP_TEST_CLOCK_EPOCH_NS"
+
+
+def _int_env(name: str) -> int:
+    try:
+        return int(os.environ.get(name, "0"))
+    except ValueError:
+        return 0
 
 
 def test_skew_ns() -> int:
-    try:
-        return int(os.environ.get(TEST_SKEW_ENV, "0"))
-    except ValueError:
-        return 0
+    return _int_env(TEST_SKEW_ENV)
+
+
+def test_rate_ppb() -> int:
+    return _int_env(TEST_RATE_ENV)
+
+
+def test_drift_ns(wall_ns: int) -> int:
+    """What the test clock has gained by `wall_ns` (0 without the hook)."""
+    rate = test_rate_ppb()
+    return (wall_ns - _int_env(TEST_EPOCH_ENV)) * rate // 1_000_000_000 if rate else 0
 
 
 def realtime_minus_monotonic_ns(samples: int = 50) -> int:
@@ -37,8 +55,9 @@ def realtime_minus_monotonic_ns(samples: int = 50) -> int:
 
 
 def wall_clock_ns() -> int:
-    """The host's wall clock as this agent presents it (with the test skew, if any)."""
-    return time.clock_gettime_ns(time.CLOCK_REALTIME) + test_skew_ns()
+    """The host's wall clock as this agent presents it (with the test hooks, if any)."""
+    wall = time.clock_gettime_ns(time.CLOCK_REALTIME) + test_skew_ns()
+    return wall + test_drift_ns(wall)
 
 
 def monotonic_ns() -> int:

@@ -254,9 +254,11 @@ class CaptureReader:
     `renumber` gives each interface its id in the output, called once per interface as
     soon as its description is read (before any of its packets); by default interfaces
     are numbered across sections in file order. `shift_ns` is subtracted from every
-    packet and statistics timestamp (clock correction). With `strict` (the default) a
-    damaged file raises `PcapngError` after its good blocks; otherwise the damage is only
-    recorded in `self.damage`.
+    packet and statistics timestamp (clock correction); with `drift_ppb`, so is
+    (t − drift_epoch_ns) × drift_ppb / 1e9 — a clock that ran fast or slow. A drifting
+    file is read on the slow path (each block's time is computed on its own). With
+    `strict` (the default) a damaged file raises `PcapngError` after its good blocks;
+    otherwise the damage is only recorded in `self.damage`.
     """
 
     def __init__(
@@ -265,6 +267,8 @@ class CaptureReader:
         *,
         renumber: Renumber | None = None,
         shift_ns: int = 0,
+        drift_ppb: int = 0,
+        drift_epoch_ns: int = 0,
         strict: bool = True,
         chunk_size: int = CHUNK_BYTES,
     ) -> None:
@@ -277,6 +281,8 @@ class CaptureReader:
         self.skipped_blocks = 0  # NRB, DSB, custom and unknown blocks passed over
         self._renumber = renumber or (lambda iface: iface.index)
         self._shift_ns = shift_ns
+        self._drift_ppb = drift_ppb
+        self._drift_epoch_ns = drift_epoch_ns
         self._strict = strict
         self._chunk_size = chunk_size
         self._section_ifaces: list[Interface] = []
@@ -429,7 +435,8 @@ class CaptureReader:
             nxt = pos + 16 + incl
             if nxt > end:
                 break
-            ts = max(sec * NS_PER_S + frac * factor + addend, 0)
+            ts = sec * NS_PER_S + frac * factor
+            ts = max((self._drifted(ts) if self._drift_ppb else ts) + addend, 0)
             total = 32 + incl + (-incl & 3)
             block_append(
                 head(BT_EPB, total, out, ts >> 32, ts & _TS_MASK, incl, orig)
@@ -585,7 +592,7 @@ class CaptureReader:
         self.interfaces.append(iface)
         self._section_ifaces.append(iface)
         factor = iface.ns_multiplier()
-        if factor is None:
+        if factor is None or self._drift_ppb:
             self._fast.append(None)
         else:
             addend = iface.tsoffset * NS_PER_S - self._shift_ns
@@ -598,12 +605,16 @@ class CaptureReader:
 
     def _normalised_ts(self, pos: int, iface: Interface, raw: int) -> int:
         # A clock correction that would go below the epoch stops at it.
-        ts = max(iface.to_ns(raw) - self._shift_ns, 0)
+        ts = max(self._drifted(iface.to_ns(raw)) - self._shift_ns, 0)
         if ts > _TS_MAX:
             raise _Corrupt(
                 pos, f"timestamp {raw} of interface {iface.local_id} exceeds 64 bits in ns"
             )
         return ts
+
+    def _drifted(self, ts: int) -> int:
+        """`ts` less what a clock drifting by drift_ppb gained since drift_epoch_ns."""
+        return ts - (ts - self._drift_epoch_ns) * self._drift_ppb // 1_000_000_000
 
     def _epb(self, buf: bytearray, pos: int, body: memoryview, batch: Batch) -> None:
         order = ">" if self._big else "<"

@@ -84,6 +84,10 @@ class MergeSource:
     sync_state: str | None = None
     # How the offset was found, when the traffic found it (clocksync.Alignment.describe).
     clock_note: str | None = None
+    # A clock that ran fast (> 0) or slow: the offset grows by this many ns per second
+    # from clock_epoch_ns on, where it is clock_offset_ns.
+    clock_drift_ppb: int = 0
+    clock_epoch_ns: int = 0
 
 
 @dataclass
@@ -188,6 +192,8 @@ class _Merger:
                 source.path,
                 renumber=self._interface_writer(source),
                 shift_ns=shift,
+                drift_ppb=source.clock_drift_ppb if clock_correction else 0,
+                drift_epoch_ns=source.clock_epoch_ns,
                 strict=False,
             )
             self.inputs.append(_Input(index, source, reader))

@@ -90,8 +90,14 @@ def handler(args: argparse.Namespace) -> int:
         labels = [names.get(path) or Path(path).stem for path in args.inputs]
         alignment = align(args.inputs, labels)
         sources = [
-            replace(source, clock_offset_ns=shift, clock_note=alignment.describe(i))
-            for i, (source, shift) in enumerate(zip(sources, alignment.shifts_ns))
+            replace(
+                source,
+                clock_offset_ns=alignment.shifts_ns[i],
+                clock_note=alignment.describe(i),
+                clock_drift_ppb=alignment.rates_ppb[i],
+                clock_epoch_ns=alignment.epoch_ns,
+            )
+            for i, source in enumerate(sources)
         ]
     # A MergeError (no usable input) is one line, printed by main().
     report = merge_captures(

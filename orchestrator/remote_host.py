@@ -37,6 +37,10 @@ CACHE_DIR = ".cache/xdpcap"  # relative to the SSH user's home
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
 _SAFE_INTERPRETER = re.compile(r"^[A-Za-z0-9_./+-]+$")
 TEST_SKEW_VAR = "xdpcap_test_clock_skew_ns"
+TEST_RATE_VAR = "xdpcap_test_clock_rate_ppm"
+# Where a test clock's drift starts from: one instant for every agent of this controller,
+# so a host's capture and its clock probe present the same drifting clock.
+TEST_EPOCH_NS = time.time_ns()
 TEST_HOOKS_ENV = "XDPCAP_TEST_HOOKS"
 CAPTURE_DIR_VAR = "xdpcap_capture_dir"
 LAUNCH_WAIT_S = 60.0
@@ -154,21 +158,22 @@ def capture_dir_of(host: Host) -> str | None:
     return path
 
 
-def test_skew_of(host: Host) -> int | None:
-    """The test-only clock skew: it falsifies a host's timestamps, so a stray variable in
-    a production inventory must not do that silently — only with XDPCAP_TEST_HOOKS=1."""
-    value = host.vars.get(TEST_SKEW_VAR)
+def test_skew_of(host: Host, var: str = TEST_SKEW_VAR) -> int | None:
+    """A test-only clock hook (skew in ns, or rate in ppm): it falsifies a host's
+    timestamps, so a stray variable in a production inventory must not do that
+    silently — only with XDPCAP_TEST_HOOKS=1."""
+    value = host.vars.get(var)
     if value is None:
         return None
     if os.environ.get(TEST_HOOKS_ENV) != "1":
         raise UsageError(
-            f"{host.name}: {TEST_SKEW_VAR} shifts the host's timestamps and is for xdpcap's "
+            f"{host.name}: {var} shifts the host's timestamps and is for xdpcap's "
             f"own tests only (set {TEST_HOOKS_ENV}=1 to allow it)"
         )
     try:
         return int(str(value))
     except ValueError:
-        raise UsageError(f"{host.name}: {TEST_SKEW_VAR} must be an integer") from None
+        raise UsageError(f"{host.name}: {var} must be an integer") from None
 
 
 @dataclass
@@ -393,10 +398,15 @@ class RemoteHost:
 
     def _plain_agent_argv(self, agent: str, *args: str) -> list[str]:
         """The agent's argv without sudo (the launch script adds it where needed)."""
-        argv: list[str] = []
+        test_env: list[str] = []  # the test-only clock hooks (see test_skew_of)
         skew = test_skew_of(self.host)
         if skew is not None:
-            argv += ["env", f"XDPCAP_TEST_CLOCK_SKEW_NS={skew}"]
+            test_env.append(f"XDPCAP_TEST_CLOCK_SKEW_NS={skew}")
+        rate = test_skew_of(self.host, TEST_RATE_VAR)
+        if rate is not None:
+            test_env.append(f"XDPCAP_TEST_CLOCK_RATE_PPB={rate * 1000}")
+            test_env.append(f"XDPCAP_TEST_CLOCK_EPOCH_NS={TEST_EPOCH_NS}")
+        argv = ["env", *test_env] if test_env else []
         return [*argv, interpreter_of(self.host), agent, *args]
 
     def _on_line(self, line: str) -> None:

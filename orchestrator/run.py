@@ -460,6 +460,8 @@ def merge_states(
                 clock_error_ns=state.clock.error_ns if state.clock else None,
                 sync_state=state.clock.sync_state if state.clock else None,
                 clock_note=alignment.describe(index) if alignment else None,
+                clock_drift_ppb=alignment.rates_ppb[index] if alignment else 0,
+                clock_epoch_ns=alignment.epoch_ns if alignment else 0,
             )
         )
     report = merge_captures(

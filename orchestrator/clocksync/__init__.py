@@ -1,8 +1,9 @@
 """Align the hosts' clocks from the traffic they captured (the merge applies the result).
 
-`align()` reads each host's capture once (constraints.py), solves every host's offset
-together (solver.py), and measures the one-way delay between each pair of hosts that
-saw the same packets — leaving one and arriving at the other.
+`align()` reads each host's capture once (constraints.py), estimates each clock's rate
+(drift.py), solves every host's offset together (solver.py), and measures the one-way
+delay between each pair of hosts that saw the same packets — leaving one and arriving
+at the other.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .constraints import Constraints, gather
+from .drift import rates
 from .solver import HostClock, Solution, solve
 
 __all__ = ["Alignment", "PairDelay", "align"]
@@ -33,7 +35,9 @@ class PairDelay:
 class Alignment:
     names: list[str]
     reference: str
-    clocks: list[HostClock]  # per host, in input order
+    clocks: list[HostClock]  # per host, in input order: the offsets at epoch_ns
+    rates_ppb: list[int]  # how fast each clock ran against the reference's
+    epoch_ns: int  # where the offsets hold; they grow by rate × (t − epoch)
     delays: list[PairDelay]
     bounds_same_packet: int  # ordered host pairs bounded by packets seen on both
     bounds_answer: int  # ... by answers seen after their questions
@@ -50,6 +54,8 @@ class Alignment:
         if clock.source == "reference":
             return "clock reference of the merge (offsets from the traffic)"
         text = f"clock offset {_ms(clock.offset_ns)} from {clock.source}"
+        if self.rates_ppb[index]:
+            text += f", drifting {self.rates_ppb[index] / 1000:+.3f} ppm"
         if clock.lower_ns > -float("inf") or clock.upper_ns < float("inf"):
             text += f", feasible [{_bound(clock.lower_ns)}, {_bound(clock.upper_ns)}]"
         return text
@@ -76,11 +82,13 @@ class Alignment:
             "hosts": {
                 name: {
                     "offset_ns": clock.offset_ns,
+                    "drift_ppb": rate,
                     "feasible_ns": [_json_bound(clock.lower_ns), _json_bound(clock.upper_ns)],
                     "source": clock.source,
                 }
-                for name, clock in zip(self.names, self.clocks)
+                for name, clock, rate in zip(self.names, self.clocks, self.rates_ppb)
             },
+            "epoch_ns": self.epoch_ns,
             "one_way_delays": [d.__dict__ for d in self.delays],
             "bounds_same_packet": self.bounds_same_packet,
             "bounds_answer": self.bounds_answer,
@@ -98,39 +106,74 @@ def align(
     or zeros) fill in where the traffic says too little."""
     priors = list(priors_ns) if priors_ns is not None else [0] * len(paths)
     found = gather(paths, names, priors)
+    n = len(paths)
     # The reference: the host whose prior is the median, so the merged timeline keeps
     # the fleet's consensus clock (as the probe's corrections do).
-    order = sorted(range(len(paths)), key=lambda h: priors[h])
+    order = sorted(range(n), key=lambda h: priors[h])
     reference = order[(len(order) - 1) // 2]
-    limits = {pair: bound.limit_ns for pair, bound in found.bounds.items()}
-    solution = solve(len(paths), limits, priors, reference)
-    return _alignment(found, solution)
+    drift = rates(n, found.samples, reference)
+    epoch = _epoch(found)
+    # Each bound with both times taken back to what a drift-free clock would have read.
+    limits: dict[tuple[int, int], int] = {}
+    kinds: dict[tuple[int, int], str] = {}
+    for (a, b), pair in found.samples.items():
+        for kind, values in (("same packet", pair.same), ("answer", pair.answers)):
+            for t_a, t_b in values:
+                limit = _undrifted(t_b, drift[b], epoch) - _undrifted(t_a, drift[a], epoch)
+                if (a, b) not in limits or limit < limits[(a, b)]:
+                    limits[(a, b)], kinds[(a, b)] = limit, kind
+    solution = solve(n, limits, priors, reference)
+    return _alignment(found, solution, drift, epoch, kinds)
 
 
-def _alignment(found: Constraints, solution: Solution) -> Alignment:
+def _undrifted(t: int, rate: float, epoch: int) -> int:
+    """What a clock without drift would have read. In integers: a float holds an epoch
+    time in ns only to about 256 ns."""
+    return t - round(rate * (t - epoch))
+
+
+def _epoch(found: Constraints) -> int:
+    """The middle of the traffic: where offsets are stated, and rate errors cost least."""
+    times = [t for pair in found.samples.values() for t, _ in pair.same + pair.answers]
+    return int(statistics.median(times)) if times else 0
+
+
+def _alignment(
+    found: Constraints,
+    solution: Solution,
+    drift: list[float],
+    epoch: int,
+    kinds: dict[tuple[int, int], str],
+) -> Alignment:
     names = found.hosts
     offsets = [clock.offset_ns for clock in solution.hosts]
+
+    def at(host: int, t: int) -> int:  # the reference's time of `t` read on `host`
+        return _undrifted(t, drift[host], epoch) - offsets[host]
+
     delays = []
-    for (sender, receiver), sample in sorted(found.delays.items()):
-        # The raw difference holds the clocks' difference; take it out.
-        corrected = sorted(v - (offsets[receiver] - offsets[sender]) for v in sample.values)
-        delays.append(
-            PairDelay(
-                names[sender],
-                names[receiver],
-                sample.count,
-                corrected[0],
-                int(statistics.median(corrected)),
+    for (sender, receiver), pair in sorted(found.samples.items()):
+        if pair.same:
+            corrected = sorted(at(receiver, t_b) - at(sender, t_a) for t_a, t_b in pair.same)
+            delays.append(
+                PairDelay(
+                    names[sender],
+                    names[receiver],
+                    pair.same_count,
+                    corrected[0],
+                    int(statistics.median(corrected)),
+                )
             )
-        )
-    kinds = [bound.kind for bound in found.bounds.values()]
+    kind_list = list(kinds.values())
     return Alignment(
         names=list(names),
         reference=names[solution.reference],
         clocks=solution.hosts,
+        rates_ppb=[round(rate * 1e9) for rate in drift],
+        epoch_ns=epoch,
         delays=delays,
-        bounds_same_packet=kinds.count("same packet"),
-        bounds_answer=kinds.count("answer"),
+        bounds_same_packet=kind_list.count("same packet"),
+        bounds_answer=kind_list.count("answer"),
         inconsistent=[names[h] for h in solution.inconsistent],
         truncated=found.truncated,
     )

@@ -11,8 +11,9 @@ t − o_H in the reference's time. Two rules bound the offsets:
   its request seen on X at t_X (any direction, X ≠ Y) give o_Y − o_X ≤ t_Y − t_X. This
   works with ingress-only captures too.
 
-Only the tightest bound per ordered pair of hosts matters for constant offsets; the raw
-delays of matched packets are kept (a bounded sample) for the one-way delay report.
+The times of every bounding pair are kept (a bounded uniform sample per host pair): a
+drifting clock is estimated from how the bounds move over the capture (drift.py)
+before the tightest bound per pair is taken, and the one-way delays are reported.
 
 The pass reads every host's file once, at most MAX_PACKETS packets each: memory stays
 bounded however long the capture, and a long capture's first 200,000 packets per host
@@ -34,53 +35,38 @@ MAX_PACKETS = 200_000  # read per host
 # not the same packet: a retransmission, or an id that wrapped.
 MATCH_WINDOW_NS = 2_000_000_000
 MAX_COPIES = 8  # a key seen more often than this is ambiguous: skipped
-DELAY_SAMPLES = 100_000  # kept per ordered host pair, for the median
+SAMPLES = 100_000  # kept per ordered host pair and kind
 
 
 @dataclass
-class Bound:
-    """The tightest bound o_to − o_from ≤ limit_ns found, and what gave it."""
+class PairSamples:
+    """What bounds o_to − o_from for one ordered pair of hosts: (t_from, t_to) times of
+    a packet seen leaving `from` and arriving at `to` (`same`), or of a question seen
+    on `from` and its answer on `to` (`answers`); each a bounded uniform sample."""
 
-    limit_ns: int
-    kind: str  # "same packet" or "answer"
-    count: int = 0  # how many observations bounded this pair at all
+    same: list[tuple[int, int]] = field(default_factory=list)
+    answers: list[tuple[int, int]] = field(default_factory=list)
+    same_count: int = 0
+    answer_count: int = 0
 
-
-@dataclass
-class DelaySample:
-    """A uniform sample (reservoir) of at most DELAY_SAMPLES values, and how many there were."""
-
-    values: list[int] = field(default_factory=list)
-    count: int = 0
-
-    def add(self, value: int, rng: random.Random) -> None:
-        self.count += 1
-        if len(self.values) < DELAY_SAMPLES:
-            self.values.append(value)
+    def add(self, t_from: int, t_to: int, same: bool, rng: random.Random) -> None:
+        if same:
+            self.same_count += 1
+            _reservoir(self.same, self.same_count, (t_from, t_to), rng)
         else:
-            slot = rng.randrange(self.count)
-            if slot < DELAY_SAMPLES:
-                self.values[slot] = value
+            self.answer_count += 1
+            _reservoir(self.answers, self.answer_count, (t_from, t_to), rng)
 
 
 @dataclass
 class Constraints:
     hosts: list[str]
-    # (from, to) host index → o_to − o_from ≤ bound.limit_ns
-    bounds: dict[tuple[int, int], Bound] = field(default_factory=dict)
-    # (sender, receiver) → raw t_receiver − t_sender of packets seen on both (a sample)
-    delays: dict[tuple[int, int], DelaySample] = field(default_factory=dict)
+    samples: dict[tuple[int, int], PairSamples] = field(default_factory=dict)
     packets_read: list[int] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)  # hosts read only in part
 
-    def add(self, a: int, b: int, limit_ns: int, kind: str) -> None:
-        bound = self.bounds.get((a, b))
-        if bound is None:
-            self.bounds[(a, b)] = Bound(limit_ns, kind, 1)
-            return
-        bound.count += 1
-        if limit_ns < bound.limit_ns:
-            bound.limit_ns, bound.kind = limit_ns, kind
+    def pair(self, a: int, b: int) -> PairSamples:
+        return self.samples.setdefault((a, b), PairSamples())
 
 
 # One observation: (host index, time on that host, time after the prior correction,
@@ -114,14 +100,14 @@ def gather(
             elif identity.answer is not None:
                 answers.setdefault(identity.answer, []).append(seen)
         result.packets_read.append(read)
-    rng = random.Random(0)  # the delay sample: the same files give the same report
+    rng = random.Random(0)  # the samples: the same files give the same result
     for copies in packets.values():
         if 2 <= len(copies) <= MAX_COPIES:
             _same_packet(result, copies, rng)
     for key, asked in questions.items():
         answered = answers.get(key)
         if answered and len(asked) <= MAX_COPIES and len(answered) <= MAX_COPIES:
-            _answer_after_question(result, asked, answered)
+            _answer_after_question(result, asked, answered, rng)
     return result
 
 
@@ -139,15 +125,25 @@ def _same_packet(result: Constraints, copies: list[_Seen], rng: random.Random) -
             _, t_arrived, _, _ = min(
                 (c for c in arrivals if c[0] == receiver), key=lambda c: abs(c[2] - aligned_sent)
             )
-            raw = t_arrived - t_sent
-            result.add(sender, receiver, raw, "same packet")
-            result.delays.setdefault((sender, receiver), DelaySample()).add(raw, rng)
+            result.pair(sender, receiver).add(t_sent, t_arrived, True, rng)
 
 
-def _answer_after_question(result: Constraints, asked: list[_Seen], answered: list[_Seen]) -> None:
+def _answer_after_question(
+    result: Constraints, asked: list[_Seen], answered: list[_Seen], rng: random.Random
+) -> None:
     for answer_host, t_answer, aligned_answer, _ in answered:
         for question_host, t_question, aligned_question, _ in asked:
             if question_host == answer_host:
                 continue
             if abs(aligned_answer - aligned_question) <= MATCH_WINDOW_NS:
-                result.add(question_host, answer_host, t_answer - t_question, "answer")
+                result.pair(question_host, answer_host).add(t_question, t_answer, False, rng)
+
+
+def _reservoir(values: list, count: int, value: object, rng: random.Random) -> None:
+    """Keep a uniform sample of at most SAMPLES values; `count` includes this one."""
+    if len(values) < SAMPLES:
+        values.append(value)
+    else:
+        slot = rng.randrange(count)
+        if slot < SAMPLES:
+            values[slot] = value

@@ -188,3 +188,27 @@ def test_merge_aligns_any_files_the_same_way(lab, tmp_path: Path) -> None:
     raw = tmp_path / "raw.pcapng"
     assert xdpcap("merge", *files, "-w", str(raw), "--no-clock-correction").returncode == 0
     assert _arrivals_before_departures(raw)[1] > 0  # the skews, uncorrected, invert pairs
+
+
+def test_a_drifting_clock_is_followed_over_a_long_capture(lab, tmp_path: Path) -> None:
+    """100 ppm over 30 s is 3 ms by the end, a hundred times a lab's one-way delay."""
+    drifting = lab.hosts[2].name
+    inventory = inventory_with(lab, tmp_path, {drifting: {"xdpcap_test_clock_rate_ppm": 100}})
+    with pings_between_all(lab, seconds=34):
+        result = xdpcap(
+            "run", "-i", str(inventory), "--duration", "30",
+            "--runs-dir", str(tmp_path / "runs"), "icmp", timeout=240,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    merged = Path(result.stdout.strip().splitlines()[-1])
+    alignment = json.loads((merged.parent / "run.json").read_text())["clock_alignment"]
+    assert alignment["inconsistent"] == []
+    rates = {name: host["drift_ppb"] for name, host in alignment["hosts"].items()}
+    # Against whichever host is the reference, the drifting one runs 100 ppm faster.
+    steady = [name for name in rates if name != drifting]
+    for name in steady:
+        assert abs(rates[drifting] - rates[name] - 100_000) < 1_000, rates
+    pairs, inverted = _echo_inversions(merged)
+    assert pairs >= 6 * 250 and inverted == 0
+    pairs, inverted = _arrivals_before_departures(merged)
+    assert pairs >= 6 * 500 and inverted == 0

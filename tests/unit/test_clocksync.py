@@ -240,3 +240,43 @@ def test_files_without_shared_traffic_keep_their_priors(tmp_path: Path, count: i
     reference = priors[(count - 1) // 2]  # the median prior's host
     assert alignment.shifts_ns == [p - reference for p in priors]
     assert {c.source for c in alignment.clocks} <= {"probe", "reference"}
+
+
+# -- drift -------------------------------------------------------------------------------
+
+
+def test_drift_is_recovered_from_bounds_both_ways() -> None:
+    from xdpcap.orchestrator.clocksync.constraints import PairSamples
+    from xdpcap.orchestrator.clocksync.drift import pair_slope, rates
+
+    rate = 100e-6  # B runs 100 ppm fast against A
+    rng = random.Random(3)
+    start = 1_700_000_000 * 10**9
+    forward, backward = PairSamples(), PairSamples()
+    for i in range(600):  # 30 s of pings, one-way delays of 3 to 40 µs
+        t = start + i * 50_000 * US
+        offset = round(rate * (t - start)) + 7_000 * US  # o_B − o_A at t
+        forward.add(t, t + rng.randint(3, 40) * US + offset, True, rng)
+        back = t + 20_000 * US
+        backward.add(
+            back + round(rate * (back - start)) + 7_000 * US,
+            back + rng.randint(3, 40) * US,
+            True,
+            rng,
+        )
+    slope = pair_slope(forward, backward)
+    assert abs(slope - rate) < 0.05e-6
+    assert rates(2, {(0, 1): forward, (1, 0): backward}, reference=0) == [0.0, slope]
+    assert rates(2, {(0, 1): forward}, reference=0) == [0.0, 0.0]  # one way: no rate
+
+
+def test_reader_takes_a_drift_out(tmp_path: Path) -> None:
+    from xdpcap.agent.pcapng_reader import CaptureReader
+
+    path = tmp_path / "d.pcapng"
+    epoch = 1_700_000_000 * 10**9
+    _capture(path, [(epoch + s * 10**9, _eth(_echo(8, 1, s)), 2) for s in range(0, 31, 10)])
+    reader = CaptureReader(path, shift_ns=5, drift_ppb=100_000, drift_epoch_ns=epoch)
+    got = [p.ts_ns for p in reader.packets()]
+    # 100 ppm: 1 ms gained per 10 s, taken out along with the constant shift.
+    assert got == [epoch + s * 10**9 - s * 100_000 - 5 for s in range(0, 31, 10)]
