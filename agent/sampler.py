@@ -34,7 +34,6 @@ from .hooks.xdp import XdpHook
 CFLAGS = ("-Wno-unused-value",)
 MAP_NAMES = ("samples", "counters", "config")
 _KEY0 = struct.pack("<I", 0)
-BOTH = frozenset({contract.INBOUND, contract.OUTBOUND})
 # Each direction's program: its name and BPF program type (as bcc and the kernel number them).
 PROGRAMS = {
     contract.INBOUND: (contract.PROGRAM_NAME, libbpf.BPF_PROG_TYPE_XDP),
