@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -151,31 +153,38 @@ def test_one_direction(pair, tmp_path: Path, direction: str, expected) -> None:
     _assert_sums_close(done)
 
 
-def test_tcp_handshake_from_both_sides(pair, tmp_path: Path) -> None:
+@contextmanager
+def _tcp_server(pair, port: int, serve: str) -> Iterator[None]:
+    """A TCP server on the peer side running `serve` (Python, with the accepted socket
+    `c`) for one connection; gone when the block ends."""
+    code = (
+        f"import socket; s = socket.create_server(('0.0.0.0', {port})); print('up', flush=True)\n"
+        f"c, _ = s.accept()\n{serve}"
+    )
     server = subprocess.Popen(
-        [
-            "ip", "netns", "exec", pair.peer_ns, sys.executable, "-c",
-            "import socket; s = socket.create_server(('0.0.0.0', 7070)); print('up', flush=True);"
-            " c, _ = s.accept(); c.sendall(c.recv(100)); c.close()",
-        ],
+        ["ip", "netns", "exec", pair.peer_ns, sys.executable, "-c", code],
         stdout=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
     try:
         assert server.stdout.readline().strip() == "up"
-
-        def talk() -> None:
-            code = (
-                f"import socket; c = socket.create_connection(('{pair.peer_ip}', 7070));"
-                " c.sendall(b'hi'); assert c.recv(10) == b'hi'; c.close()"
-            )
-            in_ns(pair.capture_ns, sys.executable, "-c", code)
-
-        out = tmp_path / "tcp.pcapng"
-        _capture(pair, out, "tcp port 7070", action=talk)
+        yield
     finally:
         server.kill()
         server.wait()
+
+
+def _tcp_client(pair, port: int, talk: str) -> None:
+    """Connect from the capture side and run `talk` with the socket `c`."""
+    code = f"import socket; c = socket.create_connection(('{pair.peer_ip}', {port}))\n{talk}"
+    in_ns(pair.capture_ns, sys.executable, "-c", code)
+
+
+def test_tcp_handshake_from_both_sides(pair, tmp_path: Path) -> None:
+    out = tmp_path / "tcp.pcapng"
+    with _tcp_server(pair, 7070, "c.sendall(c.recv(100)); c.close()"):
+        talk = "c.sendall(b'hi'); assert c.recv(10) == b'hi'; c.close()"
+        _capture(pair, out, "tcp port 7070", action=lambda: _tcp_client(pair, 7070, talk))
     rows = tshark_fields(out, "frame.packet_flags_direction", "tcp.flags.str", "tcp.len")
     flags = [(d, f.replace("\u00b7", ".")) for d, f, _ in rows]
     assert flags[0] == (OUTBOUND, "..........S.")  # our SYN leaves
@@ -202,29 +211,13 @@ def test_filter_applies_to_both_directions(pair, tmp_path: Path) -> None:
 
 def test_gso_super_packets_are_captured_whole(pair, tmp_path: Path) -> None:
     """What the stack hands a TSO device: packets far over the MTU, as tcpdump shows."""
-    server = subprocess.Popen(
-        [
-            "ip", "netns", "exec", pair.peer_ns, sys.executable, "-c",
-            "import socket; s = socket.create_server(('0.0.0.0', 7071)); print('up', flush=True);"
-            " c, _ = s.accept();\nwhile c.recv(1 << 16): pass",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert server.stdout.readline().strip() == "up"
-        code = (
-            f"import socket; c = socket.create_connection(('{pair.peer_ip}', 7071));"
-            " c.sendall(bytes(4 << 20)); c.close()"
-        )
-        out = tmp_path / "gso.pcapng"
+    out = tmp_path / "gso.pcapng"
+    with _tcp_server(pair, 7071, "while c.recv(1 << 16): pass"):
+        send = "c.sendall(bytes(4 << 20)); c.close()"
         done = _capture(
             pair, out, "-Q", "out", "tcp dst port 7071",
-            action=lambda: in_ns(pair.capture_ns, sys.executable, "-c", code),
+            action=lambda: _tcp_client(pair, 7071, send),
         )  # fmt: skip
-    finally:
-        server.kill()
-        server.wait()
     rows = [(int(a), int(b)) for a, b in tshark_fields(out, "frame.len", "frame.cap_len")]
     assert max(length for length, _ in rows) > 1514  # super-packets, not MTU-sized frames
     assert all(cap == min(length, 65472) for length, cap in rows)
