@@ -17,6 +17,7 @@ test: setup
 bench-quick: setup
 	.venv/bin/python bench/merge --quick
 	.venv/bin/python bench/capture --quick
+	.venv/bin/python bench/egress --quick
 
 clean:
 	rm -rf .venv build *.egg-info xdpcap-runs

@@ -15,7 +15,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-@pytest.mark.parametrize("script", ["capture", "merge", "run"])
+@pytest.mark.parametrize("script", ["capture", "egress", "merge", "run"])
 def test_quick_benchmark_runs(script: str) -> None:
     result = subprocess.run(
         [sys.executable, str(BENCH / script), "--quick"],
