@@ -111,9 +111,26 @@ def align(
     # the fleet's consensus clock (as the probe's corrections do).
     order = sorted(range(n), key=lambda h: priors[h])
     reference = order[(len(order) - 1) // 2]
-    drift = rates(n, found.samples, reference)
     epoch = _epoch(found)
-    # Each bound with both times taken back to what a drift-free clock would have read.
+    drift = rates(n, found.samples, reference)
+    limits, kinds = _bounds(found, drift, epoch)
+    solution = solve(n, limits, priors, reference)
+    if solution.inconsistent and any(drift):
+        # Rates from a short or sparse capture can be off by more than the bounds
+        # allow; constant offsets may still satisfy them all.
+        steady = [0.0] * n
+        steady_limits, steady_kinds = _bounds(found, steady, epoch)
+        steady_solution = solve(n, steady_limits, priors, reference)
+        if not steady_solution.inconsistent:
+            drift, kinds, solution = steady, steady_kinds, steady_solution
+    return _alignment(found, solution, drift, epoch, kinds)
+
+
+def _bounds(
+    found: Constraints, drift: list[float], epoch: int
+) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], str]]:
+    """The tightest bound per ordered host pair, with both times of every sample taken
+    back to what a drift-free clock would have read; and which kind of sample gave it."""
     limits: dict[tuple[int, int], int] = {}
     kinds: dict[tuple[int, int], str] = {}
     for (a, b), pair in found.samples.items():
@@ -122,8 +139,7 @@ def align(
                 limit = _undrifted(t_b, drift[b], epoch) - _undrifted(t_a, drift[a], epoch)
                 if (a, b) not in limits or limit < limits[(a, b)]:
                     limits[(a, b)], kinds[(a, b)] = limit, kind
-    solution = solve(n, limits, priors, reference)
-    return _alignment(found, solution, drift, epoch, kinds)
+    return limits, kinds
 
 
 def _undrifted(t: int, rate: float, epoch: int) -> int:

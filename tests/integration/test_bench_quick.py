@@ -29,3 +29,7 @@ def test_quick_benchmark_runs(script: str) -> None:
     # disagrees with ours; a table on stdout shows it measured something.
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "|" in result.stdout
+    if script == "capture":
+        # --quick includes the filtered profile, so CI also checks that xdpcap's XDP filter
+        # writes exactly the matching frames (the exit status covers it).
+        assert "### Profile `filtered`" in result.stdout, result.stdout[-2000:]

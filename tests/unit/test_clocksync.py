@@ -280,3 +280,24 @@ def test_reader_takes_a_drift_out(tmp_path: Path) -> None:
     got = [p.ts_ns for p in reader.packets()]
     # 100 ppm: 1 ms gained per 10 s, taken out along with the constant shift.
     assert got == [epoch + s * 10**9 - s * 100_000 - 5 for s in range(0, 31, 10)]
+
+
+def test_rates_that_contradict_the_bounds_fall_back_to_constant_offsets(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import xdpcap.orchestrator.clocksync as clocksync
+
+    a, b = b"\x0a\0\0\x01", b"\x0a\0\0\x02"
+    on_a, on_b = [], []
+    for seq in range(20):  # 2 s of pings both ways, clocks equal, 40 µs each way
+        t = 1_700_000_000 * 10**9 + seq * 100_000 * US
+        request = _eth(_echo(8, 1, seq, ident=seq, src=a, dst=b))
+        reply = _eth(_echo(0, 1, seq, ident=500 + seq, src=b, dst=a))
+        on_a += [(t, request, 2), (t + 100 * US, reply, 1)]
+        on_b += [(t + 40 * US, request, 1), (t + 60 * US, reply, 2)]
+    _capture(tmp_path / "a.pcapng", on_a)
+    _capture(tmp_path / "b.pcapng", on_b)
+    monkeypatch.setattr(clocksync, "rates", lambda n, samples, reference: [0.0, 1e-3])
+    alignment = clocksync.align([tmp_path / "a.pcapng", tmp_path / "b.pcapng"], ["a", "b"])
+    assert alignment.inconsistent == []  # 1000 ppm contradicts them; no drift does not
+    assert alignment.rates_ppb == [0, 0] and alignment.shifts_ns == [0, 0]
