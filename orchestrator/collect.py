@@ -123,6 +123,8 @@ def collect_command(args: argparse.Namespace) -> int:
     report = merge_states(states, out, clock_correction=run.get("clock_correction", True))
     run["hosts"] = [s.to_dict() for s in states]
     run["merged"] = str(out) if report is not None else None
+    alignment = report.alignment if report is not None else None
+    run["clock_alignment"] = alignment.to_dict() if alignment else None
     write_run_json(args.run_dir, run)
     result = RunResult(args.run_dir, states, out if report is not None else None, report)
     print_result(result, console)
