@@ -123,6 +123,8 @@ def align(
         steady_solution = solve(n, steady_limits, priors, reference)
         if not steady_solution.inconsistent:
             drift, kinds, solution = steady, steady_kinds, steady_solution
+    if solution.inconsistent:
+        drift = [0.0] * n  # the probe's offsets stand alone: no rate from the traffic
     return _alignment(found, solution, drift, epoch, kinds)
 
 
