@@ -5,7 +5,8 @@ read and written, a cached program loaded again, the BPF link — goes through t
 the one code path is exercised whether the program came from bcc or from the cache.
 libbpf.so.1 is a dependency of bcc's own library on Debian and Ubuntu (python3-bpfcc),
 so nothing new is needed there. Where it is missing, maps are read and written through
-bcc's own exports, the cache is not used and the attach falls back to netlink.
+bcc's own exports, the cache is not used and the XDP attach falls back to netlink; the
+egress hook (tcx or clsact) needs it, and preflight says so.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__, netdev
+from . import __version__, libbpf, netdev
 from .bcc_import import bcc_version
 from .errors import AgentError
 from .headers import find_kernel_headers, remove_farm
@@ -50,6 +50,11 @@ def preflight(iface: str, output_dir: str = ".") -> dict[str, Any]:
             "out": "tcx" if tcx_expected(platform.release()) else "clsact",
         },
     }
+    if not libbpf.available():
+        problems.append(
+            "libbpf.so.1 is not installed: the egress hook and the sampler cache need it "
+            "(Debian/Ubuntu: libbpf1, which python3-bpfcc brings)"
+        )
     if report["bcc"] is None:
         problems.append(
             "bcc is not installed: install python3-bpfcc (Debian/Ubuntu) "

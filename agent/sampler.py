@@ -272,12 +272,14 @@ class Sampler:
         """Attach every hook's program; if one fails, the ones attached go again."""
         assert self._prog_fds, "compile() first"
         for hook in self.hooks:
+            # Counted before it attaches: a hook that fails half-way (attached, then an
+            # error reading the result back) is still detached.
+            self._attached.append(hook)
             try:
                 hook.attach(self._prog_fds[hook.program])
             except BaseException:
                 self.detach()
                 raise
-            self._attached.append(hook)
 
     def detach(self) -> None:
         """Detach everything attached; safe to call more than once."""

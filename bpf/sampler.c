@@ -118,9 +118,10 @@ int xdpcap_egress(struct __sk_buff *skb)
 	const __u8 *data_end = (const __u8 *)(long)skb->data_end;
 
 	/* The skb helper copies paged data too: a GSO super-packet is captured as the stack
-	 * handed it over, as tcpdump shows it. The filter reads the linear head, which
-	 * holds every header the stack built. */
-	xdpcap_take(skb, data, data_end, skb->len, skb->len, XDPCAP_OUTBOUND,
-		    skb->queue_mapping);
+	 * handed it over, as tcpdump shows it. The filter reads the linear head only: every
+	 * header the stack built, but often not the payload of an outgoing TCP segment (a
+	 * filter on payload bytes rejects those; see the README's limits). */
+	/* Queue 0: tc egress runs before the kernel picks the transmit queue. */
+	xdpcap_take(skb, data, data_end, skb->len, skb->len, XDPCAP_OUTBOUND, 0);
 	return XDPCAP_TC_NEXT;
 }

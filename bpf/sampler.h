@@ -40,15 +40,15 @@ struct xdpcap_sample {
 	__u64 ts_ns;       /* bpf_ktime_get_ns(), CLOCK_MONOTONIC: the order across CPUs */
 	__u32 cap_len;     /* bytes appended: min(snaplen, what the hook can copy) */
 	/* With cap_len, queue and direction select the EPB's trailer (epb_queue, epb_flags). */
-	__u16 queue;       /* receive queue (inbound) or transmit queue (outbound) */
+	__u16 queue;       /* receive queue (inbound); 0 outbound (not yet chosen at tc) */
 	__u16 direction;   /* enum xdpcap_direction */
 	struct xdpcap_epb_head epb;
 } __attribute__((packed));
 
 /* The most packet bytes one sample can carry: a perf record's size is a u16, and holds
  * its 8-byte header, the raw data's u32 size, this metadata and the bytes, padded to 8.
- * Only tc egress meets it (GSO super-packets of up to 64 KiB); past it, a record's size
- * would wrap. */
+ * GSO super-packets on tc egress (and merged frames in skb-mode XDP) can be longer;
+ * past it, a record's size would wrap. */
 #define XDPCAP_MAX_CAP_LEN (65528 - 8 - 4 - (__u32)sizeof(struct xdpcap_sample))
 
 /* Per-run settings, written by user space into the single-entry `config` map

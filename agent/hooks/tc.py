@@ -18,6 +18,7 @@ goes on as if we were not there.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -48,6 +49,10 @@ class TcEgressHook:
 
     def attach(self, prog_fd: int) -> None:
         self._ifindex = inspect_interface(self.iface).ifindex
+        # A filter of ours a killed run left goes whichever way we attach now: it would
+        # go on running on every packet.
+        with contextlib.suppress(OSError):  # no clsact qdisc: nothing of ours there
+            self._remove_stale(refuse_foreign=False)
         if self.how != "clsact":
             fd = libbpf.tcx_link_create(
                 prog_fd, self._ifindex, libbpf.BPF_TCX_EGRESS, libbpf.BPF_F_BEFORE
@@ -66,7 +71,7 @@ class TcEgressHook:
         assert self._ifindex is not None
         try:
             libbpf.tc_egress_hook_create(self._ifindex)
-            self._remove_stale()
+            self._remove_stale(refuse_foreign=True)
             libbpf.tc_egress_attach(self._ifindex, prog_fd, TC_HANDLE, TC_PRIORITY)
         except OSError as exc:
             raise AgentError(
@@ -75,14 +80,17 @@ class TcEgressHook:
         self._filter_attached = True
         self.method = "clsact"
 
-    def _remove_stale(self) -> None:
-        """A filter in our place is ours from a killed run (removed), or not (refused)."""
+    def _remove_stale(self, *, refuse_foreign: bool) -> None:
+        """A filter in our place is ours from a killed run (removed), or not: refused
+        when we need the place, else left alone."""
         assert self._ifindex is not None
         prog_id = libbpf.tc_egress_query(self._ifindex, TC_HANDLE, TC_PRIORITY)
         if prog_id is None:
             return
         name = libbpf.prog_name(prog_id)
         if name != contract.EGRESS_PROGRAM_NAME:
+            if not refuse_foreign:
+                return
             raise AgentError(
                 f"{self.iface}: the egress filter handle {TC_HANDLE:#x} priority {TC_PRIORITY} "
                 f"holds program {prog_id} {name!r}; xdpcap never replaces it"
@@ -100,7 +108,9 @@ class TcEgressHook:
             try:
                 libbpf.tc_egress_detach(self._ifindex, TC_HANDLE, TC_PRIORITY)
             except OSError as exc:
-                if exc.errno != errno.ENOENT:  # already gone with the interface
+                # Gone with the interface (ENODEV) or with its qdisc (EINVAL, ENOENT):
+                # nothing of ours is left to remove.
+                if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
                     raise
 
     def describe(self) -> str:

@@ -293,11 +293,24 @@ def test_legacy_clsact_path_cleans_up_and_recovers(pair, tmp_path: Path) -> None
         stale = _tc_egress_filters(pair)
         assert f"handle {TC_HANDLE:#x}" in stale and "xdpcap_egress" in stale  # left behind
 
-        again = _capture(
-            pair, tmp_path / "c.pcapng", "--egress-attach", "clsact",
-            action=lambda: _ping(pair, 3),
-        )  # fmt: skip
-        assert again["directions"]["out"]["written"] >= 3
+        # The next start removes it, whichever way it attaches: clsact here, tcx (the
+        # default on this kernel) in the second round.
+        for how in ("clsact", "auto"):
+            again = _capture(
+                pair, tmp_path / f"c-{how}.pcapng", "--egress-attach", how,
+                action=lambda: _ping(pair, 3),
+            )  # fmt: skip
+            assert again["directions"]["out"]["written"] >= 3
+            assert "xdpcap_egress" not in _tc_egress_filters(pair)
+            if how == "clsact":  # leave one behind again for the tcx round
+                agent = start_agent(
+                    pair.capture_ns, "-i", pair.capture_if, "-w", str(tmp_path / "d.pcapng"),
+                    "--duration", "60", "--egress-attach", "clsact",
+                )  # fmt: skip
+                wait_for_event(agent, "capturing")
+                agent.kill()
+                agent.wait(timeout=30)
+                assert "xdpcap_egress" in _tc_egress_filters(pair)
         final = _tc_egress_filters(pair)
         assert "xdpcap_egress" not in final and "foreign_count" in final
         qdiscs = in_ns(pair.capture_ns, "tc", "qdisc", "show", "dev", pair.capture_if).stdout
