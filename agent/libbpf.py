@@ -259,11 +259,12 @@ def tc_egress_hook_create(ifindex: int) -> bool:
     return True
 
 
-def tc_egress_attach(ifindex: int, prog_fd: int, handle: int, priority: int) -> None:
+def tc_egress_attach(ifindex: int, prog_fd: int, handle: int, priority: int) -> int:
     """A direct-action cls_bpf filter with our handle and priority, never a replacement
-    (EEXIST if that handle and priority are taken)."""
+    (EEXIST if that handle and priority are taken); returns the attached program's id."""
     opts = _tc_opts(handle, priority, prog_fd)
     _check(_lib().bpf_tc_attach(ctypes.byref(_tc_hook(ifindex)), ctypes.byref(opts)), "tc attach")
+    return opts.prog_id
 
 
 def tc_egress_query(ifindex: int, handle: int, priority: int) -> int | None:

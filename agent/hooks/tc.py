@@ -45,7 +45,7 @@ class TcEgressHook:
         self.method: str | None = None  # tcx or clsact
         self._ifindex: int | None = None
         self._link_fd: int | None = None
-        self._filter_attached = False
+        self._filter_prog_id: int | None = None  # the program our clsact filter runs
 
     def attach(self, prog_fd: int) -> None:
         self._ifindex = inspect_interface(self.iface).ifindex
@@ -72,12 +72,12 @@ class TcEgressHook:
         try:
             libbpf.tc_egress_hook_create(self._ifindex)
             self._remove_stale(refuse_foreign=True)
-            libbpf.tc_egress_attach(self._ifindex, prog_fd, TC_HANDLE, TC_PRIORITY)
+            prog_id = libbpf.tc_egress_attach(self._ifindex, prog_fd, TC_HANDLE, TC_PRIORITY)
         except OSError as exc:
             raise AgentError(
                 f"{self.iface}: cannot attach the egress filter to clsact: {exc.strerror or exc}"
             ) from exc
-        self._filter_attached = True
+        self._filter_prog_id = prog_id
         self.method = "clsact"
 
     def _remove_stale(self, *, refuse_foreign: bool) -> None:
@@ -102,10 +102,14 @@ class TcEgressHook:
         if self._link_fd is not None:
             os.close(self._link_fd)  # the last reference: the kernel unlinks the program
             self._link_fd = None
-        if self._filter_attached:
-            self._filter_attached = False
+        if self._filter_prog_id is not None:
+            ours, self._filter_prog_id = self._filter_prog_id, None
             assert self._ifindex is not None
             try:
+                # Someone may have replaced the filter in our place meanwhile (`tc filter
+                # replace`): then it is theirs now, and stays.
+                if libbpf.tc_egress_query(self._ifindex, TC_HANDLE, TC_PRIORITY) != ours:
+                    return
                 libbpf.tc_egress_detach(self._ifindex, TC_HANDLE, TC_PRIORITY)
             except OSError as exc:
                 # Gone with the interface (ENODEV) or with its qdisc (EINVAL, ENOENT):

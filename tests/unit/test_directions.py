@@ -130,3 +130,20 @@ def test_final_lines_show_written_per_direction() -> None:
 )
 def test_tcx_expected_from_the_release(release: str, expected: bool) -> None:
     assert tcx_expected(release) is expected
+
+
+def test_a_replaced_clsact_filter_in_our_place_is_left_alone(monkeypatch) -> None:
+    """Someone ran `tc filter replace` on our handle and priority: it is theirs now."""
+    from xdpcap.agent import libbpf
+    from xdpcap.agent.hooks import tc
+
+    deleted = []
+    monkeypatch.setattr(libbpf, "tc_egress_query", lambda *args: 777)
+    monkeypatch.setattr(libbpf, "tc_egress_detach", lambda *args: deleted.append(args))
+    hook = tc.TcEgressHook("eth0", "clsact")
+    hook._ifindex, hook._filter_prog_id = 5, 42  # as after our attach of program 42
+    hook.detach()
+    assert deleted == []
+    hook._filter_prog_id = 777  # still ours: removed
+    hook.detach()
+    assert deleted == [(5, tc.TC_HANDLE, tc.TC_PRIORITY)]
