@@ -176,6 +176,20 @@ def test_skew_of(host: Host, var: str = TEST_SKEW_VAR) -> int | None:
         raise UsageError(f"{host.name}: {var} must be an integer") from None
 
 
+def test_clock_env(host: Host) -> list[str]:
+    """The agent's environment for the test-only clock hooks the host asks for (checked
+    by test_skew_of): a skew, and a drift from one epoch shared by capture and probe."""
+    env: list[str] = []
+    skew = test_skew_of(host)
+    if skew is not None:
+        env.append(f"XDPCAP_TEST_CLOCK_SKEW_NS={skew}")
+    rate = test_skew_of(host, TEST_RATE_VAR)
+    if rate is not None:
+        env.append(f"XDPCAP_TEST_CLOCK_RATE_PPB={rate * 1000}")
+        env.append(f"XDPCAP_TEST_CLOCK_EPOCH_NS={TEST_EPOCH_NS}")
+    return env
+
+
 @dataclass
 class RemoteHost:
     host: Host
@@ -398,14 +412,7 @@ class RemoteHost:
 
     def _plain_agent_argv(self, agent: str, *args: str) -> list[str]:
         """The agent's argv without sudo (the launch script adds it where needed)."""
-        test_env: list[str] = []  # the test-only clock hooks (see test_skew_of)
-        skew = test_skew_of(self.host)
-        if skew is not None:
-            test_env.append(f"XDPCAP_TEST_CLOCK_SKEW_NS={skew}")
-        rate = test_skew_of(self.host, TEST_RATE_VAR)
-        if rate is not None:
-            test_env.append(f"XDPCAP_TEST_CLOCK_RATE_PPB={rate * 1000}")
-            test_env.append(f"XDPCAP_TEST_CLOCK_EPOCH_NS={TEST_EPOCH_NS}")
+        test_env = test_clock_env(self.host)
         argv = ["env", *test_env] if test_env else []
         return [*argv, interpreter_of(self.host), agent, *args]
 

@@ -25,7 +25,7 @@ from .remote_host import (
     RemoteHost,
     capture_dir_of,
     interpreter_of,
-    test_skew_of,
+    test_clock_env,
     validate_iface_for,
 )
 from .report import check_table
@@ -119,7 +119,7 @@ def select_hosts(args: argparse.Namespace) -> list[Host]:
     for host in hosts:  # every per-host value is checked before any host is contacted
         validate_iface_for(host, args.iface)
         capture_dir_of(host)
-        test_skew_of(host)
+        test_clock_env(host)
         interpreter_of(host)
     return hosts
 
