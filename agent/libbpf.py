@@ -218,10 +218,13 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes:
     return value.raw
 
 
-def xdp_link_create(
-    prog_fd: int, ifindex: int, flags: int, attach_type: int = BPF_XDP_ATTACH_TYPE
-) -> int:
-    """Attach through a BPF link; returns the link fd, or -errno (never raises)."""
+def link_create(prog_fd: int, ifindex: int, attach_type: int, flags: int) -> int:
+    """Attach through a BPF link; returns the link fd, or -errno (never raises).
+
+    For tcx (kernel 6.6+): libbpf 1.1 predates it, but passes an attach type it does not
+    know through to the kernel with only `flags` set, which is all a first-in-chain
+    attach needs.
+    """
     try:
         lib = _lib()
     except LibbpfError:
@@ -231,15 +234,6 @@ def xdp_link_create(
     if fd < 0:
         return -(ctypes.get_errno() or -fd)
     return fd
-
-
-def tcx_link_create(prog_fd: int, ifindex: int, attach_type: int, flags: int) -> int:
-    """A tcx link (kernel 6.6+); returns the link fd, or -errno (never raises).
-
-    libbpf 1.1 predates tcx, but passes an attach type it does not know through to the
-    kernel with only `flags` set, which is all a first-in-chain attach needs.
-    """
-    return xdp_link_create(prog_fd, ifindex, flags, attach_type)
 
 
 def _tc_hook(ifindex: int) -> _TcHook:

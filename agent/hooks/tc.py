@@ -54,7 +54,7 @@ class TcEgressHook:
         with contextlib.suppress(OSError):  # no clsact qdisc: nothing of ours there
             self._remove_stale(refuse_foreign=False)
         if self.how != "clsact":
-            fd = libbpf.tcx_link_create(
+            fd = libbpf.link_create(
                 prog_fd, self._ifindex, libbpf.BPF_TCX_EGRESS, libbpf.BPF_F_BEFORE
             )
             if fd >= 0:

@@ -66,7 +66,7 @@ class XdpHook:
             )
         ifindex = netdev.inspect_interface(self.iface).ifindex
         flags = MODE_FLAGS[self.mode_requested]
-        fd = libbpf.xdp_link_create(prog_fd, ifindex, flags)
+        fd = libbpf.link_create(prog_fd, ifindex, libbpf.BPF_XDP_ATTACH_TYPE, flags)
         if fd >= 0:
             self._link_fd = fd
             self.method = "bpf_link"

@@ -70,11 +70,11 @@ def identify(linktype: int, frame: bytes) -> Identity | None:
         stable_ip = bytes([6, proto]) + src + dst + flow
     else:
         return None
-    transport, payload = _transport(proto, version, l4)
+    transport, payload = _transport(proto, l4)
     digest = hashlib.blake2b(
         stable_ip + transport + payload[:PAYLOAD_PREFIX], digest_size=12
     ).digest()
-    question, answer = _exchange(proto, version, src, dst, l4)
+    question, answer = _exchange(proto, src, dst, l4)
     return Identity(digest, question, answer)
 
 
@@ -95,7 +95,7 @@ def _ip_payload(linktype: int, frame: bytes) -> bytes | None:
     return None
 
 
-def _transport(proto: int, version: int, l4: bytes) -> tuple[bytes, bytes]:
+def _transport(proto: int, l4: bytes) -> tuple[bytes, bytes]:
     """(the transport header without its checksum, the payload after it)."""
     if proto == 6 and len(l4) >= 20:
         offset = (l4[12] >> 4) * 4
@@ -107,9 +107,7 @@ def _transport(proto: int, version: int, l4: bytes) -> tuple[bytes, bytes]:
     return b"", l4
 
 
-def _exchange(
-    proto: int, version: int, src: bytes, dst: bytes, l4: bytes
-) -> tuple[bytes | None, bytes | None]:
+def _exchange(proto: int, src: bytes, dst: bytes, l4: bytes) -> tuple[bytes | None, bytes | None]:
     """(question key, answer key): a question and the answer to it share one key."""
     if proto in (1, 58) and len(l4) >= 8:
         request, reply = (8, 0) if proto == 1 else (128, 129)

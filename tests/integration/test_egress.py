@@ -49,7 +49,7 @@ int foreign_count(struct __sk_buff *skb) {
 fd = b.load_func(b"foreign_count", BPF.SCHED_CLS).fd
 ifindex = int(open(f"/sys/class/net/{sys.argv[1]}/ifindex").read())
 if sys.argv[2] == "tcx":
-    link = libbpf.tcx_link_create(fd, ifindex, libbpf.BPF_TCX_EGRESS, 0)
+    link = libbpf.link_create(fd, ifindex, libbpf.BPF_TCX_EGRESS, 0)
     assert link >= 0, link
 else:
     libbpf.tc_egress_hook_create(ifindex)
