@@ -265,6 +265,17 @@ def test_kill_9_leaves_nothing_with_tcx(pair, tmp_path: Path) -> None:
     assert done["written"] >= 4
 
 
+def _kill_9_during_a_clsact_capture(pair, out: Path) -> None:
+    """What a killed run leaves: its clsact filter (no link took it away)."""
+    agent = start_agent(
+        pair.capture_ns, "-i", pair.capture_if, "-w", str(out), "--duration", "60",
+        "--egress-attach", "clsact",
+    )  # fmt: skip
+    wait_for_event(agent, "capturing")
+    agent.kill()
+    agent.wait(timeout=30)
+
+
 def test_legacy_clsact_path_cleans_up_and_recovers(pair, tmp_path: Path) -> None:
     """Forced as on a 6.1 kernel: our filter goes at the end, a killed run's filter goes
     at the next start, and someone else's filter and the qdisc are never touched."""
@@ -283,13 +294,7 @@ def test_legacy_clsact_path_cleans_up_and_recovers(pair, tmp_path: Path) -> None
         after = _tc_egress_filters(pair)
         assert f"handle {TC_HANDLE:#x}" not in after and "foreign_count" in after
 
-        agent = start_agent(
-            pair.capture_ns, "-i", pair.capture_if, "-w", str(tmp_path / "b.pcapng"),
-            "--duration", "60", "--egress-attach", "clsact",
-        )  # fmt: skip
-        wait_for_event(agent, "capturing")
-        agent.kill()
-        agent.wait(timeout=30)
+        _kill_9_during_a_clsact_capture(pair, tmp_path / "b.pcapng")
         stale = _tc_egress_filters(pair)
         assert f"handle {TC_HANDLE:#x}" in stale and "xdpcap_egress" in stale  # left behind
 
@@ -303,13 +308,7 @@ def test_legacy_clsact_path_cleans_up_and_recovers(pair, tmp_path: Path) -> None
             assert again["directions"]["out"]["written"] >= 3
             assert "xdpcap_egress" not in _tc_egress_filters(pair)
             if how == "clsact":  # leave one behind again for the tcx round
-                agent = start_agent(
-                    pair.capture_ns, "-i", pair.capture_if, "-w", str(tmp_path / "d.pcapng"),
-                    "--duration", "60", "--egress-attach", "clsact",
-                )  # fmt: skip
-                wait_for_event(agent, "capturing")
-                agent.kill()
-                agent.wait(timeout=30)
+                _kill_9_during_a_clsact_capture(pair, tmp_path / "d.pcapng")
                 assert "xdpcap_egress" in _tc_egress_filters(pair)
         final = _tc_egress_filters(pair)
         assert "xdpcap_egress" not in final and "foreign_count" in final
