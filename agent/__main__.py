@@ -103,6 +103,7 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json-events", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--wait-start", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--start-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
 
 
@@ -129,6 +130,8 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
 
     if not args.output:
         raise UsageError("-w FILE is required (the pcapng file to write)")
+    if args.stream and not args.json_events:
+        raise UsageError("--stream sends packets to a controller: it needs --json-events")
     expression = spec.expression_from(args.expression, args.filter_file)
     if args.buffer_pages is not None and (
         args.buffer_pages < 1 or args.buffer_pages & (args.buffer_pages - 1)
@@ -152,6 +155,7 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
         bpf_cache=args.bpf_cache,
         filter_expression=expression,
         filter_programs=spec.parse_program_args(args.filter_cbpf),
+        stream=args.stream,
     )
 
 
@@ -166,7 +170,7 @@ def run_preflight(iface: str, output_dir: str) -> int:
 def run_capture_command(args: argparse.Namespace) -> int:
     if args.preflight:
         return run_preflight(args.iface, str(Path(args.output).parent) if args.output else ".")
-    events = EventSink(sys.stdout if args.json_events else None)
+    events = EventSink(sys.stdout.fileno() if args.json_events else None)
     try:
         options = options_from_args(args)
         from .capture import run_capture
@@ -175,6 +179,8 @@ def run_capture_command(args: argparse.Namespace) -> int:
     except XdpcapError as exc:
         events.emit("error", message=str(exc))
         raise
+    finally:
+        events.close()
     print(summary.line(), file=sys.stderr)
     return 0
 

@@ -16,6 +16,7 @@ import platform
 import signal
 import socket
 import struct
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ from .lock import InterfaceLock
 from .pcapng import IF_FILTER, PcapngWriter
 from .protocol import ControllerCommands, EventSink
 from .sampler import Counters, Sampler
+from .stream import StreamSender
 
 # -Q/--direction, as tcpdump: which ways the packets went that are captured.
 DIRECTIONS = {
@@ -101,6 +103,7 @@ class CaptureOptions:
     # controller sent them (none: compiled here with libpcap).
     filter_expression: str | None = None
     filter_programs: Mapping[str, Program] = field(default_factory=dict)
+    stream: bool = False  # also send the written packets to the controller as they come
 
 
 @dataclass
@@ -143,6 +146,10 @@ class CaptureSummary:
     file_sha256: str = ""
     # "in", "out": each captured direction's figures (they add up to the totals above).
     directions: dict[str, DirectionSummary] = field(default_factory=dict)
+    # With --stream: written packets sent live, and those the stream had to skip (the
+    # file has them all; these are not part of the accounting above).
+    streamed: int = 0
+    stream_skipped: int = 0
 
     @property
     def unaccounted(self) -> int:
@@ -260,6 +267,7 @@ class Capture:
         self._written_out = 0
         self._past_count_out = 0
         self.buffer_pages = options.buffer_pages or buffer_pages_for(len(perf_ring.online_cpus()))
+        self._stream: StreamSender | None = None
 
     def run(self) -> CaptureSummary:
         options = self.options
@@ -357,9 +365,14 @@ class Capture:
             if options.wait_start and commands is not None and not self._wait_for_start(commands):
                 self.summary.stopped_by = self.stop.reason or "no start"
                 return
+            self._offset = clock.realtime_minus_monotonic_ns()
             writer = self._open_writer(stream, sampler, iface)
             self._window(sampler, consumer, writer, commands)
             self._finish(sampler, consumer, writer)
+
+    def _report_sync(self) -> None:
+        """The clock's sync state, for the controller's clock report (off the loop)."""
+        self.events.emit("sync", state=clock.sync_state())
 
     def _wait_for_start(self, commands: ControllerCommands) -> bool:
         deadline = clock.monotonic_ns() + int(self.options.start_timeout_s * 1e9)
@@ -381,20 +394,32 @@ class Capture:
             comment=f"host {socket.gethostname()}",
         )
         expression = self.options.filter_expression
-        writer.add_interface(
-            self.options.iface,
+        interface = {
+            "name": self.options.iface,
             # Frames of an L3 device (tun, wireguard) start with their IP header.
-            linktype=filter_spec.PCAPNG_LINKTYPE[
+            "linktype": filter_spec.PCAPNG_LINKTYPE[
                 filter_spec.LINK_OF_IP_LINK_TYPE.get(iface.link_type, "ether")
             ],
-            snaplen=self.options.snaplen,
-            description=_interface_description(sampler, self.options),
-            hardware=iface.driver,
-            os_name=f"{uname.system} {uname.release}",
+            "snaplen": self.options.snaplen,
+            "description": _interface_description(sampler, self.options),
+            "hardware": iface.driver,
+            "os_name": f"{uname.system} {uname.release}",
+        }
+        writer.add_interface(
+            **interface,
             # if_filter: a first byte 0 says the filter is given as libpcap text.
             extra_options=[(IF_FILTER, b"\x00" + expression.encode())] if expression else (),
         )
+        if self.options.stream and self.events.outbox is not None:
+            # The live stream's interface block says what the file's says.
+            self.events.emit("interface", **interface, filter=expression)
+            self._stream = StreamSender(self.events.outbox, self._stream_wall_ns)
         return writer
+
+    def _stream_wall_ns(self, mono_ns: int) -> int:
+        """A monotonic instant as the file's timestamps give it (the host's wall clock)."""
+        wall = mono_ns + self._offset
+        return wall + clock.test_drift_ns(wall) if self._test_drift else wall
 
     def _window(
         self,
@@ -406,12 +431,13 @@ class Capture:
         options = self.options
         self._orderer = TimeOrderer()
         backlog = self._backlog = Backlog()
-        self._offset = clock.realtime_minus_monotonic_ns()
         drops_before = netdev.read_os_drops(options.iface) if sampler.xdp else 0
         start_mono = clock.monotonic_ns()
         sampler.enable(self._offset)
         self.summary.window_start_ns = start_mono + self._offset
         self.events.emit("capturing", window_start_ns=self.summary.window_start_ns)
+        if self.events.outbox is not None:
+            threading.Thread(target=self._report_sync, name="sync", daemon=True).start()
         deadline = (start_mono + int(options.duration_s * 1e9)) if options.duration_s else None
         next_progress = start_mono + PROGRESS_EVERY_NS
         last_drain = 0
@@ -460,9 +486,10 @@ class Capture:
             drained_at = backlog.format_piece(consumer, FORMAT_PIECE_BYTES)
             orderer.add(consumer.take())
             if drained_at is not None:
-                self._write(
-                    writer, self._within_count(orderer.release(drained_at - ORDER_SLACK_NS))
-                )
+                horizon = drained_at - ORDER_SLACK_NS
+                written = self._write(writer, self._within_count(orderer.release(horizon)))
+                if self._stream is not None:
+                    self._stream.add(written, horizon, clock.monotonic_ns())
             if until_ns is not None and clock.monotonic_ns() >= until_ns:
                 break
 
@@ -476,7 +503,11 @@ class Capture:
             backlog.add(clock.monotonic_ns(), chunks)
             idle_rounds = 0 if chunks else idle_rounds + 1
         self._format(consumer, writer, None)
-        self._write(writer, self._within_count(self._orderer.release(None)))
+        written = self._write(writer, self._within_count(self._orderer.release(None)))
+        if self._stream is not None:
+            self._stream.finish(written, self.summary.window_end_ns)
+            self.summary.streamed = self._stream.streamed
+            self.summary.stream_skipped = self._stream.skipped
         by_direction = sampler.counters_by_direction()
         counters = sum(by_direction.values(), Counters())
         summary = self.summary
@@ -563,10 +594,11 @@ class Capture:
         self._past_count_out += sum(direction_of(item[2]) for item in ready[room:])
         return kept
 
-    def _write(self, writer: PcapngWriter, ready: list[tuple[int, bytes, int]]) -> None:
-        """Appends released (ts, block, key) items: the blocks are already framed."""
+    def _write(self, writer: PcapngWriter, ready: list[tuple[int, bytes, int]]) -> list[bytes]:
+        """Appends released (ts, block, key) items: the blocks are already framed.
+        Returns the blocks handed to the writer (for the live stream)."""
         if not ready or self.summary.partial_reason:
-            return
+            return []
         keys = [item[2] for item in ready]
         blocks = [item[1] for item in ready]
         if self._test_drift:
@@ -575,12 +607,14 @@ class Capture:
             writer.write_blocks(blocks, len(ready))
         except OSError as exc:
             self._disk_full(exc)
+            blocks = []
         else:
             self._written_out += sum(map(direction_of, keys))  # 1 for each outbound packet
         self._bytes += sum(map(cap_len_of, keys))
         if ready[0][0] < self._last_ts:
             self._late += 1
         self._last_ts = ready[-1][0]
+        return blocks
 
     def _flush(self, writer: PcapngWriter) -> None:
         if self.summary.partial_reason:

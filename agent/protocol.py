@@ -3,9 +3,17 @@
 Agent → controller events (one JSON object a line, key "event"):
   ready      compiled and attached; waiting for "start" (when asked to wait)
   capturing  the window opened (wall-clock ns)
+  interface  what the file's interface block says (name, link type, snaplen, ...),
+             for the controller's live stream (with --stream)
   progress   packets, bytes, lost so far, every ~0.5 s
+  sync       the host clock's synchronisation state (chrony or timedatectl)
   done       the final summary (see CaptureSummary.to_dict)
   error      one-line message; the agent exits non-zero after it
+With --stream, stream frames come between the lines: a line `xdpcap-frame N` followed
+by N bytes: FRAME_HEAD, then the packets' enhanced packet blocks as the file has them
+(interface 0, the host's wall-clock nanoseconds, time order). FRAME_HEAD says that
+nothing earlier than `until_ns` will follow in the stream, how many packets the frame
+holds, and how many packets the stream skipped so far (over its bound: see outbox.py).
 Controller → agent lines on stdin: "start", "stop", and after "done": "delete" (the
 controller has verified its copy: remove the file) or "keep". EOF on stdin means the
 controller is gone: the agent keeps capturing until its own deadline, then detaches and
@@ -15,27 +23,48 @@ keeps the file for `xdpcap collect`.
 from __future__ import annotations
 
 import json
+import struct
 import sys
 import threading
 from typing import Any, TextIO
 
+from .outbox import Outbox
+
+FRAME_PREFIX = b"xdpcap-frame "
+# until_ns (host wall clock), packets in this frame, packets skipped by the stream so far.
+FRAME_HEAD = struct.Struct("<QII")
+CLOSE_WAIT_S = 10.0  # at exit, how long the last events may take to leave
+
+
+def stream_frame(until_ns: int, packets: int, skipped: int, blocks: bytes) -> bytes:
+    body_len = FRAME_HEAD.size + len(blocks)
+    return b"%s%d\n%s%s" % (
+        FRAME_PREFIX,
+        body_len,
+        FRAME_HEAD.pack(until_ns, packets, skipped),
+        blocks,
+    )
+
 
 class EventSink:
-    """Where the agent reports. JSON lines for a controller, nothing in interactive use."""
+    """Where the agent reports: JSON lines (and stream frames) for a controller, through
+    the outbox's thread; nothing in interactive use."""
 
-    def __init__(self, stream: TextIO | None) -> None:
-        self._stream = stream
-        self.controller_gone = False
+    def __init__(self, fd: int | None) -> None:
+        self.outbox = Outbox(fd) if fd is not None else None
+
+    @property
+    def controller_gone(self) -> bool:
+        return self.outbox is not None and self.outbox.gone
 
     def emit(self, event: str, **fields: Any) -> None:
-        if self._stream is None or self.controller_gone:
-            return
-        try:
-            self._stream.write(json.dumps({"event": event, **fields}) + "\n")
-            self._stream.flush()
-        except (BrokenPipeError, OSError):
-            # The SSH channel is gone; the capture goes on to its own deadline.
-            self.controller_gone = True
+        if self.outbox is not None:
+            self.outbox.put_line((json.dumps({"event": event, **fields}) + "\n").encode())
+
+    def close(self) -> None:
+        """Send what is queued (bounded): the last event must reach the controller."""
+        if self.outbox is not None:
+            self.outbox.close(CLOSE_WAIT_S)
 
 
 class ControllerCommands:

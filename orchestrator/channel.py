@@ -1,4 +1,8 @@
-"""A remote process on an SSH channel: lines out, lines in, exit status, all bounded."""
+"""A remote process on an SSH channel: lines out, lines in, exit status, all bounded.
+
+Its stdout carries lines, and with the agent's --stream binary frames between them: a
+line `xdpcap-frame N` followed by N bytes (agent/protocol.py), handed to `on_frame`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from collections.abc import Callable
 
 from fabric import Connection
 
+from ..agent.protocol import FRAME_PREFIX
 from .errors import RemoteError
 
 READ_TIMEOUT_S = 1.0
@@ -19,7 +24,13 @@ class RemoteProcess:
     """Runs one command on its own channel; a thread hands stdout lines to `on_line`."""
 
     def __init__(
-        self, conn: Connection, command: str, on_line: Callable[[str], None], *, name: str
+        self,
+        conn: Connection,
+        command: str,
+        on_line: Callable[[str], None],
+        *,
+        name: str,
+        on_frame: Callable[[bytes], None] | None = None,
     ) -> None:
         transport = conn.client.get_transport()
         if transport is None or not transport.is_active():
@@ -30,6 +41,7 @@ class RemoteProcess:
         self._channel.settimeout(READ_TIMEOUT_S)
         self._channel.exec_command(command)
         self._on_line = on_line
+        self._on_frame = on_frame
         self.stderr = ""
         self.finished = threading.Event()
         self.exit_status: int | None = None
@@ -37,12 +49,12 @@ class RemoteProcess:
         self._reader.start()
 
     def _read(self) -> None:
-        buffer = b""
+        buffer = bytearray()
         channel = self._channel
         try:
             while True:
                 try:
-                    chunk = channel.recv(65536)
+                    chunk = channel.recv(1 << 20)
                 except socket.timeout:  # TimeoutError on 3.10+, not on 3.9
                     if channel.closed or (channel.exit_status_ready() and not channel.recv_ready()):
                         break
@@ -50,14 +62,35 @@ class RemoteProcess:
                 if not chunk:
                     break
                 buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    self._on_line(line.decode("utf-8", "replace"))
+                self._split(buffer)
         except OSError:
             pass  # the connection died: the caller sees no exit status
         finally:
             self._collect_exit()
             self.finished.set()
+
+    def _split(self, buffer: bytearray) -> None:
+        """Hands over every whole line and frame at the front of `buffer`, removes them."""
+        pos = 0
+        while True:
+            end = buffer.find(b"\n", pos)
+            if end < 0:
+                break
+            if buffer.startswith(FRAME_PREFIX, pos):
+                try:
+                    size = int(buffer[pos + len(FRAME_PREFIX) : end])
+                except ValueError:
+                    size = -1
+                if size >= 0:
+                    if end + 1 + size > len(buffer):
+                        break  # the rest of the frame is still on its way
+                    if self._on_frame is not None:
+                        self._on_frame(bytes(buffer[end + 1 : end + 1 + size]))
+                    pos = end + 1 + size
+                    continue
+            self._on_line(buffer[pos:end].decode("utf-8", "replace"))
+            pos = end + 1
+        del buffer[:pos]
 
     def _collect_exit(self) -> None:
         channel = self._channel

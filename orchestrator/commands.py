@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "capture": "capture_cli",
     "build-agent": "capture_cli",
     "merge": "merge_cli",
+    "extcap": "extcap",
     "lab": "lab_cli",
     "demo": "demo",
 }

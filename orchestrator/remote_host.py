@@ -32,6 +32,7 @@ from .inventory import Host
 from .ssh import SshSettings, quote_command, run, sudo_failure
 from .ssh import connect as ssh_connect
 from .standby import Standby
+from .stream import LiveHost
 
 CACHE_DIR = ".cache/xdpcap"  # relative to the SSH user's home
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
@@ -50,8 +51,7 @@ LAUNCH_WAIT_S = 60.0
 # $1 cache folder, $2 run folder, $3 agent, $4 its sha256, $5 become user ("" = root),
 # $6 "password" when a sudo password follows on stdin; then the agent's argv.
 # Every process it starts delays the agent: the clock's sync state, needed only after
-# the capture, is asked for in the background (its stdin is /dev/null, so it never
-# takes the password or a "start" meant for the agent).
+# the capture, is the agent's to ask for (its "sync" event), once its window is open.
 _LAUNCH_SCRIPT = """set -e
 umask 077
 cache=$1 rundir=$2 agent=$3 sha=$4 become=$5 password=$6
@@ -61,12 +61,6 @@ chmod 700 "$cache" "$cache/runs"
 uid=$(id -u)
 echo "xdpcap-fact uid=$uid"
 echo "xdpcap-fact home=$(pwd)"
-{
-    sync=$(chronyc -n tracking 2>/dev/null | sed -n 's/^Leap status *: */chrony: /p')
-    [ -n "$sync" ] || sync=$(timedatectl show -p NTPSynchronized --value 2>/dev/null |
-        sed 's/^/NTP synchronized: /')
-    echo "xdpcap-fact sync=$sync"
-} &
 sum=$(sha256sum "$agent" 2>/dev/null) || true
 if [ "${sum%% *}" != "$sha" ]; then
     echo "xdpcap-launch need-upload"
@@ -210,6 +204,8 @@ class RemoteHost:
     deleted: threading.Event = field(default_factory=threading.Event)
     standby: Standby | None = None  # the fetch's sessions, opened during the capture window
     capture_filter: CompiledFilter | None = None  # compiled on the controller (filters.py)
+    live: LiveHost | None = None  # this host's part of the live stream (-w -), if any
+    start_sent_ns: int = 0  # when "start" was sent (controller clock)
 
     # -- preparation -------------------------------------------------------------------
     def connect(self) -> None:
@@ -230,8 +226,8 @@ class RemoteHost:
     def sync_state(self) -> str | None:
         """The host's clock sync (chrony or timedatectl), for the clock offset's report.
 
-        The launch script asks for it in the background: it may arrive after the agent
-        started, and does long before the capture ends (None if it never does).
+        The agent asks once its window is open and says so in a "sync" event, long before
+        the capture ends (None if it never does).
         """
         return self.facts.get("sync") or None
 
@@ -351,6 +347,8 @@ class RemoteHost:
         args = _capture_args(
             capture, self.state.iface, out_rel, self.state.direction, self.capture_filter
         )
+        if self.live is not None:
+            args.append("--stream")
         self.launch_agent(bundle, run_rel, args)
         self.state.remote_file = out_rel if out_rel.startswith("/") else f"{self.home}/{out_rel}"
 
@@ -391,7 +389,11 @@ class RemoteHost:
         self._output: list[str] = []
         self._launched = threading.Event()
         self.process = RemoteProcess(
-            self.conn, quote_command(command), self._on_line, name=self.host.name
+            self.conn,
+            quote_command(command),
+            self._on_line,
+            name=self.host.name,
+            on_frame=self.live.frame if self.live is not None else None,
         )
         if not self._launched.wait(LAUNCH_WAIT_S) and not self.process.finished.wait(1):
             raise RemoteError(
@@ -439,6 +441,11 @@ class RemoteHost:
             state.state = "capturing"
             state.t_capturing_s = now
             state.window_start_ns = int(event["window_start_ns"])
+            if self.live is not None:
+                self.live.capturing(state.window_start_ns, self.start_sent_ns, time.time_ns())
+        elif kind == "interface":
+            if self.live is not None:
+                self.live.describe(event)
         elif kind == "progress":
             state.packets = int(event.get("packets", 0))
             state.bytes = int(event.get("bytes", 0))
@@ -451,18 +458,31 @@ class RemoteHost:
             state.lost = int(event.get("lost", 0))
             state.seen = int(event.get("seen", 0))
             state.state = "captured"
+            if self.live is not None:
+                self.live.done(event)
             self.done_event.set()
         elif kind == "deleted":
             self.deleted.set()
+        elif kind == "sync":
+            self.facts["sync"] = str(event.get("state", ""))
         elif kind == "error":
             state.state = "failed"
             state.reason = str(event.get("message"))
+            if self.live is not None:
+                self.live.done(None)
             self.done_event.set()
         self.changed.set()
 
     def send(self, word: str) -> None:
         if self.process is not None:
             self.process.send_line(word)
+
+    def start(self) -> None:
+        """Open the agent's window; the live stream waits for this host from now on."""
+        if self.live is not None:
+            self.live.started()
+        self.start_sent_ns = time.time_ns()
+        self.send("start")
 
     def agent_finished_without_report(self) -> bool:
         return (

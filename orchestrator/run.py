@@ -16,6 +16,11 @@ Phases, each bounded in time:
    copy;
 4. merge what arrived into one pcapng, clock-corrected.
 A failed host never hides the others: each ends with a result, reported at the end.
+
+With a live stream (`-w -`), the agents also send their packets as they capture and
+stream.py merges them online onto stdout, which ends with the capture window; the run
+folder gets the same verified files and merged.pcapng. If the stream's reader goes away,
+every agent is stopped as after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from .inventory import Host
 from .remote_host import CaptureSettings, HostState, RemoteHost, validate_iface_for
 from .report import final_lines, final_table, live_table
 from .ssh import SshSettings
+from .stream import DEFAULT_IDLE_S, LiveMerge
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -75,6 +81,9 @@ class RunOptions:
     direction: str | None = None  # -Q for every host without xdpcap_direction (None: inout)
     # Host name → its compiled capture filter (absent or None: no filter).
     filters: Mapping[str, CompiledFilter | None] = field(default_factory=dict)
+    stream_fd: int | None = None  # where the live stream goes (-w -: stdout); None: none
+    stream_idle_s: float = DEFAULT_IDLE_S
+    on_stream_closed: Callable[[], None] | None = None  # told once the stream has ended
 
 
 @dataclass
@@ -83,6 +92,7 @@ class RunResult:
     states: list[HostState]
     merged: Path | None
     merge_report: MergeReport | None
+    stream: dict | None = None  # the live stream's figures (-w -)
 
     @property
     def exit_code(self) -> int:
@@ -140,7 +150,13 @@ def _each(
         list(results)
 
 
+class _ReaderGone(Exception):
+    """The live stream's reader closed it: the run stops as after Ctrl-C."""
+
+
 def _fail(remote: RemoteHost, reason: str) -> None:
+    if remote.live is not None:
+        remote.live.done(None)  # nothing more comes from it: the stream stops waiting
     remote.state.state = "failed"
     prefix = f"{remote.host.name}: "
     remote.state.reason = reason[len(prefix) :] if reason.startswith(prefix) else reason
@@ -167,6 +183,8 @@ class Run:
         self._next_render = 0.0
         self.phases: dict[str, float] = {}  # seconds since the start, for run.json
         self._alignment: Alignment | None = None  # the clocks as the traffic aligned them
+        self.live: LiveMerge | None = None
+        self.stream_report: dict | None = None  # for run.json and the final report
 
     def _remote_for(self, host: Host, ssh: SshSettings) -> RemoteHost:
         capture_filter = self.options.filters.get(host.name)
@@ -197,11 +215,15 @@ class Run:
     # -- the phases --------------------------------------------------------------------
     def execute(self) -> RunResult:
         try:
-            self._launch()
-            self._mark("launched")
-            active = [r for r in self.remotes if r.state.state != "failed"]
-            self._capture(active)
-            self._mark("captured")
+            self._open_stream()
+            try:
+                self._launch()
+                self._mark("launched")
+                active = [r for r in self.remotes if r.state.state != "failed"]
+                self._capture(active)
+                self._mark("captured")
+            finally:
+                self._close_stream()
             try:
                 self._fetch(active)
             except KeyboardInterrupt:
@@ -218,7 +240,38 @@ class Run:
             raise MergeError(f"{exc}; the host captures are in {self.run_dir / 'hosts'}") from exc
         self._mark("merged")
         self._write_run_json(merged)
-        return RunResult(self.run_dir, self.states, merged, report)
+        return RunResult(self.run_dir, self.states, merged, report, self.stream_report)
+
+    def _open_stream(self) -> None:
+        """The live stream's section header goes out now: a reader waits for it."""
+        if self.options.stream_fd is None:
+            return
+        self.live = LiveMerge(
+            self.options.stream_fd,
+            idle_s=self.options.stream_idle_s,
+            note=lambda text: self.console.print(f"live stream: {text}", soft_wrap=True),
+            comment=f"Live stream by xdpcap from {len(self.remotes)} hosts (run {self.run_id})",
+        )
+        for remote in self.remotes:
+            remote.live = self.live.add_host(remote.host.name, remote.host.address)
+
+    def _close_stream(self) -> None:
+        """End the stream with the capture: its reader sees the end before the fetch."""
+        live = self.live
+        if live is None:
+            return
+        for remote in self.remotes:
+            if remote.live is not None and not remote.done_event.is_set():
+                remote.live.done(None)  # failed or never started: nothing more comes
+        live.finish()
+        if self.options.on_stream_closed is not None:
+            self.options.on_stream_closed()
+        counts = live.counts()
+        self.stream_report = {
+            "packets": live.packets,
+            "reader_gone": live.reader_gone.is_set(),
+            "hosts": counts,
+        }
 
     def _launch(self) -> None:
         """Connect to every host (at most --forks at a time) and start its agent there.
@@ -258,16 +311,19 @@ class Run:
                 ready = [r for r in active if r.state.state == "ready"]
                 self._mark("all ready")
                 for remote in ready:
-                    remote.send("start")
+                    remote.start()
                 importlib.import_module(MERGE_MODULE)  # while the hosts capture
                 self._wait_done(ready, live)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, _ReaderGone) as exc:
                 # Stop every agent cleanly (each detaches), then fetch what they captured.
                 self.interrupted = True
-                self.console.print("interrupted: stopping every agent")
+                why = "interrupted"
+                if isinstance(exc, _ReaderGone):
+                    why = "the live stream's reader went away"
+                self.console.print(f"{why}: stopping every agent")
                 for remote in active:
                     remote.send("stop")
-                self._wait_all(active, STOP_GRACE_S, live)
+                self._wait_all(active, STOP_GRACE_S, live, stopping=True)
             live.update(live_table(self.states))
         self.console.line()  # on a pipe, the last render does not end its line
         for remote in active:
@@ -278,6 +334,8 @@ class Run:
     def _wait_ready(self, active: list[RemoteHost], live: Live) -> None:
         deadline = time.monotonic() + self.options.ready_timeout_s
         while time.monotonic() < deadline:
+            if self.live is not None and self.live.reader_gone.is_set():
+                raise _ReaderGone
             self._note_dead_agents(active)
             if all(r.state.state in ("ready", "failed") for r in active):
                 return
@@ -294,9 +352,13 @@ class Run:
         capture = self.options.capture
         self._wait_all(ready, capture.duration_s + capture.start_timeout_s + DONE_GRACE_S, live)
 
-    def _wait_all(self, remotes: list[RemoteHost], timeout: float, live: Live) -> None:
+    def _wait_all(
+        self, remotes: list[RemoteHost], timeout: float, live: Live, *, stopping: bool = False
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if not stopping and self.live is not None and self.live.reader_gone.is_set():
+                raise _ReaderGone
             self._note_dead_agents(remotes)
             for remote in remotes:
                 # Its window is open: what the fetch needs can open now, off the clock.
@@ -323,6 +385,8 @@ class Run:
                 if remote.process is not None and remote.process.exit_status is None:
                     remote.state.state = "disconnected"
                     remote.state.reason = remote.failure_reason()
+                    if remote.live is not None:
+                        remote.live.done(None)  # its agent goes on, but not on this stream
                     remote.done_event.set()
                 else:
                     _fail(remote, remote.failure_reason())
@@ -420,6 +484,7 @@ class Run:
             "merged": str(merged) if merged else None,
             "clock_correction": self.options.clock_correction,
             "clock_alignment": self._alignment.to_dict() if self._alignment else None,
+            "stream": self.stream_report,
             "hosts": [s.to_dict() for s in self.states],
         }
         write_run_json(self.run_dir, data)
@@ -494,9 +559,29 @@ def print_result(result: RunResult, console: Console) -> None:
                     f"({delay.packets} packets)",
                     soft_wrap=True,
                 )
+    if result.stream is not None:
+        console.print(stream_line(result.stream, result.states), soft_wrap=True)
     if result.merged is not None:
         total = result.merge_report.packets if result.merge_report else "?"
         console.print(f"merged {total} packets into {result.merged}", soft_wrap=True)
     else:
         console.print("[red]nothing was captured: no merged file[/red]")
     console.print(f"run folder: {result.run_dir}", soft_wrap=True)
+
+
+def stream_line(stream: dict, states: Sequence[HostState]) -> str:
+    """What the live stream carried of what the hosts wrote, and why not the rest."""
+    hosts = stream["hosts"].values()
+    written = sum(int((s.summary or {}).get("written", 0)) for s in states)
+    text = f"live stream: {stream['packets']} of the {written} packets the hosts wrote"
+    missing = {
+        "late": sum(h["late"] for h in hosts),
+        "skipped on the hosts": sum(h["skipped_host"] for h in hosts),
+        "skipped at the controller": sum(h["skipped_controller"] for h in hosts),
+    }
+    shown = [f"{why} {n}" for why, n in missing.items() if n]
+    if shown:
+        text += " (" + ", ".join(shown) + ")"
+    if stream["reader_gone"]:
+        text += "; its reader went away"
+    return text

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import secrets
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from ..agent import validate
@@ -31,6 +34,7 @@ from .remote_host import (
 from .report import check_table
 from .run import Run, RunOptions, RunResult, _each, print_result
 from .ssh import SshSettings
+from .stream import DEFAULT_IDLE_S
 
 DEFAULT_DURATION_S = 10.0
 COUNT_ONLY_DURATION_S = 300.0  # --count alone still needs a deadline on every host
@@ -82,7 +86,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--write",
         dest="output",
         type=Path,
-        help="merged pcapng (default RUN_FOLDER/merged.pcapng)",
+        help="merged pcapng (default RUN_FOLDER/merged.pcapng); '-': a live pcapng stream "
+        "on stdout, in time order while the hosts capture (| wireshark -k -i -)",
+    )
+    run.add_argument(
+        "--stream-idle",
+        type=float,
+        default=DEFAULT_IDLE_S,
+        metavar="S",
+        help="with -w -: a host silent this long is left out of the stream's time order "
+        f"until it speaks again (default {DEFAULT_IDLE_S:g} s)",
     )
     run.add_argument("--runs-dir", type=Path, default=Path("xdpcap-runs"))
     run.add_argument("--no-clock-correction", action="store_true")
@@ -158,7 +171,13 @@ def check_output_paths(runs_dir: Path, output: Path | None) -> None:
             raise UsageError(f"-w {output}: folder {output.parent} does not exist")
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_command(
+    args: argparse.Namespace,
+    stream_to: Callable[[], int] | None = None,
+    on_stream_closed: Callable[[], None] | None = None,
+) -> int:
+    """`xdpcap run`; `stream_to` opens where a live stream goes instead of stdout (the
+    extcap's fifo), and `on_stream_closed` is told when that stream has ended."""
     capture = capture_settings(args)
     hosts = select_hosts(args)
     # Compiled here, before any host is contacted: a bad filter is one line, exit 2.
@@ -170,21 +189,45 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     validate.positive_number("--ready-timeout", args.ready_timeout, 3600)
     validate.positive_number("--reconnect-wait", args.reconnect_wait, 3600)
-    check_output_paths(args.runs_dir, args.output)
+    validate.positive_number("--stream-idle", args.stream_idle, 3600)
+    streaming = args.output is not None and str(args.output) == "-"
+    if streaming and stream_to is None and sys.stdout.isatty():
+        raise UsageError(
+            "-w - writes a binary pcapng stream to stdout: pipe it into a reader "
+            "(| wireshark -k -i -, | tshark -r -)"
+        )
+    output = None if streaming else args.output
+    check_output_paths(args.runs_dir, output)
     options = RunOptions(
         iface=args.iface,
         capture=capture,
         forks=args.forks,
         runs_dir=args.runs_dir,
-        output=args.output,
+        output=output,
         clock_correction=not args.no_clock_correction,
         ready_timeout_s=args.ready_timeout,
         inventory_path=str(Path(args.inventory).resolve()),
         reconnect_wait_s=args.reconnect_wait,
         filters=filters,
         direction=args.direction,
+        stream_idle_s=args.stream_idle,
+        on_stream_closed=on_stream_closed,
     )
-    return execute_run(hosts, options, _ssh_settings(args))
+    ssh = _ssh_settings(args)
+    if streaming:
+        options = replace(options, stream_fd=(stream_to or take_stdout)())
+    return execute_run(hosts, options, ssh)
+
+
+def take_stdout() -> int:
+    """stdout's pipe for the live stream alone: fd 1 goes to /dev/null, so no stray
+    print can cut into the pcapng, and closing our copy is the reader's end of file."""
+    sys.stdout.flush()
+    fd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    return fd
 
 
 def execute_run(hosts: list[Host], options: RunOptions, ssh: SshSettings) -> int:
@@ -192,7 +235,8 @@ def execute_run(hosts: list[Host], options: RunOptions, ssh: SshSettings) -> int
     result: RunResult = run.execute()
     print_result(result, run.console)
     if result.merged is not None:
-        print(result.merged)
+        # The merged file's path on stdout, for scripts; with -w -, stdout was the stream.
+        print(result.merged, file=sys.stderr if options.stream_fd is not None else sys.stdout)
     return result.exit_code
 
 
