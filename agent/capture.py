@@ -45,6 +45,10 @@ DIRECTIONS = {
 DIRECTION_NAMES = {contract.INBOUND: "in", contract.OUTBOUND: "out"}
 
 POLL_MS = 100
+# With a live stream the rings are looked at this often whatever the traffic: a quiet
+# host's samples would otherwise wait for the poll's timeout (the rings wake us only
+# every --wakeup-events samples), and the stream's reader with them.
+STREAM_POLL_MS = 10
 DRAIN_INTERVAL_NS = 5_000_000
 # Between two drains of the rings, at most this long is spent turning the backlog into
 # file blocks, so the rings are emptied every few milliseconds however far behind the
@@ -452,8 +456,9 @@ class Capture:
             if self.stop.reason:
                 break
             if not backlog:  # nothing left to format: wait for the rings
+                poll_ms = STREAM_POLL_MS if self._stream is not None else POLL_MS
                 timeout = (
-                    POLL_MS if deadline is None else max(0, min(POLL_MS, (deadline - now) // 10**6))
+                    poll_ms if deadline is None else max(0, min(poll_ms, (deadline - now) // 10**6))
                 )
                 # At most one drain per DRAIN_INTERVAL_NS: each costs a fixed overhead,
                 # and the rings hold far more than arrives in that time.

@@ -17,8 +17,10 @@ from .outbox import Outbox
 from .protocol import stream_frame
 
 FRAME_BYTES = 256 << 10  # a frame is sent once it holds this much
-FRAME_EVERY_NS = 50_000_000  # ... or at once if the last frame left this long ago
-MARK_EVERY_NS = 100_000_000  # an empty frame this often when nothing was captured
+FRAME_EVERY_NS = 10_000_000  # ... or at once if the last frame left this long ago
+# An empty frame this often when nothing was captured: the controller's watermark waits
+# for every host's report, so a quiet host's marks pace the whole stream.
+MARK_EVERY_NS = 25_000_000
 
 
 class StreamSender:

@@ -42,3 +42,28 @@ def compile_for_hosts(
                 raise UsageError(f"{where}{exc}") from exc
         result[host.name] = compiled.get(expression) if expression else None
     return result
+
+
+def without_connection(
+    capture_filter: spec.CompiledFilter | None, sock: object
+) -> spec.CompiledFilter | None:
+    """The host's filter, leaving out the controller's own SSH connection to it.
+
+    A live stream carries every captured packet over that connection: captured too, its
+    segments would be streamed again, and so on (sshdump leaves its own session out for
+    the same reason). Filtered out, they are counted as such. Through a proxy or jump
+    host the socket is not the host's connection and nothing is added.
+    """
+    try:
+        local = sock.getsockname()  # type: ignore[attr-defined]
+        peer = sock.getpeername()  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return capture_filter
+    if not (isinstance(local, tuple) and isinstance(peer, tuple)):
+        return capture_filter
+    own = (
+        f"not (host {local[0]} and tcp port {int(local[1])} "
+        f"and host {peer[0]} and tcp port {int(peer[1])})"
+    )
+    expression = f"({capture_filter.expression}) and {own}" if capture_filter else own
+    return spec.compile_filter(expression)

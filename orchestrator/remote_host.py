@@ -28,6 +28,7 @@ from .agent_bundle import AgentBundle
 from .channel import RemoteProcess
 from .clock import ClockOffset, ClockProbe
 from .errors import RemoteError, UsageError
+from .filters import without_connection
 from .inventory import Host
 from .ssh import SshSettings, quote_command, run, sudo_failure
 from .ssh import connect as ssh_connect
@@ -344,6 +345,13 @@ class RemoteHost:
         run_rel = f"{capture_dir_of(self.host) or CACHE_DIR + '/runs'}/{self.run_id}"
         # Host name in the file name too: the namespace lab's hosts share one filesystem.
         out_rel = f"{run_rel}/{self.host.name}-{self.state.iface}.pcapng"
+        if self.live is not None:
+            if self.conn is None:
+                self.connect()
+            assert self.conn is not None
+            transport = self.conn.client.get_transport()
+            self.capture_filter = without_connection(self.capture_filter, transport.sock)
+            self.state.filter = self.capture_filter.expression if self.capture_filter else None
         args = _capture_args(
             capture, self.state.iface, out_rel, self.state.direction, self.capture_filter
         )

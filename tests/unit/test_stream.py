@@ -11,11 +11,13 @@ import time
 
 import pcapng
 import pytest
+from xdpcap.agent.filter import spec
 from xdpcap.agent.outbox import Outbox
 from xdpcap.agent.pcapng import enhanced_packet
 from xdpcap.agent.protocol import FRAME_HEAD, FRAME_PREFIX, stream_frame
 from xdpcap.agent.stream import MARK_EVERY_NS, StreamSender
 from xdpcap.orchestrator.channel import RemoteProcess
+from xdpcap.orchestrator.filters import without_connection
 from xdpcap.orchestrator.stream import LiveMerge
 
 IFACE = {"name": "eth0", "linktype": 1, "snaplen": 262144, "description": "test capture"}
@@ -302,3 +304,28 @@ def test_the_channel_splits_lines_and_frames_however_they_arrive(piece: int) -> 
     assert lines == ['{"event": "ready"}', "plain line", "xdpcap-frame oops"]
     assert frames == [FRAME_HEAD.pack(5, 0, 0), FRAME_HEAD.pack(7, 1, 0) + body]
     assert not buffer
+
+
+# -- the stream's own connection -------------------------------------------------------------
+class _Sock:
+    def getsockname(self) -> tuple[str, int]:
+        return ("198.18.1.254", 40022)
+
+    def getpeername(self) -> tuple[str, int]:
+        return ("198.18.1.2", 22)
+
+
+def test_the_stream_leaves_its_own_ssh_connection_out() -> None:
+    alone = without_connection(None, _Sock())
+    assert alone is not None and alone.expression == (
+        "not (host 198.18.1.254 and tcp port 40022 and host 198.18.1.2 and tcp port 22)"
+    )
+    combined = without_connection(spec.compile_filter("udp"), _Sock())
+    assert combined is not None and combined.expression.startswith("(udp) and not (host ")
+    assert set(combined.programs) == {"ether", "raw"}
+
+
+def test_a_proxied_connection_adds_nothing() -> None:
+    udp = spec.compile_filter("udp")
+    assert without_connection(udp, object()) is udp
+    assert without_connection(None, object()) is None
