@@ -18,7 +18,14 @@ from paramiko import SSHException
 
 from .errors import RemoteError
 
-ROUNDS = 16
+ROUNDS = 16  # at most
+PROBES_AT_ONCE = 8  # hosts whose timed rounds run at the same time (see measure)
+MIN_ROUNDS = 4
+# The round trips' minimum has settled when this many rounds in a row did not lower it:
+# more rounds would cost time (a host's probe holds one of the run's few probe slots)
+# for an estimate the traffic refines anyway (clocksync).
+SETTLE_ROUNDS = 3
+SETTLE_GAIN_NS = 10_000  # a lower round trip by less than this (or 5 %) is jitter
 ROUND_TIMEOUT_S = 5.0
 
 
@@ -74,26 +81,33 @@ class ClockProbe:
         return not (self._channel.closed or self._channel.exit_status_ready())
 
     def measure(
-        self, rounds: int = ROUNDS, rounds_lock: threading.Lock | None = None
+        self, rounds: int = ROUNDS, slots: threading.Semaphore | None = None
     ) -> ClockOffset:
-        """The timed rounds; call after `wait_up`.
+        """The timed rounds; call after `wait_up`. They stop early once the minimum
+        round trip has settled (SETTLE_ROUNDS without a lower one, after MIN_ROUNDS).
 
-        With `rounds_lock`, the probes of many hosts start in parallel but their timed
-        rounds run one host at a time: threads of this process contending for the GIL
-        would add tens of microseconds of noise to the round trips.
+        With `slots`, only so many hosts' timed rounds run at once: threads of this
+        process contending for the GIL add noise to the round trips, but one host at a
+        time made a 100-host run wait tens of seconds for its probes.
         """
         best: tuple[int, int] | None = None
         channel, reader = self._channel, self._reader
         try:
-            with rounds_lock or contextlib.nullcontext():
-                for _ in range(rounds):
+            with slots or contextlib.nullcontext():
+                since_best = 0
+                for done in range(rounds):
                     sent = time.time_ns()
                     channel.sendall(b"\n")
                     remote = _answer(reader, self.name)
                     received = time.time_ns()
                     rtt = received - sent
+                    # Only a clear gain restarts the count: nanoseconds of jitter do not.
+                    gain = best is None or rtt < best[1] - max(SETTLE_GAIN_NS, best[1] // 20)
+                    since_best = 0 if gain else since_best + 1
                     if best is None or rtt < best[1]:
                         best = (remote - (sent + received) // 2, rtt)
+                    if done + 1 >= MIN_ROUNDS and since_best >= SETTLE_ROUNDS:
+                        break
         except OSError as exc:
             raise RemoteError(f"{self.name}: the clock probe failed: {exc}") from exc
         if best is None:

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from ..agent import validate
 from .agent_bundle import build_agent_bundle
-from .clock import ClockOffset
+from .clock import PROBES_AT_ONCE, ClockOffset
 from .errors import RemoteError, UsageError
 from .inventory import load_inventory
 from .remote_host import HostState, RemoteHost
@@ -90,7 +90,7 @@ def collect_command(args: argparse.Namespace) -> int:
             RemoteHost(inventory.hosts[state.name], state, settings, run_id=run["run_id"])
         )
 
-    clock_lock = threading.Lock()
+    clock_slots = threading.BoundedSemaphore(PROBES_AT_ONCE)
     bundle = build_agent_bundle()
 
     def fetch(remote: RemoteHost) -> None:
@@ -109,7 +109,7 @@ def collect_command(args: argparse.Namespace) -> int:
             if remote.state.clock is None:
                 remote.agent_path = f"{remote.cache_dir}/{bundle.filename}"
                 try:
-                    remote.probe_clock(clock_lock)
+                    remote.probe_clock(clock_slots)
                 except RemoteError as exc:  # merged without correction, and said so
                     console.print(f"{exc}; its clock offset is unknown")
             remote.fetch(args.run_dir / "hosts")

@@ -238,7 +238,7 @@ class RemoteHost:
             self.host.become and (self.host.become_user or "root") != "root"
         )
 
-    def probe_clock(self, lock: threading.Lock, probe: ClockProbe | None = None) -> None:
+    def probe_clock(self, slots: threading.Semaphore, probe: ClockProbe | None = None) -> None:
         """Measure the host clock's offset (after the capture: no compile competes for CPU).
 
         `probe` is one started during the capture window (take_standby); without one, one
@@ -249,7 +249,7 @@ class RemoteHost:
             if probe is None:
                 probe = ClockProbe(self.conn, self._clock_command(), name=self.host.name)
                 probe.wait_up()
-            offset = probe.measure(rounds_lock=lock)
+            offset = probe.measure(slots=slots)
         finally:
             if probe is not None:
                 probe.close()

@@ -12,8 +12,8 @@ Phases, each bounded in time:
    background (standby.py), so that after the capture nobody waits for them;
 3. fetch each capture (at most --forks at a time), verified against the sha256 the agent
    computed, while the host's clock offset is measured beside it (the timed rounds run
-   only now, with no compile or capture competing for CPU); the agent then deletes its
-   copy;
+   only now, with no compile or capture competing for CPU, a few hosts at a time, and
+   stop once the minimum round trip has settled); the agent then deletes its copy;
 4. merge what arrived into one pcapng, clock-corrected.
 A failed host never hides the others: each ends with a result, reported at the end.
 
@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING
 from ..agent import __version__
 from ..agent.filter.spec import CompiledFilter
 from .agent_bundle import build_agent_bundle
-from .clock import ClockProbe, corrections
+from .clock import PROBES_AT_ONCE, ClockProbe, corrections
 from .errors import MergeError, RemoteError, UsageError, XdpcapError
 from .inventory import Host
 from .remote_host import CaptureSettings, HostState, RemoteHost, validate_iface_for
 from .report import final_lines, final_table, live_table
 from .ssh import SshSettings
-from .stream import DEFAULT_IDLE_S, LiveMerge
+from .stream import BUFFER_BUDGET_BYTES, DEFAULT_IDLE_S, LiveMerge
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -83,6 +83,7 @@ class RunOptions:
     filters: Mapping[str, CompiledFilter | None] = field(default_factory=dict)
     stream_fd: int | None = None  # where the live stream goes (-w -: stdout); None: none
     stream_idle_s: float = DEFAULT_IDLE_S
+    stream_budget: int = BUFFER_BUDGET_BYTES
     on_stream_closed: Callable[[], None] | None = None  # told once the stream has ended
 
 
@@ -249,6 +250,7 @@ class Run:
         self.live = LiveMerge(
             self.options.stream_fd,
             idle_s=self.options.stream_idle_s,
+            budget=self.options.stream_budget,
             note=lambda text: self.console.print(f"live stream: {text}", soft_wrap=True),
             comment=f"Live stream by xdpcap from {len(self.remotes)} hosts (run {self.run_id})",
         )
@@ -270,6 +272,7 @@ class Run:
         self.stream_report = {
             "packets": live.packets,
             "reader_gone": live.reader_gone.is_set(),
+            "cut_off": live.cut_off,
             "hosts": counts,
         }
 
@@ -394,7 +397,7 @@ class Run:
     def _fetch(self, active: list[RemoteHost]) -> None:
         hosts_dir = self.run_dir / "hosts"
 
-        clock_lock = threading.Lock()
+        clock_slots = threading.BoundedSemaphore(PROBES_AT_ONCE)
 
         def fetch(remote: RemoteHost) -> None:
             if remote.state.state == "disconnected":
@@ -407,7 +410,7 @@ class Run:
             remote.state.state = "fetching"
             sftp, clock_probe = remote.take_standby()
             probe = threading.Thread(
-                target=self._probe_clock, args=(remote, clock_lock, clock_probe)
+                target=self._probe_clock, args=(remote, clock_slots, clock_probe)
             )
             probe.start()
             try:
@@ -432,10 +435,10 @@ class Run:
                 _fail(remote, f"fetch interrupted; run `xdpcap collect {self.run_dir}`")
 
     def _probe_clock(
-        self, remote: RemoteHost, lock: threading.Lock, probe: ClockProbe | None
+        self, remote: RemoteHost, slots: threading.Semaphore, probe: ClockProbe | None
     ) -> None:
         try:
-            remote.probe_clock(lock, probe)
+            remote.probe_clock(slots, probe)
         except XdpcapError as exc:  # the capture is still good; merged uncorrected
             self.console.print(f"{exc}; its clock offset is unknown", soft_wrap=True)
 
@@ -578,10 +581,13 @@ def stream_line(stream: dict, states: Sequence[HostState]) -> str:
         "late": sum(h["late"] for h in hosts),
         "skipped on the hosts": sum(h["skipped_host"] for h in hosts),
         "skipped at the controller": sum(h["skipped_controller"] for h in hosts),
+        "not taken by the reader": sum(h["unsent"] for h in hosts),
     }
     shown = [f"{why} {n}" for why, n in missing.items() if n]
     if shown:
         text += " (" + ", ".join(shown) + ")"
     if stream["reader_gone"]:
         text += "; its reader went away"
+    elif stream.get("cut_off"):
+        text += "; its reader was still too slow at the end: cut off"
     return text

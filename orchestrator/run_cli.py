@@ -34,7 +34,7 @@ from .remote_host import (
 from .report import check_table
 from .run import Run, RunOptions, RunResult, _each, print_result
 from .ssh import SshSettings
-from .stream import DEFAULT_IDLE_S
+from .stream import BUFFER_BUDGET_BYTES, DEFAULT_IDLE_S
 
 DEFAULT_DURATION_S = 10.0
 COUNT_ONLY_DURATION_S = 300.0  # --count alone still needs a deadline on every host
@@ -96,6 +96,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="with -w -: a host silent this long is left out of the stream's time order "
         f"until it speaks again (default {DEFAULT_IDLE_S:g} s)",
+    )
+    run.add_argument(
+        "--stream-buffer",
+        type=int,
+        default=BUFFER_BUDGET_BYTES >> 20,
+        metavar="MiB",
+        help="with -w -: the controller's memory for packets not yet in the stream; a slow "
+        f"reader makes it skip (and count) beyond this (default {BUFFER_BUDGET_BYTES >> 20})",
     )
     run.add_argument("--runs-dir", type=Path, default=Path("xdpcap-runs"))
     run.add_argument("--no-clock-correction", action="store_true")
@@ -190,6 +198,7 @@ def run_command(
     validate.positive_number("--ready-timeout", args.ready_timeout, 3600)
     validate.positive_number("--reconnect-wait", args.reconnect_wait, 3600)
     validate.positive_number("--stream-idle", args.stream_idle, 3600)
+    validate.positive_number("--stream-buffer", args.stream_buffer, 1 << 16)
     streaming = args.output is not None and str(args.output) == "-"
     if streaming and stream_to is None and sys.stdout.isatty():
         raise UsageError(
@@ -211,6 +220,7 @@ def run_command(
         filters=filters,
         direction=args.direction,
         stream_idle_s=args.stream_idle,
+        stream_budget=args.stream_buffer << 20,
         on_stream_closed=on_stream_closed,
     )
     ssh = _ssh_settings(args)

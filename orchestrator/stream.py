@@ -30,12 +30,15 @@ from __future__ import annotations
 import contextlib
 import heapq
 import os
+import select
 import struct
 import threading
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from operator import itemgetter
 from typing import Any
 
@@ -43,10 +46,13 @@ from ..agent import __version__
 from ..agent.pcapng import IF_FILTER, PcapngWriter
 from ..agent.protocol import FRAME_HEAD
 
-# Bytes of frames received and not yet written, over all hosts, at most.
+# Bytes of packets received and not yet written to the stream, over all hosts, at most.
 BUFFER_BUDGET_BYTES = 64 << 20
 DEFAULT_IDLE_S = 2.0
 PUMP_WAIT_S = 0.02  # the writing thread looks at the hosts at least this often
+DRAIN_S = 10.0  # at the end, how long a slow reader may take for what is still buffered
+GROUP_BYTES = 1 << 20  # packets go out in writes of about this size
+WAIT_SLICE_S = 0.2  # a blocked write looks at the clock this often
 
 _EPB_IF_TS = struct.Struct("<III")  # interface id, timestamp high, timestamp low
 _BLOCK_LEN = struct.Struct("<I")
@@ -62,6 +68,7 @@ class StreamCounts:
     late: int = 0  # behind the stream when they came (the host had been left out)
     skipped_host: int = 0  # the agent could not send them (its outbox was full)
     skipped_controller: int = 0  # over the controller's buffer bound
+    unsent: int = 0  # the reader had gone, or did not take them in time at the end
 
 
 @dataclass
@@ -83,7 +90,8 @@ class LiveHost:
     summary: dict[str, Any] | None = None
     if_id: int | None = None
     frames: deque[bytes] = field(default_factory=deque)
-    pending: list[tuple[int, bytes]] = field(default_factory=list)  # (ts, block), in order
+    # (ts, block, host index), in time order: unpacked, waiting for the watermark.
+    pending: list[tuple[int, bytes, int]] = field(default_factory=list)
 
     def started(self) -> None:
         """Told to start: from now on it holds the watermark until it reports."""
@@ -170,12 +178,19 @@ class LiveMerge:
             self.hosts.append(host)
         return host
 
-    def finish(self, timeout: float = 30.0) -> None:
-        """Write what is left and the statistics, then close the output."""
+    def finish(self) -> None:
+        """Write what is left and the statistics, then close the output. A reader that
+        does not take the rest within DRAIN_S is cut off (what it missed is counted)."""
         with self.lock:
             self._finishing = True
+            self._output.give_up_at = time.monotonic() + DRAIN_S
             self.wake.notify()
-        self._thread.join(timeout)
+        self._thread.join(DRAIN_S + 5.0)
+
+    @property
+    def cut_off(self) -> bool:
+        """The reader was still too slow DRAIN_S after the end: the rest was not sent."""
+        return self._output.cut_off
 
     def counts(self) -> dict[str, dict[str, int]]:
         with self.lock:
@@ -257,9 +272,9 @@ class LiveMerge:
             self._add_interface(host)  # no "interface" event came: a plain one
         if_id, shift, emitted = host.if_id, host.shift_ns, self.emitted_ns
         pending = host.pending
-        late = size = 0
+        late = dropped = 0
         for payload in frames:
-            size += len(payload)
+            kept = 0
             view = memoryview(payload)
             pos, end = FRAME_HEAD.size, len(payload)
             while pos + 28 <= end:
@@ -271,16 +286,18 @@ class LiveMerge:
                 if ts < emitted:
                     late += 1
                 else:
+                    kept += block_len
                     block = (
                         view[pos : pos + 8].tobytes()
                         + _EPB_IF_TS.pack(if_id, ts >> 32, ts & 0xFFFFFFFF)
                         + view[pos + 20 : pos + block_len].tobytes()
                     )
-                    pending.append((ts, block))
+                    pending.append((ts, block, host.index))
                 pos += block_len
+            dropped += len(payload) - kept  # what stays counts until it is written
         with self.lock:
             host.counts.late += late
-            self.buffered -= size
+            self.buffered -= dropped
 
     def _release(self, horizon: int | None) -> None:
         """Writes every pending packet before `horizon` (all for None), in time order."""
@@ -298,15 +315,38 @@ class LiveMerge:
             if cut:
                 runs.append(pending[:cut])
                 del pending[:cut]
-                host.counts.written += cut
         if runs:
             # Ties go to the host listed first, then to its own order (heapq.merge's key).
             merged = runs[0] if len(runs) == 1 else list(heapq.merge(*runs, key=_first))
-            self._writer.write_blocks([item[1] for item in merged], len(merged))
-            self._writer.flush()
-            self.packets += len(merged)
+            self._writer.flush()  # interface blocks go before the packets
+            start = 0
+            while start < len(merged):
+                end, size = start, 0
+                while end < len(merged) and size < GROUP_BYTES:
+                    size += len(merged[end][1])
+                    end += 1
+                self._send(merged[start:end])
+                start = end
         if horizon is not None:
             self.emitted_ns = horizon
+
+    def _send(self, items: list[tuple[int, bytes, int]]) -> None:
+        """One write of released packets; counts, per host, those the reader got whole.
+
+        The write blocks while the reader is slow (frames meanwhile wait, bounded by the
+        budget), except at the end, when a reader gets DRAIN_S for the rest.
+        """
+        blocks = [item[1] for item in items]
+        sent = self._output.send(b"".join(blocks))
+        whole = bisect_right(list(accumulate(map(len, blocks))), sent)
+        hosts = self.hosts
+        for _, _, index in items[:whole]:
+            hosts[index].counts.written += 1
+        for _, _, index in items[whole:]:
+            hosts[index].counts.unsent += 1
+        self.packets += whole
+        with self.lock:
+            self.buffered -= sum(map(len, blocks))
 
     def _statistics(self) -> None:
         """Per interface, what its agent counted, and what the stream carried of it."""
@@ -325,30 +365,45 @@ class LiveMerge:
                 usrdeliv=c.written,
                 comment=f"live stream: {c.written} packets of the {summary.get('written', '?')} "
                 f"in the host's file; late {c.late}, skipped on the host {c.skipped_host}, "
-                f"at the controller {c.skipped_controller}",
+                f"at the controller {c.skipped_controller}, not taken by the reader {c.unsent}",
             )
         self._writer.flush()
 
 
 class _Output:
-    """The stream's file object for PcapngWriter: every write goes out whole, at once;
-    a reader gone (EPIPE) ends the output quietly and says so."""
+    """Where the stream goes. `send` waits for a slow reader (until `give_up_at`, once
+    set); a reader gone (EPIPE) or too slow at the end ends the output quietly and sets
+    `reader_gone`. Also PcapngWriter's file object, for the other blocks."""
 
     def __init__(self, fd: int, reader_gone: threading.Event) -> None:
         self._fd = fd
         self._gone = reader_gone
+        self.give_up_at: float | None = None
+        self.cut_off = False  # the reader did not take the rest in time at the end
+        with contextlib.suppress(OSError):
+            os.set_blocking(fd, False)  # so a wait can end at give_up_at
+
+    def send(self, data: bytes) -> int:
+        """Bytes of `data` the reader got (all of it, unless it went away)."""
+        view = memoryview(data)
+        sent = 0
+        while sent < len(data) and not self._gone.is_set() and not self.cut_off:
+            try:
+                sent += os.write(self._fd, view[sent:])
+            except BlockingIOError:
+                if self.give_up_at is not None and time.monotonic() > self.give_up_at:
+                    self.cut_off = True  # at the end, too slow
+                    break
+                select.select([], [self._fd], [], WAIT_SLICE_S)
+            except OSError:
+                # EPIPE, mostly: the reader closed (Wireshark stopped). Any other failure
+                # ends the stream the same way; the run's files are unaffected.
+                self._gone.set()
+        view.release()
+        return sent
 
     def write(self, data: bytes | memoryview) -> int:
-        if self._gone.is_set():
-            return len(data)
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(self._fd, view) :]
-        except OSError:
-            # EPIPE, mostly: the reader closed (Wireshark stopped). Any other failure of
-            # the output ends the stream the same way; the run's files are unaffected.
-            self._gone.set()
+        self.send(bytes(data))
         return len(data)
 
     def flush(self) -> None:
@@ -359,7 +414,7 @@ class _Output:
             os.close(self._fd)
 
 
-def _bisect(items: list[tuple[int, bytes]], ts: int) -> int:
+def _bisect(items: list[tuple[int, bytes, int]], ts: int) -> int:
     lo, hi = 0, len(items)
     while lo < hi:
         mid = (lo + hi) // 2

@@ -219,3 +219,35 @@ def udp_echo_pairs(merged: Path) -> list[tuple[int, int]]:
         data = bytes.fromhex(payload.replace(":", ""))
         (requests if data.startswith(b"req") else replies)[data[3:]] = int(number)
     return [(requests[k], replies[k]) for k in replies if k in requests]
+
+
+_UDP_SENDER = """
+import socket, sys, time
+rate, seconds, port = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+targets = sys.argv[4:]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+start, n = time.monotonic(), 0
+while time.monotonic() - start < seconds:
+    for t in targets:
+        s.sendto(b"xdpcap-test %d" % n, (t, port))
+    n += 1
+    pause = start + n / rate - time.monotonic()
+    if pause > 0:
+        time.sleep(pause)
+"""
+
+
+@contextmanager
+def udp_between_all(lab: Lab, rate: float, seconds: float, port: int = 7088) -> Iterator[None]:
+    """Every host sends `rate` small UDP packets a second to every other host."""
+    procs = []
+    for host in lab.hosts:
+        targets = [h.ipv4 for h in lab.hosts if h.name != host.name]
+        argv = [sys.executable, "-c", _UDP_SENDER, str(rate), str(seconds), str(port), *targets]
+        procs.append(subprocess.Popen(["ip", "netns", "exec", host.namespace, *argv]))
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)

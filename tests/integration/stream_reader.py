@@ -1,5 +1,6 @@
 """A pcapng stream reader that notes when each block arrives: `python stream_reader.py
-OUT.json [--stop-after N] [--save FILE] [--progress FILE]` reads stdin to its end (or
+OUT.json [--stop-after N] [--save FILE] [--progress FILE] [--throttle BYTES_PER_S]`
+reads stdin (slowly with --throttle: a busy Wireshark) to its end (or
 closes it after N packets) and writes what it saw as JSON: per packet [arrival ns,
 interface id, timestamp ns, captured length, a hash of its bytes]. --save keeps the raw
 stream; --progress is rewritten after each read with the packets per interface so far.
@@ -25,6 +26,7 @@ def main() -> int:
     parser.add_argument("--stop-after", type=int)
     parser.add_argument("--save")
     parser.add_argument("--progress")
+    parser.add_argument("--throttle", type=int, help="read at most this many bytes a second")
     args = parser.parse_args()
     stop_after = args.stop_after
     save = open(args.save, "wb") if args.save else None  # noqa: SIM115
@@ -34,7 +36,9 @@ def main() -> int:
     first_byte_ns = None
     counts: dict[int, int] = {}  # packets per interface id
     while True:
-        chunk = os.read(fd, 1 << 16)
+        if args.throttle:
+            time.sleep(4096 / args.throttle)
+        chunk = os.read(fd, 4096 if args.throttle else 1 << 16)
         now = time.time_ns()
         if not chunk:
             break

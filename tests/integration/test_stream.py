@@ -18,7 +18,7 @@ import pytest
 from xdpcap.orchestrator import extcap
 
 from .agent_helpers import capinfos, tshark_fields
-from .lab_helpers import pings_between_all, private_lab
+from .lab_helpers import pings_between_all, private_lab, udp_between_all
 
 READER = Path(__file__).with_name("stream_reader.py")
 
@@ -174,7 +174,40 @@ def test_the_stream_is_live_ordered_and_holds_every_packet(lab, tmp_path: Path) 
         assert host["summary"]["filtered_out"] > 0
     for counts in stream["hosts"].values():
         assert counts["late"] == counts["skipped_host"] == counts["skipped_controller"] == 0
+        assert counts["unsent"] == 0
     assert f"live stream: {len(packets)} of the {len(packets)} packets" in run.stderr
+
+
+def test_a_slow_reader_costs_the_stream_packets_never_the_hosts(lab, tmp_path: Path) -> None:
+    # A reader taking 32 KiB/s, 1 MiB of controller memory for the stream, and some
+    # 400 KB/s of packets to stream: the controller must skip, the agents lose nothing.
+    with udp_between_all(lab, rate=300, seconds=60):
+        run = Streamed(
+            tmp_path,
+            "-i",
+            str(lab.inventory_path),
+            "--duration",
+            "6",
+            "--stream-buffer",
+            "1",
+            reader_args=("--throttle", str(32 << 10)),
+        )
+        assert run.wait(timeout=300) == 0, run.stderr
+    seen, data = run.seen, run.run_json()
+    stamps = [p[2] for p in seen["packets"]]
+    assert stamps == sorted(stamps)
+    skipped = 0
+    for host in data["hosts"]:
+        _closes(host)
+        assert host["summary"]["lost"] == 0
+        c = data["stream"]["hosts"][host["name"]]
+        assert host["summary"]["written"] == (
+            c["written"] + c["late"] + c["skipped_host"] + c["skipped_controller"] + c["unsent"]
+        )
+        skipped += c["skipped_controller"]
+    assert skipped > 0
+    assert len(seen["packets"]) == data["stream"]["packets"]
+    assert "skipped at the controller" in run.stderr
 
 
 def _agent_pid(namespace: str) -> int:
@@ -219,7 +252,7 @@ def test_a_stopped_host_is_left_out_and_its_late_packets_counted(lab, tmp_path: 
         c = data["stream"]["hosts"][host["name"]]
         # What the host wrote = what the stream carried + what it could not, and why.
         assert host["summary"]["written"] == (
-            c["written"] + c["late"] + c["skipped_host"] + c["skipped_controller"]
+            c["written"] + c["late"] + c["skipped_host"] + c["skipped_controller"] + c["unsent"]
         )
 
 
@@ -274,6 +307,16 @@ def installed_extcap():
     assert sorted(os.listdir(folder)) == before
 
 
+def _finished_run(path: Path, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = json.loads(path.read_text())
+        if data["merged"]:
+            return data
+        time.sleep(0.2)
+    raise AssertionError(f"the run did not finish within {timeout} s: {path}")
+
+
 def _tshark(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["tshark", *args], capture_output=True, text=True, timeout=timeout, check=False
@@ -284,9 +327,12 @@ def test_tshark_captures_across_the_hosts_through_the_extcap(
     lab, tmp_path: Path, installed_extcap: Path
 ) -> None:
     # Wireshark's questions, asked by tshark itself.
-    interfaces = _tshark("-D").stdout
-    assert "xdpcap (xdpcap: many hosts over SSH, merged in time order)" in interfaces
-    assert "EN10MB" in _tshark("-i", "xdpcap", "-L").stdout
+    listed = _tshark("-D")
+    assert "xdpcap (xdpcap: many hosts over SSH, merged in time order)" in listed.stdout, (
+        listed.stdout + listed.stderr
+    )
+    dlts = _tshark("-i", "xdpcap", "-L")
+    assert "EN10MB" in dlts.stdout, dlts.stdout + dlts.stderr
     prefs = _tshark("-G", "defaultprefs").stdout
     for name in ("inventory", "iface", "duration", "count", "snaplen", "direction", "limit"):
         assert f"#extcap.xdpcap.{name}:" in prefs
@@ -310,14 +356,17 @@ def test_tshark_captures_across_the_hosts_through_the_extcap(
             str(out),
             timeout=180,
         )
-    assert result.returncode == 0, result.stderr
+    log = runs / extcap.LOG_NAME
+    said = log.read_text() if log.exists() else "(no log)"
+    assert result.returncode == 0, result.stderr + said
     rows = tshark_fields(out, "frame.interface_name", "ip.proto")
-    assert {row[0] for row in rows} == {f"{h.name}:eth0" for h in lab.hosts}
+    assert {row[0] for row in rows} == {f"{h.name}:eth0" for h in lab.hosts}, said
     assert {row[1] for row in rows} == {"1"}  # the capture-filter box reached every host
     assert "Strict time order:   True" in capinfos(out)
-    # The run folder, as after any run, and what the extcap said went to its log.
+    # The run folder, as after any run, and what the extcap said went to its log. tshark
+    # is done once the stream ends; the extcap goes on to fetch and merge.
     (folder,) = [p for p in runs.iterdir() if p.is_dir()]
-    data = json.loads((folder / "run.json").read_text())
+    data = _finished_run(folder / "run.json")
     # Each host ran the box's filter, leaving out the stream's own SSH connection.
     for host in data["hosts"]:
         assert host["filter"].startswith("(icmp) and not (host ")

@@ -4,8 +4,10 @@ frame sender, and the channel's split of lines and frames."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import struct
 import threading
 import time
 
@@ -193,6 +195,35 @@ def test_a_shift_within_its_error_is_left_alone() -> None:
     a.capturing(1_000_100, 1_000_000, 1_000_400)
     assert a.shift_ns == 0
     merge.finish()
+
+
+def test_a_reader_that_stops_reading_is_cut_off_at_the_end(monkeypatch) -> None:
+    monkeypatch.setattr("xdpcap.orchestrator.stream.DRAIN_S", 0.5)
+    read_fd, write_fd = os.pipe()  # nobody reads: the pipe holds 64 KiB
+    merge = LiveMerge(write_fd)
+    a = merge.add_host("a", "x")
+    a.describe(IFACE)
+    a.frame(_payload(10_000, list(range(1, 3001))))  # some 140 KB of packets
+    a.done(None)
+    merge.finish()
+    counts = merge.counts()["a"]
+    assert merge.cut_off and not merge.reader_gone.is_set()
+    assert 0 < counts["written"] < 3000 and counts["written"] + counts["unsent"] == 3000
+    # The packets counted as written are in the pipe, whole; nothing else is.
+    os.set_blocking(read_fd, False)
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(read_fd, 1 << 16):
+            data += chunk
+    os.close(read_fd)
+    whole = pos = 0
+    while pos + 8 <= len(data):
+        kind, length = struct.unpack_from("<II", data, pos)
+        if pos + length > len(data):
+            break
+        whole += kind == 6
+        pos += length
+    assert whole == counts["written"]
 
 
 def test_the_reader_gone_is_noticed() -> None:
