@@ -64,6 +64,9 @@ BACKLOG_MAX_BYTES = 128 << 20
 # still in another CPU's buffer (see TimeOrderer).
 ORDER_SLACK_NS = 20_000_000
 PROGRESS_EVERY_NS = 500_000_000
+# A scheduled start ("start T") further ahead than this by our clock means our clock and
+# the controller's disagree: the window opens at once instead, as with a plain "start".
+MAX_START_LEAD_NS = 2_000_000_000
 DEFAULT_START_TIMEOUT_S = 120.0
 HAND_OVER_TIMEOUT_S = 600.0  # how long a finished agent waits for the controller's fetch
 
@@ -370,9 +373,26 @@ class Capture:
                 self.summary.stopped_by = self.stop.reason or "no start"
                 return
             self._offset = clock.realtime_minus_monotonic_ns()
+            start_mono = self._window_start(commands)
             writer = self._open_writer(stream, sampler, iface)
-            self._window(sampler, consumer, writer, commands)
+            self._window(sampler, consumer, writer, commands, start_mono)
             self._finish(sampler, consumer, writer)
+
+    def _window_start(self, commands: ControllerCommands | None) -> int:
+        """When the window opens (monotonic ns): at the controller's "start T" if our
+        clock puts T in the next MAX_START_LEAD_NS, else now.
+
+        The program ignores packets before it, so the window opens at that instant
+        however late this process is scheduled (a hundred agents waking on one CPU).
+        """
+        now = clock.monotonic_ns()
+        start_at = commands.start_at_ns if commands is not None else None
+        if start_at is None:
+            return now
+        start = start_at - self._offset
+        if self._test_drift:  # the test clock's drift, taken back out
+            start -= clock.test_drift_ns(start_at)
+        return start if 0 <= start - now <= MAX_START_LEAD_NS else now
 
     def _report_sync(self) -> None:
         """The clock's sync state, for the controller's clock report (off the loop)."""
@@ -431,18 +451,25 @@ class Capture:
         consumer: SampleConsumer,
         writer: PcapngWriter,
         commands: ControllerCommands | None,
+        start_mono: int,
     ) -> None:
         options = self.options
         self._orderer = TimeOrderer()
         backlog = self._backlog = Backlog()
         drops_before = netdev.read_os_drops(options.iface) if sampler.xdp else 0
-        start_mono = clock.monotonic_ns()
-        sampler.enable(self._offset)
+        end_mono = start_mono + int(options.duration_s * 1e9) if options.duration_s else 0
+        sampler.enable(self._offset, start_mono, end_mono)
         self.summary.window_start_ns = start_mono + self._offset
-        self.events.emit("capturing", window_start_ns=self.summary.window_start_ns)
+        self.events.emit(
+            "capturing",
+            window_start_ns=self.summary.window_start_ns,
+            # Our clock as the window was set: the controller brackets it between its
+            # "start" and this event (a clock estimate for the live stream).
+            armed_ns=clock.wall_clock_ns(),
+        )
         if self.events.outbox is not None:
             threading.Thread(target=self._report_sync, name="sync", daemon=True).start()
-        deadline = (start_mono + int(options.duration_s * 1e9)) if options.duration_s else None
+        deadline = end_mono or None
         next_progress = start_mono + PROGRESS_EVERY_NS
         last_drain = 0
         while True:
@@ -474,8 +501,11 @@ class Capture:
                 next_progress = now + PROGRESS_EVERY_NS
                 self._progress(sampler, writer)
         sampler.disable()
-        end_mono = clock.monotonic_ns()
-        self.summary.window_end_ns = end_mono + self._offset
+        # The program closed the window at end_mono already, unless it stopped sooner.
+        stopped = clock.monotonic_ns()
+        self.summary.window_end_ns = (
+            min(stopped, end_mono) if end_mono else stopped
+        ) + self._offset
         self.summary.stopped_by = self.stop.reason or ""
         if sampler.xdp:  # frames missed before XDP: meaningless for egress alone
             self.summary.os_drops = max(0, netdev.read_os_drops(options.iface) - drops_before)

@@ -16,8 +16,8 @@ MAX_CAP_LEN = 65528 - 8 - 4 - SAMPLE.size
 # XDPCAP_EPB_OPTIONS_LEN: epb_flags (8) + epb_queue (8) + opt_endofopt (4).
 EPB_OPTIONS_LEN = 20
 # struct xdpcap_config (packed): enabled u32, snaplen u32, sample_rate u32, reserved u32,
-# realtime_offset_ns u64.
-CONFIG = struct.Struct("<IIIIQ")
+# realtime_offset_ns u64, window_start_ns u64, window_end_ns u64 (monotonic; 0: open).
+CONFIG = struct.Struct("<IIIIQQQ")
 
 # enum xdpcap_direction: samples and counters say which way a packet went.
 INBOUND = 0

@@ -14,10 +14,11 @@ by N bytes: FRAME_HEAD, then the packets' enhanced packet blocks as the file has
 (interface 0, the host's wall-clock nanoseconds, time order). FRAME_HEAD says that
 nothing earlier than `until_ns` will follow in the stream, how many packets the frame
 holds, and how many packets the stream skipped so far (over its bound: see outbox.py).
-Controller → agent lines on stdin: "start", "stop", and after "done": "delete" (the
-controller has verified its copy: remove the file) or "keep". EOF on stdin means the
-controller is gone: the agent keeps capturing until its own deadline, then detaches and
-keeps the file for `xdpcap collect`.
+Controller → agent lines on stdin: "start" (now) or "start T" (the window opens at T, a
+wall-clock time in ns, so every host opens it at the same instant), "stop", and after
+"done": "delete" (the controller has verified its copy: remove the file) or "keep".
+EOF on stdin means the controller is gone: the agent keeps capturing until its own
+deadline, then detaches and keeps the file for `xdpcap collect`.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class ControllerCommands:
 
     def __init__(self, stream: TextIO = sys.stdin) -> None:
         self.start = threading.Event()
+        self.start_at_ns: int | None = None  # "start T": when the window opens
         self.stop = threading.Event()
         self.delete = threading.Event()
         self.eof = threading.Event()
@@ -82,8 +84,10 @@ class ControllerCommands:
     def _read(self, stream: TextIO) -> None:
         try:
             for line in stream:
-                word = line.strip()
+                word, _, argument = line.strip().partition(" ")
                 if word == "start":
+                    if argument.isdigit():
+                        self.start_at_ns = int(argument)
                     self.start.set()
                 elif word == "stop":
                     self.stop.set()

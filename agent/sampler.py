@@ -119,6 +119,7 @@ class Sampler:
         self.sample_rate = sample_rate
         self.directions = directions
         self._realtime_offset_ns = 0  # set by enable(): see there
+        self._window = (0, 0)  # the capture window (monotonic ns; 0: open), set by enable()
         self.headers: KernelHeaders | None = None
         self.hooks: list[Hook] = []
         if contract.INBOUND in directions:
@@ -250,16 +251,22 @@ class Sampler:
             self.sample_rate,
             0,
             self._realtime_offset_ns & 0xFFFFFFFFFFFFFFFF,  # two's complement if negative
+            self._window[0],
+            self._window[1],
         )
         libbpf.map_update(self._map_fds["config"], _KEY0, value)
 
-    def enable(self, realtime_offset_ns: int = 0) -> None:
-        """Open the capture window: from now on packets are counted and sampled.
+    def enable(
+        self, realtime_offset_ns: int = 0, start_mono_ns: int = 0, end_mono_ns: int = 0
+    ) -> None:
+        """Open the capture window: packets are counted and sampled from `start_mono_ns`
+        (CLOCK_MONOTONIC; 0: now) until `end_mono_ns` (0: until disable).
 
         The program stamps each EPB with its monotonic time plus `realtime_offset_ns`
         (CLOCK_REALTIME − CLOCK_MONOTONIC), the wall-clock time pcapng wants.
         """
         self._realtime_offset_ns = realtime_offset_ns
+        self._window = (max(0, start_mono_ns), max(0, end_mono_ns))
         self._write_config(enabled=True)
 
     def disable(self) -> None:

@@ -54,12 +54,16 @@ static __always_inline void xdpcap_take(void *ctx, const __u8 *data, const __u8 
 	struct xdpcap_config *cfg;
 	struct xdpcap_sample meta = {};
 	__u64 wall;
+	__u64 now;
 	int ret;
 
 	cfg = config.lookup(&zero);
 	/* Attached but not yet (or no longer) capturing: the window is defined by this
-	 * flag, so every host's counters cover exactly its capture window. */
+	 * flag and its bounds, so every host's counters cover exactly its window. */
 	if (!cfg || !cfg->enabled)
+		return;
+	now = bpf_ktime_get_ns();
+	if (now < cfg->window_start_ns || (cfg->window_end_ns && now >= cfg->window_end_ns))
 		return;
 	count(direction, XDPCAP_SEEN);
 	/* The filter runs first, as tcpdump's does: sampling picks among the matches. */
@@ -72,7 +76,7 @@ static __always_inline void xdpcap_take(void *ctx, const __u8 *data, const __u8 
 		return;
 	}
 
-	meta.ts_ns = bpf_ktime_get_ns();
+	meta.ts_ns = now;
 	meta.queue = queue;
 	meta.direction = direction;
 	/* The helper fails when asked for more than it can copy. */

@@ -59,6 +59,11 @@ struct xdpcap_config {
 	__u32 sample_rate;  /* keep 1 packet in sample_rate; 0 and 1 keep every packet */
 	__u32 reserved;     /* keeps the next field 8-byte aligned */
 	__u64 realtime_offset_ns;  /* CLOCK_REALTIME - CLOCK_MONOTONIC when the window opened */
+	/* The window in CLOCK_MONOTONIC (0: open-ended): packets outside it are not even
+	 * counted. Set ahead of time, the window opens and closes on every host at the
+	 * same instant, however late each agent's own process gets to run. */
+	__u64 window_start_ns;
+	__u64 window_end_ns;
 } __attribute__((packed));
 
 /* Indexes of the per-CPU `counters` map, one set per direction: the counter for

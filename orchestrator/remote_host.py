@@ -450,7 +450,8 @@ class RemoteHost:
             state.t_capturing_s = now
             state.window_start_ns = int(event["window_start_ns"])
             if self.live is not None:
-                self.live.capturing(state.window_start_ns, self.start_sent_ns, time.time_ns())
+                armed = int(event.get("armed_ns", state.window_start_ns))
+                self.live.capturing(armed, self.start_sent_ns, time.time_ns())
         elif kind == "interface":
             if self.live is not None:
                 self.live.describe(event)
@@ -485,12 +486,13 @@ class RemoteHost:
         if self.process is not None:
             self.process.send_line(word)
 
-    def start(self) -> None:
-        """Open the agent's window; the live stream waits for this host from now on."""
+    def start(self, at_ns: int | None = None) -> None:
+        """Open the agent's window (at `at_ns`, our wall clock, if given); the live
+        stream waits for this host from now on."""
         if self.live is not None:
             self.live.started()
         self.start_sent_ns = time.time_ns()
-        self.send("start")
+        self.send("start" if at_ns is None else f"start {int(at_ns)}")
 
     def agent_finished_without_report(self) -> bool:
         return (

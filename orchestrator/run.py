@@ -65,6 +65,10 @@ BUNDLE_WAIT_S = 60.0
 DONE_GRACE_S = 30.0
 STOP_GRACE_S = 30.0
 RECONNECT_WAIT_S = 30.0
+# How far ahead the windows are scheduled (see _start_all): time for every "start" line
+# to go out and reach its agent.
+START_LEAD_S = 0.1
+START_LEAD_PER_HOST_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -313,8 +317,7 @@ class Run:
                 self._wait_ready(active, live)
                 ready = [r for r in active if r.state.state == "ready"]
                 self._mark("all ready")
-                for remote in ready:
-                    remote.start()
+                self._start_all(ready)
                 importlib.import_module(MERGE_MODULE)  # while the hosts capture
                 self._wait_done(ready, live)
             except (KeyboardInterrupt, _ReaderGone) as exc:
@@ -333,6 +336,19 @@ class Run:
             if remote.state.state in ("ready", "compiling"):
                 remote.send("stop")
                 _fail(remote, "not started: other hosts were not ready in time")
+
+    @staticmethod
+    def _start_all(ready: list[RemoteHost]) -> None:
+        """Open every window at the same instant: "start T", T a little ahead.
+
+        Sent one host after another, and with a hundred agents waking on a busy host,
+        immediate starts spread over a quarter of a second; each agent's program ignores
+        packets before T instead (a host whose clock disagrees with ours by more than
+        the agent accepts starts at once, as before).
+        """
+        start_at = time.time_ns() + int((START_LEAD_S + START_LEAD_PER_HOST_S * len(ready)) * 1e9)
+        for remote in ready:
+            remote.start(start_at)
 
     def _wait_ready(self, active: list[RemoteHost], live: Live) -> None:
         deadline = time.monotonic() + self.options.ready_timeout_s

@@ -11,8 +11,8 @@ strict time order however the hosts' frames interleave on arrival.
   cut network) is left out and said so; what it sends later that is already behind the
   stream is counted as late and never written out of order. When it speaks again it
   rejoins. A host whose agent finished or failed leaves the watermark.
-- Clock offsets are estimated from the start exchange (the window opened between the
-  controller's "start" and the agent's answer) and fixed for the stream; the run's
+- Clock offsets are estimated from the start exchange (the agent read its clock between
+  the controller's "start" and its answer) and fixed for the stream; the run's
   merged file is aligned from the traffic afterwards, as always.
 - Bounded memory: frames waiting to be written are bounded in bytes; past the bound a
   frame's packets are skipped and counted (the hosts' files hold every packet). One
@@ -99,10 +99,10 @@ class LiveHost:
             self.in_watermark = True
             self.last_heard = time.monotonic()
 
-    def capturing(self, window_start_ns: int, sent_ns: int, received_ns: int) -> None:
-        """The window opened at `window_start_ns` (host clock), between our "start" and
-        its answer: the host clock's offset, to within half that round trip."""
-        offset = window_start_ns - (sent_ns + received_ns) // 2
+    def capturing(self, host_now_ns: int, sent_ns: int, received_ns: int) -> None:
+        """The host read its clock (`host_now_ns`) between our "start" and its answer:
+        the host clock's offset, to within half that round trip."""
+        offset = host_now_ns - (sent_ns + received_ns) // 2
         error = (received_ns - sent_ns) // 2
         with self.merge.lock:
             # Within its own error bound an offset is noise: the host is left as it is.

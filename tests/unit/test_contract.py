@@ -24,9 +24,10 @@ int main(void) {
     printf("%zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(E), offsetof(E, block_type),
            offsetof(E, block_len), offsetof(E, if_id), offsetof(E, ts_high),
            offsetof(E, ts_low), offsetof(E, cap_len), offsetof(E, orig_len));
-    printf("%zu %zu %zu %zu %zu %zu\n", sizeof(C), offsetof(C, enabled),
+    printf("%zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(C), offsetof(C, enabled),
            offsetof(C, snaplen), offsetof(C, sample_rate), offsetof(C, reserved),
-           offsetof(C, realtime_offset_ns));
+           offsetof(C, realtime_offset_ns), offsetof(C, window_start_ns),
+           offsetof(C, window_end_ns));
     printf("%d %d %d %d %d %d %d\n", XDPCAP_SEEN, XDPCAP_SAMPLED, XDPCAP_NOT_SAMPLED,
            XDPCAP_OUTPUT_FAILED, XDPCAP_FILTERED_OUT, XDPCAP_COUNTER_MAX,
            XDPCAP_EPB_OPTIONS_LEN);
