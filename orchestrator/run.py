@@ -67,7 +67,7 @@ STOP_GRACE_S = 30.0
 RECONNECT_WAIT_S = 30.0
 # How far ahead the windows are scheduled (see _start_all): time for every "start" line
 # to go out and reach its agent.
-START_LEAD_S = 0.1
+START_LEAD_S = 0.2
 START_LEAD_PER_HOST_S = 0.002
 
 

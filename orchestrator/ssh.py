@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 import socket
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +88,29 @@ def known_hosts_files(host: Host, ssh_config: dict) -> list[Path]:
     return files
 
 
+def parsed_known_hosts(path: Path) -> paramiko.HostKeys:
+    """A known_hosts file, parsed once per version of it for the whole run: read per
+    host, a large one costs each of a hundred connects its parse."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return paramiko.HostKeys()
+    return _parse_known_hosts(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+_PARSE_LOCK = threading.Lock()  # the connects run in parallel: one parse, the rest wait
+
+
+def _parse_known_hosts(path: str, mtime_ns: int, size: int) -> paramiko.HostKeys:
+    with _PARSE_LOCK:
+        return _parse_once(path, mtime_ns, size)
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_once(path: str, _mtime_ns: int, _size: int) -> paramiko.HostKeys:
+    return paramiko.HostKeys(path)
+
+
 def connect(host: Host, settings: SshSettings) -> Connection:
     """Open a verified connection to `host`, or raise RemoteError with the reason."""
     connect_kwargs: dict = {
@@ -104,12 +129,15 @@ def connect(host: Host, settings: SshSettings) -> Connection:
     )
     files = known_hosts_files(host, conn.ssh_config)
     client = conn.client
+    # What paramiko looks the server's key up by (after ~/.ssh/config's HostName, Port).
+    name = conn.host if conn.port == 22 else f"[{conn.host}]:{conn.port}"
     for path in files:
-        if path.exists():
-            try:
-                client.load_host_keys(str(path))
-            except (OSError, paramiko.SSHException) as exc:
-                raise RemoteError(f"{host.name}: cannot read known_hosts {path}: {exc}") from exc
+        try:
+            entry = parsed_known_hosts(path).lookup(name)
+        except (OSError, paramiko.SSHException) as exc:
+            raise RemoteError(f"{host.name}: cannot read known_hosts {path}: {exc}") from exc
+        for key_type, key in (entry or {}).items():
+            client.get_host_keys().add(name, key_type, key)
     if settings.accept_new_host_keys:
         client.set_missing_host_key_policy(_AcceptNewPolicy(files[-1]))
     else:

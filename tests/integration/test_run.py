@@ -93,9 +93,13 @@ def test_run_merges_every_host_in_order(lab, tmp_path: Path) -> None:
         assert host["summary"]["unaccounted"] == 0
         assert Path(host["local_file"]).exists()
         assert host["t_capturing_s"] is not None
-    # The synchronised start: no window opened before every host was ready.
+    # The synchronised start: no window opened before every host was ready, and every
+    # window opened and closed at the same instant (the lab's hosts share one clock).
     last_ready = max(h["t_ready_s"] for h in run["hosts"])
     assert all(h["t_capturing_s"] > last_ready for h in run["hosts"])
+    for edge in ("window_start_ns", "window_end_ns"):
+        times = [h["summary"][edge] for h in run["hosts"]]
+        assert max(times) - min(times) < 1_000_000, (edge, times)
 
 
 def test_each_ping_is_seen_leaving_and_arriving(lab, tmp_path: Path) -> None:
