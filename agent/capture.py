@@ -278,7 +278,7 @@ class Capture:
 
     def run(self) -> CaptureSummary:
         options = self.options
-        commands = ControllerCommands() if options.controller else None
+        commands = ControllerCommands(on_clock=self._answer_clock) if options.controller else None
         previous = _install_signal_handlers(self.stop, options.controller)
         try:
             with InterfaceLock(options.iface):
@@ -393,6 +393,10 @@ class Capture:
         if self._test_drift:  # the test clock's drift, taken back out
             start -= clock.test_drift_ns(start_at)
         return start if 0 <= start - now <= MAX_START_LEAD_NS else now
+
+    def _answer_clock(self) -> None:
+        """The controller's clock probe: our wall clock, read as its line arrived."""
+        self.events.emit("clock", realtime_ns=clock.wall_clock_ns())
 
     def _report_sync(self) -> None:
         """The clock's sync state, for the controller's clock report (off the loop)."""

@@ -16,7 +16,9 @@ nothing earlier than `until_ns` will follow in the stream, how many packets the 
 holds, and how many packets the stream skipped so far (over its bound: see outbox.py).
 Controller → agent lines on stdin: "start" (now) or "start T" (the window opens at T, a
 wall-clock time in ns, so every host opens it at the same instant), "stop", and after
-"done": "delete" (the controller has verified its copy: remove the file) or "keep".
+"done": "delete" (the controller has verified its copy: remove the file) or "keep"; at
+any time "clock", answered at once with a "clock" event carrying our wall clock (the
+controller's offset probe, on the channel it already has).
 EOF on stdin means the controller is gone: the agent keeps capturing until its own
 deadline, then detaches and keeps the file for `xdpcap collect`.
 """
@@ -27,6 +29,7 @@ import json
 import struct
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from .outbox import Outbox
@@ -69,9 +72,13 @@ class EventSink:
 
 
 class ControllerCommands:
-    """Reads the controller's lines from stdin in a daemon thread."""
+    """Reads the controller's lines from stdin in a daemon thread; `on_clock` answers
+    "clock" from that thread, so the answer waits for nothing else."""
 
-    def __init__(self, stream: TextIO = sys.stdin) -> None:
+    def __init__(
+        self, stream: TextIO = sys.stdin, on_clock: Callable[[], None] | None = None
+    ) -> None:
+        self._on_clock = on_clock
         self.start = threading.Event()
         self.start_at_ns: int | None = None  # "start T": when the window opens
         self.stop = threading.Event()
@@ -95,6 +102,9 @@ class ControllerCommands:
                     self.delete.set()
                 elif word == "keep":
                     self.eof.set()
+                elif word == "clock" and self._on_clock is not None:
+                    self._on_clock()
+                    continue
                 self.changed.set()
         except (OSError, ValueError):
             pass

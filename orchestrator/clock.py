@@ -1,7 +1,9 @@
 """Estimate a host's clock offset from ours over SSH, the NTP way.
 
-The agent's `clock --serve` answers each line we send with its wall clock. For every
-round trip we take offset = remote − (sent + received) / 2; the sample with the smallest
+A capture agent answers "clock" on its stdin with its wall clock (a run asks the agent
+it already talks to); otherwise `clock --serve`, an agent of its own on another channel,
+answers each line (`xdpcap collect`, after the capture agent is gone). For every round
+trip we take offset = remote − (sent + received) / 2; the sample with the smallest
 round trip wins, and its error bound is ± round trip / 2.
 """
 
@@ -11,6 +13,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fabric import Connection
@@ -83,41 +86,57 @@ class ClockProbe:
     def measure(
         self, rounds: int = ROUNDS, slots: threading.Semaphore | None = None
     ) -> ClockOffset:
-        """The timed rounds; call after `wait_up`. They stop early once the minimum
-        round trip has settled (SETTLE_ROUNDS without a lower one, after MIN_ROUNDS).
-
-        With `slots`, only so many hosts' timed rounds run at once: threads of this
-        process contending for the GIL add noise to the round trips, but one host at a
-        time made a 100-host run wait tens of seconds for its probes.
-        """
-        best: tuple[int, int] | None = None
+        """The timed rounds; call after `wait_up` (see measure_rounds)."""
         channel, reader = self._channel, self._reader
+
+        def round_trip() -> tuple[int, int, int]:
+            sent = time.time_ns()
+            channel.sendall(b"\n")
+            remote = _answer(reader, self.name)
+            return sent, remote, time.time_ns()
+
         try:
-            with slots or contextlib.nullcontext():
-                since_best = 0
-                for done in range(rounds):
-                    sent = time.time_ns()
-                    channel.sendall(b"\n")
-                    remote = _answer(reader, self.name)
-                    received = time.time_ns()
-                    rtt = received - sent
-                    # Only a clear gain restarts the count: nanoseconds of jitter do not.
-                    gain = best is None or rtt < best[1] - max(SETTLE_GAIN_NS, best[1] // 20)
-                    since_best = 0 if gain else since_best + 1
-                    if best is None or rtt < best[1]:
-                        best = (remote - (sent + received) // 2, rtt)
-                    if done + 1 >= MIN_ROUNDS and since_best >= SETTLE_ROUNDS:
-                        break
+            return measure_rounds(round_trip, self.name, rounds, slots)
         except OSError as exc:
             raise RemoteError(f"{self.name}: the clock probe failed: {exc}") from exc
-        if best is None:
-            raise RemoteError(f"{self.name}: the clock probe got no answer")
-        return ClockOffset(best[0], best[1] // 2)
 
     def close(self) -> None:
         # Closing the channel ends the agent's stdin: it exits.
         with contextlib.suppress(Exception):
             self._channel.close()
+
+
+def measure_rounds(
+    round_trip: Callable[[], tuple[int, int, int]],
+    name: str,
+    rounds: int = ROUNDS,
+    slots: threading.Semaphore | None = None,
+) -> ClockOffset:
+    """NTP's estimate from timed rounds: `round_trip()` gives (sent, remote, received),
+    our clock around the remote one; the round with the smallest round trip wins. The
+    rounds stop early once that minimum has settled (SETTLE_ROUNDS without a clear gain,
+    after MIN_ROUNDS).
+
+    With `slots`, only so many hosts' rounds run at once: threads of this process
+    contending for the GIL add noise to the round trips, but one host at a time made a
+    100-host run wait tens of seconds for its probes.
+    """
+    best: tuple[int, int] | None = None
+    with slots or contextlib.nullcontext():
+        since_best = 0
+        for done in range(rounds):
+            sent, remote, received = round_trip()
+            rtt = received - sent
+            # Only a clear gain restarts the count: nanoseconds of jitter do not.
+            gain = best is None or rtt < best[1] - max(SETTLE_GAIN_NS, best[1] // 20)
+            since_best = 0 if gain else since_best + 1
+            if best is None or rtt < best[1]:
+                best = (remote - (sent + received) // 2, rtt)
+            if done + 1 >= MIN_ROUNDS and since_best >= SETTLE_ROUNDS:
+                break
+    if best is None:
+        raise RemoteError(f"{name}: the clock probe got no answer")
+    return ClockOffset(best[0], best[1] // 2)
 
 
 def _answer(reader, name: str) -> int:

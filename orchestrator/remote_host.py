@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from ..agent.filter.spec import CompiledFilter
 from ..agent.protocol import parse_event
 from .agent_bundle import AgentBundle
 from .channel import RemoteProcess
-from .clock import ClockOffset, ClockProbe
+from .clock import ClockOffset, ClockProbe, measure_rounds
 from .errors import RemoteError, UsageError
 from .filters import without_connection
 from .inventory import Host
@@ -77,6 +79,7 @@ fi
 exec sudo -n -u "${become:-root}" -- "$@"
 """
 HAND_OVER_WAIT_S = 10.0
+CLOCK_ROUND_TIMEOUT_S = 5.0
 FETCH_STALL_S = 60.0
 PREFLIGHT_WAIT_S = 120.0
 
@@ -206,6 +209,8 @@ class RemoteHost:
     standby: Standby | None = None  # the fetch's sessions, opened during the capture window
     capture_filter: CompiledFilter | None = None  # compiled on the controller (filters.py)
     live: LiveHost | None = None  # this host's part of the live stream (-w -), if any
+    # The capture agent's answers to "clock": (its wall clock, when we read it).
+    _clock_answers: queue.Queue = field(default_factory=queue.Queue)
     start_sent_ns: int = 0  # when "start" was sent (controller clock)
 
     # -- preparation -------------------------------------------------------------------
@@ -241,10 +246,15 @@ class RemoteHost:
     def probe_clock(self, slots: threading.Semaphore, probe: ClockProbe | None = None) -> None:
         """Measure the host clock's offset (after the capture: no compile competes for CPU).
 
-        `probe` is one started during the capture window (take_standby); without one, one
-        is started now. Either way it is closed here.
+        The capture agent, waiting for its file to be fetched, answers on its own channel:
+        no session, login shell or Python start on the host. Without it (a reconnect) a
+        probe of its own: `probe`, or one started now; either way closed here.
         """
         assert self.conn is not None
+        if probe is None and self.process is not None and not self.process.finished.is_set():
+            offset = measure_rounds(self._clock_round_trip, self.host.name, slots=slots)
+            self.state.clock = ClockOffset(offset.offset_ns, offset.error_ns, self.sync_state)
+            return
         try:
             if probe is None:
                 probe = ClockProbe(self.conn, self._clock_command(), name=self.host.name)
@@ -254,6 +264,21 @@ class RemoteHost:
             if probe is not None:
                 probe.close()
         self.state.clock = ClockOffset(offset.offset_ns, offset.error_ns, self.sync_state)
+
+    def _clock_round_trip(self) -> tuple[int, int, int]:
+        """One "clock" line to the capture agent and its answer: (sent, remote, received)."""
+        assert self.process is not None
+        answers = self._clock_answers
+        while not answers.empty():  # a late answer to an earlier round
+            answers.get_nowait()
+        sent = time.time_ns()
+        if not self.process.send_line("clock"):
+            raise RemoteError(f"{self.host.name}: the clock probe failed: the channel is closed")
+        try:
+            remote, received = answers.get(timeout=CLOCK_ROUND_TIMEOUT_S)
+        except queue.Empty:
+            raise RemoteError(f"{self.host.name}: the clock probe got no answer") from None
+        return sent, remote, received
 
     def _clock_command(self) -> str:
         return quote_command(self._plain_agent_argv(self.agent_path, "clock", "--serve"))
@@ -265,7 +290,8 @@ class RemoteHost:
         at once opens its own.
         """
         if self.standby is None and self.conn is not None and self.conn.is_connected:
-            self.standby = Standby(self.conn, self._clock_command(), name=self.host.name)
+            # No clock probe: the capture agent answers that itself (probe_clock).
+            self.standby = Standby(self.conn, None, name=self.host.name)
 
     def take_standby(self) -> tuple[SFTPClient | None, ClockProbe | None]:
         """The pre-opened SFTP client and clock probe where ready, else None: the caller
@@ -427,6 +453,7 @@ class RemoteHost:
         return [*argv, interpreter_of(self.host), agent, *args]
 
     def _on_line(self, line: str) -> None:
+        received_ns = time.time_ns()  # for a clock answer: as early as it can be read
         if line.startswith("xdpcap-fact "):
             key, _, value = line[len("xdpcap-fact ") :].partition("=")
             self.facts[key] = value
@@ -474,6 +501,9 @@ class RemoteHost:
             self.deleted.set()
         elif kind == "sync":
             self.facts["sync"] = str(event.get("state", ""))
+        elif kind == "clock":
+            self._clock_answers.put((int(event["realtime_ns"]), received_ns))
+            return  # nothing for the live table
         elif kind == "error":
             state.state = "failed"
             state.reason = str(event.get("message"))
@@ -520,8 +550,14 @@ class RemoteHost:
         return last.removeprefix("xdpcap: ")
 
     # -- fetch -------------------------------------------------------------------------
-    def fetch(self, into: Path, sftp: SFTPClient | None = None) -> Path:
-        """Copy the capture home, check size and sha256, then delete the remote copy.
+    def fetch(
+        self,
+        into: Path,
+        sftp: SFTPClient | None = None,
+        before_delete: Callable[[], None] | None = None,
+    ) -> Path:
+        """Copy the capture home, check size and sha256, then delete the remote copy
+        (after `before_delete`, if given, returns).
 
         `sftp` is a client opened during the capture window (take_standby), closed here;
         without one, the connection's own is opened now.
@@ -557,6 +593,8 @@ class RemoteHost:
         tmp.replace(local)
         self.state.sha256 = local_sha
         self.state.local_file = str(local)
+        if before_delete is not None:
+            before_delete()
         self._delete_remote(remote)
         return local
 

@@ -79,9 +79,11 @@ def check_table(rows: Sequence[tuple[str, dict[str, Any] | None, str | None]]) -
     from rich.table import Table
 
     table = Table(title="xdpcap check")
-    table.add_column("host", no_wrap=True)  # the one column a narrow terminal must not cut
+    table.add_column("host", no_wrap=True)  # the columns a narrow terminal must not cut
     for column in ("verdict", "kernel", "bcc", "headers", "sampler", "hooks", "reason"):
-        table.add_column(column)
+        # One word each: cut, "compiles" and "cached" read alike ("comp…", "cach…").
+        short = column in ("verdict", "sampler", "hooks")
+        table.add_column(column, no_wrap=short, min_width=10 if column == "sampler" else None)
     for name, report, error in rows:
         if report is None:
             table.add_row(name, "[red]unreachable[/red]", "-", "-", "-", "-", "-", error or "")

@@ -269,9 +269,11 @@ class Run:
         for remote in self.remotes:
             if remote.live is not None and not remote.done_event.is_set():
                 remote.live.done(None)  # failed or never started: nothing more comes
-        live.finish()
         if self.options.on_stream_closed is not None:
+            # Before the reader sees the end: Wireshark stops its extcap (SIGTERM) as soon
+            # as the stream ends, and from here on that must not cut the fetch short.
             self.options.on_stream_closed()
+        live.finish()
         counts = live.counts()
         self.stream_report = {
             "packets": live.packets,
@@ -430,7 +432,8 @@ class Run:
             )
             probe.start()
             try:
-                remote.fetch(hosts_dir, sftp)
+                # The agent answers the probe: it deletes its copy (and exits) only after.
+                remote.fetch(hosts_dir, sftp, before_delete=lambda: probe.join(timeout=60))
             finally:
                 probe.join(timeout=60)
             remote.state.state = "done"

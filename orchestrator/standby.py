@@ -24,7 +24,7 @@ JOIN_WAIT_S = 5.0
 
 
 class Standby:
-    def __init__(self, conn: Connection, probe_command: str, *, name: str) -> None:
+    def __init__(self, conn: Connection, probe_command: str | None, *, name: str) -> None:
         self._conn = conn
         self._probe_command = probe_command
         self._name = name
@@ -40,9 +40,10 @@ class Standby:
         # it must never fail the host, so nothing is raised from this thread.
         sftp: SFTPClient | None = None
         probe: ClockProbe | None = None
-        with contextlib.suppress(Exception):
-            # Sent first: the host starts the probe's shell and Python while SFTP opens.
-            probe = ClockProbe(self._conn, self._probe_command, name=self._name)
+        if self._probe_command is not None:
+            with contextlib.suppress(Exception):
+                # Sent first: the host starts the probe's shell and Python while SFTP opens.
+                probe = ClockProbe(self._conn, self._probe_command, name=self._name)
         with contextlib.suppress(Exception):
             sftp = self._conn.client.open_sftp()
         if probe is not None:

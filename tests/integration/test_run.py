@@ -166,9 +166,10 @@ def test_clock_skew_is_corrected(lab, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("standby", ["ready", "never ready"])
 def test_fetch_sessions_open_during_the_capture(lab, tmp_path: Path, monkeypatch, standby) -> None:
-    """The SFTP session and clock probe open during the window; when that does not work,
-    the fetch opens its own. Either way: every host fetched with a clock offset, and no
-    thread or channel left open."""
+    """The SFTP session opens during the window; when that does not work, the fetch opens
+    its own. The clock offset comes from the capture agent itself (no probe session).
+    Either way: every host fetched with a clock offset, and no thread or channel left
+    open."""
     channels: list[paramiko.Channel] = []
     open_session = paramiko.Transport.open_session
 
@@ -190,7 +191,10 @@ def test_fetch_sessions_open_during_the_capture(lab, tmp_path: Path, monkeypatch
     assert result.exit_code == 0
     assert all(s.state == "done" and s.clock is not None for s in result.states)
     expected = len(lab.hosts) if standby == "ready" else 0
-    assert sum(1 for sftp, probe in taken if sftp and probe) == expected
+    assert sum(1 for sftp, _ in taken if sftp) == expected
+    assert not any(probe for _, probe in taken)
+    # One session per host for the agent, and one for SFTP unless the standby had it.
+    assert len(channels) == 2 * len(lab.hosts)
     assert not [t for t in threading.enumerate() if t.name.startswith("standby-")]
     assert channels and all(c.closed for c in channels)
 

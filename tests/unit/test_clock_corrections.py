@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 
-from xdpcap.orchestrator.clock import (
-    SETTLE_ROUNDS,
-    ClockOffset,
-    ClockProbe,
-    corrections,
-)
+from xdpcap.orchestrator.clock import SETTLE_ROUNDS, ClockOffset, corrections, measure_rounds
 
 MS = 1_000_000
 
@@ -47,44 +40,35 @@ def test_a_single_host_is_never_moved() -> None:
     assert corrections({"only": ClockOffset(5_000 * MS, 1)}) == {"only": 0}
 
 
-class _Replies:
-    """A probe's channel and reader: each answer comes `delays[i]` ns after its request,
-    from a clock `offset` ns ahead of ours."""
+def _rounds(rtts: list[int], offset: int) -> tuple[list[int], object]:
+    """A round trip per call with the given round-trip times (then the last one again),
+    against a clock `offset` ns ahead, answering half-way; and the calls made."""
+    calls: list[int] = []
 
-    def __init__(self, delays: list[int], offset: int) -> None:
-        self.delays = list(delays)
-        self.offset = offset
-        self.rounds = 0
-        self.sent = 0
+    def round_trip() -> tuple[int, int, int]:
+        rtt = rtts[min(len(calls), len(rtts) - 1)]
+        sent = 1_000_000_000 * (len(calls) + 1)
+        calls.append(rtt)
+        return sent, sent + rtt // 2 + offset, sent + rtt
 
-    def sendall(self, _data: bytes) -> None:
-        self.sent = time.time_ns()
-
-    def readline(self) -> bytes:
-        delay = self.delays[min(self.rounds, len(self.delays) - 1)]
-        self.rounds += 1
-        while time.time_ns() < self.sent + delay:
-            pass
-        return json.dumps({"realtime_ns": time.time_ns() + self.offset}).encode() + b"\n"
-
-
-def _probe(replies: _Replies) -> ClockProbe:
-    probe = ClockProbe.__new__(ClockProbe)
-    probe.name = "h"
-    probe._channel = replies
-    probe._reader = replies
-    return probe
+    return calls, round_trip
 
 
 def test_the_rounds_stop_once_the_minimum_round_trip_has_settled() -> None:
-    # Round trips of 2 ms after a slow first one: jitter (well under 5 %) is no gain.
-    steady = _Replies([4 * MS, 2 * MS], offset=5 * MS)
-    offset = _probe(steady).measure(slots=threading.BoundedSemaphore(1))
-    assert steady.rounds == 2 + SETTLE_ROUNDS  # the gain, then three rounds without one
-    assert abs(offset.offset_ns - 5 * MS) <= offset.error_ns + 50_000
+    # 2 ms round trips after a slow first one; jitter well under 5 % is no gain.
+    calls, round_trip = _rounds([4 * MS, 2 * MS, 2 * MS + 20_000, 2 * MS - 30_000], 5 * MS)
+    offset = measure_rounds(round_trip, "h", slots=threading.BoundedSemaphore(1))
+    assert len(calls) == 2 + SETTLE_ROUNDS  # the gain, then three rounds without one
+    assert offset == ClockOffset(5 * MS, (2 * MS - 30_000) // 2)  # the smallest still wins
 
 
 def test_the_rounds_go_on_while_the_round_trip_still_falls() -> None:
-    falling = _Replies([8 * MS, 6 * MS, 4 * MS, 3 * MS, 5 * MS // 2, 2 * MS], 0)
-    _probe(falling).measure()
-    assert falling.rounds == 6 + SETTLE_ROUNDS  # the last improvement, then settled
+    calls, round_trip = _rounds([8 * MS, 6 * MS, 4 * MS, 3 * MS, 5 * MS // 2, 2 * MS], 0)
+    measure_rounds(round_trip, "h")
+    assert len(calls) == 6 + SETTLE_ROUNDS  # the last improvement, then settled
+
+
+def test_the_rounds_end_at_the_limit() -> None:
+    calls, round_trip = _rounds([100 * MS - i * 10 * MS for i in range(9)] + [MS], 0)
+    measure_rounds(round_trip, "h", rounds=5)
+    assert len(calls) == 5
