@@ -281,11 +281,26 @@ class PcapngWriter:
         """Append many framed blocks at once (the merge's hot path); `packets` of them are EPBs.
 
         One join per batch instead of one append per block; flushed like `write_raw`.
+        A batch of packets alone (the agent's) goes in slices of FLUSH_BYTES or so: a
+        full disk then keeps every slice that fitted, not nothing of a large batch.
         """
-        self._buffer += b"".join(blocks)
-        self.packets_written += packets
-        if len(self._buffer) >= FLUSH_BYTES:
-            self.flush()
+        if not isinstance(blocks, list) or packets != len(blocks):
+            self._buffer += b"".join(blocks)
+            self.packets_written += packets
+            if len(self._buffer) >= FLUSH_BYTES:
+                self.flush()
+            return
+        start = 0
+        while start < len(blocks):
+            end, size = start, len(self._buffer)
+            while end < len(blocks) and size < FLUSH_BYTES:
+                size += len(blocks[end])
+                end += 1
+            self._buffer += b"".join(blocks[start:end])
+            self.packets_written += end - start
+            if len(self._buffer) >= FLUSH_BYTES:
+                self.flush()
+            start = end
 
     def flush(self) -> None:
         """Hand the buffer to the file; on failure the file is cut back to whole blocks.
