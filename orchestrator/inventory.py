@@ -54,6 +54,7 @@ __all__ = [
     "Group",
     "Host",
     "Inventory",
+    "build_inventory",
     "format_host_list",
     "load_inventory",
     "parse_inventory_text",
@@ -163,6 +164,40 @@ def parse_inventory_text(text: str, source: str = "<string>") -> Inventory:
     """Parse inventory text; `source` names it in messages and its suffix hints the format."""
     builder = _Builder(source)
     _read_any(builder, text.lstrip("\ufeff"), Path(source).suffix.lower())
+    return builder.build()
+
+
+class GroupParts(NamedTuple):
+    """One group as another reader (ansible-core's) found it: its own members and variables."""
+
+    children: tuple[str, ...]
+    hosts: tuple[str, ...]  # direct members
+    vars: Mapping[str, object]
+
+
+def build_inventory(
+    source: str, groups: Mapping[str, GroupParts], host_vars: Mapping[str, Mapping[str, object]]
+) -> Inventory:
+    """An Inventory from another reader's groups and per-host variables, in `host_vars` order.
+
+    The same resolution and checks as a file read here (precedence, ungrouped, every value
+    that reaches ssh, sudo or the agent); messages name `source` without a line number.
+    """
+    builder = _Builder(source)
+    for name, parts in groups.items():
+        builder.add_group(name, None)
+        builder.group_vars(
+            name, {k: _Var(v, None, f"group '{name}'") for k, v in parts.vars.items()}
+        )
+    for name, parts in groups.items():
+        for child in parts.children:
+            builder.add_child(name, child, None)
+    for name, variables in host_vars.items():
+        member_of = [g for g, parts in groups.items() if name in parts.hosts] or ["ungrouped"]
+        for group in member_of:
+            builder.add_host(
+                group, name, None, {k: _Var(v, None, "host") for k, v in variables.items()}
+            )
     return builder.build()
 
 
