@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: xdpcap developers
-# GNU General Public License v2.0+ (see https://www.gnu.org/licenses/gpl-2.0.txt)
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import absolute_import, division, print_function
 
@@ -63,7 +63,7 @@ options:
 requirements:
   - python3 and bcc (Debian C(python3-bpfcc)) on the host; root (C(become)) to attach BPF.
 author:
-  - xdpcap developers
+  - xdpcap developers (@xdpcap)
 """
 
 EXAMPLES = r"""

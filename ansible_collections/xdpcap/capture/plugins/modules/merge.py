@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: xdpcap developers
-# GNU General Public License v2.0+ (see https://www.gnu.org/licenses/gpl-2.0.txt)
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import absolute_import, division, print_function
 
@@ -12,7 +12,7 @@ module: merge
 short_description: Merge the hosts' xdpcap captures into one pcapng on the controller
 version_added: 0.1.0
 description:
-  - Runs on the controller (C(delegate_to: localhost), C(run_once)) after the captures were
+  - Runs on the controller (C(delegate_to=localhost), C(run_once)) after the captures were
     fetched.
   - Checks every fetched file against the size and SHA-256 its agent reported, aligns the
     hosts' clocks from the traffic they exchanged, and merges by time with the same code as
@@ -43,7 +43,7 @@ options:
 requirements:
   - The C(xdpcap) Python package, importable by the controller's Python.
 author:
-  - xdpcap developers
+  - xdpcap developers (@xdpcap)
 """
 
 EXAMPLES = r"""

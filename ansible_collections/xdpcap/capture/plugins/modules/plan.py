@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: xdpcap developers
-# GNU General Public License v2.0+ (see https://www.gnu.org/licenses/gpl-2.0.txt)
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import absolute_import, division, print_function
 
@@ -12,7 +12,7 @@ module: plan
 short_description: Prepare an xdpcap capture on the controller
 version_added: 0.1.0
 description:
-  - Runs on the controller (C(delegate_to: localhost), C(run_once)), before any host is
+  - Runs on the controller (C(delegate_to=localhost), C(run_once)), before any host is
     changed.
   - Checks the capture settings, compiles every distinct capture filter to cBPF with the
     controller's libpcap (as C(xdpcap run) does), and writes the agent zipapp that every host
@@ -47,7 +47,7 @@ requirements:
     (C(ansible_playbook_python)).
   - libpcap on the controller when a filter is given.
 author:
-  - xdpcap developers
+  - xdpcap developers (@xdpcap)
 """
 
 EXAMPLES = r"""
