@@ -148,10 +148,25 @@ def _ansible_engine(source: str, vault_password_file: str | None):  # -> (loader
     from ansible.parsing.dataloader import DataLoader
     from ansible.vars.manager import VariableManager
 
+    _load_collections()
     loader = DataLoader()
     _use_vault_password_file(loader, vault_password_file)
     manager = InventoryManager(loader=loader, sources=[source])
     return loader, manager, VariableManager(loader=loader, inventory=manager)
+
+
+def _load_collections() -> None:
+    """What ansible's own commands do first: without it no plugin named by its collection
+    (`plugin: ansible.builtin.constructed`, `amazon.aws.aws_ec2`) can load."""
+    from ansible.plugins import loader
+
+    init = getattr(loader, "init_plugin_loader", None)  # ansible-core 2.15+
+    if init is None:
+        return
+    from ansible.utils.collection_loader import AnsibleCollectionConfig
+
+    if AnsibleCollectionConfig.collection_finder is None:  # once a process: it warns after
+        init()
 
 
 def _use_vault_password_file(loader, path: str | None) -> None:
@@ -180,8 +195,14 @@ def _raise_on_parse_failures(source: str, output: str) -> None:
     failures = dict(_PARSE_FAILED.findall(output))  # plugin -> its reason
     if unparsed or failures:
         where = unparsed[0] if unparsed else source  # in a directory: the file that failed
-        if where.endswith((".yml", ".yaml")) and "yaml" in failures:
-            failures = {"yaml": failures["yaml"]}  # the 'auto' and 'ini' plugins' guesses: noise
+        if where.endswith((".yml", ".yaml")):
+            # One plugin meant it: 'auto' for a plugin configuration (a `plugin:` key), else
+            # 'yaml'; the other plugins' guesses are noise.
+            auto = failures.get("auto", "")
+            not_config = "no root 'plugin' key" in auto or "YAML parsing failed" in auto
+            meant = "yaml" if not auto or not_config else "auto"
+            if meant in failures:
+                failures = {meant: failures[meant]}
         reasons = "; ".join(f"{plugin} plugin: {reason}" for plugin, reason in failures.items())
         detail = reasons or "no inventory plugin accepted it"
         raise InventoryError(f"{where}: Ansible could not parse it: {_one_line(detail)}")
@@ -240,6 +261,8 @@ def _plain(value: object) -> object:
     """Ansible's tagged str/int/list/dict subclasses as the built-in types the readers share."""
     if value is None or isinstance(value, bool):
         return value
+    if hasattr(value, "_ciphertext") and hasattr(value, "data"):
+        return str(value.data)  # ansible-core < 2.19: a `!vault` value decrypts on access
     for kind in (str, int, float):
         if isinstance(value, kind):
             return kind(value)

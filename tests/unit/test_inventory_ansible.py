@@ -172,6 +172,36 @@ def test_inventory_directory_with_group_vars(tmp_path: Path) -> None:
     }
 
 
+def test_inventory_plugin_constructed_groups_select_with_limit(tmp_path: Path) -> None:
+    folder = tmp_path / "inventory"
+    write(
+        folder / "10-hosts.yml",
+        """\
+        routers:
+          hosts:
+            r1: {xdpcap_iface: ens2, site: fra}
+            r2: {xdpcap_iface: eth0, site: lon}
+            r3: {xdpcap_iface: ens2, site: lon}
+        """,
+    )
+    write(
+        folder / "20-constructed.yml",
+        """\
+        plugin: ansible.builtin.constructed
+        strict: true
+        groups:
+          uplink_ens2: xdpcap_iface == 'ens2'
+        keyed_groups:
+          - key: site
+            prefix: site
+        """,
+    )
+    inventory = through_ansible(folder)
+    assert [h.name for h in inventory.select("uplink_ens2")] == ["r1", "r3"]
+    assert [h.name for h in inventory.select("site_lon:!uplink_ens2")] == ["r2"]
+    assert inventory.hosts["r3"].groups[-1] in {"site_lon", "uplink_ens2"}
+
+
 # --------------------------------------------------------------------------------------------
 # Bad inventories: one line, exit 2, no traceback
 # --------------------------------------------------------------------------------------------
