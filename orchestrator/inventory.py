@@ -55,6 +55,7 @@ __all__ = [
     "Host",
     "Inventory",
     "build_inventory",
+    "check_structure",
     "format_host_list",
     "load_inventory",
     "parse_inventory_text",
@@ -146,6 +147,25 @@ class Inventory:
 def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Read and parse one inventory file (YAML, INI or JSON, told apart by content)."""
     source = os.fspath(path)
+    return parse_inventory_text(_read_text(source), source)
+
+
+def check_structure(path: str | os.PathLike[str]) -> None:
+    """This reader's checks of an inventory file's structure alone, variables unresolved.
+
+    For a static file that another reader (ansible-core's) reads: Ansible only warns about
+    an unknown key in a group, a duplicate key, or a file it then reads as something else,
+    and these are errors here. Templates and `!vault` values pass (they are not resolved).
+    """
+    source = os.fspath(path)
+    builder = _Builder(source)
+    _read_any(builder, _read_text(source).lstrip("\ufeff"), Path(source).suffix.lower())
+    _Resolver(builder)  # group cycles
+    if not builder.hosts:
+        builder.fail(1, "inventory defines no hosts")
+
+
+def _read_text(source: str) -> str:
     try:
         with open(source, encoding="utf-8") as stream:
             text = stream.read()
@@ -157,7 +177,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         raise InventoryError(f"{source}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise InventoryError(f"{source}: cannot read inventory: {exc.strerror}") from None
-    return parse_inventory_text(text, source)
+    return text
 
 
 def parse_inventory_text(text: str, source: str = "<string>") -> Inventory:

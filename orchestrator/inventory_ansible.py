@@ -11,10 +11,12 @@ Which reader: ``--inventory-reader`` or ``XDPCAP_INVENTORY_READER`` (``auto``, `
 ``ansible``); ``auto`` takes ansible-core when it imports, except for a file holding
 ``ansible-inventory --list`` JSON, which Ansible reads only from an executable script.
 
-Stricter than Ansible, as the built-in reader is: a source that no plugin could parse (also one
-file of a directory) is an error, not a warning; so is a variable xdpcap reads (``ansible_*``,
-``xdpcap_*``) that cannot be templated or decrypted. Other variables that cannot be rendered
-without a play (facts, hostvars) are kept as written.
+Stricter than Ansible, as the built-in reader is: a plain inventory file first passes the
+built-in reader's structural checks (unknown or duplicate keys, ranges, no hosts; templates and
+vault values are not resolved there); a source that no plugin could parse (also one file of a
+directory) or an unknown key Ansible skips is an error, not a warning; so is a variable xdpcap
+reads (``ansible_*``, ``xdpcap_*``) that cannot be templated or decrypted. Other variables
+that cannot be rendered without a play (facts, hostvars) are kept as written.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import InventoryError, UsageError
-from .inventory import GroupParts, Inventory, build_inventory, load_inventory
+from .inventory import GroupParts, Inventory, build_inventory, check_structure, load_inventory
 
 READERS = ("auto", "builtin", "ansible")
 READER_ENV = "XDPCAP_INVENTORY_READER"
@@ -39,6 +41,10 @@ _USED_PREFIXES = ("ansible_", "xdpcap_")
 # What ansible-core prints when a plugin failed on a source, and when none could parse it.
 _PARSE_FAILED = re.compile(r"Failed to parse inventory with '([^']+)' plugin: (.*)")
 _UNPARSED = re.compile(r"Unable to parse (.+) as an inventory source")
+# What Ansible's yaml plugin skips with a warning; the built-in reader refuses it.
+_SKIPPED_KEY = re.compile(r"Skipping (?:unexpected )?key \((.+?)\) in group \((.+?)\)")
+# A plugin configuration (aws_ec2.yml, constructed.yml): not an inventory of hosts itself.
+_PLUGIN_CONFIG = re.compile(r"^plugin\s*:", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,10 @@ def load_with_ansible(source: str, vault_password_file: str | None = None) -> In
         raise InventoryError(f"{source}: inventory not found")
     if vault_password_file is not None and not os.path.isfile(vault_password_file):
         raise UsageError(f"--vault-password-file {vault_password_file}: no such file")
+    if _is_static_file(source):
+        # Ansible would warn and go on (or read a broken YAML file as INI): refused here
+        # with the built-in reader's file:line message.
+        check_structure(source)
     from ansible.errors import AnsibleError
     from ansible.utils.display import Display
 
@@ -141,6 +151,17 @@ def load_with_ansible(source: str, vault_password_file: str | None = None) -> In
         for name, group in manager.groups.items()
     }
     return build_inventory(source, groups, host_vars)
+
+
+def _is_static_file(source: str) -> bool:
+    """A plain inventory file: not a directory, a script or an inventory plugin's config."""
+    if not os.path.isfile(source) or os.access(source, os.X_OK):
+        return False
+    try:
+        with open(source, encoding="utf-8") as stream:
+            return _PLUGIN_CONFIG.search(stream.read()) is None
+    except (OSError, UnicodeDecodeError):
+        return True  # the check reports it
 
 
 def _ansible_engine(source: str, vault_password_file: str | None):  # -> (loader, manager, vm)
@@ -191,6 +212,13 @@ def _use_vault_password_file(loader, path: str | None) -> None:
 
 
 def _raise_on_parse_failures(source: str, output: str) -> None:
+    skipped = _SKIPPED_KEY.search(output)
+    if skipped is not None:
+        key, group = skipped.groups()
+        raise InventoryError(
+            f"{source}: group '{group}': unknown key '{key}' (a group has hosts, vars and "
+            "children; Ansible skips the rest, xdpcap refuses it)"
+        )
     unparsed = _UNPARSED.findall(output)
     failures = dict(_PARSE_FAILED.findall(output))  # plugin -> its reason
     if unparsed or failures:

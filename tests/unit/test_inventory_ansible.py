@@ -212,6 +212,10 @@ BAD = {
     "section.ini": "[web\nx\n",
     "port.yml": "web:\n  hosts:\n    a:\n      ansible_port: 99999\n",
     "iface.yml": "web:\n  hosts:\n    a:\n      xdpcap_iface: 'eth0;id'\n",
+    # Ansible only warns about these, and reads `{}` as INI: a host named '{}'.
+    "typo.yml": "web:\n  hsots:\n    a:\n",
+    "empty.yml": "{}\n",
+    "dupe.yml": "web:\n  hosts:\n    a:\n  hosts:\n    b:\n",
 }
 
 
@@ -223,7 +227,7 @@ def test_bad_inventory_is_one_line_and_exit_2(tmp_path: Path, capsys, name: str)
     assert code == 2
     assert out == ""
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"xdpcap: {path}: ")
+    assert err.startswith(f"xdpcap: {path}:")  # and the line, where the file has one
     assert "Traceback" not in err
 
 
@@ -232,6 +236,13 @@ def test_bad_file_in_a_directory_is_an_error_not_a_warning(tmp_path: Path) -> No
     write(folder / "good.yml", "web:\n  hosts:\n    a:\n")
     write(folder / "broken.yml", BAD["flow.yml"])
     with pytest.raises(InventoryError, match="Ansible could not parse it: yaml plugin: "):
+        through_ansible(folder)
+
+
+def test_unknown_group_key_in_a_directory_is_an_error(tmp_path: Path) -> None:
+    folder = tmp_path / "inventory"
+    write(folder / "web.yml", BAD["typo.yml"])
+    with pytest.raises(InventoryError, match="group 'web': unknown key 'hsots'"):
         through_ansible(folder)
 
 
