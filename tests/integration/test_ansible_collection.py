@@ -174,8 +174,10 @@ def test_failed_host_is_reported_and_the_others_merged(lab, ansible_env, tmp_pat
     first, broken, third = (h.name for h in lab.hosts)
     inventory = inventory_with(lab, tmp_path, {broken: {"xdpcap_iface": "nosuch0"}})
     merged = tmp_path / "merged.pcapng"
+    # A filter with spaces (JSON extra vars): compiled on the controller, one word to the agent.
+    extra = json.dumps({"xdpcap_output": str(merged), "xdpcap_filter": "icmp or arp"})
     with pings_between_all(lab, seconds=120):
-        result = _playbook(ansible_env, inventory, tmp_path, "-e", f"xdpcap_output={merged}")
+        result = _playbook(ansible_env, inventory, tmp_path, "-e", extra)
     assert result.returncode == 2, result.stdout + result.stderr  # Ansible: a host failed
     recap = _recap(result.stdout)
     assert "failed=1" in recap[broken]
@@ -186,8 +188,13 @@ def test_failed_host_is_reported_and_the_others_merged(lab, ansible_env, tmp_pat
     names = {row[0] for row in tshark_fields(merged, "frame.interface_name")}
     assert names == {f"{first}:eth0", f"{third}:eth0"}
     assert "Strict time order:   True" in capinfos(merged)
+    assert tshark_fields(merged, "frame.number", display_filter="not (icmp or arp)") == []
     report = json.loads((tmp_path / "merged-hosts" / "run.json").read_text())
     assert sorted(h["name"] for h in report["hosts"]) == sorted([first, third])
+    for host in report["hosts"]:
+        s = host["summary"]
+        assert s["filter"] == "icmp or arp" and s["unaccounted"] == 0
+        assert s["filtered_out"] > 0 and s["written"] > 0  # the play's own SSH is filtered out
     _no_agent_left(lab)
 
 
