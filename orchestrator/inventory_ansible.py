@@ -31,7 +31,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import InventoryError, UsageError
-from .inventory import GroupParts, Inventory, build_inventory, check_structure, load_inventory
+from .inventory import (
+    GroupParts,
+    Inventory,
+    _is_secret,  # the built-in reader's rule for which variables hold secrets
+    build_inventory,
+    check_structure,
+    load_inventory,
+)
 
 READERS = ("auto", "builtin", "ansible")
 READER_ENV = "XDPCAP_INVENTORY_READER"
@@ -273,6 +280,8 @@ def _rendered(
                     message = (
                         "is vault-encrypted and could not be decrypted (--vault-password-file)"
                     )
+                elif _is_secret(name):  # Jinja's message may quote the template, secret and all
+                    message = "cannot be templated (the value is not shown)"
                 else:
                     message = f"cannot be templated: {message}"
                 raise InventoryError(f"{source}: host '{host}': {name}: {message}") from None

@@ -157,6 +157,18 @@ def test_undefined_variable_xdpcap_uses_is_an_error_others_are_kept(tmp_path: Pa
         through_ansible(used)
 
 
+@pytest.mark.parametrize(
+    "template", ["{{ 'hunter2' ~ }}", "{{ 'hunter2' ~ nosuch }}", "{% if %}hunter2{% endif %}"]
+)
+def test_a_broken_template_never_shows_the_become_password(tmp_path: Path, template) -> None:
+    path = tmp_path / "secret.yml"
+    path.write_text(f"web:\n  hosts:\n    a:\n      ansible_become_password: {template!r}\n")
+    with pytest.raises(InventoryError) as caught:
+        through_ansible(path)
+    assert "hunter2" not in str(caught.value)
+    assert "host 'a': ansible_become_password: cannot be templated" in str(caught.value)
+
+
 def test_inventory_directory_with_group_vars(tmp_path: Path) -> None:
     folder = tmp_path / "inventory"
     write(folder / "10-edge.yml", "edge:\n  hosts:\n    edge1:\n      ansible_host: 192.0.2.1\n")
