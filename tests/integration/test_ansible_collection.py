@@ -122,10 +122,10 @@ def test_playbook_captures_every_host_and_merges(lab, ansible_env, tmp_path: Pat
     assert all("StrictHostKeyChecking=yes" in args for args in common_args)
     assert "ANSIBLE_HOST_KEY_CHECKING" not in ansible_env
 
-    merged = tmp_path / "merged.pcapng"
+    merged = tmp_path / "merged.pcapng"  # given relative, as a user would, from the cwd
     with pings_between_all(lab, seconds=120):
         result = _playbook(
-            ansible_env, lab.inventory_path, tmp_path, "-e", f"xdpcap_output={merged}"
+            ansible_env, lab.inventory_path, tmp_path, "-e", "xdpcap_output=merged.pcapng"
         )
     assert result.returncode == 0, result.stdout + result.stderr
     recap = _recap(result.stdout)

@@ -62,6 +62,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+output:
+  description: The merged file's absolute path.
+  returned: success
+  type: str
 bundle:
   description: Path of the agent zipapp on the controller.
   returned: success
@@ -149,6 +153,7 @@ def main():
         module.fail_json(msg=str(exc))
     result = dict(
         changed=False,
+        output=output,
         workdir=workdir,
         duration=duration,
         count=count,
