@@ -70,6 +70,9 @@ PROGRESS_EVERY_NS = 500_000_000
 MAX_START_LEAD_NS = 2_000_000_000
 DEFAULT_START_TIMEOUT_S = 120.0
 START_AT_SLACK_NS = 1_000_000  # ready later than --start-at by more: reported as late
+# --start-at: the agent wakes this much before the time; the program opens the window at
+# the exact instant (see _window_start), well within MAX_START_LEAD_NS.
+START_AT_LEAD_NS = 50_000_000
 HAND_OVER_TIMEOUT_S = 600.0  # how long a finished agent waits for the controller's fetch
 
 
@@ -394,6 +397,8 @@ class Capture:
         now = clock.monotonic_ns()
         start_at = commands.start_at_ns if commands is not None else None
         if start_at is None:
+            start_at = self.options.start_at_ns  # --start-at (None: open now)
+        if start_at is None:
             return now
         start = start_at - self._offset
         if self._test_drift:  # the test clock's drift, taken back out
@@ -420,7 +425,10 @@ class Capture:
 
     def _wait_until(self, start_at_ns: int) -> bool:
         """--start-at: every host of a fleet opens its window at the same wall-clock time,
-        however the hosts were started (Ansible's forks and batches start them apart)."""
+        however the hosts were started (Ansible's forks and batches start them apart).
+
+        Sleeps until just before it; _window_start then has the program open the window
+        at the instant itself."""
         late_ns = clock.wall_clock_ns() - start_at_ns
         if late_ns > START_AT_SLACK_NS:
             # Compile and attach took longer than the play allowed: capture anyway, and say
@@ -433,7 +441,7 @@ class Capture:
             )
             return True
         while not self.stop.reason:
-            remaining_ns = start_at_ns - clock.wall_clock_ns()
+            remaining_ns = start_at_ns - START_AT_LEAD_NS - clock.wall_clock_ns()
             if remaining_ns <= 0:
                 return True
             time.sleep(min(remaining_ns, 100_000_000) / 1e9)  # signals are seen within 0.1 s

@@ -221,7 +221,7 @@ def test_unknown_host_key_is_refused(lab, ansible_env, tmp_path: Path) -> None:
 
 
 def test_start_at_opens_both_windows_at_the_given_time(lab, tmp_path: Path) -> None:
-    start_at = time.time_ns() + 5_000_000_000  # room for two compiles on a small machine
+    start_at = time.time_ns() + 8_000_000_000  # room for two compiles on a small machine
     agents = []
     for host in lab.hosts[:2]:
         output = str(tmp_path / f"{host.name}.pcapng")
@@ -236,6 +236,7 @@ def test_start_at_opens_both_windows_at_the_given_time(lab, tmp_path: Path) -> N
         for agent in agents:
             agent.kill()
             agent.communicate(timeout=30)
+    # The program opens the window at the instant itself, however each agent is scheduled.
     for start in starts:
         assert 0 <= start - start_at < 5_000_000, start - start_at  # within a few ms
     assert abs(starts[0] - starts[1]) < 5_000_000

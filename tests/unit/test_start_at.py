@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from xdpcap.agent import clock, validate
 from xdpcap.agent.__main__ import main
-from xdpcap.agent.capture import START_AT_SLACK_NS, Capture, CaptureOptions
+from xdpcap.agent.capture import START_AT_LEAD_NS, START_AT_SLACK_NS, Capture, CaptureOptions
 from xdpcap.agent.errors import UsageError
 
 SECOND = 1_000_000_000
@@ -64,16 +64,29 @@ class _Events:
         self.emitted.append({"event": event, **fields})
 
 
-def _capture(events: _Events) -> Capture:
-    options = CaptureOptions(iface="eth0", output=Path("/nonexistent"), buffer_pages=256)
+def _capture(events: _Events, start_at_ns: int | None = None) -> Capture:
+    options = CaptureOptions(
+        iface="eth0", output=Path("/nonexistent"), buffer_pages=256, start_at_ns=start_at_ns
+    )
     return Capture(options, events)  # type: ignore[arg-type]
 
 
-def test_wait_until_opens_at_the_given_time() -> None:
-    capture = _capture(_Events())
+def test_wait_until_wakes_just_before_the_time_and_the_program_opens_at_it() -> None:
     target = clock.wall_clock_ns() + 300_000_000
+    capture = _capture(_Events(), start_at_ns=target)
     assert capture._wait_until(target)
-    assert 0 <= clock.wall_clock_ns() - target < 5_000_000  # within a few ms
+    early = target - clock.wall_clock_ns()
+    assert 0 < early <= START_AT_LEAD_NS  # woke before it, never sooner than the lead
+    # The window's start, handed to the program: the given instant on the monotonic clock.
+    capture._offset = clock.realtime_minus_monotonic_ns()
+    assert capture._window_start(None) == target - capture._offset
+
+
+def test_window_opens_now_when_the_time_has_passed() -> None:
+    capture = _capture(_Events(), start_at_ns=clock.wall_clock_ns() - 10_000_000)
+    capture._offset = clock.realtime_minus_monotonic_ns()
+    before = clock.monotonic_ns()
+    assert before <= capture._window_start(None) <= clock.monotonic_ns()
 
 
 def test_ready_too_late_is_reported_and_the_window_opens_at_once(capsys) -> None:
