@@ -105,6 +105,14 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait-start", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--start-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--start-at",
+        type=int,
+        metavar="WALL_CLOCK_NS",
+        help="open the capture window at this wall-clock time (ns since the epoch), the "
+        "same for every host of a fleet; at most "
+        f"{validate.START_AT_PAST_S:g} s in the past, {validate.START_AT_FUTURE_S:g} s ahead",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +145,8 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
         args.buffer_pages < 1 or args.buffer_pages & (args.buffer_pages - 1)
     ):
         raise UsageError(f"--buffer-pages must be a power of two, not {args.buffer_pages}")
+    if args.start_at is not None and args.wait_start:
+        raise UsageError("--start-at and --wait-start are two ways to start: give one")
     return CaptureOptions(
         iface=validate.interface_name(args.iface),
         output=Path(args.output),
@@ -149,6 +159,11 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
         egress_attach=args.egress_attach,
         buffer_pages=args.buffer_pages,
         wait_start=args.wait_start,
+        start_at_ns=(
+            None
+            if args.start_at is None
+            else validate.start_at(args.start_at, clock.wall_clock_ns())
+        ),
         start_timeout_s=validate.positive_number("--start-timeout", args.start_timeout, 3600),
         controller=args.json_events,
         debug_print_source=args.print_bpf,

@@ -16,6 +16,7 @@ import platform
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -68,6 +69,10 @@ PROGRESS_EVERY_NS = 500_000_000
 # the controller's disagree: the window opens at once instead, as with a plain "start".
 MAX_START_LEAD_NS = 2_000_000_000
 DEFAULT_START_TIMEOUT_S = 120.0
+START_AT_SLACK_NS = 1_000_000  # ready later than --start-at by more: reported as late
+# --start-at: the agent wakes this much before the time; the program opens the window at
+# the exact instant (see _window_start), well within MAX_START_LEAD_NS.
+START_AT_LEAD_NS = 50_000_000
 HAND_OVER_TIMEOUT_S = 600.0  # how long a finished agent waits for the controller's fetch
 
 
@@ -102,6 +107,7 @@ class CaptureOptions:
     buffer_pages: int | None = None  # per CPU; None: buffer_pages_for(online CPUs)
     wakeup_events: int = 32
     wait_start: bool = False
+    start_at_ns: int | None = None  # --start-at: the window opens at this wall-clock time
     start_timeout_s: float = DEFAULT_START_TIMEOUT_S
     controller: bool = False  # driven over SSH: SIGHUP does not stop us
     debug_print_source: bool = False
@@ -372,6 +378,9 @@ class Capture:
             if options.wait_start and commands is not None and not self._wait_for_start(commands):
                 self.summary.stopped_by = self.stop.reason or "no start"
                 return
+            if options.start_at_ns is not None and not self._wait_until(options.start_at_ns):
+                self.summary.stopped_by = self.stop.reason or "no start"
+                return
             self._offset = clock.realtime_minus_monotonic_ns()
             start_mono = self._window_start(commands)
             writer = self._open_writer(stream, sampler, iface)
@@ -387,6 +396,8 @@ class Capture:
         """
         now = clock.monotonic_ns()
         start_at = commands.start_at_ns if commands is not None else None
+        if start_at is None:
+            start_at = self.options.start_at_ns  # --start-at (None: open now)
         if start_at is None:
             return now
         start = start_at - self._offset
@@ -411,6 +422,30 @@ class Capture:
                 self.stop.set("start timeout")
                 return False
         return True
+
+    def _wait_until(self, start_at_ns: int) -> bool:
+        """--start-at: every host of a fleet opens its window at the same wall-clock time,
+        however the hosts were started (Ansible's forks and batches start them apart).
+
+        Sleeps until just before it; _window_start then has the program open the window
+        at the instant itself."""
+        late_ns = clock.wall_clock_ns() - start_at_ns
+        if late_ns > START_AT_SLACK_NS:
+            # Compile and attach took longer than the play allowed: capture anyway, and say
+            # so (the window starts late on this host only).
+            self.events.emit("late", start_at_ns=start_at_ns, late_ns=late_ns)
+            print(
+                f"xdpcap: {self.options.iface}: ready {late_ns / 1e6:.1f} ms after --start-at; "
+                "the window opens now",
+                file=sys.stderr,
+            )
+            return True
+        while not self.stop.reason:
+            remaining_ns = start_at_ns - START_AT_LEAD_NS - clock.wall_clock_ns()
+            if remaining_ns <= 0:
+                return True
+            time.sleep(min(remaining_ns, 100_000_000) / 1e9)  # signals are seen within 0.1 s
+        return False
 
     def _open_writer(self, stream, sampler: Sampler, iface: netdev.Interface) -> PcapngWriter:
         uname = platform.uname()

@@ -78,3 +78,26 @@ def direction(value: str) -> str:
     if value not in DIRECTIONS:
         raise UsageError(f"direction {value!r}: expected one of {', '.join(DIRECTIONS)}")
     return value
+
+
+# --start-at: the window's absolute start (wall-clock ns). A little in the past is the
+# time the agent took to start; more is a stale or mistyped value. Far ahead would hold
+# the interface (attached, locked) for nothing.
+START_AT_PAST_S = 2.0
+START_AT_FUTURE_S = 600.0
+
+
+def start_at(value: int, now_ns: int) -> int:
+    """An absolute start time, checked against this host's wall clock `now_ns`."""
+    ahead_s = (value - now_ns) / 1e9
+    if ahead_s < -START_AT_PAST_S:
+        raise UsageError(
+            f"--start-at {value} is {-ahead_s:.1f} s in the past on this host's clock "
+            f"(at most {START_AT_PAST_S:g} s allowed): is the host's clock synchronised?"
+        )
+    if ahead_s > START_AT_FUTURE_S:
+        raise UsageError(
+            f"--start-at {value} is {ahead_s:.1f} s ahead of this host's clock "
+            f"(at most {START_AT_FUTURE_S:g} s allowed)"
+        )
+    return value

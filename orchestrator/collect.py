@@ -18,10 +18,10 @@ from typing import Any
 from rich.console import Console
 
 from ..agent import validate
+from . import inventory_ansible
 from .agent_bundle import build_agent_bundle
 from .clock import PROBES_AT_ONCE, ClockOffset
 from .errors import RemoteError, UsageError
-from .inventory import load_inventory
 from .remote_host import HostState, RemoteHost
 from .run import RunResult, _each, merge_states, print_result, write_run_json
 from .ssh import SshSettings
@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seconds to wait for a capture still running (default 60)",
     )
     collect.add_argument("--accept-new-host-keys", action="store_true")
+    collect.add_argument(
+        "--inventory-reader",
+        choices=inventory_ansible.READERS,
+        help="who reads the run's inventory again (as `xdpcap run`)",
+    )
+    collect.add_argument("--vault-password-file", help="decrypt !vault values in the inventory")
     collect.set_defaults(func=collect_command)
 
 
@@ -76,7 +82,9 @@ def collect_command(args: argparse.Namespace) -> int:
     validate.positive_number("--wait", args.wait, 3600)
     run = load_run(args.run_dir)
     states = _states_of(run, args.run_dir / "run.json")
-    inventory = load_inventory(run["inventory"])
+    inventory = inventory_ansible.load(
+        run["inventory"], args.inventory_reader, args.vault_password_file
+    ).inventory
     settings = SshSettings(accept_new_host_keys=args.accept_new_host_keys)
     missing = [
         s for s in states if not (s.local_file and Path(s.local_file).exists()) and s.remote_file

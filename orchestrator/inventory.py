@@ -54,6 +54,8 @@ __all__ = [
     "Group",
     "Host",
     "Inventory",
+    "build_inventory",
+    "check_structure",
     "format_host_list",
     "load_inventory",
     "parse_inventory_text",
@@ -145,6 +147,25 @@ class Inventory:
 def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Read and parse one inventory file (YAML, INI or JSON, told apart by content)."""
     source = os.fspath(path)
+    return parse_inventory_text(_read_text(source), source)
+
+
+def check_structure(path: str | os.PathLike[str]) -> None:
+    """This reader's checks of an inventory file's structure alone, variables unresolved.
+
+    For a static file that another reader (ansible-core's) reads: Ansible only warns about
+    an unknown key in a group, a duplicate key, or a file it then reads as something else,
+    and these are errors here. Templates and `!vault` values pass (they are not resolved).
+    """
+    source = os.fspath(path)
+    builder = _Builder(source)
+    _read_any(builder, _read_text(source).lstrip("\ufeff"), Path(source).suffix.lower())
+    _Resolver(builder)  # group cycles
+    if not builder.hosts:
+        builder.fail(1, "inventory defines no hosts")
+
+
+def _read_text(source: str) -> str:
     try:
         with open(source, encoding="utf-8") as stream:
             text = stream.read()
@@ -156,13 +177,47 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         raise InventoryError(f"{source}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise InventoryError(f"{source}: cannot read inventory: {exc.strerror}") from None
-    return parse_inventory_text(text, source)
+    return text
 
 
 def parse_inventory_text(text: str, source: str = "<string>") -> Inventory:
     """Parse inventory text; `source` names it in messages and its suffix hints the format."""
     builder = _Builder(source)
     _read_any(builder, text.lstrip("\ufeff"), Path(source).suffix.lower())
+    return builder.build()
+
+
+class GroupParts(NamedTuple):
+    """One group as another reader (ansible-core's) found it: its own members and variables."""
+
+    children: tuple[str, ...]
+    hosts: tuple[str, ...]  # direct members
+    vars: Mapping[str, object]
+
+
+def build_inventory(
+    source: str, groups: Mapping[str, GroupParts], host_vars: Mapping[str, Mapping[str, object]]
+) -> Inventory:
+    """An Inventory from another reader's groups and per-host variables, in `host_vars` order.
+
+    The same resolution and checks as a file read here (precedence, ungrouped, every value
+    that reaches ssh, sudo or the agent); messages name `source` without a line number.
+    """
+    builder = _Builder(source)
+    for name, parts in groups.items():
+        builder.add_group(name, None)
+        builder.group_vars(
+            name, {k: _Var(v, None, f"group '{name}'") for k, v in parts.vars.items()}
+        )
+    for name, parts in groups.items():
+        for child in parts.children:
+            builder.add_child(name, child, None)
+    for name, variables in host_vars.items():
+        member_of = [g for g, parts in groups.items() if name in parts.hosts] or ["ungrouped"]
+        for group in member_of:
+            builder.add_host(
+                group, name, None, {k: _Var(v, None, "host") for k, v in variables.items()}
+            )
     return builder.build()
 
 

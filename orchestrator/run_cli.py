@@ -18,10 +18,11 @@ from pathlib import Path
 from ..agent import validate
 from ..agent.__main__ import add_direction_argument, add_filter_arguments
 from ..agent.filter import spec as filter_spec
+from . import inventory_ansible
 from .agent_bundle import build_agent_bundle
 from .errors import UsageError
 from .filters import compile_for_hosts
-from .inventory import Host, format_host_list, load_inventory
+from .inventory import Host, format_host_list
 from .remote_host import (
     CaptureSettings,
     HostState,
@@ -45,7 +46,18 @@ def add_inventory_arguments(parser: argparse.ArgumentParser) -> None:
         "-i",
         "--inventory",
         required=True,
-        help="Ansible inventory: YAML, INI or `ansible-inventory --list` JSON",
+        help="Ansible inventory: YAML, INI or `ansible-inventory --list` JSON; with ansible-core "
+        "installed, anything `ansible -i` takes (plugins, directories, vault, Jinja)",
+    )
+    parser.add_argument(
+        "--inventory-reader",
+        choices=inventory_ansible.READERS,
+        help=f"who reads -i: ansible-core, the built-in reader, or auto (default; "
+        f"also ${inventory_ansible.READER_ENV})",
+    )
+    parser.add_argument(
+        "--vault-password-file",
+        help="decrypt !vault values in the inventory (ansible reader)",
     )
     parser.add_argument("--iface", help="interface on every host (host var xdpcap_iface wins)")
     parser.add_argument("-l", "--limit", help="Ansible host pattern: web:&prod:!web03")
@@ -129,8 +141,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def select_hosts(args: argparse.Namespace) -> list[Host]:
-    inventory = load_inventory(args.inventory)
-    hosts = inventory.select(args.limit)
+    loaded = inventory_ansible.load(args.inventory, args.inventory_reader, args.vault_password_file)
+    args.inventory_read_by = loaded.reader  # --list-hosts tells it
+    hosts = loaded.inventory.select(args.limit)
     if not hosts:
         raise UsageError(f"{args.inventory}: no hosts selected")
     if args.forks < 1 or args.forks > 1000:
@@ -193,6 +206,7 @@ def run_command(
         hosts, filter_spec.expression_from(args.expression, args.filter_file)
     )
     if args.list_hosts:
+        print(f"xdpcap: {args.inventory}: read by {args.inventory_read_by}", file=sys.stderr)
         print(format_host_list(hosts, args.iface))
         return 0
     validate.positive_number("--ready-timeout", args.ready_timeout, 3600)
