@@ -446,7 +446,7 @@ def example() -> Inventory:
         ("all", EXAMPLE_HOSTS),
         ("*", EXAMPLE_HOSTS),
         ("web", WEB),
-        ("edge-lon", LON),
+        ("edge_lon", LON),
         ("edge", FRA + LON),
         ("web*", WEB),  # a glob matches host names too
         ("edge-*", FRA + LON),
@@ -455,8 +455,8 @@ def example() -> Inventory:
         ("db:web", WEB + DB),  # always inventory order
         ("web,db", WEB + DB),
         ("web, db ,", WEB + DB),
-        ("edge:&edge-lon", LON),
-        ("edge:!edge-lon", FRA),
+        ("edge:&edge_lon", LON),
+        ("edge:!edge_lon", FRA),
         ("!edge:!web:!db", ["bastion.example.com"]),  # only exclusions: start from all
         ("&web", WEB),
         ("all:!web01.example.com:&web", WEB[1:]),
