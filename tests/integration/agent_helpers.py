@@ -12,13 +12,16 @@ from pathlib import Path
 from .veth import in_ns
 
 FOREIGN_PROGRAM = """
-import sys
+import shutil, sys, tempfile
+from pathlib import Path
 sys.path.append("/usr/lib/python3/dist-packages")
 from xdpcap.agent.headers import apply_environment, find_kernel_headers
-apply_environment(find_kernel_headers())
+work = tempfile.mkdtemp(prefix="xdpcap-test-headers-")  # bcc's header farm, removed below
+apply_environment(find_kernel_headers(Path(work)))
 from bcc import BPF
 b = BPF(text="int foreign_pass(struct xdp_md *ctx) { return XDP_PASS; }")
 b.attach_xdp(sys.argv[1], b.load_func("foreign_pass", BPF.XDP), 0)  # netlink: stays attached
+shutil.rmtree(work)
 """
 
 

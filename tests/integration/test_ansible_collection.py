@@ -110,14 +110,20 @@ def _packets_by_pcapng(path: Path) -> tuple[list[str], list[tuple[int, int]]]:
     return names, packets
 
 
-def _no_agent_left(lab) -> None:
+def _play_folders() -> set[str]:
+    """The play's private folders on the hosts (the lab's hosts share this file system)."""
+    return set(glob.glob("/tmp/xdpcap-*/xdpcap-agent.pyz"))
+
+
+def _no_agent_left(lab, folders_before: set[str]) -> None:
     for host in lab.hosts:
         assert xdp_program(host.namespace, "eth0") is None, host.name
-    # The play's private folders on the hosts (the lab's hosts share this file system).
-    assert glob.glob("/tmp/xdpcap-*/xdpcap-agent.pyz") == []
+    # Compared with before the play: another run's leftovers are not this play's.
+    assert _play_folders() - folders_before == set()
 
 
 def test_playbook_captures_every_host_and_merges(lab, ansible_env, tmp_path: Path) -> None:
+    folders_before = _play_folders()
     common_args = {h["ansible_ssh_common_args"] for h in _lab_hosts(lab).values()}
     assert all("StrictHostKeyChecking=yes" in args for args in common_args)
     assert "ANSIBLE_HOST_KEY_CHECKING" not in ansible_env
@@ -167,10 +173,11 @@ def test_playbook_captures_every_host_and_merges(lab, ansible_env, tmp_path: Pat
     # One absolute start for all: the windows open together, whatever Ansible's batches.
     starts = [h["summary"]["window_start_ns"] for h in report["hosts"]]
     assert max(starts) - min(starts) < 50_000_000
-    _no_agent_left(lab)
+    _no_agent_left(lab, folders_before)
 
 
 def test_failed_host_is_reported_and_the_others_merged(lab, ansible_env, tmp_path: Path) -> None:
+    folders_before = _play_folders()
     first, broken, third = (h.name for h in lab.hosts)
     inventory = inventory_with(lab, tmp_path, {broken: {"xdpcap_iface": "nosuch0"}})
     merged = tmp_path / "merged.pcapng"
@@ -195,7 +202,7 @@ def test_failed_host_is_reported_and_the_others_merged(lab, ansible_env, tmp_pat
         s = host["summary"]
         assert s["filter"] == "icmp or arp" and s["unaccounted"] == 0
         assert s["filtered_out"] > 0 and s["written"] > 0  # the play's own SSH is filtered out
-    _no_agent_left(lab)
+    _no_agent_left(lab, folders_before)
 
 
 def test_unknown_host_key_is_refused(lab, ansible_env, tmp_path: Path) -> None:
