@@ -243,25 +243,22 @@ class RemoteHost:
             self.host.become and (self.host.become_user or "root") != "root"
         )
 
-    def probe_clock(self, slots: threading.Semaphore, probe: ClockProbe | None = None) -> None:
+    def probe_clock(self, slots: threading.Semaphore) -> None:
         """Measure the host clock's offset (after the capture: no compile competes for CPU).
 
         The capture agent, waiting for its file to be fetched, answers on its own channel:
-        no session, login shell or Python start on the host. Without it (a reconnect) a
-        probe of its own: `probe`, or one started now; either way closed here.
+        no session, login shell or Python start on the host. Without it (a reconnect,
+        `xdpcap collect`) a probe of its own, started now and closed here.
         """
         assert self.conn is not None
-        if probe is None and self.process is not None and not self.process.finished.is_set():
+        if self.process is not None and not self.process.finished.is_set():
             offset = measure_rounds(self._clock_round_trip, self.host.name, slots=slots)
-            self.state.clock = ClockOffset(offset.offset_ns, offset.error_ns, self.sync_state)
-            return
-        try:
-            if probe is None:
-                probe = ClockProbe(self.conn, self._clock_command(), name=self.host.name)
+        else:
+            probe = ClockProbe(self.conn, self._clock_command(), name=self.host.name)
+            try:
                 probe.wait_up()
-            offset = probe.measure(slots=slots)
-        finally:
-            if probe is not None:
+                offset = probe.measure(slots=slots)
+            finally:
                 probe.close()
         self.state.clock = ClockOffset(offset.offset_ns, offset.error_ns, self.sync_state)
 
@@ -284,19 +281,18 @@ class RemoteHost:
         return quote_command(self._plain_agent_argv(self.agent_path, "clock", "--serve"))
 
     def open_standby(self) -> None:
-        """Start opening the fetch's SFTP session and clock probe (once the window is open).
+        """Start opening the fetch's SFTP session (once the window is open).
 
         Once per connection: a reconnect closes the old standby and the fetch that follows
         at once opens its own.
         """
         if self.standby is None and self.conn is not None and self.conn.is_connected:
-            # No clock probe: the capture agent answers that itself (probe_clock).
-            self.standby = Standby(self.conn, None, name=self.host.name)
+            self.standby = Standby(self.conn, name=self.host.name)
 
-    def take_standby(self) -> tuple[SFTPClient | None, ClockProbe | None]:
-        """The pre-opened SFTP client and clock probe where ready, else None: the caller
-        owns (and closes) what it gets."""
-        return self.standby.take() if self.standby is not None else (None, None)
+    def take_standby(self) -> SFTPClient | None:
+        """The pre-opened SFTP client where ready, else None: the caller owns (and
+        closes) what it gets."""
+        return self.standby.take() if self.standby is not None else None
 
     @property
     def become_password(self) -> str | None:

@@ -6,14 +6,16 @@ Phases, each bounded in time:
    where missing) and start it; each agent compiles and attaches, then says ready.
    The connects go out first: the agent bundle is built, and the live table's code
    loaded, while they are under way;
-2. when every host is ready (or failed, or the ready timeout passed), send "start" to all
-   at once, so every host captures the same stretch of time; show live progress;
-   once a host's window is open, its SFTP session and clock probe are opened in the
-   background (standby.py), so that after the capture nobody waits for them;
+2. when every host is ready (or failed, or the ready timeout passed), send "start T" to
+   all, T a little ahead: every host's program opens and closes its window at the same
+   instant, so every host captures the same stretch of time; show live progress;
+   once a host's window is open, its SFTP session is opened in the background
+   (standby.py), so that after the capture nobody waits for it;
 3. fetch each capture (at most --forks at a time), verified against the sha256 the agent
-   computed, while the host's clock offset is measured beside it (the timed rounds run
-   only now, with no compile or capture competing for CPU, a few hosts at a time, and
-   stop once the minimum round trip has settled); the agent then deletes its copy;
+   computed, while the host's clock offset is measured beside it by asking the waiting
+   agent itself (the timed rounds run only now, with no compile or capture competing for
+   CPU, a few hosts at a time, and stop once the minimum round trip has settled); the
+   agent then deletes its copy;
 4. merge what arrived into one pcapng, clock-corrected.
 A failed host never hides the others: each ends with a result, reported at the end.
 
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING
 from ..agent import __version__
 from ..agent.filter.spec import CompiledFilter
 from .agent_bundle import build_agent_bundle
-from .clock import PROBES_AT_ONCE, ClockProbe, corrections
+from .clock import PROBES_AT_ONCE, corrections
 from .errors import MergeError, RemoteError, UsageError, XdpcapError
 from .inventory import Host
 from .remote_host import CaptureSettings, HostState, RemoteHost, validate_iface_for
@@ -426,10 +428,8 @@ class Run:
             # by side. Both were opened during the capture window where that worked;
             # else each opens now (each SSH command costs the host a login shell).
             remote.state.state = "fetching"
-            sftp, clock_probe = remote.take_standby()
-            probe = threading.Thread(
-                target=self._probe_clock, args=(remote, clock_slots, clock_probe)
-            )
+            sftp = remote.take_standby()
+            probe = threading.Thread(target=self._probe_clock, args=(remote, clock_slots))
             probe.start()
             try:
                 # The agent answers the probe: it deletes its copy (and exits) only after.
@@ -453,11 +453,9 @@ class Run:
             if remote.state.state in ("captured", "fetching", "disconnected"):
                 _fail(remote, f"fetch interrupted; run `xdpcap collect {self.run_dir}`")
 
-    def _probe_clock(
-        self, remote: RemoteHost, slots: threading.Semaphore, probe: ClockProbe | None
-    ) -> None:
+    def _probe_clock(self, remote: RemoteHost, slots: threading.Semaphore) -> None:
         try:
-            remote.probe_clock(slots, probe)
+            remote.probe_clock(slots)
         except XdpcapError as exc:  # the capture is still good; merged uncorrected
             self.console.print(f"{exc}; its clock offset is unknown", soft_wrap=True)
 
