@@ -46,12 +46,11 @@ class ClockOffset:
 class ClockProbe:
     """The agent's `clock --serve` on a channel of its own, read in the thread that measures:
     every hand-off between threads on the reply path would widen the round trip and bias
-    the offset.
+    the offset. For when no capture agent is there to ask (a reconnect, `xdpcap collect`).
 
     Starting it costs the host a login shell and a Python start, far longer than the
     rounds; `__init__` (sends the command) and `wait_up` (its first answer) are apart so
-    the start can overlap other work, and the whole start can happen long before
-    `measure` (the run starts it during the capture window, see standby.py).
+    the start can overlap other work.
     """
 
     def __init__(self, conn: Connection, command: str, *, name: str) -> None:

@@ -206,7 +206,7 @@ class RemoteHost:
     # Set on every event from the agent, so the run reacts at once (shared by the run).
     changed: threading.Event = field(default_factory=threading.Event)
     deleted: threading.Event = field(default_factory=threading.Event)
-    standby: Standby | None = None  # the fetch's sessions, opened during the capture window
+    standby: Standby | None = None  # the fetch's SFTP session, opened during the window
     capture_filter: CompiledFilter | None = None  # compiled on the controller (filters.py)
     live: LiveHost | None = None  # this host's part of the live stream (-w -), if any
     # The capture agent's answers to "clock": (its wall clock, when we read it).
