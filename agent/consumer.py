@@ -182,7 +182,7 @@ class TimeOrderer:
         if horizon_ns is None or pending[-1][0] < horizon_ns:
             self._pending = []
             return pending
-        cut = _bisect(pending, horizon_ns)
+        cut = bisect_time(pending, horizon_ns)
         ready, self._pending = pending[:cut], pending[cut:]
         return ready
 
@@ -190,7 +190,9 @@ class TimeOrderer:
         return len(self._pending)
 
 
-def _bisect(items: list[tuple[int, bytes, int]], ts: int) -> int:
+def bisect_time(items: list[tuple[int, bytes, int]], ts: int) -> int:
+    """How many of `items` (sorted by their first field, a time) come before `ts`
+    (bisect_left; its key= needs Python 3.10, and agents run on 3.9 too)."""
     lo, hi = 0, len(items)
     while lo < hi:
         mid = (lo + hi) // 2

@@ -43,6 +43,7 @@ from operator import itemgetter
 from typing import Any
 
 from ..agent import __version__
+from ..agent.consumer import bisect_time
 from ..agent.pcapng import IF_FILTER, PcapngWriter
 from ..agent.protocol import FRAME_HEAD
 
@@ -311,7 +312,7 @@ class LiveMerge:
             if horizon is None or pending[-1][0] < horizon:
                 cut = len(pending)
             else:
-                cut = _bisect(pending, horizon)
+                cut = bisect_time(pending, horizon)
             if cut:
                 runs.append(pending[:cut])
                 del pending[:cut]
@@ -412,14 +413,3 @@ class _Output:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self._fd)
-
-
-def _bisect(items: list[tuple[int, bytes, int]], ts: int) -> int:
-    lo, hi = 0, len(items)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if items[mid][0] < ts:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo

@@ -55,6 +55,17 @@ def inventory_with(lab: Lab, tmp_path: Path, host_vars: dict[str, dict]) -> Path
 
 
 @contextmanager
+def _killed_after(procs: list[subprocess.Popen]) -> Iterator[None]:
+    """Background traffic: every process is killed (and reaped) when the block ends."""
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextmanager
 def pings_between_all(lab: Lab, seconds: float) -> Iterator[None]:
     """Every host pings every other host's IPv4 address, 10 per second, in the background."""
     procs = []
@@ -80,12 +91,8 @@ def pings_between_all(lab: Lab, seconds: float) -> Iterator[None]:
                         stderr=subprocess.DEVNULL,
                     )
                 )
-    try:
+    with _killed_after(procs):
         yield
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def echo_pairs(merged: Path) -> tuple[list[tuple[int, int, str, str, str, str]], int]:
@@ -196,12 +203,8 @@ def delayed_udp_echo(lab: Lab, seconds: float) -> Iterator[None]:
                 ]
             )
         )
-    try:
+    with _killed_after(procs):
         yield
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def udp_echo_pairs(merged: Path) -> list[tuple[int, int]]:
@@ -245,9 +248,5 @@ def udp_between_all(lab: Lab, rate: float, seconds: float, port: int = 7088) -> 
         targets = [h.ipv4 for h in lab.hosts if h.name != host.name]
         argv = [sys.executable, "-c", _UDP_SENDER, str(rate), str(seconds), str(port), *targets]
         procs.append(subprocess.Popen(["ip", "netns", "exec", host.namespace, *argv]))
-    try:
+    with _killed_after(procs):
         yield
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait(timeout=10)
