@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from bisect import bisect_right
 from collections.abc import Iterable
+from itertools import accumulate
 from typing import BinaryIO
 
 # Block types.
@@ -281,26 +283,29 @@ class PcapngWriter:
         """Append many framed blocks at once (the merge's hot path); `packets` of them are EPBs.
 
         One join per batch instead of one append per block; flushed like `write_raw`.
-        A batch of packets alone (the agent's) goes in slices of FLUSH_BYTES or so: a
-        full disk then keeps every slice that fitted, not nothing of a large batch.
+        A batch of packets alone (the agent's) larger than FLUSH_BYTES goes to the file
+        in slices of whole blocks: a full disk then keeps every slice that fitted, not
+        nothing of the batch (a flood formatted while the agent was behind).
         """
-        if not isinstance(blocks, list) or packets != len(blocks):
-            self._buffer += b"".join(blocks)
+        data = b"".join(blocks)
+        if len(data) <= FLUSH_BYTES or not isinstance(blocks, list) or packets != len(blocks):
+            self._buffer += data
             self.packets_written += packets
             if len(self._buffer) >= FLUSH_BYTES:
                 self.flush()
             return
-        start = 0
-        while start < len(blocks):
-            end, size = start, len(self._buffer)
-            while end < len(blocks) and size < FLUSH_BYTES:
-                size += len(blocks[end])
-                end += 1
-            self._buffer += b"".join(blocks[start:end])
-            self.packets_written += end - start
+        ends = list(accumulate(map(len, blocks)))  # where each block ends in `data`
+        view = memoryview(data)
+        first = pos = 0
+        while first < len(blocks):
+            # The blocks that fit in what the buffer has left, at least one.
+            last = max(first + 1, bisect_right(ends, pos + FLUSH_BYTES - len(self._buffer)))
+            end = ends[last - 1]
+            self._buffer += view[pos:end]
+            self.packets_written += last - first
             if len(self._buffer) >= FLUSH_BYTES:
                 self.flush()
-            start = end
+            first, pos = last, end
 
     def flush(self) -> None:
         """Hand the buffer to the file; on failure the file is cut back to whole blocks.
