@@ -18,7 +18,7 @@ import pytest
 from xdpcap.orchestrator import extcap
 
 from .agent_helpers import capinfos, tshark_fields
-from .lab_helpers import pings_between_all, private_lab, udp_between_all
+from .lab_helpers import pings_between_all, private_lab, udp_between_all, xdpcap
 
 READER = Path(__file__).with_name("stream_reader.py")
 
@@ -285,25 +285,13 @@ def installed_extcap():
     before = sorted(os.listdir(folder))
     assert extcap.LAUNCHER_NAME not in before, "a launcher is already installed"
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "xdpcap.orchestrator", "extcap", "install"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = xdpcap("extcap", "install", timeout=60)
         assert result.returncode == 0, result.stderr
         yield folder
     finally:
-        (folder / extcap.LAUNCHER_NAME).unlink(missing_ok=True)
-        result = subprocess.run(
-            [sys.executable, "-m", "xdpcap.orchestrator", "extcap", "uninstall"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    assert result.returncode == 0 and "not installed" in result.stdout
+        result = xdpcap("extcap", "uninstall", timeout=60)
+        (folder / extcap.LAUNCHER_NAME).unlink(missing_ok=True)  # whatever happened above
+    assert result.returncode == 0 and "removed" in result.stdout, result.stdout + result.stderr
     assert sorted(os.listdir(folder)) == before
 
 
