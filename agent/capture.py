@@ -286,6 +286,7 @@ class Capture:
         options = self.options
         commands = ControllerCommands(on_clock=self._answer_clock) if options.controller else None
         previous = _install_signal_handlers(self.stop, options.controller)
+        hand_over: threading.Thread | None = None
         try:
             with InterfaceLock(options.iface):
                 iface = netdev.inspect_interface(options.iface)
@@ -313,15 +314,24 @@ class Capture:
                     egress_attach=options.egress_attach,
                 ) as sampler:
                     self._capture(sampler, iface, commands)
-            if commands is not None and self.summary.window_end_ns:
-                self._hand_over(commands)
+                    if commands is not None and self.summary.window_end_ns:
+                        # From "done" on, the controller fetches: its "delete" is
+                        # answered while the hooks detach (each detach waits for the
+                        # kernel's rtnl lock: long on a host with many at once).
+                        hand_over = threading.Thread(
+                            target=self._hand_over, args=(commands,), name="hand-over", daemon=True
+                        )
+                        hand_over.start()
+            if hand_over is not None:
+                hand_over.join()  # detached and unlocked: waits only for the controller
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return self.summary
 
     def _hand_over(self, commands: ControllerCommands) -> None:
-        """Detached and unlocked: wait (bounded) for the controller to fetch the file.
+        """Wait (bounded) for the controller to fetch the file (in a thread of its own:
+        the main thread detaches and unlocks meanwhile, then waits for this one).
 
         It answers "delete" once its copy matches size and sha256, which saves a remote
         command per host; without an answer the file stays for `xdpcap collect`.
@@ -568,8 +578,10 @@ class Capture:
                 break
 
     def _finish(self, sampler: Sampler, consumer: SampleConsumer, writer: PcapngWriter) -> None:
-        # Detach first so nothing new arrives, then drain every buffer to the end.
-        sampler.detach()
+        # The window is closed (disable()): once no program run that saw it open is still
+        # under way, drain every buffer to the end. The hooks are detached after "done"
+        # (Sampler.close), while the controller fetches.
+        sampler.quiesce()
         backlog = self._backlog
         idle_rounds = 0
         while idle_rounds < 2:

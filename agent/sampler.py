@@ -26,6 +26,7 @@ from . import contract, libbpf, perf_ring, program_cache
 from .bcc_import import bcc_version, bcc_version_unloaded, import_bcc
 from .errors import AgentError
 from .filter import to_c
+from .grace_period import wait_for_running_programs
 from .headers import KernelHeaders, apply_environment, find_kernel_headers, remove_farm
 from .hooks import Hook
 from .hooks.tc import TcEgressHook
@@ -273,6 +274,13 @@ class Sampler:
         """Close the capture window; the program stays attached but does nothing."""
         if self._map_fds:
             self._write_config(enabled=False)
+
+    def quiesce(self) -> None:
+        """After disable(): wait until no program run that saw the window open is still
+        under way, so the rings and counters hold all it did (grace_period.py). Where
+        the kernel has no barrier for that, detach, which waits as well."""
+        if not wait_for_running_programs():
+            self.detach()
 
     # -- attach / detach ---------------------------------------------------------------
     def attach(self) -> None:

@@ -206,6 +206,7 @@ class RemoteHost:
     # Set on every event from the agent, so the run reacts at once (shared by the run).
     changed: threading.Event = field(default_factory=threading.Event)
     deleted: threading.Event = field(default_factory=threading.Event)
+    ready_event: threading.Event = field(default_factory=threading.Event)  # it said "ready"
     standby: Standby | None = None  # the fetch's SFTP session, opened during the window
     capture_filter: CompiledFilter | None = None  # compiled on the controller (filters.py)
     live: LiveHost | None = None  # this host's part of the live stream (-w -), if any
@@ -382,6 +383,16 @@ class RemoteHost:
         self.launch_agent(bundle, run_rel, args)
         self.state.remote_file = out_rel if out_rel.startswith("/") else f"{self.home}/{out_rel}"
 
+    def wait_ready(self, timeout_s: float) -> None:
+        """Until the agent says "ready", ends, or timeout_s pass (whichever comes first:
+        the run's own wait for ready judges what it was)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready_event.wait(0.05):
+            if self.process is None or self.process.finished.is_set():
+                return
+            if time.monotonic() > deadline:
+                return
+
     def launch_agent(self, bundle: AgentBundle, folder_rel: str, args: list[str]) -> None:
         """Run the agent with one remote command (two if it must be uploaded), connecting
         first if not yet connected.
@@ -468,6 +479,7 @@ class RemoteHost:
         if kind == "ready":
             state.state = "ready"
             state.t_ready_s = now
+            self.ready_event.set()
         elif kind == "capturing":
             state.state = "capturing"
             state.t_capturing_s = now

@@ -1,9 +1,10 @@
 """`xdpcap run`: capture on every selected host at once, fetch, merge.
 
 Phases, each bounded in time:
-1. launch (at most --forks hosts at a time): connect, verify the host key, and with one
-   remote command create the run folder, check the cached agent's hash (uploading it
-   where missing) and start it; each agent compiles and attaches, then says ready.
+1. launch (at most --forks hosts at a time, fewer while launches slow down: launch_gate.py):
+   connect, verify the host key, and with one remote command create the run folder,
+   check the cached agent's hash (uploading it where missing) and start it; each agent
+   compiles and attaches, then says ready, and the host's slot goes to the next;
    The connects go out first: the agent bundle is built, and the live table's code
    loaded, while they are under way;
 2. when every host is ready (or failed, or the ready timeout passed), send "start T" to
@@ -45,6 +46,7 @@ from .agent_bundle import build_agent_bundle
 from .clock import PROBES_AT_ONCE, corrections
 from .errors import MergeError, RemoteError, UsageError, XdpcapError
 from .inventory import Host
+from .launch_gate import LaunchGate
 from .remote_host import CaptureSettings, HostState, RemoteHost, validate_iface_for
 from .report import final_lines, final_table, live_table
 from .ssh import SshSettings
@@ -63,6 +65,7 @@ DRAWING_MODULES = ("rich.live", "rich.table")
 MERGE_MODULE = f"{__package__}.merge"
 
 READY_TIMEOUT_S = 90.0
+READY_GRACE_S = 2.0
 BUNDLE_WAIT_S = 60.0
 DONE_GRACE_S = 30.0
 STOP_GRACE_S = 30.0
@@ -189,6 +192,7 @@ class Run:
             remote.changed = self._changed
         self._next_render = 0.0
         self.phases: dict[str, float] = {}  # seconds since the start, for run.json
+        self.gate = LaunchGate(options.forks)
         self._alignment: Alignment | None = None  # the clocks as the traffic aligned them
         self.live: LiveMerge | None = None
         self.stream_report: dict | None = None  # for run.json and the final report
@@ -296,8 +300,11 @@ class Run:
             bundle = builder.submit(build_agent_bundle)
 
             def launch(remote: RemoteHost) -> None:
-                remote.connect()
-                remote.launch(bundle.result(BUNDLE_WAIT_S), capture)
+                with self.gate.slot():
+                    remote.connect()
+                    remote.launch(bundle.result(BUNDLE_WAIT_S), capture)
+                    # Until ready: the agent's start is the launch's largest cost.
+                    remote.wait_ready(self.options.ready_timeout_s)
 
             _each(self.options.forks, self.remotes, launch, meanwhile=self._while_connecting)
         bundle.result()  # a bundle that could not be built is the run's error, not a host's
@@ -355,7 +362,9 @@ class Run:
             remote.start(start_at)
 
     def _wait_ready(self, active: list[RemoteHost], live: Live) -> None:
-        deadline = time.monotonic() + self.options.ready_timeout_s
+        # Each launch already waited up to the ready timeout for its agent (in its slot):
+        # what is not ready now never will be.
+        deadline = time.monotonic() + READY_GRACE_S
         while time.monotonic() < deadline:
             if self.live is not None and self.live.reader_gone.is_set():
                 raise _ReaderGone
@@ -500,6 +509,7 @@ class Run:
             "iface": self.options.iface,
             "interrupted": self.interrupted,
             "phases_s": self.phases,
+            "launch": self.gate.report(),
             "capture": self.options.capture.__dict__,
             "merged": str(merged) if merged else None,
             "clock_correction": self.options.clock_correction,

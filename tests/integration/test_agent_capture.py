@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -239,6 +240,64 @@ def test_foreign_program_is_refused_and_kept(pair, tmp_path: Path) -> None:
         assert still is not None and still["id"] == foreign["id"]
     finally:
         in_ns(pair.capture_ns, "ip", "link", "set", "dev", pair.capture_if, "xdp", "off")
+
+
+def _epoch_ns(text: str) -> int:
+    seconds, _, fraction = text.partition(".")
+    return int(seconds) * 10**9 + int(fraction.ljust(9, "0")[:9])
+
+
+# Sends UDP to argv[1] at about 5,000 packets a second for argv[2] seconds.
+STEADY_UDP = """
+import socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    for _ in range(50):
+        sock.sendto(b"x" * 64, (sys.argv[1], 9))
+    time.sleep(0.01)
+"""
+
+
+def test_the_window_closes_under_traffic_with_nothing_in_transit(pair, tmp_path: Path) -> None:
+    """Packets arrive (and ICMP answers leave) as the window closes: the agent drains
+    after a grace period, not after detaching (the hooks stay attached, disabled, until
+    "done"), and every packet a hook saw is in the file — none in transit, none lost,
+    the last one at the close — and the hooks are gone afterwards."""
+    out = tmp_path / "close.pcapng"
+    agent = start_agent(pair.capture_ns, "-i", pair.capture_if, "-w", str(out), "--duration", "1.5")
+    try:
+        wait_for_event(agent, "capturing")
+        sender = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                pair.peer_ns,
+                sys.executable,
+                "-c",
+                STEADY_UDP,
+                pair.capture_ip,
+                "3",
+            ]
+        )
+        done = wait_for_event(agent, "done", timeout=30)
+        sender.wait(timeout=30)
+    finally:
+        agent.wait(timeout=30)
+    assert agent.returncode == 0, agent.stderr.read()
+    assert xdp_program(pair.capture_ns, pair.capture_if) is None
+    assert done["lost"] == 0, done["lost_detail"]
+    assert (
+        done["seen"]
+        == done["written"]
+        == done["directions"]["in"]["seen"] + done["directions"]["out"]["seen"]
+    )
+    assert done["written"] > 2000
+    stamps = [_epoch_ns(f[0]) for f in tshark_fields(out, "frame.time_epoch")]
+    assert len(stamps) == done["written"]
+    # Traffic ran through the close: the last packet is within 50 ms of the window's end.
+    assert 0 <= done["window_end_ns"] - stamps[-1] < 50_000_000
 
 
 def test_kill_9_leaves_nothing_attached(pair, tmp_path: Path) -> None:

@@ -29,13 +29,13 @@ OUTBOUND, INBOUND = "0x00000002", "0x00000001"  # as tshark prints epb_flags' di
 # own (a tcx link, last in the chain, or a clsact filter at priority 5). It prints its
 # counter for every line it reads and detaches when its stdin closes.
 FOREIGN_TC = r"""
-import ctypes, os, struct, sys
+import ctypes, os, shutil, struct, sys, tempfile
+from pathlib import Path
 sys.path.append("/usr/lib/python3/dist-packages")
 from xdpcap.agent.headers import apply_environment, find_kernel_headers
 from xdpcap.agent import libbpf
-import tempfile
-from pathlib import Path
-apply_environment(find_kernel_headers(Path(tempfile.mkdtemp())))
+work = tempfile.mkdtemp(prefix="xdpcap-test-headers-")  # bcc's header farm, removed below
+apply_environment(find_kernel_headers(Path(work)))
 from bcc import BPF
 b = BPF(text='''
 BPF_ARRAY(seen, u64, 1);
@@ -47,6 +47,7 @@ int foreign_count(struct __sk_buff *skb) {
 }
 ''')
 fd = b.load_func(b"foreign_count", BPF.SCHED_CLS).fd
+shutil.rmtree(work)
 ifindex = int(open(f"/sys/class/net/{sys.argv[1]}/ifindex").read())
 if sys.argv[2] == "tcx":
     link = libbpf.link_create(fd, ifindex, libbpf.BPF_TCX_EGRESS, 0)
