@@ -108,8 +108,9 @@ def missing_headers_message(release: str) -> str:
     )
 
 
-def find_kernel_headers(workdir: Path | None = None) -> KernelHeaders:
-    """Locate headers, preferring the running kernel's; build a farm in `workdir` if needed.
+def find_kernel_headers(workdir: Path | None = None, *, build_farm: bool = True) -> KernelHeaders:
+    """Locate headers, preferring the running kernel's; build a farm in `workdir` if needed
+    (not with build_farm=False: which headers, for a cache key, without the compiler's tree).
 
     Raises AgentError naming the package to install when there are none at all.
     """
@@ -135,10 +136,13 @@ def find_kernel_headers(workdir: Path | None = None) -> KernelHeaders:
         path = Path(str(where))
         return KernelHeaders(release, version, str(path), exact, str(path))
     flavour, common = where  # type: ignore[misc]
+    where_text = f"{flavour} + {common.name}"
+    if not build_farm:
+        return KernelHeaders(release, version, where_text, exact, None)
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="xdpcap-headers-"))
     farm = _symlink_farm(flavour, common, arch, workdir)
-    return KernelHeaders(release, version, f"{flavour} + {common.name}", exact, str(farm))
+    return KernelHeaders(release, version, where_text, exact, str(farm))
 
 
 def remove_farm(headers: KernelHeaders) -> None:

@@ -82,6 +82,14 @@ def inspect_interface(name: str) -> Interface:
     )
 
 
+def ifindex(name: str) -> int:
+    """The interface's index, from sysfs (no `ip` process)."""
+    try:
+        return int((SYS_NET / name / "ifindex").read_text())
+    except (OSError, ValueError):
+        raise AgentError(f"interface {name!r} does not exist on this host") from None
+
+
 def attached_program(name: str) -> AttachedProgram | None:
     return _attached(_ip_link(name))
 

@@ -159,16 +159,18 @@ class Sampler:
     def compile(self) -> None:
         """Load the sampler: from the cache when it holds this exact build, else bcc."""
         started = time.monotonic()
-        workdir = Path(tempfile.mkdtemp(prefix="xdpcap-bpf-"))
-        try:
-            self.headers = find_kernel_headers(workdir)
-            key = sampler_cache_key(self.headers, self.filter_source)
-            if not self._load_cached(key):
+        # Which headers is part of the cache key; the tree bcc compiles with (a symlink
+        # farm joining Debian's split packages) and the sources are built only to compile.
+        self.headers = find_kernel_headers(build_farm=False)
+        key = sampler_cache_key(self.headers, self.filter_source)
+        if not self._load_cached(key):
+            workdir = Path(tempfile.mkdtemp(prefix="xdpcap-bpf-"))
+            try:
+                self.headers = find_kernel_headers(workdir)
                 self._compile_with_bcc(workdir)
                 self._store_cached(key)
-        finally:
-            # The headers and sources are only needed by the compiler.
-            shutil.rmtree(workdir, ignore_errors=True)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
         self.load_s = time.monotonic() - started
         self._write_config(enabled=False)
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-START = 8  # launches at first (all of them, for a run on fewer hosts)
+START = 16  # launches at first (all of them, for a run on fewer hosts)
 FLOOR = 4  # never fewer at once, however slow: a slow host must not stall the rest
 TOLERANCE = 2.0  # a launch slower than this × the fastest is a sign of contention
 

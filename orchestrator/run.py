@@ -80,7 +80,7 @@ START_LEAD_PER_HOST_S = 0.002
 class RunOptions:
     iface: str | None
     capture: CaptureSettings
-    forks: int = 10
+    forks: int = 50
     runs_dir: Path = Path("xdpcap-runs")
     inventory_path: str | None = None  # recorded in run.json for `xdpcap collect`
     reconnect_wait_s: float = RECONNECT_WAIT_S

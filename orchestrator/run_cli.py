@@ -65,8 +65,9 @@ def add_inventory_arguments(parser: argparse.ArgumentParser) -> None:
         "-f",
         "--forks",
         type=int,
-        default=10,
-        help="hosts prepared and fetched at once (default 10)",
+        default=50,
+        help="at most this many hosts prepared, and fetched, at once (default 50; fewer "
+        "while launches slow down, e.g. on an overloaded controller)",
     )
     parser.add_argument(
         "--accept-new-host-keys",

@@ -64,7 +64,7 @@ class XdpHook:
                 f"{self.iface}: an XDP program is already attached ({present.describe()}); "
                 "xdpcap never replaces it"
             )
-        ifindex = netdev.inspect_interface(self.iface).ifindex
+        ifindex = netdev.ifindex(self.iface)
         flags = MODE_FLAGS[self.mode_requested]
         fd = libbpf.link_create(prog_fd, ifindex, libbpf.BPF_XDP_ATTACH_TYPE, flags)
         if fd >= 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -250,3 +251,33 @@ def udp_between_all(lab: Lab, rate: float, seconds: float, port: int = 7088) -> 
         procs.append(subprocess.Popen(["ip", "netns", "exec", host.namespace, *argv]))
     with _killed_after(procs):
         yield
+
+
+BECOME_PASSWORD = "Become-Pass-4471"
+
+
+@contextmanager
+def sudo_user(lab, *, nopasswd: bool) -> Iterator[str]:
+    """A throw-away user with the lab key in its authorized_keys and a sudoers drop-in
+    (the lab's hosts share this machine's users), removed with its home afterwards."""
+    name = f"xdpcapt{os.getpid() % 100000}"
+    sudoers = Path(f"/etc/sudoers.d/xdpcap-test-{name}")
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True, timeout=30)
+    try:
+        home = Path(f"/home/{name}")
+        ssh_dir = home / ".ssh"
+        ssh_dir.mkdir(mode=0o700)
+        (ssh_dir / "authorized_keys").write_text(Path(f"{lab.key_path}.pub").read_text())
+        shutil.chown(ssh_dir, name, name)
+        shutil.chown(ssh_dir / "authorized_keys", name, name)
+        subprocess.run(
+            ["chpasswd"], input=f"{name}:{BECOME_PASSWORD}\n", text=True, check=True, timeout=30
+        )
+        rule = f"{name} ALL=(root) {'NOPASSWD: ' if nopasswd else ''}ALL\n"
+        sudoers.write_text(rule)
+        sudoers.chmod(0o440)
+        yield name
+    finally:
+        sudoers.unlink(missing_ok=True)
+        subprocess.run(["pkill", "-9", "-u", name], check=False, timeout=30)
+        subprocess.run(["userdel", "-r", "-f", name], check=False, timeout=30, capture_output=True)

@@ -16,7 +16,14 @@ import pytest
 import yaml
 
 from .agent_helpers import capinfos, start_agent, tshark_fields, wait_for_event, xdp_program
-from .lab_helpers import echo_pairs, inventory_with, pings_between_all, private_lab
+from .lab_helpers import (
+    BECOME_PASSWORD,
+    echo_pairs,
+    inventory_with,
+    pings_between_all,
+    private_lab,
+    sudo_user,
+)
 
 REPO = Path(__file__).parents[2]
 COLLECTION = REPO / "ansible_collections" / "xdpcap" / "capture"
@@ -202,6 +209,44 @@ def test_failed_host_is_reported_and_the_others_merged(lab, ansible_env, tmp_pat
         s = host["summary"]
         assert s["filter"] == "icmp or arp" and s["unaccounted"] == 0
         assert s["filtered_out"] > 0 and s["written"] > 0  # the play's own SSH is filtered out
+    _no_agent_left(lab, folders_before)
+
+
+def test_a_user_who_is_not_root_becomes_root_with_a_password(
+    lab, ansible_env, tmp_path: Path
+) -> None:
+    """Logged in as an unprivileged user, the play becomes root through sudo with a
+    password (ansible_become_password): the agent attaches as root, the file comes back."""
+    folders_before = _play_folders()
+    merged = tmp_path / "merged.pcapng"
+    with sudo_user(lab, nopasswd=False) as user:
+        inventory = inventory_with(
+            lab,
+            tmp_path,
+            {
+                h.name: {
+                    "ansible_user": user,
+                    "ansible_become": True,
+                    "ansible_become_password": BECOME_PASSWORD,
+                }
+                for h in lab.hosts
+            },
+        )
+        # Ansible's temporary files on the hosts where the login user can write them.
+        env = {**ansible_env, "ANSIBLE_REMOTE_TMP": "~/.ansible/tmp"}
+        with pings_between_all(lab, seconds=120):
+            result = _playbook(env, inventory, tmp_path, "-e", f"xdpcap_output={merged}")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert BECOME_PASSWORD not in result.stdout + result.stderr
+        # Ansible logged in as that user: its temporary folder is in the user's home.
+        assert Path(f"/home/{user}/.ansible/tmp").is_dir()
+    assert {row[0] for row in tshark_fields(merged, "frame.interface_name")} == {
+        f"{h.name}:eth0" for h in lab.hosts
+    }
+    report = json.loads((tmp_path / "merged-hosts" / "run.json").read_text())
+    for host in report["hosts"]:
+        s = host["summary"]
+        assert s["unaccounted"] == 0 and s["written"] > 0, host["name"]
     _no_agent_left(lab, folders_before)
 
 

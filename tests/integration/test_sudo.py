@@ -10,15 +10,12 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from .lab_helpers import inventory_with, private_lab, xdpcap
-
-PASSWORD = "Become-Pass-4471"
+from .lab_helpers import BECOME_PASSWORD as PASSWORD
+from .lab_helpers import inventory_with, private_lab, sudo_user, xdpcap
 
 
 @pytest.fixture
@@ -27,31 +24,6 @@ def lab(tmp_path: Path):
         pytest.fail("sudo is not installed (scripts/setup.sh installs it)")
     with private_lab("sudo", tmp_path) as lab:
         yield lab
-
-
-@contextmanager
-def sudo_user(lab, *, nopasswd: bool) -> Iterator[str]:
-    name = f"xdpcapt{os.getpid() % 100000}"
-    sudoers = Path(f"/etc/sudoers.d/xdpcap-test-{name}")
-    subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True, timeout=30)
-    try:
-        home = Path(f"/home/{name}")
-        ssh_dir = home / ".ssh"
-        ssh_dir.mkdir(mode=0o700)
-        (ssh_dir / "authorized_keys").write_text(Path(f"{lab.key_path}.pub").read_text())
-        shutil.chown(ssh_dir, name, name)
-        shutil.chown(ssh_dir / "authorized_keys", name, name)
-        subprocess.run(
-            ["chpasswd"], input=f"{name}:{PASSWORD}\n", text=True, check=True, timeout=30
-        )
-        rule = f"{name} ALL=(root) {'NOPASSWD: ' if nopasswd else ''}ALL\n"
-        sudoers.write_text(rule)
-        sudoers.chmod(0o440)
-        yield name
-    finally:
-        sudoers.unlink(missing_ok=True)
-        subprocess.run(["pkill", "-9", "-u", name], check=False, timeout=30)
-        subprocess.run(["userdel", "-r", "-f", name], check=False, timeout=30, capture_output=True)
 
 
 def _as_user(lab, tmp_path: Path, user: str, **extra: object) -> Path:

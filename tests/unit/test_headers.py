@@ -55,6 +55,18 @@ def test_other_version_split_packages_are_joined(roots, tmp_path: Path) -> None:
     assert "stable UAPI" in found.describe()
 
 
+def test_without_the_farm_the_same_headers_are_named_and_nothing_is_built(
+    roots, tmp_path: Path
+) -> None:
+    """What the cache key needs (a cached program is loaded without any header tree)."""
+    _, src = roots
+    _debian_pair(src, "6.1.0-9")
+    named = headers.find_kernel_headers(tmp_path / "work", build_farm=False)
+    assert named.bcc_kernel_source is None and not (tmp_path / "work").exists()
+    built = headers.find_kernel_headers(tmp_path / "work")
+    assert named.describe() == built.describe()  # the same key either way
+
+
 def test_no_headers_is_one_line_naming_the_package(roots) -> None:
     with pytest.raises(AgentError) as caught:
         headers.find_kernel_headers()
