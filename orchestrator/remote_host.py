@@ -213,6 +213,7 @@ class RemoteHost:
     # The capture agent's answers to "clock": (its wall clock, when we read it).
     _clock_answers: queue.Queue = field(default_factory=queue.Queue)
     start_sent_ns: int = 0  # when "start" was sent (controller clock)
+    round_trip_ns: int | None = None  # a line to the ready agent and its answer
 
     # -- preparation -------------------------------------------------------------------
     def connect(self) -> None:
@@ -262,6 +263,16 @@ class RemoteHost:
             finally:
                 probe.close()
         self.state.clock = ClockOffset(offset.offset_ns, offset.error_ns, self.sync_state)
+
+    def measure_round_trip(self) -> None:
+        """Time one "clock" exchange with the ready agent: how long a line takes to reach
+        it and come back, agent's wake-up included (the start's lead follows the slowest
+        host's). Nothing on failure: the run's fixed lead is used instead."""
+        try:
+            sent, _remote, received = self._clock_round_trip()
+        except RemoteError:
+            return
+        self.round_trip_ns = received - sent
 
     def _clock_round_trip(self) -> tuple[int, int, int]:
         """One "clock" line to the capture agent and its answer: (sent, remote, received)."""

@@ -71,9 +71,13 @@ DONE_GRACE_S = 30.0
 STOP_GRACE_S = 30.0
 RECONNECT_WAIT_S = 30.0
 # How far ahead the windows are scheduled (see _start_all): time for every "start" line
-# to go out and reach its agent.
+# to go out and reach its agent — twice the slowest host's measured round trip (agent's
+# wake-up included), at least START_LEAD_MIN_S; START_LEAD_S where none was measured —
+# plus time per host for the lines to be written one after another and for the agents
+# to wake (the lab's 100 hosts on 2 cores need about 2.5 ms each: 1 ms left 31 late).
 START_LEAD_S = 0.2
-START_LEAD_PER_HOST_S = 0.002
+START_LEAD_MIN_S = 0.05
+START_LEAD_PER_HOST_S = 0.003
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,15 @@ def _each(
         list(results)
 
 
+def start_lead_s(round_trips_ns: Sequence[int | None]) -> tuple[float, float | None]:
+    """How far ahead to schedule the start, and the slowest round trip it was set from
+    (None: some host has none measured, and the fixed lead is used)."""
+    known = [t for t in round_trips_ns if t is not None]
+    slowest_s = max(known) / 1e9 if known and len(known) == len(round_trips_ns) else None
+    lead = START_LEAD_S if slowest_s is None else max(START_LEAD_MIN_S, 2 * slowest_s)
+    return lead + START_LEAD_PER_HOST_S * len(round_trips_ns), slowest_s
+
+
 class _ReaderGone(Exception):
     """The live stream's reader closed it: the run stops as after Ctrl-C."""
 
@@ -193,6 +206,7 @@ class Run:
         self._next_render = 0.0
         self.phases: dict[str, float] = {}  # seconds since the start, for run.json
         self.gate = LaunchGate(options.forks)
+        self.start_report: dict | None = None  # "start T": when, how far ahead (run.json)
         self._alignment: Alignment | None = None  # the clocks as the traffic aligned them
         self.live: LiveMerge | None = None
         self.stream_report: dict | None = None  # for run.json and the final report
@@ -305,6 +319,8 @@ class Run:
                     remote.launch(bundle.result(BUNDLE_WAIT_S), capture)
                     # Until ready: the agent's start is the launch's largest cost.
                     remote.wait_ready(self.options.ready_timeout_s)
+                    if remote.state.state == "ready":
+                        remote.measure_round_trip()
 
             _each(self.options.forks, self.remotes, launch, meanwhile=self._while_connecting)
         bundle.result()  # a bundle that could not be built is the run's error, not a host's
@@ -348,18 +364,24 @@ class Run:
                 remote.send("stop")
                 _fail(remote, "not started: other hosts were not ready in time")
 
-    @staticmethod
-    def _start_all(ready: list[RemoteHost]) -> None:
+    def _start_all(self, ready: list[RemoteHost]) -> None:
         """Open every window at the same instant: "start T", T a little ahead.
 
         Sent one host after another, and with a hundred agents waking on a busy host,
         immediate starts spread over a quarter of a second; each agent's program ignores
         packets before T instead (a host whose clock disagrees with ours by more than
-        the agent accepts starts at once, as before).
+        the agent accepts starts at once, as before; so does one whose line arrives
+        after T: counted in run.json's start.late).
         """
-        start_at = time.time_ns() + int((START_LEAD_S + START_LEAD_PER_HOST_S * len(ready)) * 1e9)
+        lead, slowest_s = start_lead_s([r.round_trip_ns for r in ready])
+        start_at = time.time_ns() + int(lead * 1e9)
         for remote in ready:
             remote.start(start_at)
+        self.start_report = {
+            "at_ns": start_at,
+            "lead_s": round(lead, 4),
+            "slowest_round_trip_ms": round(slowest_s * 1e3, 3) if slowest_s is not None else None,
+        }
 
     def _wait_ready(self, active: list[RemoteHost], live: Live) -> None:
         # Each launch already waited up to the ready timeout for its agent (in its slot):
@@ -501,6 +523,17 @@ class Run:
         self._alignment = report.alignment if report is not None else None
         return (out, report) if report is not None else (None, None)
 
+    def _start_report(self) -> dict | None:
+        """The scheduled start, and the hosts whose window opened at once instead (their
+        "start T" arrived after T, or their clock is too far from ours)."""
+        if self.start_report is None:
+            return None
+        at = self.start_report["at_ns"]
+        late = [
+            s.name for s in self.states if s.window_start_ns is not None and s.window_start_ns != at
+        ]
+        return {**self.start_report, "late": late}
+
     def _write_run_json(self, merged: Path | None) -> None:
         data = {
             "xdpcap": __version__,
@@ -510,6 +543,7 @@ class Run:
             "interrupted": self.interrupted,
             "phases_s": self.phases,
             "launch": self.gate.report(),
+            "start": self._start_report(),
             "capture": self.options.capture.__dict__,
             "merged": str(merged) if merged else None,
             "clock_correction": self.options.clock_correction,

@@ -6,6 +6,7 @@ import io
 import time
 from pathlib import Path
 
+import pytest
 from xdpcap.agent import clock
 from xdpcap.agent.capture import MAX_START_LEAD_NS, Capture, CaptureOptions
 from xdpcap.agent.protocol import ControllerCommands, EventSink
@@ -53,3 +54,18 @@ def test_a_time_our_clock_disagrees_with_opens_the_window_at_once() -> None:
         assert before <= start <= clock.monotonic_ns()
     start, before = _window_start(capture, None)
     assert before <= start <= clock.monotonic_ns()
+
+
+def test_the_lead_follows_the_slowest_measured_round_trip() -> None:
+    from xdpcap.orchestrator import run
+
+    per_host = run.START_LEAD_PER_HOST_S
+    # A WAN host 180 ms away: twice its round trip, whatever the others.
+    lead, slowest = run.start_lead_s([2 * MS, 180 * MS, 1 * MS])
+    assert slowest == pytest.approx(0.18) and lead == pytest.approx(0.36 + 3 * per_host)
+    # A lab where lines take a millisecond: the floor.
+    lead, _ = run.start_lead_s([1 * MS] * 10)
+    assert lead == pytest.approx(run.START_LEAD_MIN_S + 10 * per_host)
+    # One host without a measure: the fixed lead for all.
+    lead, slowest = run.start_lead_s([1 * MS, None])
+    assert slowest is None and lead == pytest.approx(run.START_LEAD_S + 2 * per_host)
