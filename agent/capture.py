@@ -327,6 +327,11 @@ class Capture:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if options.controller and not options.output.exists():
+                # Refused before writing (another capture on the interface, ...): the
+                # run folder the launch made for us goes too, if nothing else is in it.
+                with contextlib.suppress(OSError):
+                    options.output.parent.rmdir()
         return self.summary
 
     def _hand_over(self, commands: ControllerCommands) -> None:

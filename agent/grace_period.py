@@ -24,9 +24,5 @@ def wait_for_running_programs() -> bool:
     if number is None:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
-    return (
-        libc.syscall(
-            number, ctypes.c_int(MEMBARRIER_CMD_GLOBAL), ctypes.c_uint(0), ctypes.c_int(-1)
-        )
-        == 0
-    )
+    flags, cpu = ctypes.c_uint(0), ctypes.c_int(-1)
+    return libc.syscall(number, ctypes.c_int(MEMBARRIER_CMD_GLOBAL), flags, cpu) == 0

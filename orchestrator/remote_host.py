@@ -78,10 +78,29 @@ if [ "$password" = password ]; then
 fi
 exec sudo -n -u "${become:-root}" -- "$@"
 """
+_AGENT_FILE = re.compile(r"^xdpcap-agent-[0-9a-f]{16}\.pyz$")
 HAND_OVER_WAIT_S = 10.0
 CLOCK_ROUND_TIMEOUT_S = 5.0
 FETCH_STALL_S = 60.0
 PREFLIGHT_WAIT_S = 120.0
+
+
+KEEP_AGENTS = 4  # agent versions kept on a host (another version may still be running)
+
+
+def _prune_old_agents(sftp: SFTPClient, cache_dir: str, keep: str) -> None:
+    """After an upload: remove all but the newest KEEP_AGENTS bundles from the host's
+    cache, so that upgrades do not pile up there. An agent imports from its bundle while
+    it runs, so the newest few stay for runs of other versions still under way.
+    Best effort: the cache stays as it was on any error."""
+    try:
+        entries = [e for e in sftp.listdir_attr(cache_dir) if _AGENT_FILE.match(e.filename)]
+        entries.sort(key=lambda e: e.st_mtime or 0, reverse=True)
+        for entry in entries[KEEP_AGENTS:]:
+            if entry.filename != keep:
+                sftp.remove(f"{cache_dir}/{entry.filename}")
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)
@@ -343,6 +362,7 @@ class RemoteHost:
                 f"{self.host.name}: the uploaded agent does not match its hash "
                 f"({actual} != {bundle.sha256}): refusing to run it"
             )
+        _prune_old_agents(sftp, self.cache_dir, keep=bundle.filename)
 
     def _remote_sha256(self, path: str) -> str | None:
         assert self.conn is not None

@@ -152,9 +152,15 @@ def test_agent_killed_leaves_no_program(lab, tmp_path: Path) -> None:
     code, out, err = _finish(proc)
     assert code == 3, err
     assert victim.name in err
-    states = {h["name"]: h["state"] for h in _run_json(out)["hosts"]}
-    assert states[victim.name] == "failed"
+    hosts = {h["name"]: h for h in _run_json(out)["hosts"]}
+    assert hosts[victim.name]["state"] == "failed"
     _no_xdp_anywhere(lab)
+    # What the killed agent had written stays on the host (for `xdpcap collect`); the
+    # lab's hosts share this machine's home, so the test removes it.
+    left = Path(hosts[victim.name]["remote_file"])
+    assert left.exists()
+    left.unlink()
+    left.parent.rmdir()
 
 
 def test_ctrl_c_stops_every_agent_and_merges(lab, tmp_path: Path) -> None:
@@ -235,6 +241,10 @@ def test_second_run_on_same_hosts_is_refused(lab, tmp_path: Path) -> None:
     print(second.stderr)
     assert second.returncode == 1, second.stderr
     assert second.stderr.count("already running") >= len(lab.hosts)
+    # Refused before writing: the agents took back the run folder the launch had made.
+    (refused,) = (tmp_path / "runs2").glob("*/run.json")
+    run_id = json.loads(refused.read_text())["run_id"]
+    assert not (Path.home() / ".cache/xdpcap/runs" / run_id).exists()
     code, out, err = _finish(first)
     assert code == 0, err  # the first run is not mixed up with the second
     assert all(h["state"] == "done" for h in _run_json(out)["hosts"])

@@ -102,6 +102,8 @@ def test_run_merges_every_host_in_order(lab, tmp_path: Path) -> None:
         assert max(times) - min(times) < 1_000_000, (edge, times)
     # Scheduled from the measured round trips (each host's "clock" exchange once ready),
     # not the fixed 0.2 s, and still every "start T" arrived before T.
+    # Three hosts: all launched at once, under the default --forks.
+    assert run["launch"]["forks"] == 50 and run["launch"]["peak_at_once"] == len(run["hosts"])
     start = run["start"]
     assert start["slowest_round_trip_ms"] is not None and start["lead_s"] < 0.2
     assert start["late"] == []
