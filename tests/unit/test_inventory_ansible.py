@@ -75,7 +75,32 @@ def test_auto_reads_list_json_with_the_builtin_reader(name: str) -> None:
     assert dict(loaded.inventory.hosts) == dict(load_inventory(DATA / "site.yml").hosts)
 
 
-def test_auto_takes_ansible_and_the_environment_can_force_builtin(monkeypatch) -> None:
+def test_auto_takes_ansible_where_the_source_needs_it(tmp_path: Path) -> None:
+    """A plain file goes to the built-in reader (same answer, no ansible-core import);
+    whatever only Ansible reads as Ansible would goes to ansible-core."""
+    plain = "web:\n  hosts:\n    web1:\n      ansible_host: 192.0.2.1\n"
+
+    def reader(source: Path, vault: bool = False) -> str:
+        return inventory_ansible.choose_reader(None, str(source), vault=vault)
+
+    assert reader(EXAMPLE) == reader(DATA / "site.yml") == reader(DATA / "site.ini") == "builtin"
+    assert reader(write(tmp_path / "plain" / "hosts.yml", plain)) == "builtin"
+    assert reader(write(tmp_path / "plain" / "hosts.yml", plain), vault=True) == "ansible"
+    jinja = plain.replace("192.0.2.1", '"{{ site }}-web1"')
+    assert reader(write(tmp_path / "jinja" / "hosts.yml", jinja)) == "ansible"
+    beside = write(tmp_path / "gv" / "hosts.yml", plain)
+    write(tmp_path / "gv" / "group_vars" / "web.yml", "xdpcap_iface: eth1\n")
+    assert reader(beside) == "ansible"
+    assert reader(tmp_path / "gv") == "ansible"  # a directory of sources
+    plugin = write(tmp_path / "plugin" / "constructed.yml", "plugin: ansible.builtin.constructed\n")
+    assert reader(plugin) == "ansible"
+    assert inventory_ansible.choose_reader(None, "web1,web2,") == "ansible"  # a host list
+
+
+def test_the_option_and_the_environment_choose_the_reader(monkeypatch) -> None:
+    assert inventory_ansible.load(str(EXAMPLE)).reader == "built-in reader"
+    assert inventory_ansible.load(str(EXAMPLE), "ansible").reader.startswith("ansible-core")
+    monkeypatch.setenv(inventory_ansible.READER_ENV, "ansible")
     assert inventory_ansible.load(str(EXAMPLE)).reader.startswith("ansible-core")
     monkeypatch.setenv(inventory_ansible.READER_ENV, "builtin")
     assert inventory_ansible.load(str(EXAMPLE)).reader == "built-in reader"
