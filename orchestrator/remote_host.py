@@ -414,14 +414,14 @@ class RemoteHost:
         self.launch_agent(bundle, run_rel, args)
         self.state.remote_file = out_rel if out_rel.startswith("/") else f"{self.home}/{out_rel}"
 
-    def wait_ready(self, timeout_s: float) -> None:
-        """Until the agent says "ready", ends, or timeout_s pass (whichever comes first:
-        the run's own wait for ready judges what it was)."""
+    def wait_ready(self, timeout_s: float, interrupted: threading.Event) -> None:
+        """Until the agent says "ready", ends, timeout_s pass or the run is interrupted
+        (whichever comes first: the run's own wait for ready judges what it was)."""
         deadline = time.monotonic() + timeout_s
         while not self.ready_event.wait(0.05):
             if self.process is None or self.process.finished.is_set():
                 return
-            if time.monotonic() > deadline:
+            if interrupted.is_set() or time.monotonic() > deadline:
                 return
 
     def launch_agent(self, bundle: AgentBundle, folder_rel: str, args: list[str]) -> None:

@@ -65,7 +65,7 @@ DRAWING_MODULES = ("rich.live", "rich.table")
 MERGE_MODULE = f"{__package__}.merge"
 
 READY_TIMEOUT_S = 90.0
-READY_GRACE_S = 2.0
+SLOT_READY_WAIT_S = 10.0  # how long a launch keeps its slot waiting for its agent's ready
 BUNDLE_WAIT_S = 60.0
 DONE_GRACE_S = 30.0
 STOP_GRACE_S = 30.0
@@ -143,10 +143,13 @@ def _each(
     items: Sequence[RemoteHost],
     work: Callable[[RemoteHost], None],
     meanwhile: Callable[[], None] | None = None,
+    abort: threading.Event | None = None,
 ) -> None:
     """Run `work` on every host with at most pool_size at a time; failures become results.
 
-    `meanwhile` runs in this thread once the work has started.
+    `meanwhile` runs in this thread once the work has started. `abort` is set when this
+    thread is interrupted (Ctrl-C), before waiting for the workers: work that watches it
+    ends early, and what has not started yet is not started.
     """
 
     def guarded(remote: RemoteHost) -> None:
@@ -159,9 +162,15 @@ def _each(
 
     with ThreadPoolExecutor(max_workers=max(1, min(pool_size, len(items) or 1))) as pool:
         results = pool.map(guarded, items)  # submits every item now
-        if meanwhile is not None:
-            meanwhile()
-        list(results)
+        try:
+            if meanwhile is not None:
+                meanwhile()
+            list(results)
+        except BaseException:
+            if abort is not None:
+                abort.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def start_lead_s(round_trips_ns: Sequence[int | None]) -> tuple[float, float | None]:
@@ -313,16 +322,29 @@ class Run:
         with ThreadPoolExecutor(max_workers=1) as builder:
             bundle = builder.submit(build_agent_bundle)
 
+            interrupted = threading.Event()  # Ctrl-C: launches under way stop waiting
+
             def launch(remote: RemoteHost) -> None:
                 with self.gate.slot():
+                    if interrupted.is_set():
+                        raise RemoteError(f"{remote.host.name}: not started: interrupted")
                     remote.connect()
                     remote.launch(bundle.result(BUNDLE_WAIT_S), capture)
-                    # Until ready: the agent's start is the launch's largest cost.
-                    remote.wait_ready(self.options.ready_timeout_s)
+                    # Until ready (the agent's start is the launch's largest cost), but
+                    # a slow compile or a stuck host gives its slot up after a while: the
+                    # wait for every host's ready goes on after the launches.
+                    wait = min(SLOT_READY_WAIT_S, self.options.ready_timeout_s)
+                    remote.wait_ready(wait, interrupted)
                     if remote.state.state == "ready":
                         remote.measure_round_trip()
 
-            _each(self.options.forks, self.remotes, launch, meanwhile=self._while_connecting)
+            _each(
+                self.options.forks,
+                self.remotes,
+                launch,
+                meanwhile=self._while_connecting,
+                abort=interrupted,
+            )
         bundle.result()  # a bundle that could not be built is the run's error, not a host's
 
     def _while_connecting(self) -> None:
@@ -384,9 +406,7 @@ class Run:
         }
 
     def _wait_ready(self, active: list[RemoteHost], live: Live) -> None:
-        # Each launch already waited up to the ready timeout for its agent (in its slot):
-        # what is not ready now never will be.
-        deadline = time.monotonic() + READY_GRACE_S
+        deadline = time.monotonic() + self.options.ready_timeout_s
         while time.monotonic() < deadline:
             if self.live is not None and self.live.reader_gone.is_set():
                 raise _ReaderGone

@@ -1,0 +1,52 @@
+"""_each: every host's work in a bounded pool; Ctrl-C stops what watches and what waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from xdpcap.orchestrator import run
+
+
+class _Remote:
+    def __init__(self, name: str) -> None:
+        self.host = type("H", (), {"name": name})()
+        self.live = None
+        self.state = type("S", (), {"state": "pending", "reason": None})()
+
+
+def test_ctrl_c_sets_abort_and_cancels_what_has_not_started() -> None:
+    remotes = [_Remote(f"h{n}") for n in range(20)]
+    abort = threading.Event()
+    started: list[str] = []
+    two_running = threading.Barrier(3)
+
+    def work(remote: _Remote) -> None:
+        started.append(remote.host.name)
+        if len(started) <= 2:
+            two_running.wait(5)
+        abort.wait(30)  # a launch waiting for its agent, watching the abort
+
+    def ctrl_c() -> None:
+        two_running.wait(5)  # both workers busy, 18 hosts queued
+        raise KeyboardInterrupt
+
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run._each(2, remotes, work, meanwhile=ctrl_c, abort=abort)
+    assert abort.is_set()
+    assert time.monotonic() - began < 10  # the workers did not sit out their 30 s
+    assert len(started) <= 4  # the queued hosts were never started
+
+
+def test_failures_become_results() -> None:
+    remotes = [_Remote("ok"), _Remote("bad")]
+
+    def work(remote: _Remote) -> None:
+        if remote.host.name == "bad":
+            raise RuntimeError("boom")
+
+    run._each(2, remotes, work)
+    assert remotes[1].state.state == "failed" and "boom" in remotes[1].state.reason
+    assert remotes[0].state.state == "pending"
