@@ -218,6 +218,18 @@ class _StopFlag:
             self.reason = reason
 
 
+def _leave_nothing_unused(output: Path, window_opened: bool) -> None:
+    """Under a controller, a capture that never opened its window (refused, no start,
+    interrupted during the launch) leaves nothing: not its file, created empty at the
+    start to fail early on a bad path, nor the run folder the launch made, once empty."""
+    with contextlib.suppress(OSError):
+        if not window_opened and output.stat().st_size == 0:
+            output.unlink()
+    if not output.exists():
+        with contextlib.suppress(OSError):
+            output.parent.rmdir()
+
+
 def _install_signal_handlers(stop: _StopFlag, controller: bool) -> dict[int, object]:
     def handler(signum: int, _frame: FrameType | None) -> None:
         stop.set(signal.Signals(signum).name)
@@ -327,11 +339,8 @@ class Capture:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            if options.controller and not options.output.exists():
-                # Refused before writing (another capture on the interface, ...): the
-                # run folder the launch made for us goes too, if nothing else is in it.
-                with contextlib.suppress(OSError):
-                    options.output.parent.rmdir()
+            if options.controller:
+                _leave_nothing_unused(options.output, bool(self.summary.window_start_ns))
         return self.summary
 
     def _hand_over(self, commands: ControllerCommands) -> None:

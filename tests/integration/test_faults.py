@@ -163,6 +163,33 @@ def test_agent_killed_leaves_no_program(lab, tmp_path: Path) -> None:
     left.parent.rmdir()
 
 
+def test_ctrl_c_during_the_launch_leaves_nothing(lab, tmp_path: Path) -> None:
+    """Interrupted while the hosts are being prepared: the run ends at once (130), and no
+    host keeps a program, an agent, a capture file or a run folder."""
+    proc = _start_run(lab.inventory_path, tmp_path / "runs", "--duration", "30")
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "starting on" in line:
+            break
+    time.sleep(0.3)  # connects and launches under way
+    proc.send_signal(signal.SIGINT)
+    interrupted_at = time.monotonic()
+    code, _out, err = _finish(proc, timeout=60)
+    assert code == 130, err
+    assert "interrupted" in err
+    assert time.monotonic() - interrupted_at < 10  # not after the launches' timeouts
+    deadline = time.monotonic() + 10  # the agents see their SSH channel close
+    while time.monotonic() < deadline and any(
+        _processes(h.namespace, "xdpcap-agent") for h in lab.hosts
+    ):
+        time.sleep(0.2)
+    assert not any(_processes(h.namespace, "xdpcap-agent") for h in lab.hosts)
+    _no_xdp_anywhere(lab)
+    names = {f"{h.name}-eth0.pcapng" for h in lab.hosts}
+    left = [p for p in (Path.home() / ".cache/xdpcap/runs").rglob("*") if p.name in names]
+    assert left == []
+
+
 def test_ctrl_c_stops_every_agent_and_merges(lab, tmp_path: Path) -> None:
     with pings_between_all(lab, seconds=30):
         proc = _start_run(lab.inventory_path, tmp_path / "runs", "--duration", "60")
