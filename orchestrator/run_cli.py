@@ -23,6 +23,7 @@ from .agent_bundle import build_agent_bundle
 from .errors import UsageError
 from .filters import compile_for_hosts
 from .inventory import Host, format_host_list
+from .launch_gate import LaunchGate
 from .remote_host import (
     CaptureSettings,
     HostState,
@@ -279,10 +280,12 @@ def check_command(args: argparse.Namespace) -> int:
         for h in hosts
     ]
     reports: dict[str, dict] = {}
+    gate = LaunchGate(args.forks)  # a preflight costs a host what a launch does
 
     def check(remote: RemoteHost) -> None:
         try:
-            reports[remote.host.name] = remote.preflight(bundle)
+            with gate.slot():
+                reports[remote.host.name] = remote.preflight(bundle)
         finally:
             remote.close()
 
