@@ -92,8 +92,8 @@ def choose_reader(requested: str | None, source: str, vault: bool = False) -> st
     return "ansible" if vault or _needs_ansible(source) else "builtin"
 
 
-# In a file: what only Ansible renders (Jinja) or decrypts (vault).
-_ANSIBLE_ONLY_TEXT = ("{{", "{%", "{#", "!vault", "$ANSIBLE_VAULT")
+# In a file: what only Ansible renders (Jinja), decrypts (vault) or tags (!unsafe).
+_ANSIBLE_ONLY_TEXT = ("{{", "{%", "{#", "!vault", "$ANSIBLE_VAULT", "!unsafe")
 
 
 def _needs_ansible(source: str) -> bool:

@@ -88,6 +88,8 @@ def test_auto_takes_ansible_where_the_source_needs_it(tmp_path: Path) -> None:
     assert reader(write(tmp_path / "plain" / "hosts.yml", plain), vault=True) == "ansible"
     jinja = plain.replace("192.0.2.1", '"{{ site }}-web1"')
     assert reader(write(tmp_path / "jinja" / "hosts.yml", jinja)) == "ansible"
+    unsafe = plain.replace("192.0.2.1", "!unsafe '192.0.2.1'")
+    assert reader(write(tmp_path / "unsafe" / "hosts.yml", unsafe)) == "ansible"
     beside = write(tmp_path / "gv" / "hosts.yml", plain)
     write(tmp_path / "gv" / "group_vars" / "web.yml", "xdpcap_iface: eth1\n")
     assert reader(beside) == "ansible"
