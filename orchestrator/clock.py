@@ -49,8 +49,7 @@ class ClockProbe:
     the offset. For when no capture agent is there to ask (a reconnect, `xdpcap collect`).
 
     Starting it costs the host a login shell and a Python start, far longer than the
-    rounds; `__init__` (sends the command) and `wait_up` (its first answer) are apart so
-    the start can overlap other work.
+    rounds: `wait_up` (its first answer, which only says it is up) comes before them.
     """
 
     def __init__(self, conn: Connection, command: str, *, name: str) -> None:
@@ -76,11 +75,6 @@ class ClockProbe:
             _answer(self._reader, self.name)
         except OSError as exc:
             raise RemoteError(f"{self.name}: the clock probe failed: {exc}") from exc
-
-    @property
-    def alive(self) -> bool:
-        """Still there to answer: the channel is open and the agent has not exited."""
-        return not (self._channel.closed or self._channel.exit_status_ready())
 
     def measure(
         self, rounds: int = ROUNDS, slots: threading.Semaphore | None = None
