@@ -241,14 +241,20 @@ while time.monotonic() - start < seconds:
 """
 
 
+def udp_sender(namespace: str, rate: float, seconds: float, port: int, *targets: str) -> list[str]:
+    """The argv of a process in `namespace` sending `rate` small UDP packets a second to
+    each of `targets` for `seconds`."""
+    argv = [sys.executable, "-c", _UDP_SENDER, str(rate), str(seconds), str(port), *targets]
+    return ["ip", "netns", "exec", namespace, *argv]
+
+
 @contextmanager
 def udp_between_all(lab: Lab, rate: float, seconds: float, port: int = 7088) -> Iterator[None]:
     """Every host sends `rate` small UDP packets a second to every other host."""
     procs = []
     for host in lab.hosts:
         targets = [h.ipv4 for h in lab.hosts if h.name != host.name]
-        argv = [sys.executable, "-c", _UDP_SENDER, str(rate), str(seconds), str(port), *targets]
-        procs.append(subprocess.Popen(["ip", "netns", "exec", host.namespace, *argv]))
+        procs.append(subprocess.Popen(udp_sender(host.namespace, rate, seconds, port, *targets)))
     with _killed_after(procs):
         yield
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .agent_helpers import (
     wait_for_event,
     xdp_program,
 )
+from .lab_helpers import udp_sender
 from .veth import in_ns, veth_pair
 
 SNAPLEN = 200
@@ -247,18 +247,6 @@ def _epoch_ns(text: str) -> int:
     return int(seconds) * 10**9 + int(fraction.ljust(9, "0")[:9])
 
 
-# Sends UDP to argv[1] at about 5,000 packets a second for argv[2] seconds.
-STEADY_UDP = """
-import socket, sys, time
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-end = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end:
-    for _ in range(50):
-        sock.sendto(b"x" * 64, (sys.argv[1], 9))
-    time.sleep(0.01)
-"""
-
-
 def test_the_window_closes_under_traffic_with_nothing_in_transit(pair, tmp_path: Path) -> None:
     """Packets arrive (and ICMP answers leave) as the window closes: the agent drains
     after a grace period, not after detaching (the hooks stay attached, disabled, until
@@ -268,19 +256,8 @@ def test_the_window_closes_under_traffic_with_nothing_in_transit(pair, tmp_path:
     agent = start_agent(pair.capture_ns, "-i", pair.capture_if, "-w", str(out), "--duration", "1.5")
     try:
         wait_for_event(agent, "capturing")
-        sender = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                pair.peer_ns,
-                sys.executable,
-                "-c",
-                STEADY_UDP,
-                pair.capture_ip,
-                "3",
-            ]
-        )
+        # 5,000 packets a second for 3 s: through the close of the 1.5 s window.
+        sender = subprocess.Popen(udp_sender(pair.peer_ns, 5000, 3, 9, pair.capture_ip))
         done = wait_for_event(agent, "done", timeout=30)
         sender.wait(timeout=30)
     finally:
