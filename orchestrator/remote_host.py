@@ -617,7 +617,7 @@ class RemoteHost:
         finally:
             if sftp is not None:
                 sftp.close()
-        local_sha = _sha256_of(tmp)
+        local_sha = sha256_of(tmp)
         summary = self.state.summary or {}
         if summary.get("file_sha256"):
             # The agent hashed every byte it wrote: no second command on the host.
@@ -716,7 +716,8 @@ def _capture_args(
     return args
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """A file's sha256, read a MiB at a time (the fetch's check, and the collection's)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):  # flat memory for any size

@@ -88,29 +88,21 @@ clock_alignment:
   type: str
 """
 
-import hashlib
 import json
 import os
 import traceback
+from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from xdpcap.agent.errors import XdpcapError
-    from xdpcap.orchestrator.remote_host import HostState
+    from xdpcap.orchestrator.remote_host import HostState, sha256_of
     from xdpcap.orchestrator.run import merge_states
 except ImportError:
     XDPCAP_IMPORT_ERROR = traceback.format_exc()
 else:
     XDPCAP_IMPORT_ERROR = None
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_capture(capture):
@@ -122,7 +114,7 @@ def check_capture(capture):
     path = capture["file"]
     try:
         size = os.path.getsize(path)
-        digest = sha256_of(path)
+        digest = sha256_of(Path(path))
     except OSError as exc:
         return None, "cannot read %s: %s" % (path, exc.strerror or exc)
     if size != summary.get("file_size") or digest != summary.get("file_sha256"):
