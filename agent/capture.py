@@ -220,14 +220,13 @@ class _StopFlag:
 
 def _leave_nothing_unused(output: Path, window_opened: bool) -> None:
     """Under a controller, a capture that never opened its window (refused, no start,
-    interrupted during the launch) leaves nothing: not its file, created empty at the
-    start to fail early on a bad path, nor the run folder the launch made, once empty."""
+    interrupted during the launch) leaves no file: it was created empty at the start, to
+    fail early on a bad path. The run folder stays: other agents of the run may share it
+    (one machine under two inventory names, or the namespace lab) and be about to write
+    there; it goes with the last capture fetched from it (see _hand_over)."""
     with contextlib.suppress(OSError):
         if not window_opened and output.stat().st_size == 0:
             output.unlink()
-    if not output.exists():
-        with contextlib.suppress(OSError):
-            output.parent.rmdir()
 
 
 def _install_signal_handlers(stop: _StopFlag, controller: bool) -> dict[int, object]:

