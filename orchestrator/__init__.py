@@ -1,1 +1,13 @@
-"""Packet-capture controller: inventory, SSH fan-out, merge, lab."""
+"""The xdpcap controller: it reads an inventory, starts an agent on every host over SSH,
+opens one capture window everywhere, fetches the hosts' files and merges them.
+
+Sub-packages, one job each (dependencies point down this list, never up):
+  cli/        one thin module per command: flags -> typed options -> library calls
+  run/        a run's phases, the host state machine, the fan-out, run.json, collect
+  remote/     one host over SSH: connection, agent bundle and launch, events, fetch
+  inventory/  Ansible inventories: the built-in reader, ansible-core's, --limit patterns
+  merge/      the pcapng reader, the time-ordered merge (and its C loop), the live merge
+  clock/      each host's clock: the probe, and the alignment from the traffic itself
+  lab/        test hosts made of network namespaces, and the Vagrant lab's inventory
+`errors` holds the controller's exceptions on top of the agent's hierarchy.
+"""

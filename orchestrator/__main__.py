@@ -1,5 +1,5 @@
 """`python -m xdpcap.orchestrator` is the `xdpcap` command."""
 
-from .cli import entry
+from .cli.main import entry
 
 entry()

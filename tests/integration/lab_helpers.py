@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
-from xdpcap.orchestrator.lab import Lab
+from xdpcap.orchestrator.lab.namespaces import Lab
 
 from .agent_helpers import tshark_fields
 

@@ -22,7 +22,8 @@ from .veth import in_ns, veth_pair
 # per piece of at most 1 KiB (4 samples here): 3 ms a sample, where one arrives every 2.
 SLOW_AGENT = """
 import sys, time
-from xdpcap.agent import capture, consumer
+from xdpcap.agent import capture
+from xdpcap.agent import consumer
 capture.BACKLOG_MAX_BYTES = int(sys.argv[1])
 capture.FORMAT_PIECE_BYTES = 1024
 parse = consumer.SampleConsumer.parse

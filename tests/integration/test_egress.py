@@ -32,7 +32,8 @@ FOREIGN_TC = r"""
 import ctypes, os, shutil, struct, sys, tempfile
 from pathlib import Path
 sys.path.append("/usr/lib/python3/dist-packages")
-from xdpcap.agent.headers import apply_environment, find_kernel_headers
+from xdpcap.agent.headers import apply_environment
+from xdpcap.agent.headers import find_kernel_headers
 from xdpcap.agent import libbpf
 work = tempfile.mkdtemp(prefix="xdpcap-test-headers-")  # bcc's header farm, removed below
 apply_environment(find_kernel_headers(Path(work)))

@@ -23,8 +23,8 @@ import fabric
 import paramiko
 import pytest
 import yaml
-from xdpcap.orchestrator import lab_cli
-from xdpcap.orchestrator.lab import FAIL_AFTER_ENV, Lab, LabError
+from xdpcap.orchestrator.cli import lab as lab_cli
+from xdpcap.orchestrator.lab.namespaces import FAIL_AFTER_ENV, Lab, LabError
 
 HOSTS = 3
 
@@ -310,7 +310,7 @@ def test_down_after_failed_up(
 # no Python cleanup at all.
 _CRASHING_UP = """
 import os, signal, sys
-from xdpcap.orchestrator.lab import Lab
+from xdpcap.orchestrator.lab.namespaces import Lab
 def crash(self, step):
     if step == "host2":
         os.kill(os.getpid(), signal.SIGKILL)

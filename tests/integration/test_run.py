@@ -12,11 +12,11 @@ from pathlib import Path
 import paramiko
 import pytest
 from rich.console import Console
-from xdpcap.orchestrator.inventory import load_inventory
-from xdpcap.orchestrator.remote_host import CaptureSettings, RemoteHost
-from xdpcap.orchestrator.run import Run, RunOptions, RunResult
-from xdpcap.orchestrator.ssh import SshSettings
-from xdpcap.orchestrator.standby import Standby
+from xdpcap.orchestrator.inventory.reader import load_inventory
+from xdpcap.orchestrator.remote.host import CaptureSettings, RemoteHost
+from xdpcap.orchestrator.remote.ssh import SshSettings
+from xdpcap.orchestrator.remote.standby import Standby
+from xdpcap.orchestrator.run.runner import Run, RunOptions, RunResult
 
 from .agent_helpers import capinfos, read_headers, tshark_fields
 from .lab_helpers import (

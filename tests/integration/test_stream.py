@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pcapng
 import pytest
-from xdpcap.orchestrator import extcap
+from xdpcap.orchestrator.cli import extcap
 
 from .agent_helpers import capinfos, tshark_fields
 from .lab_helpers import pings_between_all, private_lab, udp_between_all, xdpcap

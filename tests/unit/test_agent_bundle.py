@@ -8,7 +8,7 @@ import zipfile
 from io import BytesIO
 from pathlib import Path
 
-from xdpcap.orchestrator.agent_bundle import build_agent_bundle
+from xdpcap.orchestrator.remote.bundle import build_agent_bundle
 
 
 def _run(pyz: Path, code: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from xdpcap.orchestrator import remote_host
+from xdpcap.orchestrator.remote import host as remote_host
 
 
 class FakeSftp:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import threading
 
-from xdpcap.orchestrator.clock import SETTLE_ROUNDS, ClockOffset, corrections, measure_rounds
+from xdpcap.orchestrator.clock.probe import (
+    SETTLE_ROUNDS,
+    ClockOffset,
+    corrections,
+    measure_rounds,
+)
 
 MS = 1_000_000
 

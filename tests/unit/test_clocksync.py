@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from xdpcap.agent.pcapng import PcapngWriter
-from xdpcap.orchestrator.clocksync import align
-from xdpcap.orchestrator.clocksync.observe import identify
-from xdpcap.orchestrator.clocksync.solver import shortest_paths, solve
+from xdpcap.orchestrator.clock.align import align
+from xdpcap.orchestrator.clock.observe import identify
+from xdpcap.orchestrator.clock.solver import shortest_paths, solve
 
 US = 1_000
 
@@ -246,8 +246,8 @@ def test_files_without_shared_traffic_keep_their_priors(tmp_path: Path, count: i
 
 
 def test_drift_is_recovered_from_bounds_both_ways() -> None:
-    from xdpcap.orchestrator.clocksync.constraints import PairSamples
-    from xdpcap.orchestrator.clocksync.drift import pair_slope, rates
+    from xdpcap.orchestrator.clock.constraints import PairSamples
+    from xdpcap.orchestrator.clock.drift import pair_slope, rates
 
     rate = 100e-6  # B runs 100 ppm fast against A
     rng = random.Random(3)
@@ -271,7 +271,7 @@ def test_drift_is_recovered_from_bounds_both_ways() -> None:
 
 
 def test_reader_takes_a_drift_out(tmp_path: Path) -> None:
-    from xdpcap.agent.pcapng_reader import CaptureReader
+    from xdpcap.orchestrator.merge.reader import CaptureReader
 
     path = tmp_path / "d.pcapng"
     epoch = 1_700_000_000 * 10**9
@@ -285,7 +285,7 @@ def test_reader_takes_a_drift_out(tmp_path: Path) -> None:
 def test_rates_that_contradict_the_bounds_fall_back_to_constant_offsets(
     tmp_path: Path, monkeypatch
 ) -> None:
-    import xdpcap.orchestrator.clocksync as clocksync
+    import xdpcap.orchestrator.clock.align as clocksync
 
     a, b = b"\x0a\0\0\x01", b"\x0a\0\0\x02"
     on_a, on_b = [], []

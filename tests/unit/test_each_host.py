@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from xdpcap.orchestrator import run
+from xdpcap.orchestrator.run import runner as run
 
 
 class _Remote:

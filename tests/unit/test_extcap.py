@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from xdpcap.orchestrator import extcap
-from xdpcap.orchestrator.cli import main
+from xdpcap.orchestrator.cli import extcap
+from xdpcap.orchestrator.cli.main import main
 from xdpcap.orchestrator.errors import UsageError
 
 ARG = re.compile(r"^arg \{number=(\d+)\}\{call=(--[a-z-]+)\}\{display=[^}]+\}\{type=(\w+)\}")

@@ -27,14 +27,14 @@ from xdpcap.agent.pcapng import (
     section_header,
     text_option,
 )
-from xdpcap.agent.pcapng_reader import CHUNK_BYTES, load
-from xdpcap.orchestrator import merge
-from xdpcap.orchestrator.merge import MergeSource, merge_captures
+from xdpcap.orchestrator.merge import captures as merge
+from xdpcap.orchestrator.merge.captures import MergeSource, merge_captures
+from xdpcap.orchestrator.merge.reader import CHUNK_BYTES, load
 
 from .test_pcapng_reader import T0, big_endian_section, write_pcap, write_pcapng
 
 fastmerge = pytest.importorskip(
-    "xdpcap.orchestrator._fastmerge", reason="the C extension is not built"
+    "xdpcap.orchestrator.merge._fastmerge", reason="the C extension is not built"
 )
 SOURCE = Path(merge.__file__).with_name("_fastmerge.c")
 

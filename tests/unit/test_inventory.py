@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from xdpcap.orchestrator.errors import InventoryError
-from xdpcap.orchestrator.inventory import (
+from xdpcap.orchestrator.inventory.reader import (
     Host,
     Inventory,
     format_host_list,

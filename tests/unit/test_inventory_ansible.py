@@ -6,10 +6,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from xdpcap.orchestrator import inventory_ansible
-from xdpcap.orchestrator.cli import main
+from xdpcap.orchestrator.cli.main import main
 from xdpcap.orchestrator.errors import InventoryError, UsageError
-from xdpcap.orchestrator.inventory import Inventory, load_inventory
+from xdpcap.orchestrator.inventory import ansible as inventory_ansible
+from xdpcap.orchestrator.inventory.reader import Inventory, load_inventory
 
 pytest.importorskip("ansible", reason="ansible-core is in the test extras")
 

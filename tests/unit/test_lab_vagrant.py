@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from xdpcap.orchestrator import lab_cli
-from xdpcap.orchestrator.lab import (
+from xdpcap.orchestrator.cli import lab as lab_cli
+from xdpcap.orchestrator.lab.namespaces import (
     LabError,
     bridge_name,
     default_state_dir,

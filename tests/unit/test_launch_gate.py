@@ -6,8 +6,8 @@ import threading
 import time
 
 import pytest
-from xdpcap.orchestrator import launch_gate
-from xdpcap.orchestrator.launch_gate import LaunchGate
+from xdpcap.orchestrator.run import launch_gate
+from xdpcap.orchestrator.run.launch_gate import LaunchGate
 
 
 class FakeClock:

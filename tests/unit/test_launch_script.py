@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from xdpcap.orchestrator.remote_host import _LAUNCH_SCRIPT
+from xdpcap.orchestrator.remote.host import _LAUNCH_SCRIPT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="as another user it runs sudo")
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 from xdpcap.agent import __version__
-from xdpcap.agent.pcapng_reader import load
-from xdpcap.orchestrator import merge, merge_cli
+from xdpcap.orchestrator.cli import merge as merge_cli
 from xdpcap.orchestrator.errors import MergeError
-from xdpcap.orchestrator.merge import MergeSource, merge_captures
+from xdpcap.orchestrator.merge import captures as merge
+from xdpcap.orchestrator.merge.captures import MergeSource, merge_captures
+from xdpcap.orchestrator.merge.reader import load
 
 from .test_pcapng_reader import T0, big_endian_section, write_pcap, write_pcapng
 

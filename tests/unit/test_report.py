@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from rich.console import Console
-from xdpcap.orchestrator.clock import ClockOffset
-from xdpcap.orchestrator.remote_host import HostState
-from xdpcap.orchestrator.report import check_table, final_lines, final_table, live_table
+from xdpcap.orchestrator.clock.probe import ClockOffset
+from xdpcap.orchestrator.remote.host import HostState
+from xdpcap.orchestrator.run.tables import check_table, final_lines, final_table, live_table
 
 
 def _render(table) -> str:

@@ -57,7 +57,7 @@ def test_a_time_our_clock_disagrees_with_opens_the_window_at_once() -> None:
 
 
 def test_the_lead_follows_the_slowest_measured_round_trip() -> None:
-    from xdpcap.orchestrator import run
+    from xdpcap.orchestrator.run import runner as run
 
     per_host = run.START_LEAD_PER_HOST_S
     # A WAN host 180 ms away: twice its round trip, whatever the others.

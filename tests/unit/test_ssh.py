@@ -6,8 +6,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-from xdpcap.orchestrator.inventory import Host
-from xdpcap.orchestrator.ssh import (
+from xdpcap.orchestrator.inventory.reader import Host
+from xdpcap.orchestrator.remote.ssh import (
     DEFAULT_KNOWN_HOSTS,
     _common_args_options,
     known_hosts_files,

@@ -8,9 +8,9 @@ import sys
 
 _LOADED_LATE = (
     "import sys\n"
-    "from xdpcap.orchestrator.commands import modules_for\n"
+    "from xdpcap.orchestrator.cli.commands import modules_for\n"
     "modules_for('run')\n"
-    "late = ('rich', 'xdpcap.orchestrator.merge', 'xdpcap.agent.pcapng_reader')\n"
+    "late = ('rich', 'xdpcap.orchestrator.merge.captures', 'xdpcap.orchestrator.merge.reader')\n"
     "print(*sorted(m for m in sys.modules if m.startswith(late)))\n"
 )
 

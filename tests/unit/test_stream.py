@@ -18,9 +18,9 @@ from xdpcap.agent.outbox import Outbox
 from xdpcap.agent.pcapng import enhanced_packet
 from xdpcap.agent.protocol import FRAME_HEAD, FRAME_PREFIX, stream_frame
 from xdpcap.agent.stream import MARK_EVERY_NS, StreamSender
-from xdpcap.orchestrator.channel import RemoteProcess
-from xdpcap.orchestrator.filters import without_connection
-from xdpcap.orchestrator.stream import LiveMerge
+from xdpcap.orchestrator.merge.live import LiveMerge
+from xdpcap.orchestrator.remote.channel import RemoteProcess
+from xdpcap.orchestrator.run.filters import without_connection
 
 IFACE = {"name": "eth0", "linktype": 1, "snaplen": 262144, "description": "test capture"}
 
@@ -198,7 +198,7 @@ def test_a_shift_within_its_error_is_left_alone() -> None:
 
 
 def test_a_reader_that_stops_reading_is_cut_off_at_the_end(monkeypatch) -> None:
-    monkeypatch.setattr("xdpcap.orchestrator.stream.DRAIN_S", 0.5)
+    monkeypatch.setattr("xdpcap.orchestrator.merge.live.DRAIN_S", 0.5)
     read_fd, write_fd = os.pipe()  # nobody reads: the pipe holds 64 KiB
     merge = LiveMerge(write_fd)
     a = merge.add_host("a", "x")

@@ -97,8 +97,8 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from xdpcap.agent.errors import XdpcapError
-    from xdpcap.orchestrator.remote_host import HostState, sha256_of
-    from xdpcap.orchestrator.run import merge_states
+    from xdpcap.orchestrator.remote.host import HostState, sha256_of
+    from xdpcap.orchestrator.run.runner import merge_states
 except ImportError:
     XDPCAP_IMPORT_ERROR = traceback.format_exc()
 else:

@@ -102,7 +102,7 @@ try:
     from xdpcap.agent.errors import XdpcapError
     from xdpcap.agent.filter import spec
     from xdpcap.agent.filter.cbpf import FilterError
-    from xdpcap.orchestrator.agent_bundle import build_agent_bundle
+    from xdpcap.orchestrator.remote.bundle import build_agent_bundle
 except ImportError:
     XDPCAP_IMPORT_ERROR = traceback.format_exc()
 else:

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .lab import (
+from ..errors import UsageError
+from ..lab.namespaces import (
     DEFAULT_HOSTS,
     DEFAULT_NAME,
     MAX_HOSTS,

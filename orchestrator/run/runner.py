@@ -40,29 +40,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..agent import __version__
-from ..agent.filter.spec import CompiledFilter
-from .agent_bundle import build_agent_bundle
-from .clock import PROBES_AT_ONCE, corrections
-from .errors import MergeError, RemoteError, UsageError, XdpcapError
-from .inventory import Host
+from ...agent import __version__
+from ...agent.filter.spec import CompiledFilter
+from ..clock.probe import PROBES_AT_ONCE, corrections
+from ..errors import MergeError, RemoteError, UsageError, XdpcapError
+from ..inventory.reader import Host
+from ..merge.live import BUFFER_BUDGET_BYTES, DEFAULT_IDLE_S, LiveMerge
+from ..remote.bundle import build_agent_bundle
+from ..remote.host import CaptureSettings, HostState, RemoteHost, validate_iface_for
+from ..remote.ssh import SshSettings
 from .launch_gate import LaunchGate
-from .remote_host import CaptureSettings, HostState, RemoteHost, validate_iface_for
-from .report import final_lines, final_table, live_table
-from .ssh import SshSettings
-from .stream import BUFFER_BUDGET_BYTES, DEFAULT_IDLE_S, LiveMerge
+from .tables import final_lines, final_table, live_table
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.live import Live
 
-    from .clocksync import Alignment
-    from .merge import MergeReport
+    from ..clock.align import Alignment
+    from ..merge.captures import MergeReport
 
 # Loaded while the hosts connect (rich, for the live table) or capture (the merge), not
 # in front of the first connect: together over a tenth of a second on a slow machine.
 DRAWING_MODULES = ("rich.live", "rich.table")
-MERGE_MODULE = f"{__package__}.merge"
+MERGE_MODULE = "xdpcap.orchestrator.merge.captures"
 
 READY_TIMEOUT_S = 90.0
 SLOT_READY_WAIT_S = 10.0  # how long a launch keeps its slot waiting for its agent's ready
@@ -584,8 +584,8 @@ def merge_states(
     states: Sequence[HostState], out: Path, *, clock_correction: bool
 ) -> MergeReport | None:
     """Merge every fetched host capture, aligning the hosts' clocks (clock.corrections)."""
-    from .clocksync import align
-    from .merge import MergeSource, merge_captures
+    from ..clock.align import align
+    from ..merge.captures import MergeSource, merge_captures
 
     fetched = [s for s in states if s.local_file]
     if not fetched:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..agent.filter import spec
-from ..agent.filter.cbpf import FilterError
-from .errors import UsageError
-from .inventory import Host
+from ...agent.filter import spec
+from ...agent.filter.cbpf import FilterError
+from ..errors import UsageError
+from ..inventory.reader import Host
 
 
 def host_expression(host: Host, default: str | None) -> str | None:

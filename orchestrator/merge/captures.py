@@ -37,8 +37,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..agent import __version__
-from ..agent.pcapng import (
+from ...agent import __version__
+from ...agent.pcapng import (
     IF_DESCRIPTION,
     IF_HARDWARE,
     IF_NAME,
@@ -48,11 +48,11 @@ from ..agent.pcapng import (
     TSRESOL_NS,
     PcapngWriter,
 )
-from ..agent.pcapng_reader import Batch, CaptureReader, Damage, Interface
-from .errors import MergeError
+from ..errors import MergeError
+from .reader import Batch, CaptureReader, Damage, Interface
 
 if TYPE_CHECKING:
-    from .clocksync import Alignment
+    from ..clock.align import Alignment
 
 try:
     from . import _fastmerge

@@ -1,6 +1,6 @@
 """The `xdpcap merge` sub-command: merge capture files into one time-ordered pcapng.
 
-Also runnable on its own (`python -m xdpcap.orchestrator.merge_cli IN... -w OUT`), which
+Also runnable on its own (`python -m xdpcap.orchestrator.cli.merge IN... -w OUT`), which
 the benchmark uses.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .clocksync import align
-from .errors import UsageError, XdpcapError
-from .merge import MergeSource, merge_captures
+from ..clock.align import align
+from ..errors import UsageError, XdpcapError
+from ..merge.captures import MergeSource, merge_captures
 
 
 def register(subparsers) -> None:
@@ -120,7 +120,7 @@ def handler(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry point with the same error mapping as `xdpcap`'s main."""
-    from .cli import _Parser  # bad flags: one line and exit 2, as under `xdpcap`
+    from .main import _Parser  # bad flags: one line and exit 2, as under `xdpcap`
 
     parser = _Parser(prog="xdpcap merge")
     _add_arguments(parser)

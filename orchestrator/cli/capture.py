@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..agent import __main__ as agent_cli
-from .agent_bundle import write_agent_bundle
-from .errors import UsageError
+from ...agent import __main__ as agent_cli
+from ..errors import UsageError
+from ..remote.bundle import write_agent_bundle
 
 
 def register(sub: argparse._SubParsersAction) -> None:

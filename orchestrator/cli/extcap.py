@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
-from ..agent import __version__, validate
-from ..agent.filter import spec as filter_spec
-from .errors import UsageError, XdpcapError
+from ...agent import __version__, validate
+from ...agent.filter import spec as filter_spec
+from ..errors import UsageError, XdpcapError
 
 INTERFACE = "xdpcap"
 LAUNCHER_NAME = "xdpcap"
@@ -77,7 +77,8 @@ def extcap_folder() -> Path:
 
 def launcher_text() -> str:
     python = Path(sys.executable).absolute()
-    return f'#!/bin/sh\n{MARKER}\nexec {_shell_quote(str(python))} -m {__package__} extcap "$@"\n'
+    command = f'exec {_shell_quote(str(python))} -m xdpcap.orchestrator extcap "$@"'
+    return f"#!/bin/sh\n{MARKER}\n{command}\n"
 
 
 def _shell_quote(text: str) -> str:
@@ -177,7 +178,7 @@ def run_argv(args: argparse.Namespace) -> list[str]:
 
 
 def capture(args: argparse.Namespace) -> int:
-    from .cli import build_parser
+    from .main import build_parser
 
     if not args.fifo:
         raise UsageError("extcap: --capture needs --fifo PATH")
@@ -211,7 +212,7 @@ def _log_to(path: Path) -> Iterator[Path]:
 
 def _run_into(fifo: str, run_args: argparse.Namespace) -> int:
     """`xdpcap run -w -` with the fifo for stdout; SIGTERM is Wireshark's Ctrl-C."""
-    from .run_cli import run_command
+    from .run import run_command
 
     stream_open = threading.Event()
     stream_open.set()

@@ -27,7 +27,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ...agent.pcapng_reader import CaptureReader
+from ..merge.reader import CaptureReader
 from .observe import INBOUND, OUTBOUND, identify
 
 MAX_PACKETS = 200_000  # read per host

@@ -21,8 +21,8 @@ from pathlib import Path
 import paramiko
 from fabric import Config, Connection
 
-from .errors import RemoteError
-from .inventory import Host
+from ..errors import RemoteError
+from ..inventory.reader import Host
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts").expanduser()
 CONNECT_TIMEOUT_S = 10

@@ -42,10 +42,10 @@ from itertools import accumulate
 from operator import itemgetter
 from typing import Any
 
-from ..agent import __version__
-from ..agent.consumer import bisect_time
-from ..agent.pcapng import IF_FILTER, PcapngWriter
-from ..agent.protocol import FRAME_HEAD
+from ...agent import __version__
+from ...agent.consumer import bisect_time
+from ...agent.pcapng import IF_FILTER, PcapngWriter
+from ...agent.protocol import FRAME_HEAD
 
 # Bytes of packets received and not yet written to the stream, over all hosts, at most.
 BUFFER_BUDGET_BYTES = 64 << 20

@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from .errors import XdpcapError
+from ..errors import XdpcapError
 
 
 class LabError(XdpcapError):

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from fabric import Connection
 
-from ..agent.protocol import FRAME_PREFIX
-from .errors import RemoteError
+from ...agent.protocol import FRAME_PREFIX
+from ..errors import RemoteError
 
 READ_TIMEOUT_S = 1.0
 EXIT_STATUS_WAIT_S = 3.0

@@ -29,8 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, NamedTuple, Union
 
-from .errors import PcapngError
-from .pcapng import (
+from ...agent.errors import PcapngError
+from ...agent.pcapng import (
     BT_EPB,
     BT_IDB,
     BT_ISB,

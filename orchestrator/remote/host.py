@@ -23,19 +23,19 @@ from typing import Any
 from fabric import Connection
 from paramiko import SFTPClient
 
-from ..agent import validate
-from ..agent.filter.spec import CompiledFilter
-from ..agent.protocol import parse_event
-from .agent_bundle import AgentBundle
+from ...agent import validate
+from ...agent.filter.spec import CompiledFilter
+from ...agent.protocol import parse_event
+from ..clock.probe import ClockOffset, ClockProbe, measure_rounds
+from ..errors import RemoteError, UsageError
+from ..inventory.reader import Host
+from ..merge.live import LiveHost
+from ..run.filters import without_connection
+from .bundle import AgentBundle
 from .channel import RemoteProcess
-from .clock import ClockOffset, ClockProbe, measure_rounds
-from .errors import RemoteError, UsageError
-from .filters import without_connection
-from .inventory import Host
 from .ssh import SshSettings, quote_command, run, sudo_failure
 from .ssh import connect as ssh_connect
 from .standby import Standby
-from .stream import LiveHost
 
 CACHE_DIR = ".cache/xdpcap"  # relative to the SSH user's home
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")

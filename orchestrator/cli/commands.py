@@ -13,14 +13,14 @@ from types import ModuleType
 
 # command -> the module (in this package) that registers it, in the order of --help.
 COMMANDS: dict[str, str] = {
-    "run": "run_cli",
-    "check": "run_cli",
+    "run": "run",
+    "check": "run",
     "collect": "collect",
-    "capture": "capture_cli",
-    "build-agent": "capture_cli",
-    "merge": "merge_cli",
+    "capture": "capture",
+    "build-agent": "capture",
+    "merge": "merge",
     "extcap": "extcap",
-    "lab": "lab_cli",
+    "lab": "lab",
     "demo": "demo",
 }
 

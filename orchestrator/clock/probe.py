@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from fabric import Connection
 from paramiko import SSHException
 
-from .errors import RemoteError
+from ..errors import RemoteError
 
 ROUNDS = 16  # at most
 PROBES_AT_ONCE = 8  # hosts whose timed rounds run at the same time (see measure)

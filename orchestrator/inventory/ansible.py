@@ -36,8 +36,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import InventoryError, UsageError
-from .inventory import (
+from ..errors import InventoryError, UsageError
+from .reader import (
     GroupParts,
     Inventory,
     _is_secret,  # the built-in reader's rule for which variables hold secrets

@@ -47,8 +47,8 @@ from typing import NamedTuple, NoReturn
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from ..agent import validate
-from .errors import InventoryError, UsageError
+from ...agent import validate
+from ..errors import InventoryError, UsageError
 
 __all__ = [
     "Group",

@@ -15,16 +15,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from ..agent import validate
-from ..agent.__main__ import add_direction_argument, add_filter_arguments
-from ..agent.filter import spec as filter_spec
-from . import inventory_ansible
-from .agent_bundle import build_agent_bundle
-from .errors import UsageError
-from .filters import compile_for_hosts
-from .inventory import Host, format_host_list
-from .launch_gate import LaunchGate
-from .remote_host import (
+from ...agent import validate
+from ...agent.__main__ import add_direction_argument, add_filter_arguments
+from ...agent.filter import spec as filter_spec
+from ..errors import UsageError
+from ..inventory import ansible as inventory_ansible
+from ..inventory.reader import Host, format_host_list
+from ..merge.live import BUFFER_BUDGET_BYTES, DEFAULT_IDLE_S
+from ..remote.bundle import build_agent_bundle
+from ..remote.host import (
     CaptureSettings,
     HostState,
     RemoteHost,
@@ -33,10 +32,11 @@ from .remote_host import (
     test_clock_env,
     validate_iface_for,
 )
-from .report import check_table
-from .run import Run, RunOptions, RunResult, _each, print_result
-from .ssh import SshSettings
-from .stream import BUFFER_BUDGET_BYTES, DEFAULT_IDLE_S
+from ..remote.ssh import SshSettings
+from ..run.filters import compile_for_hosts
+from ..run.launch_gate import LaunchGate
+from ..run.runner import Run, RunOptions, RunResult, _each, print_result
+from ..run.tables import check_table
 
 DEFAULT_DURATION_S = 10.0
 COUNT_ONLY_DURATION_S = 300.0  # --count alone still needs a deadline on every host

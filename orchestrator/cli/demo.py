@@ -15,13 +15,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .errors import XdpcapError
-from .inventory import load_inventory
-from .lab import Lab
-from .lab_cli import host_count, seconds_between
-from .remote_host import CaptureSettings
-from .run import Run, RunOptions, print_result
-from .ssh import SshSettings
+from ..errors import XdpcapError
+from ..inventory.reader import load_inventory
+from ..lab.namespaces import Lab
+from ..remote.host import CaptureSettings
+from ..remote.ssh import SshSettings
+from ..run.runner import Run, RunOptions, print_result
+from .lab import host_count, seconds_between
 
 DEMO_LAB = "demo"
 LISTED_PACKETS = 15

@@ -8,44 +8,24 @@ capture, and redoes the merge with the clock offsets the run measured.
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from ..agent import validate
-from . import inventory_ansible
-from .agent_bundle import build_agent_bundle
-from .clock import PROBES_AT_ONCE, ClockOffset
-from .errors import RemoteError, UsageError
-from .remote_host import HostState, RemoteHost
-from .run import RunResult, _each, merge_states, print_result, write_run_json
-from .ssh import SshSettings
+from ..clock.probe import PROBES_AT_ONCE, ClockOffset
+from ..errors import RemoteError, UsageError
+from ..inventory import ansible as inventory_ansible
+from ..remote.bundle import build_agent_bundle
+from ..remote.host import HostState, RemoteHost
+from ..remote.ssh import SshSettings
+from .runner import RunResult, _each, merge_states, write_run_json
 
 WAIT_FOR_CAPTURE_S = 60.0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    collect = sub.add_parser("collect", help="fetch what a run could not, and merge again")
-    collect.add_argument("run_dir", type=Path, metavar="RUN_FOLDER")
-    collect.add_argument(
-        "--wait",
-        type=float,
-        default=WAIT_FOR_CAPTURE_S,
-        help="seconds to wait for a capture still running (default 60)",
-    )
-    collect.add_argument("--accept-new-host-keys", action="store_true")
-    collect.add_argument(
-        "--inventory-reader",
-        choices=inventory_ansible.READERS,
-        help="who reads the run's inventory again (as `xdpcap run`)",
-    )
-    collect.add_argument("--vault-password-file", help="decrypt !vault values in the inventory")
-    collect.set_defaults(func=collect_command)
 
 
 def _state_from(data: dict) -> HostState:
@@ -77,15 +57,23 @@ def _states_of(run: Any, path: Path) -> list[HostState]:
         raise UsageError(f"{path}: not a run.json written by xdpcap run ({exc})") from None
 
 
-def collect_command(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
-    validate.positive_number("--wait", args.wait, 3600)
-    run = load_run(args.run_dir)
-    states = _states_of(run, args.run_dir / "run.json")
+@dataclass(frozen=True)
+class CollectOptions:
+    run_dir: Path
+    wait_s: float = WAIT_FOR_CAPTURE_S
+    accept_new_host_keys: bool = False
+    inventory_reader: str | None = None
+    vault_password_file: str | None = None
+
+
+def collect(options: CollectOptions, console: Console) -> RunResult:
+    """Fetch what the run in `options.run_dir` could not, then merge and rewrite run.json."""
+    run = load_run(options.run_dir)
+    states = _states_of(run, options.run_dir / "run.json")
     inventory = inventory_ansible.load(
-        run["inventory"], args.inventory_reader, args.vault_password_file
+        run["inventory"], options.inventory_reader, options.vault_password_file
     ).inventory
-    settings = SshSettings(accept_new_host_keys=args.accept_new_host_keys)
+    settings = SshSettings(accept_new_host_keys=options.accept_new_host_keys)
     missing = [
         s for s in states if not (s.local_file and Path(s.local_file).exists()) and s.remote_file
     ]
@@ -104,7 +92,7 @@ def collect_command(args: argparse.Namespace) -> int:
     def fetch(remote: RemoteHost) -> None:
         try:
             remote.open()
-            deadline = time.monotonic() + args.wait
+            deadline = time.monotonic() + options.wait_s
             summary = remote.read_remote_summary()
             while summary is None and time.monotonic() < deadline:
                 time.sleep(1)
@@ -120,22 +108,19 @@ def collect_command(args: argparse.Namespace) -> int:
                     remote.probe_clock(clock_slots)
                 except RemoteError as exc:  # merged without correction, and said so
                     console.print(f"{exc}; its clock offset is unknown")
-            remote.fetch(args.run_dir / "hosts")
+            remote.fetch(options.run_dir / "hosts")
             remote.state.state = "done"
             remote.state.reason = None
         finally:
             remote.close()
 
     _each(10, remotes, fetch)
-    out = Path(run["merged"]) if run.get("merged") else args.run_dir / "merged.pcapng"
+    out = Path(run["merged"]) if run.get("merged") else options.run_dir / "merged.pcapng"
     report = merge_states(states, out, clock_correction=run.get("clock_correction", True))
     run["hosts"] = [s.to_dict() for s in states]
     run["merged"] = str(out) if report is not None else None
     alignment = report.alignment if report is not None else None
     run["clock_alignment"] = alignment.to_dict() if alignment else None
-    write_run_json(args.run_dir, run)
-    result = RunResult(args.run_dir, states, out if report is not None else None, report)
-    print_result(result, console)
-    if result.merged is not None:
-        print(result.merged)
-    return result.exit_code
+    write_run_json(options.run_dir, run)
+    result = RunResult(options.run_dir, states, out if report is not None else None, report)
+    return result

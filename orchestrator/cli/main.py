@@ -7,9 +7,9 @@ import gc
 import sys
 from collections.abc import Sequence
 
-from ..agent import __version__
-from ..agent.errors import os_error_line
-from .errors import UsageError, XdpcapError
+from ...agent import __version__
+from ...agent.errors import os_error_line
+from ..errors import UsageError, XdpcapError
 
 
 class _Parser(argparse.ArgumentParser):

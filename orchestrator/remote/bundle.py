@@ -22,8 +22,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import agent as agent_package
-from .. import bpf as bpf_package
+from ... import agent as agent_package
+from ... import bpf as bpf_package
 
 # A fixed timestamp makes the archive's bytes depend on the content only.
 _FIXED_DATE = (2020, 1, 1, 0, 0, 0)
