@@ -1,4 +1,4 @@
-"""The agent's command line: `capture`, `preflight`, `clock`.
+"""The agent's commands: `capture`, `preflight`, `clock` (the parser: command_line.py).
 
 Runs with nothing but the host's python3 and bcc: from the zipapp the controller uploads
 (`python3 xdpcap-agent.pyz capture ...`), or locally as `xdpcap capture`.
@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, clock, validate
+from . import clock, validate
+from .command_line import build_parser
 from .errors import UsageError, XdpcapError, os_error_line
 from .protocol import EventSink
 
@@ -23,113 +24,6 @@ if TYPE_CHECKING:
 # The capture and preflight modules (and what they import) load only for those
 # commands: `clock --serve`, the controller's offset probe, and `xdpcap run`, which
 # builds this parser, start a tenth of a second sooner without them.
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, as every other bad input
-        raise UsageError(message)
-
-
-def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
-    """tcpdump's way to give a filter: trailing words, or -F FILE."""
-    parser.add_argument(
-        "expression",
-        nargs="*",
-        help="capture filter, in tcpdump's language (e.g. tcp port 443 and host 10.0.0.5)",
-    )
-    parser.add_argument(
-        "-F", dest="filter_file", metavar="FILE", help="read the capture filter from FILE"
-    )
-
-
-def add_direction_argument(parser: argparse.ArgumentParser, default: str | None) -> None:
-    """tcpdump's -Q: which directions to capture."""
-    parser.add_argument(
-        "-Q",
-        "--direction",
-        choices=validate.DIRECTIONS,
-        default=default,
-        help="in: what arrives (XDP), out: what is sent (tc egress), inout: both "
-        "(the default, as tcpdump)",
-    )
-
-
-def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--iface", "-i", required=True, help="interface to capture on")
-    parser.add_argument("-w", "--write", dest="output", help="pcapng file to write")
-    parser.add_argument("--duration", type=float, help="seconds to capture")
-    parser.add_argument("--count", type=int, help="stop after this many packets are written")
-    parser.add_argument(
-        "--snaplen", type=int, default=262144, help="bytes of each packet to keep (default 262144)"
-    )
-    parser.add_argument(
-        "--sample-rate",
-        type=int,
-        default=1,
-        metavar="N",
-        help="keep one packet in N, chosen at random (default 1: all)",
-    )
-    parser.add_argument("--xdp-mode", choices=("auto", "native", "skb"), default="auto")
-    add_direction_argument(parser, "inout")
-    parser.add_argument(
-        "--egress-attach",
-        choices=("auto", "tcx", "clsact"),
-        default="auto",
-        help="how the egress program attaches (auto: a tcx link where the kernel has it, "
-        "6.6+; else a clsact filter)",
-    )
-    parser.add_argument(
-        "--buffer-pages",
-        type=int,
-        help="perf buffer pages per CPU, a power of two (default: 8 MiB per CPU, "
-        "at most about 64 MiB in all)",
-    )
-    parser.add_argument(
-        "--preflight",
-        action="store_true",
-        help="only check whether this host can capture, print JSON",
-    )
-    parser.add_argument("--print-bpf", action="store_true", help="print the BPF C source")
-    parser.add_argument(
-        "--no-bpf-cache",
-        dest="bpf_cache",
-        action="store_false",
-        help="compile the sampler with bcc even when this host has it cached",
-    )
-    add_filter_arguments(parser)
-    # Used by the controller, not by people.
-    parser.add_argument(
-        "--filter-cbpf", action="append", default=[], metavar="LINK=PROGRAM", help=argparse.SUPPRESS
-    )
-    parser.add_argument("--json-events", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--wait-start", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--start-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--start-at",
-        type=int,
-        metavar="WALL_CLOCK_NS",
-        help="open the capture window at this wall-clock time (ns since the epoch), the "
-        "same for every host of a fleet; at most "
-        f"{validate.START_AT_PAST_S:g} s in the past, {validate.START_AT_FUTURE_S:g} s ahead",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="xdpcap-agent", description="xdpcap's per-host capture agent")
-    parser.add_argument("--version", action="version", version=f"xdpcap {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    add_capture_arguments(sub.add_parser("capture", help="capture on one interface"))
-    pre = sub.add_parser("preflight", help="print a JSON readiness report")
-    pre.add_argument("--iface", "-i", required=True)
-    pre.add_argument("--output-dir", default=".")
-    clock_parser = sub.add_parser("clock", help="print this host's wall clock (ns) as JSON")
-    clock_parser.add_argument(
-        "--serve",
-        action="store_true",
-        help="answer each line on stdin with the clock (offset probe)",
-    )
-    return parser
 
 
 def options_from_args(args: argparse.Namespace) -> CaptureOptions:

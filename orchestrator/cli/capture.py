@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ...agent import __main__ as agent_cli
+from ...agent.command_line import add_capture_arguments
 from ..errors import UsageError
 from ..remote.bundle import write_agent_bundle
 
@@ -16,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="capture on one interface of this host (the agent, run locally)",
         description="Capture with XDP on one local interface and write pcapng.",
     )
-    agent_cli.add_capture_arguments(capture)
+    add_capture_arguments(capture)
     capture.set_defaults(func=_capture)
 
     build = sub.add_parser("build-agent", help="write the agent zipapp (for manual deployment)")

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ...agent import validate
-from ...agent.__main__ import add_direction_argument, add_filter_arguments
+from ...agent.command_line import add_direction_argument, add_filter_arguments
 from ...agent.filter import spec as filter_spec
 from ..errors import UsageError
 from ..inventory import ansible as inventory_ansible
@@ -33,9 +33,10 @@ from ..remote.host import (
     validate_iface_for,
 )
 from ..remote.ssh import SshSettings
+from ..run.fanout import each_remote
 from ..run.filters import compile_for_hosts
 from ..run.launch_gate import LaunchGate
-from ..run.runner import Run, RunOptions, RunResult, _each, print_result
+from ..run.runner import Run, RunOptions, RunResult, print_result
 from ..run.tables import check_table
 
 DEFAULT_DURATION_S = 10.0
@@ -289,7 +290,7 @@ def check_command(args: argparse.Namespace) -> int:
         finally:
             remote.close()
 
-    _each(args.forks, remotes, check)
+    each_remote(remotes, check, args.forks)
     rows = [(r.host.name, reports.get(r.host.name), r.state.reason) for r in remotes]
     Console().print(check_table(rows))
     ok = sum(1 for _, report, _ in rows if report and report.get("verdict") == "ok")

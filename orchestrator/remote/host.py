@@ -24,6 +24,7 @@ from fabric import Connection
 from paramiko import SFTPClient
 
 from ...agent import validate
+from ...agent.command_line import CaptureArgs, capture_argv
 from ...agent.filter.spec import CompiledFilter
 from ...agent.protocol import parse_event
 from ..clock.probe import ClockOffset, ClockProbe, measure_rounds
@@ -36,6 +37,7 @@ from .channel import RemoteProcess
 from .ssh import SshSettings, quote_command, run, sudo_failure
 from .ssh import connect as ssh_connect
 from .standby import Standby
+from .state import HostState, Phase
 
 CACHE_DIR = ".cache/xdpcap"  # relative to the SSH user's home
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
@@ -111,50 +113,6 @@ class CaptureSettings:
     sample_rate: int
     xdp_mode: str
     start_timeout_s: float
-
-
-@dataclass
-class HostState:
-    """What the live table and the final report show for one host."""
-
-    name: str
-    address: str
-    iface: str
-    state: str = "pending"
-    reason: str | None = None
-    packets: int = 0
-    bytes: int = 0
-    lost: int = 0
-    seen: int = 0
-    t_ready_s: float | None = None
-    t_capturing_s: float | None = None
-    window_start_ns: int | None = None
-    summary: dict[str, Any] | None = None
-    clock: ClockOffset | None = None  # as measured: host clock − controller clock
-    clock_shift_ns: int | None = None  # what the merge subtracted (see clock.corrections)
-    local_file: str | None = None
-    remote_file: str | None = None
-    sha256: str | None = None
-    filter: str | None = None  # the capture filter expression this host ran
-    direction: str = "inout"  # -Q: in, out or inout
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "done" and self.local_file is not None and not self.partial
-
-    @property
-    def partial(self) -> str | None:
-        return (self.summary or {}).get("partial_reason")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "clock"}
-        if self.clock:
-            data["clock"] = {
-                "offset_ns": self.clock.offset_ns,
-                "error_ns": self.clock.error_ns,
-                "sync_state": self.clock.sync_state,
-            }
-        return data
 
 
 def interpreter_of(host: Host) -> str:
@@ -237,7 +195,7 @@ class RemoteHost:
     # -- preparation -------------------------------------------------------------------
     def connect(self) -> None:
         """Open the verified SSH connection; nothing runs on the host yet."""
-        self.state.state = "connecting"
+        self.state.move(Phase.CONNECTING)
         self.conn = ssh_connect(self.host, self.settings)
 
     def open(self) -> None:
@@ -406,12 +364,21 @@ class RemoteHost:
             transport = self.conn.client.get_transport()
             self.capture_filter = without_connection(self.capture_filter, transport.sock)
             self.state.filter = self.capture_filter.expression if self.capture_filter else None
-        args = _capture_args(
-            capture, self.state.iface, out_rel, self.state.direction, self.capture_filter
+        args = CaptureArgs(
+            iface=self.state.iface,
+            output=out_rel,
+            duration_s=capture.duration_s,
+            count=capture.count,
+            snaplen=capture.snaplen,
+            sample_rate=capture.sample_rate,
+            xdp_mode=capture.xdp_mode,
+            direction=self.state.direction,
+            wait_start=True,
+            start_timeout_s=capture.start_timeout_s,
+            stream=self.live is not None,
+            filter_args=tuple(self.capture_filter.agent_args()) if self.capture_filter else (),
         )
-        if self.live is not None:
-            args.append("--stream")
-        self.launch_agent(bundle, run_rel, args)
+        self.launch_agent(bundle, run_rel, capture_argv(args))
         self.state.remote_file = out_rel if out_rel.startswith("/") else f"{self.home}/{out_rel}"
 
     def wait_ready(self, timeout_s: float, interrupted: threading.Event) -> None:
@@ -434,7 +401,7 @@ class RemoteHost:
         if self.conn is None:
             self.connect()
         if not self._launch_once(bundle, folder_rel, args):
-            self.state.state = "uploading"
+            self.state.move(Phase.UPLOADING)
             self._install_agent(bundle, None)
             if not self._launch_once(bundle, folder_rel, args):
                 raise RemoteError(f"{self.host.name}: the agent is still missing after upload")
@@ -456,7 +423,7 @@ class RemoteHost:
             "password" if password else "",
             *self._plain_agent_argv(agent_rel, *args),
         ]
-        self.state.state = "compiling"
+        self.state.move(Phase.COMPILING)
         self.facts = {}
         self._output: list[str] = []
         self._launched = threading.Event()
@@ -508,11 +475,11 @@ class RemoteHost:
         state = self.state
         now = time.monotonic() - self.started
         if kind == "ready":
-            state.state = "ready"
+            state.move(Phase.READY)
             state.t_ready_s = now
             self.ready_event.set()
         elif kind == "capturing":
-            state.state = "capturing"
+            state.move(Phase.CAPTURING)
             state.t_capturing_s = now
             state.window_start_ns = int(event["window_start_ns"])
             if self.live is not None:
@@ -532,7 +499,7 @@ class RemoteHost:
             state.bytes = int(event.get("bytes_written", 0))
             state.lost = int(event.get("lost", 0))
             state.seen = int(event.get("seen", 0))
-            state.state = "captured"
+            state.move(Phase.CAPTURED)
             if self.live is not None:
                 self.live.done(event)
             self.done_event.set()
@@ -544,8 +511,7 @@ class RemoteHost:
             self._clock_answers.put((int(event["realtime_ns"]), received_ns))
             return  # nothing for the live table
         elif kind == "error":
-            state.state = "failed"
-            state.reason = str(event.get("message"))
+            state.move(Phase.FAILED, str(event.get("message")))
             if self.live is not None:
                 self.live.done(None)
             self.done_event.set()
@@ -657,6 +623,32 @@ class RemoteHost:
             host=self.host,
         )
 
+    def await_summary(self, wait_s: float, poll_s: float) -> dict[str, Any] | None:
+        """Come back for a capture the agent finishes by itself (a lost connection, `xdpcap
+        collect`): connect again as needed and wait, at most `wait_s`, for its summary.
+
+        None if it never came; the last connection error if the host never answered.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                if self.conn is None:
+                    self.open()
+                summary = self.read_remote_summary()
+                error = None
+            except RemoteError as exc:
+                self.close()
+                self.conn = None
+                summary, error = None, exc
+            if summary is not None:
+                self.state.summary = summary
+                return summary
+            if time.monotonic() >= deadline:
+                if error is not None:
+                    raise error
+                return None
+            time.sleep(poll_s)
+
     def read_remote_summary(self) -> dict[str, Any] | None:
         assert self.conn is not None and self.state.remote_file
         status, out, _ = run(self.conn, ["cat", self.state.remote_file + ".json"], host=self.host)
@@ -677,43 +669,6 @@ class RemoteHost:
             self.conn.close()
         if standby is not None:
             standby.join()  # with the connection closed, a pending open fails at once
-
-
-def _capture_args(
-    capture: CaptureSettings,
-    iface: str,
-    output: str,
-    direction: str,
-    capture_filter: CompiledFilter | None,
-) -> list[str]:
-    args = [
-        "capture",
-        "--json-events",
-        "--wait-start",
-        "-i",
-        iface,
-        "-w",
-        output,
-        "--duration",
-        repr(capture.duration_s),
-        "--snaplen",
-        str(capture.snaplen),
-        "--sample-rate",
-        str(capture.sample_rate),
-        "--xdp-mode",
-        capture.xdp_mode,
-        "--direction",
-        validate.direction(direction),
-        "--start-timeout",
-        repr(capture.start_timeout_s),
-    ]
-    if capture.count is not None:
-        args += ["--count", str(capture.count)]
-    if capture_filter is not None:
-        # The checked programs, then the expression as the trailing words (the agent
-        # checks the programs again: it trusts nothing that arrives over the wire).
-        args += capture_filter.agent_args()
-    return args
 
 
 def sha256_of(path: Path) -> str:

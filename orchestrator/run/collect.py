@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,11 @@ from ..clock.probe import PROBES_AT_ONCE, ClockOffset
 from ..errors import RemoteError, UsageError
 from ..inventory import ansible as inventory_ansible
 from ..remote.bundle import build_agent_bundle
-from ..remote.host import HostState, RemoteHost
+from ..remote.host import RemoteHost
 from ..remote.ssh import SshSettings
-from .runner import RunResult, _each, merge_states, write_run_json
+from ..remote.state import HostState, Phase
+from .fanout import each_remote
+from .runner import RunResult, merge_states, write_run_json
 
 WAIT_FOR_CAPTURE_S = 60.0
 
@@ -91,17 +92,11 @@ def collect(options: CollectOptions, console: Console) -> RunResult:
 
     def fetch(remote: RemoteHost) -> None:
         try:
-            remote.open()
-            deadline = time.monotonic() + options.wait_s
-            summary = remote.read_remote_summary()
-            while summary is None and time.monotonic() < deadline:
-                time.sleep(1)
-                summary = remote.read_remote_summary()
-            if summary is None:
+            remote.open()  # an unreachable host fails with its connection's reason
+            if remote.await_summary(options.wait_s, poll_s=1.0) is None:
                 raise RemoteError(
                     f"{remote.host.name}: no finished capture at {remote.state.remote_file}"
                 )
-            remote.state.summary = summary
             if remote.state.clock is None:
                 remote.agent_path = f"{remote.cache_dir}/{bundle.filename}"
                 try:
@@ -109,12 +104,11 @@ def collect(options: CollectOptions, console: Console) -> RunResult:
                 except RemoteError as exc:  # merged without correction, and said so
                     console.print(f"{exc}; its clock offset is unknown")
             remote.fetch(options.run_dir / "hosts")
-            remote.state.state = "done"
-            remote.state.reason = None
+            remote.state.move(Phase.DONE, reason=None)
         finally:
             remote.close()
 
-    _each(10, remotes, fetch)
+    each_remote(remotes, fetch, 10)
     out = Path(run["merged"]) if run.get("merged") else options.run_dir / "merged.pcapng"
     report = merge_states(states, out, clock_correction=run.get("clock_correction", True))
     run["hosts"] = [s.to_dict() for s in states]

@@ -47,8 +47,10 @@ from ..errors import MergeError, RemoteError, UsageError, XdpcapError
 from ..inventory.reader import Host
 from ..merge.live import BUFFER_BUDGET_BYTES, DEFAULT_IDLE_S, LiveMerge
 from ..remote.bundle import build_agent_bundle
-from ..remote.host import CaptureSettings, HostState, RemoteHost, validate_iface_for
+from ..remote.host import CaptureSettings, RemoteHost, validate_iface_for
 from ..remote.ssh import SshSettings
+from ..remote.state import HostState, Phase
+from .fanout import each_remote, fail_remote
 from .launch_gate import LaunchGate
 from .tables import final_lines, final_table, live_table
 
@@ -65,6 +67,7 @@ DRAWING_MODULES = ("rich.live", "rich.table")
 MERGE_MODULE = "xdpcap.orchestrator.merge.captures"
 
 READY_TIMEOUT_S = 90.0
+RECONNECT_POLL_S = 2.0  # how often a lost host is tried again for its finished capture
 SLOT_READY_WAIT_S = 10.0  # how long a launch keeps its slot waiting for its agent's ready
 BUNDLE_WAIT_S = 60.0
 DONE_GRACE_S = 30.0
@@ -138,41 +141,6 @@ def _new_run_dir(runs_dir: Path) -> Path:
     return path
 
 
-def _each(
-    pool_size: int,
-    items: Sequence[RemoteHost],
-    work: Callable[[RemoteHost], None],
-    meanwhile: Callable[[], None] | None = None,
-    abort: threading.Event | None = None,
-) -> None:
-    """Run `work` on every host with at most pool_size at a time; failures become results.
-
-    `meanwhile` runs in this thread once the work has started. `abort` is set when this
-    thread is interrupted (Ctrl-C), before waiting for the workers: work that watches it
-    ends early, and what has not started yet is not started.
-    """
-
-    def guarded(remote: RemoteHost) -> None:
-        try:
-            work(remote)
-        except XdpcapError as exc:
-            _fail(remote, str(exc))
-        except Exception as exc:
-            _fail(remote, f"{remote.host.name}: {type(exc).__name__}: {exc}")
-
-    with ThreadPoolExecutor(max_workers=max(1, min(pool_size, len(items) or 1))) as pool:
-        results = pool.map(guarded, items)  # submits every item now
-        try:
-            if meanwhile is not None:
-                meanwhile()
-            list(results)
-        except BaseException:
-            if abort is not None:
-                abort.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-
-
 def start_lead_s(round_trips_ns: Sequence[int | None]) -> tuple[float, float | None]:
     """How far ahead to schedule the start, and the slowest round trip it was set from
     (None: some host has none measured, and the fixed lead is used)."""
@@ -184,14 +152,6 @@ def start_lead_s(round_trips_ns: Sequence[int | None]) -> tuple[float, float | N
 
 class _ReaderGone(Exception):
     """The live stream's reader closed it: the run stops as after Ctrl-C."""
-
-
-def _fail(remote: RemoteHost, reason: str) -> None:
-    if remote.live is not None:
-        remote.live.done(None)  # nothing more comes from it: the stream stops waiting
-    remote.state.state = "failed"
-    prefix = f"{remote.host.name}: "
-    remote.state.reason = reason[len(prefix) :] if reason.startswith(prefix) else reason
 
 
 class Run:
@@ -253,7 +213,7 @@ class Run:
             try:
                 self._launch()
                 self._mark("launched")
-                active = [r for r in self.remotes if r.state.state != "failed"]
+                active = [r for r in self.remotes if r.state.state != Phase.FAILED]
                 self._capture(active)
                 self._mark("captured")
             finally:
@@ -335,13 +295,13 @@ class Run:
                     # wait for every host's ready goes on after the launches.
                     wait = min(SLOT_READY_WAIT_S, self.options.ready_timeout_s)
                     remote.wait_ready(wait, interrupted)
-                    if remote.state.state == "ready":
+                    if remote.state.state == Phase.READY:
                         remote.measure_round_trip()
 
-            _each(
-                self.options.forks,
+            each_remote(
                 self.remotes,
                 launch,
+                self.options.forks,
                 meanwhile=self._while_connecting,
                 abort=interrupted,
             )
@@ -364,7 +324,7 @@ class Run:
         ) as live:
             try:
                 self._wait_ready(active, live)
-                ready = [r for r in active if r.state.state == "ready"]
+                ready = [r for r in active if r.state.state == Phase.READY]
                 self._mark("all ready")
                 self._start_all(ready)
                 importlib.import_module(MERGE_MODULE)  # while the hosts capture
@@ -382,9 +342,9 @@ class Run:
             live.update(live_table(self.states))
         self.console.line()  # on a pipe, the last render does not end its line
         for remote in active:
-            if remote.state.state in ("ready", "compiling"):
+            if remote.state.state in (Phase.READY, Phase.COMPILING):
                 remote.send("stop")
-                _fail(remote, "not started: other hosts were not ready in time")
+                fail_remote(remote, "not started: other hosts were not ready in time")
 
     def _start_all(self, ready: list[RemoteHost]) -> None:
         """Open every window at the same instant: "start T", T a little ahead.
@@ -411,13 +371,13 @@ class Run:
             if self.live is not None and self.live.reader_gone.is_set():
                 raise _ReaderGone
             self._note_dead_agents(active)
-            if all(r.state.state in ("ready", "failed") for r in active):
+            if all(r.state.state in (Phase.READY, Phase.FAILED) for r in active):
                 return
             self._pause(live)
         for remote in active:
-            if remote.state.state != "ready":
+            if remote.state.state != Phase.READY:
                 remote.send("stop")
-                _fail(
+                fail_remote(
                     remote,
                     f"not ready within {self.options.ready_timeout_s:.0f} s (compile and attach)",
                 )
@@ -437,9 +397,9 @@ class Run:
             for remote in remotes:
                 # Its window is open: what the fetch needs can open now, off the clock.
                 # Not before: the start of the window must not wait for a login shell.
-                if remote.state.state in ("capturing", "captured"):
+                if remote.state.state in (Phase.CAPTURING, Phase.CAPTURED):
                     remote.open_standby()
-            if all(r.done_event.is_set() or r.state.state == "failed" for r in remotes):
+            if all(r.done_event.is_set() or r.state.state == Phase.FAILED for r in remotes):
                 return
             self._pause(live)
 
@@ -455,15 +415,14 @@ class Run:
 
     def _note_dead_agents(self, remotes: list[RemoteHost]) -> None:
         for remote in remotes:
-            if remote.state.state != "failed" and remote.agent_finished_without_report():
+            if remote.state.state != Phase.FAILED and remote.agent_finished_without_report():
                 if remote.process is not None and remote.process.exit_status is None:
-                    remote.state.state = "disconnected"
-                    remote.state.reason = remote.failure_reason()
+                    remote.state.move(Phase.DISCONNECTED, remote.failure_reason())
                     if remote.live is not None:
                         remote.live.done(None)  # its agent goes on, but not on this stream
                     remote.done_event.set()
                 else:
-                    _fail(remote, remote.failure_reason())
+                    fail_remote(remote, remote.failure_reason())
 
     def _fetch(self, active: list[RemoteHost]) -> None:
         hosts_dir = self.run_dir / "hosts"
@@ -471,14 +430,14 @@ class Run:
         clock_slots = threading.BoundedSemaphore(PROBES_AT_ONCE)
 
         def fetch(remote: RemoteHost) -> None:
-            if remote.state.state == "disconnected":
+            if remote.state.state == Phase.DISCONNECTED:
                 self._reconnect(remote)
-            if remote.state.state != "captured":
+            if remote.state.state != Phase.CAPTURED:
                 return
             # The clock probe and the transfer use channels of their own: run them side
             # by side. Both were opened during the capture window where that worked;
             # else each opens now (each SSH command costs the host a login shell).
-            remote.state.state = "fetching"
+            remote.state.move(Phase.FETCHING)
             sftp = remote.take_standby()
             probe = threading.Thread(target=self._probe_clock, args=(remote, clock_slots))
             probe.start()
@@ -487,9 +446,9 @@ class Run:
                 remote.fetch(hosts_dir, sftp, before_delete=lambda: probe.join(timeout=60))
             finally:
                 probe.join(timeout=60)
-            remote.state.state = "done"
+            remote.state.move(Phase.DONE)
 
-        _each(self.options.forks, active, fetch)
+        each_remote(active, fetch, self.options.forks)
 
     def _fetch_interrupted(self, active: list[RemoteHost]) -> None:
         """Ctrl-C while fetching: the fetches under way were finished (their threads
@@ -501,8 +460,8 @@ class Run:
             soft_wrap=True,
         )
         for remote in active:
-            if remote.state.state in ("captured", "fetching", "disconnected"):
-                _fail(remote, f"fetch interrupted; run `xdpcap collect {self.run_dir}`")
+            if remote.state.state in (Phase.CAPTURED, Phase.FETCHING, Phase.DISCONNECTED):
+                fail_remote(remote, f"fetch interrupted; run `xdpcap collect {self.run_dir}`")
 
     def _probe_clock(self, remote: RemoteHost, slots: threading.Semaphore) -> None:
         try:
@@ -518,20 +477,14 @@ class Run:
         ) / 1e9 + self.options.capture.duration_s
         time.sleep(max(0.0, min(end - time.time() + 1.0, self.options.capture.duration_s)))
         remote.close()
-        deadline = time.monotonic() + self.options.reconnect_wait_s
-        while time.monotonic() < deadline:
-            try:
-                remote.conn = None
-                remote.open()
-                summary = remote.read_remote_summary()
-            except RemoteError:
-                summary = None
-            if summary is not None:
-                remote.state.summary = summary
-                remote.state.state = "captured"
-                remote.state.reason = None
-                return
-            time.sleep(2)
+        remote.conn = None
+        try:
+            summary = remote.await_summary(self.options.reconnect_wait_s, RECONNECT_POLL_S)
+        except RemoteError:
+            summary = None
+        if summary is not None:
+            remote.state.move(Phase.CAPTURED, reason=None)
+            return
         remote.state.reason = (
             f"connection lost and the capture was not ready within "
             f"{self.options.reconnect_wait_s:.0f} s; run `xdpcap collect {self.run_dir}`"

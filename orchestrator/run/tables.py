@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..remote.host import HostState
+from ..remote.state import HostState
 
 if TYPE_CHECKING:  # loaded when a table is first drawn: `xdpcap run` connects before that
     from rich.table import Table

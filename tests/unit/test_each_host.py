@@ -1,4 +1,4 @@
-"""_each: every host's work in a bounded pool; Ctrl-C stops what watches and what waits."""
+"""each_remote: every host's work in a bounded pool; Ctrl-C stops what watches and what waits."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import threading
 import time
 
 import pytest
-from xdpcap.orchestrator.run import runner as run
+from xdpcap.orchestrator.remote.state import HostState
+from xdpcap.orchestrator.run import fanout
 
 
 class _Remote:
     def __init__(self, name: str) -> None:
         self.host = type("H", (), {"name": name})()
         self.live = None
-        self.state = type("S", (), {"state": "pending", "reason": None})()
+        self.state = HostState(name, "", "eth0")
 
 
 def test_ctrl_c_sets_abort_and_cancels_what_has_not_started() -> None:
@@ -34,7 +35,7 @@ def test_ctrl_c_sets_abort_and_cancels_what_has_not_started() -> None:
 
     began = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        run._each(2, remotes, work, meanwhile=ctrl_c, abort=abort)
+        fanout.each_remote(remotes, work, 2, meanwhile=ctrl_c, abort=abort)
     assert abort.is_set()
     assert time.monotonic() - began < 10  # the workers did not sit out their 30 s
     assert len(started) <= 4  # the queued hosts were never started
@@ -47,6 +48,6 @@ def test_failures_become_results() -> None:
         if remote.host.name == "bad":
             raise RuntimeError("boom")
 
-    run._each(2, remotes, work)
+    fanout.each_remote(remotes, work, 2)
     assert remotes[1].state.state == "failed" and "boom" in remotes[1].state.reason
     assert remotes[0].state.state == "pending"

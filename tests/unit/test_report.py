@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from xdpcap.orchestrator.clock.probe import ClockOffset
-from xdpcap.orchestrator.remote.host import HostState
+from xdpcap.orchestrator.remote.state import HostState
 from xdpcap.orchestrator.run.tables import check_table, final_lines, final_table, live_table
 
 

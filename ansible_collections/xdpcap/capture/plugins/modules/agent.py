@@ -109,25 +109,23 @@ IFACE = re.compile(r"[A-Za-z0-9_.+][A-Za-z0-9_.+-]{0,14}")
 
 
 def agent_command(params, python):
-    args = [
-        python,
-        params["agent"],
-        "capture",
-        "--json-events",
-        "-i",
-        params["iface"],
-        "-w",
-        params["output"],
-        "--duration",
-        repr(float(params["duration"])),
-        "--direction",
-        params["direction"],
-        "--start-at",
-        str(params["start_at_ns"]),
-    ]
-    if params["count"] is not None:
-        args += ["--count", str(params["count"])]
-    return args + list(params["filter_args"])
+    """The agent's command line, written by the agent's own capture_argv (imported from
+    the zipapp itself: the flags are defined once, in the agent that parses them)."""
+    sys.path.insert(0, params["agent"])
+    try:
+        from xdpcap.agent.command_line import CaptureArgs, capture_argv
+    finally:
+        sys.path.remove(params["agent"])
+    args = CaptureArgs(
+        iface=params["iface"],
+        output=params["output"],
+        duration_s=float(params["duration"]),
+        count=params["count"],
+        direction=params["direction"],
+        start_at_ns=int(params["start_at_ns"]),
+        filter_args=tuple(params["filter_args"]),
+    )
+    return [python, params["agent"], *capture_argv(args)]
 
 
 def read_events(stdout):

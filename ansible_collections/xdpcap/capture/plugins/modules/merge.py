@@ -97,7 +97,8 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from xdpcap.agent.errors import XdpcapError
-    from xdpcap.orchestrator.remote.host import HostState, sha256_of
+    from xdpcap.orchestrator.remote.host import sha256_of
+    from xdpcap.orchestrator.remote.state import HostState, Phase
     from xdpcap.orchestrator.run.runner import merge_states
 except ImportError:
     XDPCAP_IMPORT_ERROR = traceback.format_exc()
@@ -122,7 +123,7 @@ def check_capture(capture):
     state = HostState(
         str(capture["host"]), str(capture.get("address") or capture["host"]), summary["iface"]
     )
-    state.state = "done"
+    state.move(Phase.DONE)
     state.local_file = path
     state.summary = summary
     state.sha256 = digest

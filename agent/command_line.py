@@ -1,0 +1,169 @@
+"""The agent's command line, in both directions: the parser, and `capture_argv`, the one
+place that writes a capture's command line from typed options (the controller's launch,
+the Ansible collection's agent module and the local `xdpcap capture` all use it).
+
+Stdlib only: the collection's agent module imports it from the zipapp on the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from . import __version__, validate
+from .errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as every other bad input
+        raise UsageError(message)
+
+
+def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """tcpdump's way to give a filter: trailing words, or -F FILE."""
+    parser.add_argument(
+        "expression",
+        nargs="*",
+        help="capture filter, in tcpdump's language (e.g. tcp port 443 and host 10.0.0.5)",
+    )
+    parser.add_argument(
+        "-F", dest="filter_file", metavar="FILE", help="read the capture filter from FILE"
+    )
+
+
+def add_direction_argument(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """tcpdump's -Q: which directions to capture."""
+    parser.add_argument(
+        "-Q",
+        "--direction",
+        choices=validate.DIRECTIONS,
+        default=default,
+        help="in: what arrives (XDP), out: what is sent (tc egress), inout: both "
+        "(the default, as tcpdump)",
+    )
+
+
+def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--iface", "-i", required=True, help="interface to capture on")
+    parser.add_argument("-w", "--write", dest="output", help="pcapng file to write")
+    parser.add_argument("--duration", type=float, help="seconds to capture")
+    parser.add_argument("--count", type=int, help="stop after this many packets are written")
+    parser.add_argument(
+        "--snaplen", type=int, default=262144, help="bytes of each packet to keep (default 262144)"
+    )
+    parser.add_argument(
+        "--sample-rate",
+        type=int,
+        default=1,
+        metavar="N",
+        help="keep one packet in N, chosen at random (default 1: all)",
+    )
+    parser.add_argument("--xdp-mode", choices=("auto", "native", "skb"), default="auto")
+    add_direction_argument(parser, "inout")
+    parser.add_argument(
+        "--egress-attach",
+        choices=("auto", "tcx", "clsact"),
+        default="auto",
+        help="how the egress program attaches (auto: a tcx link where the kernel has it, "
+        "6.6+; else a clsact filter)",
+    )
+    parser.add_argument(
+        "--buffer-pages",
+        type=int,
+        help="perf buffer pages per CPU, a power of two (default: 8 MiB per CPU, "
+        "at most about 64 MiB in all)",
+    )
+    parser.add_argument(
+        "--preflight",
+        action="store_true",
+        help="only check whether this host can capture, print JSON",
+    )
+    parser.add_argument("--print-bpf", action="store_true", help="print the BPF C source")
+    parser.add_argument(
+        "--no-bpf-cache",
+        dest="bpf_cache",
+        action="store_false",
+        help="compile the sampler with bcc even when this host has it cached",
+    )
+    add_filter_arguments(parser)
+    # Used by the controller, not by people.
+    parser.add_argument(
+        "--filter-cbpf", action="append", default=[], metavar="LINK=PROGRAM", help=argparse.SUPPRESS
+    )
+    parser.add_argument("--json-events", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--wait-start", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--start-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--start-at",
+        type=int,
+        metavar="WALL_CLOCK_NS",
+        help="open the capture window at this wall-clock time (ns since the epoch), the "
+        "same for every host of a fleet; at most "
+        f"{validate.START_AT_PAST_S:g} s in the past, {validate.START_AT_FUTURE_S:g} s ahead",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="xdpcap-agent", description="xdpcap's per-host capture agent")
+    parser.add_argument("--version", action="version", version=f"xdpcap {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add_capture_arguments(sub.add_parser("capture", help="capture on one interface"))
+    pre = sub.add_parser("preflight", help="print a JSON readiness report")
+    pre.add_argument("--iface", "-i", required=True)
+    pre.add_argument("--output-dir", default=".")
+    clock_parser = sub.add_parser("clock", help="print this host's wall clock (ns) as JSON")
+    clock_parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="answer each line on stdin with the clock (offset probe)",
+    )
+    return parser
+
+
+@dataclass(frozen=True)
+class CaptureArgs:
+    """What a controller asks of a capture agent; None leaves the agent's default."""
+
+    iface: str
+    output: str
+    duration_s: float | None = None
+    count: int | None = None
+    snaplen: int | None = None
+    sample_rate: int | None = None
+    xdp_mode: str | None = None
+    direction: str = "inout"
+    json_events: bool = True  # events on stdout for a controller
+    wait_start: bool = False  # open the window on the controller's "start"
+    start_at_ns: int | None = None  # or at this wall-clock instant
+    start_timeout_s: float | None = None
+    stream: bool = False  # frames to the controller as well (-w -)
+    filter_args: tuple[str, ...] = ()  # CompiledFilter.agent_args(): programs, then words
+
+
+def capture_argv(args: CaptureArgs) -> list[str]:
+    """The agent's `capture` command line for `args`: parsed by build_parser() into the
+    same values (a unit test holds the two together)."""
+    argv = ["capture"]
+    if args.json_events:
+        argv.append("--json-events")
+    if args.wait_start:
+        argv.append("--wait-start")
+    argv += ["-i", args.iface, "-w", args.output]
+    for flag, value in (
+        ("--duration", None if args.duration_s is None else repr(float(args.duration_s))),
+        ("--snaplen", args.snaplen),
+        ("--sample-rate", args.sample_rate),
+        ("--xdp-mode", args.xdp_mode),
+        ("--direction", validate.direction(args.direction)),
+        ("--start-timeout", None if args.start_timeout_s is None else repr(args.start_timeout_s)),
+        ("--start-at", args.start_at_ns),
+        ("--count", args.count),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.stream:
+        argv.append("--stream")
+    # The checked programs, then the expression as the trailing words (the agent checks
+    # the programs again: it trusts nothing that arrives over the wire).
+    return argv + list(args.filter_args)
