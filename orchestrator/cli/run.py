@@ -23,18 +23,12 @@ from ..inventory import ansible as inventory_ansible
 from ..inventory.reader import Host, format_host_list
 from ..merge.live import BUFFER_BUDGET_BYTES, DEFAULT_IDLE_S
 from ..remote.bundle import build_agent_bundle
-from ..remote.host import (
-    CaptureSettings,
-    HostState,
-    RemoteHost,
-    capture_dir_of,
-    interpreter_of,
-    test_clock_env,
-    validate_iface_for,
-)
+from ..remote.filters import compile_for_hosts
+from ..remote.host import CaptureSettings, RemoteHost
+from ..remote.hostvars import capture_dir_of, interpreter_of, test_clock_env, validate_iface_for
 from ..remote.ssh import SshSettings
+from ..remote.state import HostState
 from ..run.fanout import each_remote
-from ..run.filters import compile_for_hosts
 from ..run.launch_gate import LaunchGate
 from ..run.runner import Run, RunOptions, RunResult, print_result
 from ..run.tables import check_table

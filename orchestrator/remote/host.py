@@ -7,11 +7,8 @@ others.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import queue
-import re
 import secrets
 import threading
 import time
@@ -23,86 +20,29 @@ from typing import Any
 from fabric import Connection
 from paramiko import SFTPClient
 
-from ...agent import validate
 from ...agent.command_line import CaptureArgs, capture_argv
 from ...agent.filter.spec import CompiledFilter
 from ...agent.protocol import parse_event
 from ..clock.probe import ClockOffset, ClockProbe, measure_rounds
-from ..errors import RemoteError, UsageError
+from ..errors import RemoteError
 from ..inventory.reader import Host
 from ..merge.live import LiveHost
-from ..run.filters import without_connection
 from .bundle import AgentBundle
 from .channel import RemoteProcess
+from .events import on_event
+from .filters import without_connection
+from .host_files import CACHE_DIR, LAUNCH_SCRIPT, prune_old_agents, sha256_of
+from .hostvars import SAFE_PATH, capture_dir_of, interpreter_of, test_clock_env
 from .ssh import SshSettings, quote_command, run, sudo_failure
 from .ssh import connect as ssh_connect
 from .standby import Standby
 from .state import HostState, Phase
 
-CACHE_DIR = ".cache/xdpcap"  # relative to the SSH user's home
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
-_SAFE_INTERPRETER = re.compile(r"^[A-Za-z0-9_./+-]+$")
-TEST_SKEW_VAR = "xdpcap_test_clock_skew_ns"
-TEST_RATE_VAR = "xdpcap_test_clock_rate_ppm"
-# Where a test clock's drift starts from: one instant for every agent of this controller,
-# so a host's capture and its clock probe present the same drifting clock.
-TEST_EPOCH_NS = time.time_ns()
-TEST_HOOKS_ENV = "XDPCAP_TEST_HOOKS"
-CAPTURE_DIR_VAR = "xdpcap_capture_dir"
 LAUNCH_WAIT_S = 60.0
-# The run's one command per host: set up the folders, report facts, check the cached
-# agent against its hash and exec it (through sudo when not root) — or ask for an
-# upload. Values arrive as positional parameters, never spliced into the script:
-# $1 cache folder, $2 run folder, $3 agent, $4 its sha256, $5 become user ("" = root),
-# $6 "password" when a sudo password follows on stdin; then the agent's argv.
-# Every process it starts delays the agent: the clock's sync state, needed only after
-# the capture, is the agent's to ask for (its "sync" event), once its window is open.
-_LAUNCH_SCRIPT = """set -e
-umask 077
-cache=$1 rundir=$2 agent=$3 sha=$4 become=$5 password=$6
-shift 6
-mkdir -p -m 700 "$cache" "$cache/runs" "$rundir"
-chmod 700 "$cache" "$cache/runs"
-uid=$(id -u)
-echo "xdpcap-fact uid=$uid"
-echo "xdpcap-fact home=$(pwd)"
-sum=$(sha256sum "$agent" 2>/dev/null) || true
-if [ "${sum%% *}" != "$sha" ]; then
-    echo "xdpcap-launch need-upload"
-    exit 0
-fi
-echo "xdpcap-launch ok"
-if [ "$uid" = 0 ] && { [ -z "$become" ] || [ "$become" = root ]; }; then
-    exec "$@"
-fi
-if [ "$password" = password ]; then
-    exec sudo -S -p '' -u "${become:-root}" -- "$@"
-fi
-exec sudo -n -u "${become:-root}" -- "$@"
-"""
-_AGENT_FILE = re.compile(r"^xdpcap-agent-[0-9a-f]{16}\.pyz$")
 HAND_OVER_WAIT_S = 10.0
 CLOCK_ROUND_TIMEOUT_S = 5.0
 FETCH_STALL_S = 60.0
 PREFLIGHT_WAIT_S = 120.0
-
-
-KEEP_AGENTS = 4  # agent versions kept on a host (another version may still be running)
-
-
-def _prune_old_agents(sftp: SFTPClient, cache_dir: str, keep: str) -> None:
-    """After an upload: remove all but the newest KEEP_AGENTS bundles from the host's
-    cache, so that upgrades do not pile up there. An agent imports from its bundle while
-    it runs, so the newest few stay for runs of other versions still under way.
-    Best effort: the cache stays as it was on any error."""
-    try:
-        entries = [e for e in sftp.listdir_attr(cache_dir) if _AGENT_FILE.match(e.filename)]
-        entries.sort(key=lambda e: e.st_mtime or 0, reverse=True)
-        for entry in entries[KEEP_AGENTS:]:
-            if entry.filename != keep:
-                sftp.remove(f"{cache_dir}/{entry.filename}")
-    except OSError:
-        pass
 
 
 @dataclass(frozen=True)
@@ -113,56 +53,6 @@ class CaptureSettings:
     sample_rate: int
     xdp_mode: str
     start_timeout_s: float
-
-
-def interpreter_of(host: Host) -> str:
-    python = host.python_interpreter or "python3"
-    if not _SAFE_INTERPRETER.match(python):
-        raise UsageError(f"{host.name}: ansible_python_interpreter {python!r} is not a plain path")
-    return python
-
-
-def capture_dir_of(host: Host) -> str | None:
-    """Host var xdpcap_capture_dir: where captures are written on the host (a big disk)."""
-    value = host.vars.get(CAPTURE_DIR_VAR)
-    if value is None:
-        return None
-    path = str(value).rstrip("/")
-    if not _SAFE_PATH.match(path) or "/../" in path + "/":
-        raise UsageError(f"{host.name}: {CAPTURE_DIR_VAR} {value!r} must be a plain absolute path")
-    return path
-
-
-def test_skew_of(host: Host, var: str = TEST_SKEW_VAR) -> int | None:
-    """A test-only clock hook (skew in ns, or rate in ppm): it falsifies a host's
-    timestamps, so a stray variable in a production inventory must not do that
-    silently — only with XDPCAP_TEST_HOOKS=1."""
-    value = host.vars.get(var)
-    if value is None:
-        return None
-    if os.environ.get(TEST_HOOKS_ENV) != "1":
-        raise UsageError(
-            f"{host.name}: {var} shifts the host's timestamps and is for xdpcap's "
-            f"own tests only (set {TEST_HOOKS_ENV}=1 to allow it)"
-        )
-    try:
-        return int(str(value))
-    except ValueError:
-        raise UsageError(f"{host.name}: {var} must be an integer") from None
-
-
-def test_clock_env(host: Host) -> list[str]:
-    """The agent's environment for the test-only clock hooks the host asks for (checked
-    by test_skew_of): a skew, and a drift from one epoch shared by capture and probe."""
-    env: list[str] = []
-    skew = test_skew_of(host)
-    if skew is not None:
-        env.append(f"XDPCAP_TEST_CLOCK_SKEW_NS={skew}")
-    rate = test_skew_of(host, TEST_RATE_VAR)
-    if rate is not None:
-        env.append(f"XDPCAP_TEST_CLOCK_RATE_PPB={rate * 1000}")
-        env.append(f"XDPCAP_TEST_CLOCK_EPOCH_NS={TEST_EPOCH_NS}")
-    return env
 
 
 @dataclass
@@ -188,7 +78,7 @@ class RemoteHost:
     capture_filter: CompiledFilter | None = None  # compiled on the controller (filters.py)
     live: LiveHost | None = None  # this host's part of the live stream (-w -), if any
     # The capture agent's answers to "clock": (its wall clock, when we read it).
-    _clock_answers: queue.Queue = field(default_factory=queue.Queue)
+    clock_answers: queue.Queue = field(default_factory=queue.Queue)
     start_sent_ns: int = 0  # when "start" was sent (controller clock)
     round_trip_ns: int | None = None  # a line to the ready agent and its answer
 
@@ -203,7 +93,7 @@ class RemoteHost:
         self.connect()
         status, out, err = run(self.conn, ["sh", "-c", "id -u && pwd"], host=self.host)
         lines = out.split()
-        if status != 0 or len(lines) < 2 or not _SAFE_PATH.match(lines[1]):
+        if status != 0 or len(lines) < 2 or not SAFE_PATH.match(lines[1]):
             raise RemoteError(f"{self.host.name}: cannot read user and home: {err.strip() or out}")
         self._learn_identity(lines[0], lines[1])
 
@@ -254,7 +144,7 @@ class RemoteHost:
     def _clock_round_trip(self) -> tuple[int, int, int]:
         """One "clock" line to the capture agent and its answer: (sent, remote, received)."""
         assert self.process is not None
-        answers = self._clock_answers
+        answers = self.clock_answers
         while not answers.empty():  # a late answer to an earlier round
             answers.get_nowait()
         sent = time.time_ns()
@@ -320,7 +210,7 @@ class RemoteHost:
                 f"{self.host.name}: the uploaded agent does not match its hash "
                 f"({actual} != {bundle.sha256}): refusing to run it"
             )
-        _prune_old_agents(sftp, self.cache_dir, keep=bundle.filename)
+        prune_old_agents(sftp, self.cache_dir, keep=bundle.filename)
 
     def _remote_sha256(self, path: str) -> str | None:
         assert self.conn is not None
@@ -413,7 +303,7 @@ class RemoteHost:
         command = [
             "sh",
             "-c",
-            _LAUNCH_SCRIPT,
+            LAUNCH_SCRIPT,
             "xdpcap-launch",
             CACHE_DIR,
             folder_rel,
@@ -439,7 +329,7 @@ class RemoteHost:
                 f"{self.host.name}: no answer from the host within {LAUNCH_WAIT_S:.0f} s"
             )
         home = self.facts.get("home", "")
-        if self.facts.get("launch") not in ("ok", "need-upload") or not _SAFE_PATH.match(home):
+        if self.facts.get("launch") not in ("ok", "need-upload") or not SAFE_PATH.match(home):
             self.process.wait(10)
             raise RemoteError(f"{self.host.name}: {self.failure_reason()}")
         self._learn_identity(self.facts.get("uid", ""), home)
@@ -458,64 +348,20 @@ class RemoteHost:
         return [*argv, interpreter_of(self.host), agent, *args]
 
     def _on_line(self, line: str) -> None:
+        """One line from the host: the launch script's facts, else an agent event."""
         received_ns = time.time_ns()  # for a clock answer: as early as it can be read
         if line.startswith("xdpcap-fact "):
             key, _, value = line[len("xdpcap-fact ") :].partition("=")
             self.facts[key] = value
-            return
-        if line.startswith("xdpcap-launch "):
+        elif line.startswith("xdpcap-launch "):
             self.facts["launch"] = line[len("xdpcap-launch ") :].strip()
             self._launched.set()
-            return
-        event = parse_event(line)
-        if event is None:
-            self._output.append(line)  # the preflight's JSON report, line by line
-            return
-        kind = event["event"]
-        state = self.state
-        now = time.monotonic() - self.started
-        if kind == "ready":
-            state.move(Phase.READY)
-            state.t_ready_s = now
-            self.ready_event.set()
-        elif kind == "capturing":
-            state.move(Phase.CAPTURING)
-            state.t_capturing_s = now
-            state.window_start_ns = int(event["window_start_ns"])
-            if self.live is not None:
-                armed = int(event.get("armed_ns", state.window_start_ns))
-                self.live.capturing(armed, self.start_sent_ns, time.time_ns())
-        elif kind == "interface":
-            if self.live is not None:
-                self.live.describe(event)
-        elif kind == "progress":
-            state.packets = int(event.get("packets", 0))
-            state.bytes = int(event.get("bytes", 0))
-            state.lost = int(event.get("lost", 0))
-            state.seen = int(event.get("seen", 0))
-        elif kind == "done":
-            state.summary = event
-            state.packets = int(event.get("written", 0))
-            state.bytes = int(event.get("bytes_written", 0))
-            state.lost = int(event.get("lost", 0))
-            state.seen = int(event.get("seen", 0))
-            state.move(Phase.CAPTURED)
-            if self.live is not None:
-                self.live.done(event)
-            self.done_event.set()
-        elif kind == "deleted":
-            self.deleted.set()
-        elif kind == "sync":
-            self.facts["sync"] = str(event.get("state", ""))
-        elif kind == "clock":
-            self._clock_answers.put((int(event["realtime_ns"]), received_ns))
-            return  # nothing for the live table
-        elif kind == "error":
-            state.move(Phase.FAILED, str(event.get("message")))
-            if self.live is not None:
-                self.live.done(None)
-            self.done_event.set()
-        self.changed.set()
+        else:
+            event = parse_event(line)
+            if event is None:
+                self._output.append(line)  # the preflight's JSON report, line by line
+            elif on_event(self, event, received_ns):
+                self.changed.set()
 
     def send(self, word: str) -> None:
         if self.process is not None:
@@ -669,19 +515,3 @@ class RemoteHost:
             self.conn.close()
         if standby is not None:
             standby.join()  # with the connection closed, a pending open fails at once
-
-
-def sha256_of(path: Path) -> str:
-    """A file's sha256, read a MiB at a time (the fetch's check, and the collection's)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):  # flat memory for any size
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def validate_iface_for(host: Host, default_iface: str | None) -> str:
-    iface = host.iface or default_iface
-    if not iface:
-        raise UsageError(f"{host.name}: no interface: pass --iface or set xdpcap_iface")
-    return validate.interface_name(iface)

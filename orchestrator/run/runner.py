@@ -47,7 +47,8 @@ from ..errors import MergeError, RemoteError, UsageError, XdpcapError
 from ..inventory.reader import Host
 from ..merge.live import BUFFER_BUDGET_BYTES, DEFAULT_IDLE_S, LiveMerge
 from ..remote.bundle import build_agent_bundle
-from ..remote.host import CaptureSettings, RemoteHost, validate_iface_for
+from ..remote.host import CaptureSettings, RemoteHost
+from ..remote.hostvars import validate_iface_for
 from ..remote.ssh import SshSettings
 from ..remote.state import HostState, Phase
 from .fanout import each_remote, fail_remote

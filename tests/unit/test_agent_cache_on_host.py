@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from xdpcap.orchestrator.remote import host as remote_host
+from xdpcap.orchestrator.remote import host_files
 
 
 class FakeSftp:
@@ -27,7 +27,7 @@ def test_only_the_newest_bundles_stay() -> None:
     files["runs"] = 1  # the captures' folder, and anything else, is never touched
     files["xdpcap-agent-0000000000000001.pyz.abc123.tmp"] = 1  # an upload under way
     sftp = FakeSftp(files)
-    remote_host._prune_old_agents(sftp, "/home/u/.cache/xdpcap", keep=_agent(6))
+    host_files.prune_old_agents(sftp, "/home/u/.cache/xdpcap", keep=_agent(6))
     kept = {n for n in sftp.files if n.endswith(".pyz")}
     assert kept == {_agent(n) for n in (3, 4, 5, 6)}
     assert "runs" in sftp.files and any(n.endswith(".tmp") for n in sftp.files)
@@ -38,7 +38,7 @@ def test_the_bundle_just_uploaded_stays_even_with_an_old_mtime() -> None:
     files = {_agent(n): 1000 + n for n in range(1, 6)}
     files[_agent(0)] = 1  # the one this run uploaded, oldest by mtime (clock skew)
     sftp = FakeSftp(files)
-    remote_host._prune_old_agents(sftp, "/c", keep=_agent(0))
+    host_files.prune_old_agents(sftp, "/c", keep=_agent(0))
     assert _agent(0) in sftp.files and _agent(1) not in sftp.files
 
 
@@ -48,5 +48,5 @@ def test_errors_leave_the_cache_as_it_was() -> None:
             raise PermissionError(path)
 
     sftp = Broken({_agent(n): n for n in range(9)})
-    remote_host._prune_old_agents(sftp, "/c", keep=_agent(8))  # no exception
+    host_files.prune_old_agents(sftp, "/c", keep=_agent(8))  # no exception
     assert len(sftp.files) == 9

@@ -31,7 +31,7 @@ from xdpcap.agent.filter.cbpf import (
 )
 from xdpcap.orchestrator.errors import UsageError
 from xdpcap.orchestrator.inventory.reader import parse_inventory_text
-from xdpcap.orchestrator.run.filters import compile_for_hosts
+from xdpcap.orchestrator.remote.filters import compile_for_hosts
 
 RET_ALL = Insn(RET | K, 0, 0, 262144)
 RET_NONE = Insn(RET | K, 0, 0, 0)

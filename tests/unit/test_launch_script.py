@@ -1,4 +1,4 @@
-"""The launch script (remote_host._LAUNCH_SCRIPT) run by a local sh, as a host runs it.
+"""The launch script (remote/host_files.LAUNCH_SCRIPT) run by a local sh, as a host runs it.
 
 Run as root, so it execs the agent itself rather than through sudo.
 """
@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from xdpcap.orchestrator.remote.host import _LAUNCH_SCRIPT
+from xdpcap.orchestrator.remote.host_files import LAUNCH_SCRIPT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="as another user it runs sudo")
 
@@ -25,7 +25,7 @@ AGENT_ARGV = ["sh", "-c", 'read -r word; echo "agent read $word"']
 
 def _launch(home: Path, sha: str, stdin: str = "") -> tuple[list[str], int]:
     result = subprocess.run(
-        ["sh", "-c", _LAUNCH_SCRIPT, "xdpcap-launch", CACHE, RUN, AGENT, sha, "", "", *AGENT_ARGV],
+        ["sh", "-c", LAUNCH_SCRIPT, "xdpcap-launch", CACHE, RUN, AGENT, sha, "", "", *AGENT_ARGV],
         cwd=home,
         input=stdin,
         capture_output=True,

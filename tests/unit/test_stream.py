@@ -20,7 +20,7 @@ from xdpcap.agent.protocol import FRAME_HEAD, FRAME_PREFIX, stream_frame
 from xdpcap.agent.stream import MARK_EVERY_NS, StreamSender
 from xdpcap.orchestrator.merge.live import LiveMerge
 from xdpcap.orchestrator.remote.channel import RemoteProcess
-from xdpcap.orchestrator.run.filters import without_connection
+from xdpcap.orchestrator.remote.filters import without_connection
 
 IFACE = {"name": "eth0", "linktype": 1, "snaplen": 262144, "description": "test capture"}
 

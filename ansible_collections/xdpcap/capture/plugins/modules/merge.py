@@ -97,7 +97,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from xdpcap.agent.errors import XdpcapError
-    from xdpcap.orchestrator.remote.host import sha256_of
+    from xdpcap.orchestrator.remote.host_files import sha256_of
     from xdpcap.orchestrator.remote.state import HostState, Phase
     from xdpcap.orchestrator.run.runner import merge_states
 except ImportError:
