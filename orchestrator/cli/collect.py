@@ -10,7 +10,7 @@ from rich.console import Console
 from ...agent import validate
 from ..inventory import ansible as inventory_ansible
 from ..run.collect import WAIT_FOR_CAPTURE_S, CollectOptions, collect
-from ..run.runner import print_result
+from ..run.results import print_result
 
 
 def register(sub: argparse._SubParsersAction) -> None:

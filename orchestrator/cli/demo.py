@@ -20,7 +20,8 @@ from ..inventory.reader import load_inventory
 from ..lab.namespaces import Lab
 from ..remote.host import CaptureSettings
 from ..remote.ssh import SshSettings
-from ..run.runner import Run, RunOptions, print_result
+from ..run.results import print_result
+from ..run.runner import Run, RunOptions
 from .lab import host_count, seconds_between
 
 DEMO_LAB = "demo"

@@ -30,7 +30,8 @@ from ..remote.ssh import SshSettings
 from ..remote.state import HostState
 from ..run.fanout import each_remote
 from ..run.launch_gate import LaunchGate
-from ..run.runner import Run, RunOptions, RunResult, print_result
+from ..run.results import RunResult, print_result
+from ..run.runner import Run, RunOptions
 from ..run.tables import check_table
 
 DEFAULT_DURATION_S = 10.0

@@ -24,7 +24,7 @@ from ..remote.host import RemoteHost
 from ..remote.ssh import SshSettings
 from ..remote.state import HostState, Phase
 from .fanout import each_remote
-from .runner import RunResult, merge_states, write_run_json
+from .results import RunResult, merge_states, write_run_json
 
 WAIT_FOR_CAPTURE_S = 60.0
 

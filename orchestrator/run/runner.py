@@ -29,21 +29,19 @@ every agent is stopped as after Ctrl-C.
 from __future__ import annotations
 
 import importlib
-import json
 import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...agent import __version__
 from ...agent.filter.spec import CompiledFilter
-from ..clock.probe import PROBES_AT_ONCE, corrections
-from ..errors import MergeError, RemoteError, UsageError, XdpcapError
+from ..clock.probe import PROBES_AT_ONCE
+from ..errors import MergeError, RemoteError, XdpcapError
 from ..inventory.reader import Host
 from ..merge.live import BUFFER_BUDGET_BYTES, DEFAULT_IDLE_S, LiveMerge
 from ..remote.bundle import build_agent_bundle
@@ -53,7 +51,8 @@ from ..remote.ssh import SshSettings
 from ..remote.state import HostState, Phase
 from .fanout import each_remote, fail_remote
 from .launch_gate import LaunchGate
-from .tables import final_lines, final_table, live_table
+from .results import RunResult, merge_states, new_run_dir, write_run_json
+from .tables import live_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -102,44 +101,6 @@ class RunOptions:
     stream_idle_s: float = DEFAULT_IDLE_S
     stream_budget: int = BUFFER_BUDGET_BYTES
     on_stream_closed: Callable[[], None] | None = None  # told once the stream has ended
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    states: list[HostState]
-    merged: Path | None
-    merge_report: MergeReport | None
-    stream: dict | None = None  # the live stream's figures (-w -)
-
-    @property
-    def exit_code(self) -> int:
-        ok = sum(1 for s in self.states if s.ok)
-        if ok == len(self.states) and self.merged is not None:
-            return 0
-        return 3 if ok or any(s.local_file for s in self.states) else 1
-
-
-def new_run_dir(runs_dir: Path) -> Path:
-    try:
-        return _new_run_dir(runs_dir)
-    except OSError as exc:
-        raise UsageError(
-            f"cannot create a run folder in {runs_dir}: {exc.strerror or exc}"
-        ) from exc
-
-
-def _new_run_dir(runs_dir: Path) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = runs_dir / stamp
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = runs_dir / f"{stamp}-{suffix}"
-    # Captures hold other people's traffic: the run folder is for its owner only.
-    path.mkdir(mode=0o700, parents=True)
-    (path / "hosts").mkdir(mode=0o700)
-    return path
 
 
 def start_lead_s(round_trips_ns: Sequence[int | None]) -> tuple[float, float | None]:
@@ -526,103 +487,3 @@ class Run:
             "hosts": [s.to_dict() for s in self.states],
         }
         write_run_json(self.run_dir, data)
-
-
-def write_run_json(run_dir: Path, data: dict) -> None:
-    tmp = run_dir / "run.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(run_dir / "run.json")
-
-
-def merge_states(
-    states: Sequence[HostState], out: Path, *, clock_correction: bool
-) -> MergeReport | None:
-    """Merge every fetched host capture, aligning the hosts' clocks (clock.corrections)."""
-    from ..clock.align import align
-    from ..merge.captures import MergeSource, merge_captures
-
-    fetched = [s for s in states if s.local_file]
-    if not fetched:
-        return None
-    # The probe's offsets are the prior; the traffic the hosts exchanged refines them.
-    shifts = corrections({s.name: s.clock for s in fetched if s.clock})
-    priors = [shifts.get(state.name, 0) for state in fetched]
-    alignment = None
-    if clock_correction:
-        alignment = align([s.local_file for s in fetched], [s.name for s in fetched], priors)
-        priors = alignment.shifts_ns
-    sources = []
-    for index, state in enumerate(fetched):
-        state.clock_shift_ns = priors[index]
-        sources.append(
-            MergeSource(
-                path=state.local_file,
-                host=state.name,
-                address=state.address,
-                clock_offset_ns=state.clock_shift_ns,
-                clock_error_ns=state.clock.error_ns if state.clock else None,
-                sync_state=state.clock.sync_state if state.clock else None,
-                clock_note=alignment.describe(index) if alignment else None,
-                clock_drift_ppb=alignment.rates_ppb[index] if alignment else 0,
-                clock_epoch_ns=alignment.epoch_ns if alignment else 0,
-            )
-        )
-    report = merge_captures(
-        sources,
-        out,
-        clock_correction=clock_correction,
-        clock_summary=alignment.summary() if alignment else None,
-    )
-    report.alignment = alignment
-    return report
-
-
-def print_result(result: RunResult, console: Console) -> None:
-    if console.is_terminal:
-        console.print(final_table(result.states))
-    else:
-        # Logs and pipes get one unwrapped line per host, easy to grep.
-        for line in final_lines(result.states):
-            print(line, file=console.file)
-    if result.merge_report is not None:
-        for warning in result.merge_report.warnings:
-            console.print(f"[yellow]warning:[/yellow] {warning}")
-        alignment = result.merge_report.alignment
-        if alignment is not None:
-            console.print(alignment.summary(), soft_wrap=True)
-            for delay in alignment.delays:
-                console.print(
-                    f"one-way delay {delay.sender} → {delay.receiver}: min "
-                    f"{delay.min_ns / 1000:.1f} µs, median {delay.median_ns / 1000:.1f} µs "
-                    f"({delay.packets} packets)",
-                    soft_wrap=True,
-                )
-    if result.stream is not None:
-        console.print(stream_line(result.stream, result.states), soft_wrap=True)
-    if result.merged is not None:
-        total = result.merge_report.packets if result.merge_report else "?"
-        console.print(f"merged {total} packets into {result.merged}", soft_wrap=True)
-    else:
-        console.print("[red]nothing was captured: no merged file[/red]")
-    console.print(f"run folder: {result.run_dir}", soft_wrap=True)
-
-
-def stream_line(stream: dict, states: Sequence[HostState]) -> str:
-    """What the live stream carried of what the hosts wrote, and why not the rest."""
-    hosts = stream["hosts"].values()
-    written = sum(int((s.summary or {}).get("written", 0)) for s in states)
-    text = f"live stream: {stream['packets']} of the {written} packets the hosts wrote"
-    missing = {
-        "late": sum(h["late"] for h in hosts),
-        "skipped on the hosts": sum(h["skipped_host"] for h in hosts),
-        "skipped at the controller": sum(h["skipped_controller"] for h in hosts),
-        "not taken by the reader": sum(h["unsent"] for h in hosts),
-    }
-    shown = [f"{why} {n}" for why, n in missing.items() if n]
-    if shown:
-        text += " (" + ", ".join(shown) + ")"
-    if stream["reader_gone"]:
-        text += "; its reader went away"
-    elif stream.get("cut_off"):
-        text += "; its reader was still too slow at the end: cut off"
-    return text

@@ -16,7 +16,8 @@ from xdpcap.orchestrator.inventory.reader import load_inventory
 from xdpcap.orchestrator.remote.host import CaptureSettings, RemoteHost
 from xdpcap.orchestrator.remote.ssh import SshSettings
 from xdpcap.orchestrator.remote.standby import Standby
-from xdpcap.orchestrator.run.runner import Run, RunOptions, RunResult
+from xdpcap.orchestrator.run.results import RunResult
+from xdpcap.orchestrator.run.runner import Run, RunOptions
 
 from .agent_helpers import capinfos, read_headers, tshark_fields
 from .lab_helpers import (

@@ -99,7 +99,7 @@ try:
     from xdpcap.agent.errors import XdpcapError
     from xdpcap.orchestrator.remote.host_files import sha256_of
     from xdpcap.orchestrator.remote.state import HostState, Phase
-    from xdpcap.orchestrator.run.runner import merge_states
+    from xdpcap.orchestrator.run.results import merge_states
 except ImportError:
     XDPCAP_IMPORT_ERROR = traceback.format_exc()
 else:
