@@ -28,7 +28,7 @@ from ...agent.filter.spec import CompiledFilter
 from ...agent.protocol import parse_event
 from ..clock.probe import ClockOffset, ClockProbe, measure_rounds
 from ..errors import RemoteError, UsageError
-from ..inventory.reader import Host
+from ..inventory.model import Host
 from ..merge.live import LiveHost
 from ..run.filters import without_connection
 from .bundle import AgentBundle

@@ -44,7 +44,7 @@ from ...agent import __version__
 from ...agent.filter.spec import CompiledFilter
 from ..clock.probe import PROBES_AT_ONCE, corrections
 from ..errors import MergeError, RemoteError, UsageError, XdpcapError
-from ..inventory.reader import Host
+from ..inventory.model import Host
 from ..merge.live import BUFFER_BUDGET_BYTES, DEFAULT_IDLE_S, LiveMerge
 from ..remote.bundle import build_agent_bundle
 from ..remote.host import CaptureSettings, HostState, RemoteHost, validate_iface_for
