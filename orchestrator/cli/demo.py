@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..errors import XdpcapError
-from ..inventory.reader import load_inventory
+from ..inventory.load import load_inventory
 from ..lab.namespaces import Lab
 from ..remote.host import CaptureSettings
 from ..remote.ssh import SshSettings

@@ -20,7 +20,7 @@ from ...agent.command_line import add_direction_argument, add_filter_arguments
 from ...agent.filter import spec as filter_spec
 from ..errors import UsageError
 from ..inventory import ansible as inventory_ansible
-from ..inventory.reader import Host, format_host_list
+from ..inventory.model import Host, format_host_list
 from ..merge.live import BUFFER_BUDGET_BYTES, DEFAULT_IDLE_S
 from ..remote.bundle import build_agent_bundle
 from ..remote.filters import compile_for_hosts

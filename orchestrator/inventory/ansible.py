@@ -37,13 +37,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import InventoryError, UsageError
-from .reader import (
-    GroupParts,
+from .load import GroupParts, build_inventory, check_structure, load_inventory
+from .model import (
     Inventory,
-    _is_secret,  # the built-in reader's rule for which variables hold secrets
-    build_inventory,
-    check_structure,
-    load_inventory,
+    is_secret,  # the built-in reader's rule for which variables hold secrets
 )
 
 READERS = ("auto", "builtin", "ansible")
@@ -306,7 +303,7 @@ def _rendered(
                     message = (
                         "is vault-encrypted and could not be decrypted (--vault-password-file)"
                     )
-                elif _is_secret(name):  # Jinja's message may quote the template, secret and all
+                elif is_secret(name):  # Jinja's message may quote the template, secret and all
                     message = "cannot be templated (the value is not shown)"
                 else:
                     message = f"cannot be templated: {message}"

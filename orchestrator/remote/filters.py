@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from ...agent.filter import spec
 from ...agent.filter.cbpf import FilterError
 from ..errors import UsageError
-from ..inventory.reader import Host
+from ..inventory.model import Host
 
 
 def host_expression(host: Host, default: str | None) -> str | None:

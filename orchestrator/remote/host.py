@@ -25,7 +25,7 @@ from ...agent.filter.spec import CompiledFilter
 from ...agent.protocol import parse_event
 from ..clock.probe import ClockOffset, ClockProbe, measure_rounds
 from ..errors import RemoteError
-from ..inventory.reader import Host
+from ..inventory.model import Host
 from ..merge.live import LiveHost
 from .bundle import AgentBundle
 from .channel import RemoteProcess

@@ -12,7 +12,7 @@ import time
 from ...agent import validate
 from ...agent.clock import TEST_EPOCH_ENV, TEST_RATE_ENV, TEST_SKEW_ENV
 from ..errors import UsageError
-from ..inventory.reader import Host
+from ..inventory.model import Host
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
 _SAFE_INTERPRETER = re.compile(r"^[A-Za-z0-9_./+-]+$")

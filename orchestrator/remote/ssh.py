@@ -22,7 +22,7 @@ import paramiko
 from fabric import Config, Connection
 
 from ..errors import RemoteError
-from ..inventory.reader import Host
+from ..inventory.model import Host
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts").expanduser()
 CONNECT_TIMEOUT_S = 10

@@ -42,7 +42,7 @@ from ...agent import __version__
 from ...agent.filter.spec import CompiledFilter
 from ..clock.probe import PROBES_AT_ONCE
 from ..errors import MergeError, RemoteError, XdpcapError
-from ..inventory.reader import Host
+from ..inventory.model import Host
 from ..merge.live import BUFFER_BUDGET_BYTES, DEFAULT_IDLE_S, LiveMerge
 from ..remote.bundle import build_agent_bundle
 from ..remote.host import CaptureSettings, RemoteHost

@@ -12,7 +12,7 @@ from pathlib import Path
 import paramiko
 import pytest
 from rich.console import Console
-from xdpcap.orchestrator.inventory.reader import load_inventory
+from xdpcap.orchestrator.inventory.load import load_inventory
 from xdpcap.orchestrator.remote.host import CaptureSettings, RemoteHost
 from xdpcap.orchestrator.remote.ssh import SshSettings
 from xdpcap.orchestrator.remote.standby import Standby

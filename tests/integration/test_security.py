@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from xdpcap.orchestrator.inventory.reader import load_inventory
+from xdpcap.orchestrator.inventory.load import load_inventory
 from xdpcap.orchestrator.remote.bundle import build_agent_bundle
 
 from .lab_helpers import inventory_with, private_lab, xdpcap

@@ -15,7 +15,7 @@ from xdpcap.agent.pcapng import EPB_FLAG_INBOUND, EPB_FLAG_OUTBOUND
 from xdpcap.agent.perf_ring import PERF_RECORD_SAMPLE, SAMPLE_DATA_OFFSET
 from xdpcap.agent.sampler import Counters
 from xdpcap.orchestrator.errors import InventoryError
-from xdpcap.orchestrator.inventory.reader import parse_inventory_text
+from xdpcap.orchestrator.inventory.load import parse_inventory_text
 from xdpcap.orchestrator.remote.state import HostState
 from xdpcap.orchestrator.run.tables import final_lines
 

@@ -30,7 +30,7 @@ from xdpcap.agent.filter.cbpf import (
     W,
 )
 from xdpcap.orchestrator.errors import UsageError
-from xdpcap.orchestrator.inventory.reader import parse_inventory_text
+from xdpcap.orchestrator.inventory.load import parse_inventory_text
 from xdpcap.orchestrator.remote.filters import compile_for_hosts
 
 RET_ALL = Insn(RET | K, 0, 0, 262144)

@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 from xdpcap.orchestrator.errors import InventoryError
-from xdpcap.orchestrator.inventory.reader import (
-    Host,
-    Inventory,
-    format_host_list,
-    load_inventory,
-    parse_inventory_text,
-    split_pattern,
-)
+from xdpcap.orchestrator.inventory.limit import split_pattern
+from xdpcap.orchestrator.inventory.load import load_inventory, parse_inventory_text
+from xdpcap.orchestrator.inventory.model import Host, Inventory, format_host_list
 
 DATA = Path(__file__).parent / "data" / "inventory"
 EXAMPLE = Path(__file__).parents[2] / "inventories" / "example.yml"

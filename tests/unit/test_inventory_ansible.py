@@ -9,7 +9,8 @@ import pytest
 from xdpcap.orchestrator.cli.main import main
 from xdpcap.orchestrator.errors import InventoryError, UsageError
 from xdpcap.orchestrator.inventory import ansible as inventory_ansible
-from xdpcap.orchestrator.inventory.reader import Inventory, load_inventory
+from xdpcap.orchestrator.inventory.load import load_inventory
+from xdpcap.orchestrator.inventory.model import Inventory
 
 pytest.importorskip("ansible", reason="ansible-core is in the test extras")
 

@@ -6,7 +6,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from xdpcap.orchestrator.inventory.reader import Host
+from xdpcap.orchestrator.inventory.model import Host
 from xdpcap.orchestrator.remote.ssh import (
     DEFAULT_KNOWN_HOSTS,
     _common_args_options,
