@@ -13,15 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..lab.namespaces import (
-    DEFAULT_HOSTS,
-    DEFAULT_NAME,
-    MAX_HOSTS,
-    Lab,
-    read_vagrant_ssh_config,
-    render_yaml,
-    vagrant_inventory,
-)
+from ..lab.namespaces import Lab
+from ..lab.plan import DEFAULT_HOSTS, DEFAULT_NAME, MAX_HOSTS
+from ..lab.system import render_yaml
+from ..lab.vagrant import read_vagrant_ssh_config, vagrant_inventory
 
 
 def register(subparsers: Any) -> None:

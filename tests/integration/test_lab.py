@@ -24,7 +24,8 @@ import paramiko
 import pytest
 import yaml
 from xdpcap.orchestrator.cli import lab as lab_cli
-from xdpcap.orchestrator.lab.namespaces import FAIL_AFTER_ENV, Lab, LabError
+from xdpcap.orchestrator.lab.namespaces import FAIL_AFTER_ENV, Lab
+from xdpcap.orchestrator.lab.system import LabError
 
 HOSTS = 3
 

@@ -11,17 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 from xdpcap.orchestrator.cli import lab as lab_cli
-from xdpcap.orchestrator.lab.namespaces import (
-    LabError,
+from xdpcap.orchestrator.lab.plan import (
     bridge_name,
     default_state_dir,
     lab_networks,
-    parse_ssh_config,
     plan_hosts,
-    vagrant_inventory,
     validate_name,
     veth_name,
 )
+from xdpcap.orchestrator.lab.system import LabError
+from xdpcap.orchestrator.lab.vagrant import parse_ssh_config, vagrant_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 VAGRANTFILE = REPO / "Vagrantfile"
