@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from . import clock, validate
 from .command_line import build_parser
-from .errors import UsageError, XdpcapError, os_error_line
+from .errors import UsageError, XdpcapError, exit_status
 from .protocol import EventSink
 
 if TYPE_CHECKING:
@@ -109,24 +109,19 @@ def serve_clock(max_rounds: int = 64) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        if args.command == "capture":
-            return run_capture_command(args)
-        if args.command == "preflight":
-            return run_preflight(args.iface, args.output_dir)
-        if args.command == "clock":
-            return serve_clock() if args.serve else _print_clock()
-    except XdpcapError as exc:
-        print(f"xdpcap: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:  # a file or folder the system refused: one line, not a traceback
-        print(os_error_line(exc), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+def _run_command(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "capture":
+        return run_capture_command(args)
+    if args.command == "preflight":
+        return run_preflight(args.iface, args.output_dir)
+    if args.command == "clock":
+        return serve_clock() if args.serve else _print_clock()
     return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return exit_status(lambda: _run_command(argv))
 
 
 if __name__ == "__main__":

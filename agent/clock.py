@@ -35,10 +35,23 @@ def test_rate_ppb() -> int:
     return _int_env(TEST_RATE_ENV)
 
 
+def drift_gained_ns(t_ns: int, rate_ppb: int, epoch_ns: int) -> int:
+    """What a clock running fast by `rate_ppb` has gained at `t_ns` since `epoch_ns`, in
+    integers (a float holds an epoch time in ns only to about 256 ns). The test clock
+    drifts by it, and the merge takes it off a drifting host's timestamps."""
+    return (t_ns - epoch_ns) * rate_ppb // 1_000_000_000
+
+
+def ntp_offset_ns(sent_ns: int, remote_ns: int, received_ns: int) -> int:
+    """NTP's estimate of a remote clock's offset from one timed exchange: the remote
+    reading is taken to lie in the middle of the round trip (error: half of it)."""
+    return remote_ns - (sent_ns + received_ns) // 2
+
+
 def test_drift_ns(wall_ns: int) -> int:
     """What the test clock has gained by `wall_ns` (0 without the hook)."""
     rate = test_rate_ppb()
-    return (wall_ns - _int_env(TEST_EPOCH_ENV)) * rate // 1_000_000_000 if rate else 0
+    return drift_gained_ns(wall_ns, rate, _int_env(TEST_EPOCH_ENV)) if rate else 0
 
 
 def realtime_minus_monotonic_ns(samples: int = 50) -> int:
@@ -51,7 +64,7 @@ def realtime_minus_monotonic_ns(samples: int = 50) -> int:
         width = after - before
         if best_width is None or width < best_width:
             best_width = width
-            best_offset = real - (before + after) // 2
+            best_offset = ntp_offset_ns(before, real, after)
     return best_offset + test_skew_ns()
 
 

@@ -4,6 +4,11 @@ Every error the user can cause or meet carries a one-line message; `main()` turn
 into exit codes without a traceback.
 """
 
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
 
 class XdpcapError(Exception):
     """Base of every error xdpcap reports as one line."""
@@ -23,6 +28,24 @@ class AgentError(XdpcapError):
 
 class PcapngError(XdpcapError):
     """A pcapng or pcap file is truncated, corrupt or not a capture at all."""
+
+
+def exit_status(body: Callable[[], int], interrupted: str | None = None) -> int:
+    """Run a command's body and map what it raises to the exit status, with one line on
+    stderr: our errors by their exit_code, a file or folder the system refused 1,
+    Ctrl-C 130 (saying `interrupted` if given). The agent and `xdpcap` both end here."""
+    try:
+        return body()
+    except XdpcapError as exc:
+        print(f"xdpcap: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # a file or folder the system refused: one line, not a traceback
+        print(os_error_line(exc), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if interrupted is not None:
+            print(f"xdpcap: {interrupted}", file=sys.stderr)
+        return 130
 
 
 def os_error_line(exc: OSError) -> str:

@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 
 from ...agent import __version__
-from ...agent.errors import os_error_line
-from ..errors import UsageError, XdpcapError
+from ...agent.errors import exit_status
+from ..errors import UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,19 +45,13 @@ def _command_word(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        words = sys.argv[1:] if argv is None else list(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+
+    def command() -> int:
         args = build_parser(_command_word(words)).parse_args(words)
         return int(args.func(args))
-    except XdpcapError as exc:
-        print(f"xdpcap: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:  # a file or folder the system refused: one line, not a traceback
-        print(os_error_line(exc), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("xdpcap: interrupted", file=sys.stderr)
-        return 130
+
+    return exit_status(command, interrupted="interrupted")
 
 
 def entry() -> None:

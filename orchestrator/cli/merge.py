@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from ...agent.errors import exit_status
 from ..clock.align import align
-from ..errors import UsageError, XdpcapError
+from ..errors import UsageError
 from ..merge.captures import MergeSource, merge_captures
 
 
@@ -124,11 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = _Parser(prog="xdpcap merge")
     _add_arguments(parser)
-    try:
-        return handler(parser.parse_args(argv))
-    except XdpcapError as exc:
-        print(f"xdpcap: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return exit_status(lambda: handler(parser.parse_args(argv)), interrupted="interrupted")
 
 
 if __name__ == "__main__":

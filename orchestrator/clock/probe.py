@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from fabric import Connection
 from paramiko import SSHException
 
+from ...agent.clock import ntp_offset_ns
 from ..errors import RemoteError
 
 ROUNDS = 16  # at most
@@ -124,7 +125,7 @@ def measure_rounds(
             gain = best is None or rtt < best[1] - max(SETTLE_GAIN_NS, best[1] // 20)
             since_best = 0 if gain else since_best + 1
             if best is None or rtt < best[1]:
-                best = (remote - (sent + received) // 2, rtt)
+                best = (ntp_offset_ns(sent, remote, received), rtt)
             if done + 1 >= MIN_ROUNDS and since_best >= SETTLE_ROUNDS:
                 break
     if best is None:

@@ -43,6 +43,7 @@ from operator import itemgetter
 from typing import Any
 
 from ...agent import __version__
+from ...agent.clock import ntp_offset_ns
 from ...agent.consumer import bisect_time
 from ...agent.pcapng import IF_FILTER, PcapngWriter
 from ...agent.protocol import FRAME_HEAD
@@ -103,7 +104,7 @@ class LiveHost:
     def capturing(self, host_now_ns: int, sent_ns: int, received_ns: int) -> None:
         """The host read its clock (`host_now_ns`) between our "start" and its answer:
         the host clock's offset, to within half that round trip."""
-        offset = host_now_ns - (sent_ns + received_ns) // 2
+        offset = ntp_offset_ns(sent_ns, host_now_ns, received_ns)
         error = (received_ns - sent_ns) // 2
         with self.merge.lock:
             # Within its own error bound an offset is noise: the host is left as it is.

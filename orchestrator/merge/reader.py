@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, NamedTuple, Union
 
+from ...agent.clock import drift_gained_ns
 from ...agent.errors import PcapngError
 from ...agent.pcapng import (
     BT_EPB,
@@ -617,7 +618,7 @@ class CaptureReader:
         """`ts` less what a clock drifting by drift_ppb gained since drift_epoch_ns."""
         if not self._drift_ppb:
             return ts
-        return ts - (ts - self._drift_epoch_ns) * self._drift_ppb // 1_000_000_000
+        return ts - drift_gained_ns(ts, self._drift_ppb, self._drift_epoch_ns)
 
     def _epb(self, buf: bytearray, pos: int, body: memoryview, batch: Batch) -> None:
         order = ">" if self._big else "<"
