@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import struct
 
+from .pcapng import EPB_HEAD
+
 # struct xdpcap_epb_head (packed): block_type, block_len, if_id, ts_high, ts_low, cap_len,
 # orig_len, all u32: the head of a pcapng enhanced packet block.
-EPB_HEAD = struct.Struct("<IIIIIII")
 # struct xdpcap_sample (packed): ts_ns u64, cap_len u32, queue u16, direction u16, then
 # the EPB head.
 SAMPLE = struct.Struct("<QIHH" + EPB_HEAD.format.lstrip("<"))

@@ -62,7 +62,9 @@ TSRESOL_NS = 9
 # writer cheap, and 1 MiB bounds what a crash can leave unwritten.
 FLUSH_BYTES = 1 << 20
 
-_EPB_HEAD = struct.Struct("<IIIIIII")  # type, total len, if id, ts hi, ts lo, cap, orig
+# An enhanced packet block's head: type, total len, if id, ts hi, ts lo, cap, orig. The
+# one definition: the sampler stamps it in the kernel (contract.py), the merge rewrites it.
+EPB_HEAD = struct.Struct("<IIIIIII")
 # What follows the padded packet bytes in the agent's EPBs: the epb_flags and epb_queue
 # options, opt_endofopt and the trailing block length.
 _EPB_TAIL = struct.Struct("<HHIHHIHHI")
@@ -80,7 +82,7 @@ def pad4(length: int) -> int:
 def epb_tail(cap_len: int, flags: int, queue: int) -> bytes:
     """Everything after `cap_len` packet bytes in an EPB carrying epb_flags and epb_queue:
     padding, the options and the block length (the agent's blocks, built in bulk)."""
-    total = _EPB_HEAD.size + cap_len + pad4(cap_len) + _EPB_TAIL.size
+    total = EPB_HEAD.size + cap_len + pad4(cap_len) + _EPB_TAIL.size
     tail = _EPB_TAIL.pack(EPB_FLAGS, 4, flags, EPB_QUEUE, 4, queue, OPT_ENDOFOPT, 0, total)
     return _PADDING[cap_len & 3] + tail
 
@@ -223,11 +225,9 @@ class PcapngWriter:
         if flags is not None and queue is not None:
             # The agent's block layout: one pack for the head, one for the tail.
             tail = epb_tail(cap_len, flags, queue)
-            total = _EPB_HEAD.size + cap_len + len(tail)
+            total = EPB_HEAD.size + cap_len + len(tail)
             buf = self._buffer
-            buf += _EPB_HEAD.pack(
-                BT_EPB, total, if_id, ts >> 32, ts & 0xFFFFFFFF, cap_len, orig_len
-            )
+            buf += EPB_HEAD.pack(BT_EPB, total, if_id, ts >> 32, ts & 0xFFFFFFFF, cap_len, orig_len)
             buf += data
             buf += tail
         else:

@@ -40,6 +40,7 @@ from ...agent.pcapng import (
     BYTE_ORDER_MAGIC,
     EPB_DROPCOUNT,
     EPB_FLAGS,
+    EPB_HEAD,
     EPB_PACKETID,
     EPB_QUEUE,
     EPB_VERDICT,
@@ -90,7 +91,6 @@ _SHB_MAGIC_BE = struct.pack(">I", BYTE_ORDER_MAGIC)
 _LE_HEAD6 = struct.Struct("<IIIIII")  # type, total len, if id, ts hi, ts lo, cap len
 _LE_ID_TS = struct.Struct("<III")  # the 12 bytes the normalisation rewrites
 _LE_U32 = struct.Struct("<I")
-_LE_EPB_HEAD = struct.Struct("<IIIIIII")
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
 _TS_MASK = 0xFFFFFFFF
 _TS_MAX = (1 << 64) - 1
@@ -424,7 +424,7 @@ class CaptureReader:
         frac_limit = NS_PER_S // factor
         out = self.interfaces[0].out_id
         addend = -self._shift_ns
-        head = _LE_EPB_HEAD.pack
+        head = EPB_HEAD.pack
         trailer = _LE_U32.pack
         ts_append = batch.ts.append
         block_append = batch.blocks.append
@@ -756,7 +756,7 @@ def _texts(options: list[Option], code: int) -> list[str]:
 
 def decode_packet(block: Buffer, ts_ns: int) -> Packet:
     """Decode a normalised (little-endian) EPB into a `Packet`."""
-    _, blen, if_id, _, _, cap, orig = _LE_EPB_HEAD.unpack_from(block)
+    _, blen, if_id, _, _, cap, orig = EPB_HEAD.unpack_from(block)
     data = bytes(block[28 : 28 + cap])
     options = _options(block, 28 + cap + pad4(cap), blen - 4, False, BT_EPB)
     flags = queue = None
