@@ -49,7 +49,8 @@ from ...agent.pcapng import (
     PcapngWriter,
 )
 from ..errors import MergeError
-from .reader import Batch, CaptureReader, Damage, Interface
+from .blocks import Batch, Damage, Interface
+from .reader import CaptureReader
 
 if TYPE_CHECKING:
     from ..clock.align import Alignment

@@ -24,7 +24,8 @@ from xdpcap.agent.pcapng import (
     section_header,
     text_option,
 )
-from xdpcap.orchestrator.merge.reader import Batch, CaptureReader, load, read_packets
+from xdpcap.orchestrator.merge.blocks import Batch
+from xdpcap.orchestrator.merge.reader import CaptureReader, load, read_packets
 
 T0 = 1_700_000_000_123_456_789  # ns, with every digit significant
 
