@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from ...agent import __version__
 from ...agent.errors import exit_status
 from ..errors import UsageError
+from .examples import add_examples
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,6 +37,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     for module in modules_for(command):
         module.register(sub)
+    add_examples(parser)
     return parser
 
 
