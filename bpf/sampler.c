@@ -6,7 +6,8 @@
  *                   stack hands the device (outbound)
  *
  * Every packet a program sees is counted, per direction, and run through the capture
- * filter (the generated xdpcap_filter.h); of those it matches, one in `sample_rate` is
+ * filter (the generated xdpcap_filter.h: xdpcap_filter on XDP, xdpcap_filter_skb on tc,
+ * which also reads past the skb's linear head); of those it matches, one in `sample_rate` is
  * sent to user space through the one perf event array with up to `snaplen` of its bytes
  * appended by the kernel (the sample length goes in the upper 32 bits of the helper's
  * flags). The metadata ends with the sample's pcapng EPB head, stamped here with the
@@ -44,12 +45,15 @@ static __always_inline void count(__u32 direction, __u32 index)
 }
 
 /* One packet at any capture point. `ctx` is the program's context, which the perf helper
- * takes; [data, data_end) the bytes the filter may read; `wire_len` the packet's whole
- * length; `copyable` how many bytes the helper can append from this hook. */
-static __always_inline void xdpcap_take(void *ctx, const __u8 *data, const __u8 *data_end,
-					__u32 wire_len, __u32 copyable, __u32 direction,
-					__u32 queue)
+ * takes; `skb` the same context on tc (NULL on XDP: a constant, so the compiler keeps
+ * only one filter call in each program); [data, data_end) the bytes the filter reads
+ * directly; `wire_len` the packet's whole length; `copyable` how many bytes the helper
+ * can append from this hook. */
+static __always_inline void xdpcap_take(void *ctx, struct __sk_buff *skb, const __u8 *data,
+					const __u8 *data_end, __u32 wire_len, __u32 copyable,
+					__u32 direction, __u32 queue)
 {
+	__u32 matched;
 	int zero = 0;
 	struct xdpcap_config *cfg;
 	struct xdpcap_sample meta = {};
@@ -67,7 +71,11 @@ static __always_inline void xdpcap_take(void *ctx, const __u8 *data, const __u8 
 		return;
 	count(direction, XDPCAP_SEEN);
 	/* The filter runs first, as tcpdump's does: sampling picks among the matches. */
-	if (!xdpcap_filter(data, data_end, wire_len)) {
+	if (skb)
+		matched = xdpcap_filter_skb(skb, data, data_end, wire_len);
+	else
+		matched = xdpcap_filter(data, data_end, wire_len);
+	if (!matched) {
 		count(direction, XDPCAP_FILTERED_OUT);
 		return;
 	}
@@ -111,7 +119,7 @@ int xdpcap_sampler(struct xdp_md *ctx)
 
 	/* The XDP helper appends linear data only; bpf_xdp_get_buff_len counts the
 	 * fragments of a multi-buffer frame too. */
-	xdpcap_take(ctx, data, data_end, bpf_xdp_get_buff_len(ctx), data_end - data,
+	xdpcap_take(ctx, NULL, data, data_end, bpf_xdp_get_buff_len(ctx), data_end - data,
 		    XDPCAP_INBOUND, ctx->rx_queue_index);
 	return XDP_PASS;
 }
@@ -122,10 +130,10 @@ int xdpcap_egress(struct __sk_buff *skb)
 	const __u8 *data_end = (const __u8 *)(long)skb->data_end;
 
 	/* The skb helper copies paged data too: a GSO super-packet is captured as the stack
-	 * handed it over, as tcpdump shows it. The filter reads the linear head only: every
-	 * header the stack built, but often not the payload of an outgoing TCP segment (a
-	 * filter on payload bytes rejects those; see the README's limits). */
+	 * handed it over, as tcpdump shows it. The filter reads the linear head directly
+	 * (every header the stack built) and the rest with bpf_skb_load_bytes: an outgoing
+	 * TCP segment's payload lies in page fragments, and `tcpdump -Q out` filters on it. */
 	/* Queue 0: tc egress runs before the kernel picks the transmit queue. */
-	xdpcap_take(skb, data, data_end, skb->len, skb->len, XDPCAP_OUTBOUND, 0);
+	xdpcap_take(skb, skb, data, data_end, skb->len, skb->len, XDPCAP_OUTBOUND, 0);
 	return XDPCAP_TC_NEXT;
 }

@@ -79,9 +79,11 @@ enum xdpcap_counter {
 };
 
 /* The sampler includes "xdpcap_filter.h", which the agent generates: from a checked
- * cBPF program (agent/filter/to_c.py), or a match-all function when the capture has no
+ * cBPF program (agent/filter/to_c.py), or match-all functions when the capture has no
  * filter. It defines
  *   __u32 xdpcap_filter(const __u8 *pkt, const __u8 *pkt_end, __u32 wire_len);
- * non-zero keeps the packet. */
+ *   __u32 xdpcap_filter_skb(struct __sk_buff *skb, const __u8 *pkt,
+ *                           const __u8 *pkt_end, __u32 wire_len);
+ * (XDP and tc); non-zero keeps the packet. */
 
 #endif

@@ -5,11 +5,15 @@ xt_bpf takes): "N,code jt jf k,code jt jf k,...". It crosses SSH to the agent, a
 program cache keys on it, so the same program from any spelling of an expression
 shares one compiled sampler.
 
-`check()` accepts exactly what Linux's own classic-BPF checker (bpf_check_classic and
+`check()` accepts what Linux's own classic-BPF checker (bpf_check_classic and
 check_load_and_stores in net/core/filter.c) accepts, minus the ancillary "extension"
 loads and negative offsets, which only mean something on a socket and which XDP cannot
-run. A program that passes it is safe to translate; a tampered or hand-made one is
-refused with one line before the translator ever sees it.
+run — plus one thing the kernel refuses: backward `ja` jumps, the loops libpcap compiles
+for `protochain` (its own interpreter runs them: `tcpdump -r` selects with them). The
+translator bounds those loops (to_c.MAX_BACKWARD_JUMPS); a loop that nothing inside can
+leave, or one that jumps before the program's start, is refused as unboundable. A program
+that passes is safe to translate; a tampered or hand-made one is refused with one line
+before the translator ever sees it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from ..errors import UsageError
 
 MAX_INSNS = 4096  # BPF_MAXINSNS
 MEMWORDS = 16  # BPF_MEMWORDS: the scratch memory M[0..15]
+# Loops (distinct heads of backward jumps) a program may have. Each is bounded (to_c),
+# but the verifier's work grows with every loop the run can pass through: three
+# `protochain` loops in one expression load, more exceed its budget (to_c's note).
+MAX_LOOPS = 3
 
 # Instruction classes and fields (linux/bpf_common.h).
 LD, LDX, ST, STX, ALU, JMP, RET, MISC = range(8)
@@ -139,8 +147,74 @@ def check(program: Sequence[Insn]) -> Program:
         _check_insn(pc, insn, length)
     if opclass(program[-1].code) != RET:
         raise FilterError("filter program: the last instruction is not a return")
+    _check_loops_can_end(program)
     _check_scratch_loads(program)
     return tuple(program)
+
+
+def ja_target(pc: int, k: int) -> int:
+    """Where `ja k` at pc lands: k is signed, as libpcap's interpreter reads it (its
+    bpf_filter sign-extends k, for `protochain`); may be out of range, check() tells."""
+    offset = k - (1 << 32) if k >= NEGATIVE_OFFSET else k
+    return pc + 1 + offset
+
+
+def is_backward_jump(insn: Insn) -> bool:
+    return insn.code == JMP | JA and insn.k >= NEGATIVE_OFFSET
+
+
+def backward_jumps(program: Sequence[Insn]) -> list[int]:
+    """Indexes of the backward `ja` instructions (each closes a loop)."""
+    return [pc for pc, insn in enumerate(program) if is_backward_jump(insn)]
+
+
+def _can_leave(pc: int, insn: Insn, first: int, last: int) -> bool:
+    """Whether instruction pc can end a run of the loop [first, last]: a return, a packet
+    load (out of bounds ends the program), a division by X (by 0 ends it), a jump out."""
+    code = insn.code
+    cls = opclass(code)
+    if cls == RET:
+        return True
+    if (cls == LD and mode_of(code) in (ABS, IND)) or (cls == LDX and mode_of(code) == MSH):
+        return True
+    if cls == ALU and op_of(code) in (DIV, MOD) and src_of(code) == X:
+        return True
+    if cls == JMP:
+        return any(not first <= t <= last for t in successors(pc, insn))
+    return False
+
+
+def _check_loops_can_end(program: Sequence[Insn]) -> None:
+    """Refuse a loop that no packet can ever leave: it would spin forever in libpcap, and
+    no bound makes it select anything; and more loops than the verifier can follow.
+    Every other loop the translator bounds."""
+    heads = {ja_target(pc, program[pc].k) for pc in backward_jumps(program)}
+    if len(heads) > MAX_LOOPS:
+        raise FilterError(
+            f"filter program: {len(heads)} loops (backward jumps to {len(heads)} places); "
+            f"with each bounded, the BPF verifier can follow at most {MAX_LOOPS} "
+            "(e.g. three `protochain`s)"
+        )
+    for pc in backward_jumps(program):
+        first = ja_target(pc, program[pc].k)
+        if not any(_can_leave(i, program[i], first, pc) for i in range(first, pc + 1)):
+            raise FilterError(
+                f"filter program: instruction {pc} loops back to {first} and nothing in "
+                "between can leave the loop (no return, packet load or jump out): it "
+                "never ends, so no bound can make it select anything"
+            )
+
+
+def successors(pc: int, insn: Insn) -> tuple[int, ...]:
+    """Where control goes after instruction pc (none after a return)."""
+    cls = opclass(insn.code)
+    if cls == RET:
+        return ()
+    if cls != JMP:
+        return (pc + 1,)
+    if op_of(insn.code) == JA:
+        return (ja_target(pc, insn.k),)
+    return (pc + 1 + insn.jt, pc + 1 + insn.jf)
 
 
 def _check_insn(pc: int, insn: Insn, length: int) -> None:
@@ -162,12 +236,10 @@ def _check_insn(pc: int, insn: Insn, length: int) -> None:
         raise FilterError(f"{where}: negative or extension offset {k:#x}")
     if cls == JMP:
         if op == JA:
-            if k >= NEGATIVE_OFFSET:  # libpcap loops this way for `protochain`
-                raise FilterError(
-                    f"{where}: jumps backwards (a loop, as libpcap compiles `protochain`): "
-                    "classic BPF in the kernel allows forward jumps only"
-                )
-            if k >= length - pc - 1:
+            if k >= NEGATIVE_OFFSET:  # a backward jump: libpcap loops this way for `protochain`
+                if ja_target(pc, k) < 0:
+                    raise FilterError(f"{where}: jumps backwards before the first instruction")
+            elif k >= length - pc - 1:
                 raise FilterError(f"{where}: jump past the end")
         elif pc + jt + 1 >= length or pc + jf + 1 >= length:
             raise FilterError(f"{where}: jump past the end")
@@ -176,39 +248,41 @@ def _check_insn(pc: int, insn: Insn, length: int) -> None:
 def _check_scratch_loads(program: Sequence[Insn]) -> None:
     """Every M[k] read is preceded by a write on every path (check_load_and_stores).
 
-    Jumps only go forward, so one pass in order sees every predecessor of an
-    instruction before the instruction itself.
+    The kernel's checker makes one pass in order, which sees every predecessor first
+    because its jumps go forward only. With loops, the words written on entry to an
+    instruction are the intersection over its predecessors, iterated to a fixed point
+    (it gives the kernel's answer on loop-free programs).
     """
     every = (1 << MEMWORDS) - 1
-    masks = [every] * len(program)
-    valid = 0
-    for pc, (code, jt, jf, k) in enumerate(program):
-        valid &= masks[pc]
-        cls = opclass(code)
-        if cls in (ST, STX):
-            valid |= 1 << k
-        elif cls in (LD, LDX) and mode_of(code) == MEM:
-            if not valid & (1 << k):
-                raise FilterError(
-                    f"filter program: instruction {pc} reads M[{k}] before any write to it"
-                )
-        elif cls == JMP:
-            if op_of(code) == JA:
-                masks[pc + 1 + k] &= valid
-            else:
-                masks[pc + 1 + jt] &= valid
-                masks[pc + 1 + jf] &= valid
-            valid = every
+    written_in = [every] * len(program)  # start from "all": the fixed point only shrinks
+    written_in[0] = 0
+    changed = True
+    while changed:
+        changed = False
+        for pc, insn in enumerate(program):
+            written = _written_after(insn, written_in[pc])
+            # As the kernel's pass, a return falls through to the next instruction.
+            after_ret = (pc + 1,) if opclass(insn.code) == RET and pc + 1 < len(program) else ()
+            for target in successors(pc, insn) or after_ret:
+                if written_in[target] & written != written_in[target]:
+                    written_in[target] &= written
+                    changed = True
+    for pc, (code, _jt, _jf, k) in enumerate(program):
+        reads = opclass(code) in (LD, LDX) and mode_of(code) == MEM
+        if reads and not written_in[pc] & (1 << k):
+            raise FilterError(
+                f"filter program: instruction {pc} reads M[{k}] before any write to it"
+            )
+
+
+def _written_after(insn: Insn, written: int) -> int:
+    return written | (1 << insn.k) if opclass(insn.code) in (ST, STX) else written
 
 
 def jump_targets(program: Iterable[Insn]) -> set[int]:
     """Indexes some jump lands on (where the translator needs a label)."""
-    targets = set()
-    for pc, (code, jt, jf, k) in enumerate(program):
-        if opclass(code) != JMP:
-            continue
-        if op_of(code) == JA:
-            targets.add(pc + 1 + k)
-        else:
-            targets.update((pc + 1 + jt, pc + 1 + jf))
+    targets: set[int] = set()
+    for pc, insn in enumerate(program):
+        if opclass(insn.code) == JMP:
+            targets.update(successors(pc, insn))
     return targets

@@ -50,7 +50,7 @@ class ActiveFilter:
 
     @property
     def c_source(self) -> str:
-        return to_c.translate(self.program)
+        return to_c.filter_header(self.program)
 
 
 def expression_text(text: str) -> str:

@@ -1,19 +1,35 @@
-"""Translate a checked cBPF program into the C function the sampler inlines.
+"""Translate a checked cBPF program into the C functions the sampler inlines.
 
-The generated `xdpcap_filter(pkt, pkt_end, wire_len)` returns what the cBPF program
-returns: non-zero keeps the packet. It keeps the classic machine's semantics exactly
-(those of Linux's interpreter), in a form the eBPF verifier accepts:
+The generated header holds two functions of one program, one per hook:
+  xdpcap_filter(pkt, pkt_end, wire_len)           XDP: reads the linear data
+  xdpcap_filter_skb(skb, pkt, pkt_end, wire_len)  tc: the linear head directly, and
+                                                  bytes past it with bpf_skb_load_bytes
+Both return what the cBPF program returns: non-zero keeps the packet. They keep the
+classic machine's semantics exactly (those of libpcap's interpreter, which `tcpdump -r`
+runs), in a form the eBPF verifier accepts:
   - A, X and M[0..15] start at zero;
-  - every packet load is checked against the end of the packet's linear data, and a
-    load outside it ends the program with 0 (no match), as in classic BPF;
+  - every packet load is checked against the end of the packet's data, and a load
+    outside it ends the program with 0 (no match), as in classic BPF. On tc the data is
+    the whole skb: a GSO segment's payload lies in page fragments past the linear head,
+    and `tcpdump -Q out` reads it there, so the skb function fetches it with the helper
+    (only loads that miss the head pay for a helper call);
   - `[x+k]` offsets are computed in 64 bits and bounded (at most 0xFFFF, the largest
     packet offset the verifier allows) before they touch a packet pointer;
   - division and modulo by X return 0 when X is 0; shifts by X use its low 5 bits
     (the interpreter's and the x86 JIT's behaviour); constants are checked already;
   - `len` is the packet's whole length, which the caller passes (a multi-buffer
     frame is longer than its linear data).
-Jumps go forward only, so the program is a chain of labelled statements and gotos;
-the compiler turns it into straight-line eBPF without loops.
+The program is a chain of labelled statements and gotos. Forward jumps compile to
+straight-line eBPF. A backward `ja` (libpcap's `protochain` loops this way) becomes a
+bounded loop, which the verifier accepts since Linux 5.3: each loop head has a counter,
+reset when the run arrives from before the loop and raised by every jump back to it;
+the jump back that would pass MAX_BACKWARD_JUMPS ends the program with 0 (no match).
+Every run ends: the lowest head jumped back to forever would never be re-entered from
+before it, so its counter would pass the bound. A counter the run has left behind is
+dead, so the verifier prunes the states of loops that follow one another. libpcap's
+own interpreter has no bound: on a packet whose IPv6 AH header points back at itself
+its `protochain` loop never ends (tcpdump hangs on it); real chains of extension
+headers are far shorter than the bound.
 
 Only programs that passed cbpf.check() may come here: the translator trusts that every
 opcode is known and every jump lands inside the program.
@@ -53,6 +69,8 @@ from .cbpf import (
     TAX,
     Insn,
     X,
+    backward_jumps,
+    ja_target,
     jump_targets,
     mode_of,
     op_of,
@@ -62,6 +80,12 @@ from .cbpf import (
 )
 
 MAX_PACKET_OFFSET = 0xFFFF  # the verifier refuses larger constant offsets into a packet
+# Jumps back to one loop's head a run may take, from its last entry, before it gives up
+# (returns 0). protochain takes one per IPv6 extension header: RFC 8200 chains hold a
+# handful. The verifier walks a loop once per allowed jump, so the bound also sets its
+# work: measured on kernel 6.18 with cbpf.MAX_LOOPS sequential protochain loops, the tc
+# function loads in 0.9 s at 16 and exceeds the verifier's budget at 24.
+MAX_BACKWARD_JUMPS = 16
 
 # Big-endian loads byte by byte: packet data need not be aligned.
 _PRELUDE = """\
@@ -83,47 +107,83 @@ static __always_inline __u32 xdpcap_load_w(const __u8 *p)
 {
 	return ((__u32)p[0] << 24) | ((__u32)p[1] << 16) | ((__u32)p[2] << 8) | p[3];
 }
+
+/* A load past an skb's linear head (tc only): the value, or -1 when [off, off + size)
+ * is not inside the packet (the helper checks against skb->len). */
+#define XDPCAP_SKB_LOAD(name, size, load)						\
+static __always_inline __s64 name(struct __sk_buff *skb, __u64 off)			\
+{											\
+	__u8 bytes[size];								\
+											\
+	if (off > 0xffffffffULL || bpf_skb_load_bytes(skb, (__u32)off, bytes, size) < 0)	\
+		return -1;								\
+	return load(bytes);								\
+}
+XDPCAP_SKB_LOAD(xdpcap_skb_load_b, 1, xdpcap_load_b)
+XDPCAP_SKB_LOAD(xdpcap_skb_load_h, 2, xdpcap_load_h)
+XDPCAP_SKB_LOAD(xdpcap_skb_load_w, 4, xdpcap_load_w)
 #endif
 """
 
-# With no filter the sampler still calls the function: every packet matches, and the
-# compiler removes the call.
+# With no filter the sampler still calls the functions: every packet matches, and the
+# compiler removes the calls.
 MATCH_ALL = """\
 /* No capture filter: every packet matches. */
 static __always_inline __u32 xdpcap_filter(const __u8 *pkt, const __u8 *pkt_end, __u32 wire_len)
 {
 	return 1;
 }
+
+static __always_inline __u32
+xdpcap_filter_skb(struct __sk_buff *skb, const __u8 *pkt, const __u8 *pkt_end, __u32 wire_len)
+{
+	return 1;
+}
 """
 
 _LOAD_FN = {1: "xdpcap_load_b", 2: "xdpcap_load_h", 4: "xdpcap_load_w"}
+_SKB_LOAD_FN = {1: "xdpcap_skb_load_b", 2: "xdpcap_skb_load_h", 4: "xdpcap_skb_load_w"}
 _ALU_C = {0x00: "+", 0x10: "-", 0x20: "*", 0x40: "|", 0x50: "&", 0xA0: "^"}
 _JUMP_C = {JEQ: "A == {}", JGT: "A > {}", JGE: "A >= {}", JSET: "(A & {}) != 0"}
 
 
-def translate(program: Sequence[Insn], name: str = "xdpcap_filter") -> str:
+def filter_header(program: Sequence[Insn]) -> str:
+    """The sampler's xdpcap_filter.h for a program that passed cbpf.check(): the XDP
+    function and the tc one (an unused one costs nothing: both are inlined or dropped)."""
+    return translate(program) + translate(program, "xdpcap_filter_skb", skb=True)
+
+
+def translate(program: Sequence[Insn], name: str = "xdpcap_filter", skb: bool = False) -> str:
     """C source of function `name` for a program that passed cbpf.check().
 
-    The sampler includes one; the differential tests put many in one program (another
+    With `skb`, the function takes the tc context first and reads past the linear head
+    with bpf_skb_load_bytes. The differential tests put many in one program (another
     `name` each; the load helpers are defined once).
     """
     targets = jump_targets(program)
+    heads = loop_heads(program)
     body: list[str] = []
     for pc, insn in enumerate(program):
         label = f"L{pc}: " if pc in targets else ""
-        statement = _statement(pc, insn)
+        if pc in heads:  # arriving from before the loop (not by its own jump back)
+            label = f"E{pc}: loops{pc} = 0; {label}"
+        statement = _statement(pc, insn, skb, heads)
         body.append(f"{label}{statement}" if label else statement)
     scratch = sorted(
         {i.k for i in program if opclass(i.code) in (ST, STX)}
         | {i.k for i in program if opclass(i.code) in (LD, LDX) and mode_of(i.code) == MEM}
     )
     declarations = ["__u32 A = 0, X = 0;", "__u64 off;"]
+    if skb:
+        declarations.append("__s64 far;")
+    declarations += [f"__u32 loops{h} = 0;" for h in sorted(heads)]
     declarations += [f"__u32 M{k} = 0;" for k in scratch]
+    context = "struct __sk_buff *skb, " if skb else ""
     lines = (
         [
             _PRELUDE,
             "static __always_inline __u32 "
-            f"{name}(const __u8 *pkt, const __u8 *pkt_end, __u32 wire_len)",
+            f"{name}({context}const __u8 *pkt, const __u8 *pkt_end, __u32 wire_len)",
             "{",
         ]
         + [f"\t{d}" for d in declarations]
@@ -134,13 +194,18 @@ def translate(program: Sequence[Insn], name: str = "xdpcap_filter") -> str:
     return "\n".join(lines)
 
 
-def _statement(pc: int, insn: Insn) -> str:
-    code, jt, jf, k = insn
+def loop_heads(program: Sequence[Insn]) -> set[int]:
+    """Where backward jumps land: each such head gets its own bound."""
+    return {ja_target(pc, program[pc].k) for pc in backward_jumps(program)}
+
+
+def _statement(pc: int, insn: Insn, skb: bool, heads: set[int]) -> str:
+    code, _jt, _jf, k = insn
     cls = opclass(code)
     if cls == LD:
-        return _load_a(code, k)
+        return _load_a(code, k, skb)
     if cls == LDX:
-        return _load_x(code, k)
+        return _load_x(code, k, skb)
     if cls == ST:
         return f"M{k} = A;"
     if cls == STX:
@@ -148,7 +213,7 @@ def _statement(pc: int, insn: Insn) -> str:
     if cls == ALU:
         return _alu(code, k)
     if cls == JMP:
-        return _jump(pc, code, jt, jf, k)
+        return _jump(pc, insn, heads)
     if cls == RET:
         return "return A;" if (code & 0x18) == RET_A else f"return {k}U;"
     if cls == MISC:
@@ -156,13 +221,27 @@ def _statement(pc: int, insn: Insn) -> str:
     raise AssertionError(f"unchecked opcode {code:#x}")  # check() lets none through
 
 
-def _packet_load(k: int, size: int, target: str, fn: str) -> str:
+def _far_load(size: int, target: str, offset: str, wrap: str = "{}") -> str:
+    """tc only: the bytes at `offset` through the helper, or the end of the program."""
+    value = wrap.format("(__u32)far")
+    return f"far = {_SKB_LOAD_FN[size]}(skb, {offset}); if (far < 0) return 0; {target} = {value};"
+
+
+def _packet_load(k: int, size: int, target: str, skb: bool, wrap: str = "{}") -> str:
+    """`target` = the `size` bytes at constant offset k (big-endian), through `wrap` (the
+    MSH load keeps the low nibble of its byte, times 4)."""
+    direct = wrap.format(f"{_LOAD_FN[size]}(pkt + {k})")
+    if skb:
+        far = _far_load(size, target, f"{k}U", wrap)
+        if k + size > MAX_PACKET_OFFSET:
+            return far  # past any linear head: the helper decides
+        return f"if (pkt + {k} + {size} > pkt_end) {{ {far} }} else {target} = {direct};"
     if k + size > MAX_PACKET_OFFSET:
         return "return 0;  /* never inside a packet */"
-    return f"if (pkt + {k} + {size} > pkt_end) return 0; {target} = {fn}(pkt + {k});"
+    return f"if (pkt + {k} + {size} > pkt_end) return 0; {target} = {direct};"
 
 
-def _load_a(code: int, k: int) -> str:
+def _load_a(code: int, k: int, skb: bool) -> str:
     mode = mode_of(code)
     if mode == IMM:
         return f"A = {k}U;"
@@ -173,20 +252,33 @@ def _load_a(code: int, k: int) -> str:
     size = SIZE_BYTES[size_of(code)]
     fn = _LOAD_FN[size]
     if mode == ABS:
-        return _packet_load(k, size, "A", fn)
+        return _packet_load(k, size, "A", skb)
     assert mode == IND
-    # The offset is bounded before it is added to the packet pointer; the empty asm
-    # keeps the compiler from folding the bound into a form the verifier cannot follow.
+    # The offset is bounded before it is added to the packet pointer. The empty asm
+    # statements make `off` opaque on both sides of the bound, so the compiler can
+    # neither rewrite the bound as one on X (a copy of X the verifier has not bounded
+    # would then reach the pointer; it happens once X grows in a loop) nor fold it into
+    # the pointer comparison.
+    barrier = 'asm volatile("" : "+r"(off)); '
+    if not skb:
+        return (
+            f"off = (__u64)X + {k}U; {barrier}"
+            f"if (off > {MAX_PACKET_OFFSET - size}) return 0; {barrier}"
+            f"if (pkt + off + {size} > pkt_end) return 0; "
+            f"A = {fn}(pkt + off);"
+        )
+    # tc: an offset past the bound or past the head goes to the helper, which checks
+    # it against the whole skb.
     return (
-        f"off = (__u64)X + {k}U; "
-        f"if (off > {MAX_PACKET_OFFSET - size}) return 0; "
-        'asm volatile("" : "+r"(off)); '
-        f"if (pkt + off + {size} > pkt_end) return 0; "
-        f"A = {fn}(pkt + off);"
+        f"off = (__u64)X + {k}U; {barrier}"
+        f"if (off > {MAX_PACKET_OFFSET - size}) {{ {_far_load(size, 'A', 'off')} }} else {{ "
+        f"{barrier}"
+        f"if (pkt + off + {size} > pkt_end) {{ {_far_load(size, 'A', 'off')} }} "
+        f"else A = {fn}(pkt + off); }}"
     )
 
 
-def _load_x(code: int, k: int) -> str:
+def _load_x(code: int, k: int, skb: bool) -> str:
     mode = mode_of(code)
     if mode == IMM:
         return f"X = {k}U;"
@@ -195,9 +287,7 @@ def _load_x(code: int, k: int) -> str:
     if mode == LEN:
         return "X = wire_len;"
     assert mode == MSH
-    if k + 1 > MAX_PACKET_OFFSET:
-        return "return 0;  /* never inside a packet */"
-    return f"if (pkt + {k} + 1 > pkt_end) return 0; X = (pkt[{k}] & 0xf) << 2;"
+    return _packet_load(k, 1, "X", skb, wrap="({} & 0xf) << 2")
 
 
 def _alu(code: int, k: int) -> str:
@@ -216,11 +306,20 @@ def _alu(code: int, k: int) -> str:
     return f"A {_ALU_C[op]}= {operand};"
 
 
-def _jump(pc: int, code: int, jt: int, jf: int, k: int) -> str:
-    op = op_of(code)
-    if op == JA:
-        return f"goto L{pc + 1 + k};"
-    condition = _JUMP_C[op].format("X" if src_of(code) == X else f"{k}U")
+def _jump(pc: int, insn: Insn, heads: set[int]) -> str:
+    code, jt, jf, k = insn
+    if op_of(code) == JA:
+        target = ja_target(pc, k)
+        if target <= pc:  # a loop: bounded (the module's docstring says how)
+            return f"if (++loops{target} > {MAX_BACKWARD_JUMPS}) return 0; goto L{target};"
+        return f"goto {_forward_label(target, heads)};"
+    condition = _JUMP_C[op_of(code)].format("X" if src_of(code) == X else f"{k}U")
+    true, false = (_forward_label(pc + 1 + j, heads) for j in (jt, jf))
     if jt == jf:
-        return f"goto L{pc + 1 + jt};"
-    return f"if ({condition}) goto L{pc + 1 + jt}; goto L{pc + 1 + jf};"
+        return f"goto {true};"
+    return f"if ({condition}) goto {true}; goto {false};"
+
+
+def _forward_label(target: int, heads: set[int]) -> str:
+    """A forward jump onto a loop's head enters the loop afresh: its bound restarts."""
+    return f"E{target}" if target in heads else f"L{target}"

@@ -1,4 +1,5 @@
-"""BPF_PROG_TEST_RUN through libbpf: run a loaded XDP program on one frame, no interface."""
+"""BPF_PROG_TEST_RUN through libbpf: run a loaded XDP or tc program on one frame, no
+interface."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import functools
 
 XDP_DROP = 1
 XDP_PASS = 2
+TC_ACT_OK = 0
+TC_ACT_SHOT = 2
 
 
 class _TestRunOpts(ctypes.Structure):

@@ -227,6 +227,54 @@ def test_gso_super_packets_are_captured_whole(pair, tmp_path: Path) -> None:
     _assert_sums_close(done)
 
 
+@contextmanager
+def _tcpdump_out(pair, out: Path, expression: str) -> Iterator[None]:
+    """tcpdump -Q out on the capture side for the block's length: the reference. Its
+    ring gets 64 MiB (-B): with the default 2 MiB, 64 KiB super-packets overflow it."""
+    tcpdump = subprocess.Popen(
+        ["ip", "netns", "exec", pair.capture_ns, "tcpdump", "-i", pair.capture_if, "-Q", "out",
+         "-B", "65536", "--immediate-mode", "-w", str(out), "--", expression],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert "listening on" in tcpdump.stderr.readline()
+        yield
+    finally:
+        tcpdump.send_signal(signal.SIGINT)
+        try:
+            tcpdump.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            tcpdump.kill()
+            tcpdump.wait(timeout=30)
+
+
+def test_bulk_transfer_with_a_payload_filter_holds_its_segments(pair, tmp_path: Path) -> None:
+    """Outgoing TCP payload lies in page fragments past the skb's linear head (GSO); the
+    egress filter reads it there, and selects what `tcpdump -Q out` selects."""
+    size = 4 << 20
+    # Every payload byte is "X", so the segment's first four bytes match wherever TCP
+    # cut the stream; the load is still at the header length tcp[12] gives.
+    expression = "tcp dst port 7300 and tcp[((tcp[12:1] & 0xf0) >> 2):4] = 0x58585858"
+    ours, reference = tmp_path / "bulk.pcapng", tmp_path / "tcpdump.pcap"
+    send = f"c.sendall(b'X' * {size}); c.close()"
+    with (
+        _tcp_server(pair, 7300, "while c.recv(1 << 16): pass"),
+        _tcpdump_out(pair, reference, expression),
+    ):
+        done = _capture(
+            pair, ours, "-Q", "out", expression, action=lambda: _tcp_client(pair, 7300, send)
+        )
+    fields = ("frame.len", "tcp.seq_raw", "tcp.len")
+    rows = [tuple(int(v) for v in row) for row in tshark_fields(ours, *fields)]
+    assert max(length for length, _seq, _n in rows) > 1514  # GSO: payload past the head
+    assert sum(n for _len, _seq, n in rows) == size  # every byte of the transfer
+    assert all(n > 0 for _len, _seq, n in rows)  # and no segment without payload
+    expected = [tuple(int(v) for v in row) for row in tshark_fields(reference, *fields)]
+    assert sorted(rows) == sorted(expected)
+    assert done["lost"] == 0
+    _assert_sums_close(done)
+
+
 def _xdpcap_programs() -> dict[int, str]:
     """Every loaded program named xdpcap_*, on the whole machine: id → name."""
     progs = json.loads(subprocess.run(

@@ -1,17 +1,22 @@
 """Real captures with filters: exactly the frames tcpdump selects, and every packet accounted.
 
 The corpus (and seeded mutations of it) goes out of the peer's veth through AF_PACKET, so
-the XDP sampler on the capture side sees each frame exactly as built. For each of many
-expressions, `xdpcap capture` runs with the filter; what it wrote must be, frame for
-frame, what `tcpdump -r corpus.pcap EXPR` selects from the same frames.
+the tc egress program on the peer's side and the XDP sampler on the capture side each see
+every frame exactly as built. For each of many expressions, two `xdpcap capture`s run
+with the filter at once — `-Q out` on the sender, `-Q in` on the receiver; what each
+wrote must be, frame for frame, what `tcpdump -r corpus.pcap EXPR` selects from the same
+frames.
 """
 
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,9 +25,13 @@ from .agent_helpers import read_headers, read_isbs, start_agent, tshark_fields, 
 from .filter_corpus import EXPRESSIONS, corpus_frames, mutated_frames, tcpdump_selects, write_pcap
 from .veth import in_ns, veth_pair
 
-# Every second corpus expression (the engine test runs them all without an interface);
-# protochain compiles to a loop, which the kernel's cBPF rules (and ours) refuse.
-CAPTURED_EXPRESSIONS = [e for e in EXPRESSIONS[::2] if "protochain" not in e]
+# Every second corpus expression (the engine test runs them all without an interface),
+# and every loop (protochain) and payload load [x + k] among the others.
+CAPTURED_EXPRESSIONS = list(
+    dict.fromkeys(
+        [*EXPRESSIONS[::2], *(e for e in EXPRESSIONS if "protochain" in e or "tcp[((" in e)]
+    )
+)
 
 # Sends a classic pcap's records out of an interface, paced so that veth's XDP ring (256
 # frames) never overflows: a drop there would be a sender's artefact, not the filter's.
@@ -74,36 +83,55 @@ def _written_frames(path: Path) -> list[bytes]:
         ]
 
 
-def _capture(pair, out: Path, pcap: Path, *filter_words: str) -> tuple[dict, int]:
-    agent = start_agent(
-        pair.capture_ns, "-i", pair.capture_if, "-w", str(out), "--duration", "60", *filter_words
-    )
+@contextmanager
+def _agent(ns: str, iface: str, out: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """An agent capturing until the block ends; killed if the block fails on the way."""
+    agent = start_agent(ns, "-i", iface, "-w", str(out), "--duration", "60", *args)
     try:
         wait_for_event(agent, "capturing")
-        sent = _send(pair, pcap)
-        time.sleep(0.3)  # XDP runs in the receive path: long done; the agent drains
-        agent.send_signal(signal.SIGINT)
-        done = wait_for_event(agent, "done", timeout=30)
-        agent.wait(timeout=30)
+        yield agent
     finally:
         if agent.poll() is None:  # the test failed on the way: nothing may outlive it
             agent.kill()
             agent.wait(timeout=30)
+
+
+def _stop(agent: subprocess.Popen) -> dict:
+    agent.send_signal(signal.SIGINT)
+    done = wait_for_event(agent, "done", timeout=30)
+    agent.wait(timeout=30)
     assert agent.returncode == 0, agent.stderr.read()
-    return done, sent
+    return done
 
 
-@pytest.mark.parametrize("expression", CAPTURED_EXPRESSIONS)
-def test_capture_writes_what_tcpdump_selects(pair, frames, tmp_path: Path, expression) -> None:
-    pcap, sent_frames = frames
-    expected = [sent_frames[i] for i in tcpdump_selects(pcap, expression)]
-    out = tmp_path / "cap.pcapng"
-    done, sent = _capture(pair, out, pcap, expression)
-    assert sent == len(sent_frames)
+def _capture(pair, out: Path, pcap: Path, *filter_words: str) -> tuple[dict, int]:
+    """Receive side only (XDP): its "done" event and the frames sent."""
+    with _agent(pair.capture_ns, pair.capture_if, out, *filter_words) as agent:
+        sent = _send(pair, pcap)
+        time.sleep(0.3)  # XDP runs in the receive path: long done; the agent drains
+        return _stop(agent), sent
 
+
+def _capture_both_sides(
+    pair, inbound: Path, outbound: Path, pcap: Path, *filter_words: str
+) -> tuple[dict, dict, int]:
+    """XDP on the receiver (`-Q in`) and tc egress on the sender (`-Q out`) at once."""
+    with ExitStack() as agents:
+        receiver = agents.enter_context(
+            _agent(pair.capture_ns, pair.capture_if, inbound, "-Q", "in", *filter_words)
+        )
+        sender = agents.enter_context(
+            _agent(pair.peer_ns, pair.peer_if, outbound, "-Q", "out", *filter_words)
+        )
+        sent = _send(pair, pcap)
+        time.sleep(0.3)  # both hooks run on the send path: long done; the agents drain
+        return _stop(receiver), _stop(sender), sent
+
+
+def _assert_wrote_exactly(out: Path, done: dict, sent: int, expected: list[bytes], expression):
     written = _written_frames(out)
     assert Counter(written) == Counter(expected), (
-        f"{len(written)} written, {len(expected)} selected by tcpdump"
+        f"{out.name}: {len(written)} written, {len(expected)} selected by tcpdump"
     )
     # Every frame the hook saw is written or filtered out: nothing else at this rate.
     assert done["seen"] == sent
@@ -117,6 +145,17 @@ def test_capture_writes_what_tcpdump_selects(pair, frames, tmp_path: Path, expre
     assert isb["isb_usrdeliv"] == len(expected)
     _shb, ((_snaplen, idb),) = read_headers(out)
     assert idb["if_filter"] == (0, expression.encode())  # type 0: libpcap's language
+
+
+@pytest.mark.parametrize("expression", CAPTURED_EXPRESSIONS)
+def test_capture_writes_what_tcpdump_selects(pair, frames, tmp_path: Path, expression) -> None:
+    pcap, sent_frames = frames
+    expected = [sent_frames[i] for i in tcpdump_selects(pcap, expression)]
+    inbound, outbound = tmp_path / "in.pcapng", tmp_path / "out.pcapng"
+    done_in, done_out, sent = _capture_both_sides(pair, inbound, outbound, pcap, expression)
+    assert sent == len(sent_frames)
+    _assert_wrote_exactly(inbound, done_in, sent, expected, expression)
+    _assert_wrote_exactly(outbound, done_out, sent, expected, expression)
 
 
 def test_tshark_reads_the_filter_and_the_frames(pair, tmp_path: Path) -> None:

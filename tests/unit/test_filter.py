@@ -35,6 +35,9 @@ from xdpcap.orchestrator.remote.filters import compile_for_hosts
 
 RET_ALL = Insn(RET | K, 0, 0, 262144)
 RET_NONE = Insn(RET | K, 0, 0, 0)
+MISC_TAX, MISC_TXA = cbpf.MISC | cbpf.TAX, cbpf.MISC | cbpf.TXA
+# `ja` back by n instructions from the one after it, as libpcap writes it (k is signed).
+BACK_2, BACK_3, BACK_4, BACK_5 = ((1 << 32) - n for n in (2, 3, 4, 5))
 
 
 # -- canonical text ------------------------------------------------------------------------
@@ -89,6 +92,30 @@ ACCEPTED = {
     ],
     "shift by 31": [Insn(ALU | LSH | K, 0, 0, 31), RET_ALL],
     "largest positive offset": [Insn(LD | B | IND, 0, 0, 0x7FFFFFFF), RET_ALL],
+    # X += 1 until the load at [x] runs off the packet: libpcap runs it, the kernel would not.
+    "loop left by a packet load": [
+        Insn(LD | B | IND, 0, 0, 0),
+        Insn(MISC_TXA, 0, 0, 0),
+        Insn(ALU | 0x00 | K, 0, 0, 1),
+        Insn(MISC_TAX, 0, 0, 0),
+        Insn(JMP | JA, 0, 0, BACK_5),
+        RET_ALL,
+    ],
+    "loop left by a jump out": [
+        Insn(ALU | 0x00 | K, 0, 0, 1),
+        Insn(JMP | JEQ | K, 1, 0, 10),
+        Insn(JMP | JA, 0, 0, BACK_3),
+        RET_ALL,
+    ],
+    "scratch written before the loop and in it": [
+        Insn(ST, 0, 0, 1),
+        Insn(LD | MEM, 0, 0, 1),
+        Insn(JMP | JEQ | K, 2, 0, 7),
+        Insn(ST, 0, 0, 1),
+        Insn(JMP | JA, 0, 0, BACK_4),
+        RET_ALL,
+    ],
+    "three loops": [*[Insn(JMP | JEQ | K, 1, 0, 0), Insn(JMP | JA, 0, 0, BACK_2)] * 3, RET_ALL],
 }
 
 REFUSED = {
@@ -110,7 +137,35 @@ REFUSED = {
     "negative offset (SKF_NET_OFF)": ([Insn(LD | B | IND, 0, 0, 0xFFF00000), RET_ALL], "negative"),
     "jump past the end": ([Insn(JMP | JEQ | K, 1, 0, 0), RET_ALL], "past the end"),
     "ja past the end": ([Insn(JMP | JA, 0, 0, 1), RET_ALL], "past the end"),
-    "ja backwards": ([RET_ALL, Insn(JMP | JA, 0, 0, 0xFFFFFFFE), RET_ALL], "backwards"),
+    "ja before the first instruction": (
+        [RET_ALL, Insn(JMP | JA, 0, 0, 0xFFFFFFFD), RET_ALL],
+        "before the first instruction",
+    ),
+    "ja to itself": ([Insn(JMP | JA, 0, 0, 0xFFFFFFFF), RET_ALL], "nothing in between can leave"),
+    "loop nothing can leave": (
+        [
+            Insn(ALU | 0x00 | K, 0, 0, 1),
+            Insn(MISC_TAX, 0, 0, 0),
+            Insn(JMP | JA, 0, 0, BACK_3),
+            RET_ALL,
+        ],
+        "never ends",
+    ),
+    "four loops": (
+        [*[Insn(JMP | JEQ | K, 1, 0, 0), Insn(JMP | JA, 0, 0, BACK_2)] * 4, RET_ALL],
+        "4 loops",
+    ),
+    "scratch written in the loop only after its read": (
+        [
+            Insn(JMP | JEQ | K, 4, 0, 7),
+            Insn(LD | MEM, 0, 0, 1),
+            Insn(JMP | JEQ | K, 2, 0, 7),
+            Insn(ST, 0, 0, 1),
+            Insn(JMP | JA, 0, 0, BACK_4),
+            RET_ALL,
+        ],
+        "before any write",
+    ),
     "field out of range": ([Insn(RET | K, 0, 0, 1 << 32)], "out of range"),
 }
 
@@ -174,8 +229,16 @@ def test_ether_only_expressions_still_run_on_ethernet() -> None:
 
 
 def test_checker_refusal_names_the_expression() -> None:
-    with pytest.raises(FilterError, match="'protochain 6' compiles to a program xdpcap cannot"):
-        spec.compile_filter("protochain 6")
+    expression = " and ".join(f"ip6 protochain {p}" for p in (6, 17, 58, 1))
+    with pytest.raises(FilterError, match=f"'{expression}' compiles to a program xdpcap cannot"):
+        spec.compile_filter(expression)
+
+
+def test_protochain_loops_are_accepted() -> None:
+    """libpcap's protochain jumps back (tcpdump -r runs it); the kernel's checker would not."""
+    for expression in ("ip6 protochain 6", "protochain 17"):
+        program = spec.compile_filter(expression).programs["ether"]
+        assert cbpf.backward_jumps(program)
 
 
 # -- the translation --------------------------------------------------------------------------
@@ -183,7 +246,8 @@ def test_checker_refusal_names_the_expression() -> None:
 
 def test_translation_bounds_every_packet_load() -> None:
     source = to_c.translate(libpcap.compile_expression("tcp[tcpflags] & tcp-syn != 0"))
-    loads = source.count("xdpcap_load_") - 3  # the three helpers' definitions
+    source = source.split("#endif")[-1]  # the function, after the helpers
+    loads = source.count("xdpcap_load_")
     assert loads > 0
     assert source.count("> pkt_end) return 0") >= loads
     assert "off > " in source  # the [x + k] load's X is bounded for the verifier
@@ -201,6 +265,64 @@ def test_translation_guards_division_by_x_and_masks_shifts() -> None:
     source = to_c.translate(program)
     assert "if (X == 0) return 0;" in source
     assert "(X & 31)" in source
+
+
+def test_backward_jumps_are_bounded_per_loop() -> None:
+    program = spec.compile_filter("ip6 protochain 6").programs["ether"]
+    (head,) = to_c.loop_heads(program)
+    source = to_c.translate(program)
+    back = f"if (++loops{head} > {to_c.MAX_BACKWARD_JUMPS}) return 0; goto L{head};"
+    assert source.count(back) == len(cbpf.backward_jumps(program)) == 2
+    # Arriving from before the loop restarts its count; jumping back does not.
+    assert f"E{head}: loops{head} = 0; L{head}:" in source
+    assert f"__u32 loops{head} = 0;" in source
+
+
+def test_forward_jumps_onto_a_loop_head_enter_it_afresh() -> None:
+    program = cbpf.check(
+        [
+            Insn(JMP | JEQ | K, 1, 0, 0),  # jumps over the next one, onto the loop's head
+            Insn(ALU | 0x00 | K, 0, 0, 2),
+            Insn(ALU | 0x00 | K, 0, 0, 1),  # the head
+            Insn(JMP | JEQ | K, 1, 0, 10),
+            Insn(JMP | JA, 0, 0, BACK_3),
+            RET_ALL,
+        ]
+    )
+    source = to_c.translate(program)
+    assert "if (A == 0U) goto E2; goto L1;" in source
+    assert "if (++loops2 > " in source and "goto L2;" in source
+
+
+def test_loop_free_programs_have_no_counter() -> None:
+    source = to_c.filter_header(libpcap.compile_expression("ip6 and tcp port 80"))
+    assert "loops" not in source
+
+
+def test_the_tc_function_reads_past_the_head_with_the_helper() -> None:
+    program = libpcap.compile_expression("tcp[((tcp[12:1] & 0xf0) >> 2):4] = 0x58444d41")
+    header = to_c.filter_header(program)
+    xdp, _, skb = header.partition("xdpcap_filter_skb(struct __sk_buff *skb,")
+    assert "xdpcap_filter(const __u8 *pkt" in xdp
+    assert "bpf_skb_load_bytes" not in xdp.split("#endif")[-1]  # XDP: linear data only
+    skb_body = skb.split("#endif")[-1]
+    # Every load: directly inside the head, else the helper; a failed helper ends it.
+    loads = skb_body.count("if (pkt + ")
+    assert loads > 0 and skb_body.count("xdpcap_skb_load_") >= loads
+    assert skb_body.count("if (far < 0) return 0;") == skb_body.count("xdpcap_skb_load_")
+
+
+def test_the_tc_function_asks_the_helper_for_offsets_past_any_head() -> None:
+    program = cbpf.check([Insn(LD | B | ABS, 0, 0, 70000), RET_ALL])
+    xdp = to_c.translate(program)
+    tc = to_c.translate(program, "f", skb=True)
+    assert "return 0;  /* never inside a packet */" in xdp
+    assert "xdpcap_skb_load_b(skb, 70000U)" in tc
+
+
+def test_no_filter_defines_both_functions() -> None:
+    assert "xdpcap_filter(const __u8" in to_c.MATCH_ALL
+    assert "xdpcap_filter_skb(struct __sk_buff *skb" in to_c.MATCH_ALL
 
 
 def test_two_translations_share_the_helpers() -> None:
