@@ -31,7 +31,7 @@ from ..remote.state import HostState
 from ..run.fanout import each_remote
 from ..run.launch_gate import LaunchGate
 from ..run.results import RunResult, print_result
-from ..run.runner import Run, RunOptions
+from ..run.runner import READY_TIMEOUT_S, Run, RunOptions
 from ..run.tables import check_table
 
 DEFAULT_DURATION_S = 10.0
@@ -117,7 +117,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--runs-dir", type=Path, default=Path("xdpcap-runs"))
     run.add_argument("--no-clock-correction", action="store_true")
-    run.add_argument("--ready-timeout", type=float, default=90.0)
+    run.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=READY_TIMEOUT_S,
+        metavar="S",
+        help="how long the others wait for a host that is not ready (default "
+        f"{READY_TIMEOUT_S:g}); a host that is lost fails at once",
+    )
     run.add_argument(
         "--reconnect-wait",
         type=float,

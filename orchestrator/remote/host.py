@@ -324,7 +324,7 @@ class RemoteHost:
             name=self.host.name,
             on_frame=self.live.frame if self.live is not None else None,
         )
-        if not self._launched.wait(LAUNCH_WAIT_S) and not self.process.finished.wait(1):
+        if not self._wait_launched(LAUNCH_WAIT_S):
             raise RemoteError(
                 f"{self.host.name}: no answer from the host within {LAUNCH_WAIT_S:.0f} s"
             )
@@ -339,6 +339,16 @@ class RemoteHost:
         self.agent_path = f"{home}/{agent_rel}"
         if password is not None and self.needs_sudo:
             self.process.send_line(password)  # on stdin: never in a process list
+        return True
+
+    def _wait_launched(self, timeout_s: float) -> bool:
+        """Until the launch script says how it went, or the command ended without saying
+        (a connection or sshd lost mid-launch fails the host now, not after timeout_s)."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        while not self._launched.wait(0.05):
+            if self.process.finished.is_set() or time.monotonic() > deadline:
+                return self._launched.is_set() or self.process.finished.wait(1)
         return True
 
     def _plain_agent_argv(self, agent: str, *args: str) -> list[str]:
@@ -388,6 +398,10 @@ class RemoteHost:
         reason = sudo_failure(stderr)
         if reason:
             return reason
+        if process is not None and process.exit_status is None and not self.start_sent_ns:
+            # Before "start" the agent has nothing to keep: without its controller it
+            # detaches and removes its empty file.
+            return "the SSH connection was lost before its window opened; nothing captured"
         if process is not None and process.exit_status is None:
             return (
                 "the SSH connection was lost mid-capture; the agent goes on to its "

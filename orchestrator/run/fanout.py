@@ -9,7 +9,7 @@ react at once instead of after the slowest host.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -18,15 +18,16 @@ from ..errors import XdpcapError
 from ..remote.host import RemoteHost
 from ..remote.state import Phase
 
-T = TypeVar("T", bound=Hashable)
+T = TypeVar("T")
 
 
 @dataclass
 class HostResults(Generic[T]):
-    """Per host: what the work returned, or the exception it raised."""
+    """Per host: what the work returned, or the exception it raised (pairs, in the order
+    the hosts finished: a host need not be hashable)."""
 
-    succeeded: dict[T, object] = field(default_factory=dict)
-    failed: dict[T, Exception] = field(default_factory=dict)
+    succeeded: list[tuple[T, object]] = field(default_factory=list)
+    failed: list[tuple[T, Exception]] = field(default_factory=list)
 
 
 def each_host(
@@ -52,12 +53,12 @@ def each_host(
             value = work(item)
         except Exception as exc:  # every failure is a host's result, whatever its type
             with lock:
-                results.failed[item] = exc
+                results.failed.append((item, exc))
             if on_failure is not None:
                 on_failure(item, exc)
         else:
             with lock:
-                results.succeeded[item] = value
+                results.succeeded.append((item, value))
 
     with ThreadPoolExecutor(max_workers=max(1, min(at_once, len(items) or 1))) as pool:
         pending = pool.map(guarded, items)  # submits every item now

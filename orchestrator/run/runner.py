@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 DRAWING_MODULES = ("rich.live", "rich.table")
 MERGE_MODULE = "xdpcap.orchestrator.merge.captures"
 
-READY_TIMEOUT_S = 90.0
+READY_TIMEOUT_S = 20.0  # a stuck host holds the others' window at most this long
 RECONNECT_POLL_S = 2.0  # how often a lost host is tried again for its finished capture
 SLOT_READY_WAIT_S = 10.0  # how long a launch keeps its slot waiting for its agent's ready
 BUNDLE_WAIT_S = 60.0
@@ -131,6 +131,7 @@ class Run:
         self.started = time.monotonic()
         self.remotes = [self._remote_for(host, ssh) for host in hosts]
         self.interrupted = False
+        self.held_by: list[str] = []  # hosts the others' window waited for in vain
         self._changed = threading.Event()  # any host's agent said something
         for remote in self.remotes:
             remote.changed = self._changed
@@ -336,13 +337,20 @@ class Run:
             if all(r.state.state in (Phase.READY, Phase.FAILED) for r in active):
                 return
             self._pause(live)
-        for remote in active:
-            if remote.state.state != Phase.READY:
-                remote.send("stop")
-                fail_remote(
-                    remote,
-                    f"not ready within {self.options.ready_timeout_s:.0f} s (compile and attach)",
-                )
+        held_by = [r for r in active if r.state.state not in (Phase.READY, Phase.FAILED)]
+        for remote in held_by:
+            remote.send("stop")
+            fail_remote(
+                remote,
+                f"not ready within {self.options.ready_timeout_s:.0f} s (compile and attach)",
+            )
+        self.held_by = [r.host.name for r in held_by]
+        if held_by:
+            self.console.print(
+                f"the others waited {self.options.ready_timeout_s:g} s (--ready-timeout) "
+                f"for {', '.join(self.held_by)}: started without",
+                soft_wrap=True,
+            )
 
     def _wait_done(self, ready: list[RemoteHost], live: Live) -> None:
         capture = self.options.capture
@@ -376,9 +384,12 @@ class Run:
             live.update(live_table(self.states))
 
     def _note_dead_agents(self, remotes: list[RemoteHost]) -> None:
+        """An agent that ended without its report: lost with its window open, it goes on
+        by itself (fetched later); lost before, or ended with a status, it failed."""
         for remote in remotes:
             if remote.state.state != Phase.FAILED and remote.agent_finished_without_report():
-                if remote.process is not None and remote.process.exit_status is None:
+                lost = remote.process is not None and remote.process.exit_status is None
+                if lost and remote.start_sent_ns:
                     remote.state.move(Phase.DISCONNECTED, remote.failure_reason())
                     if remote.live is not None:
                         remote.live.done(None)  # its agent goes on, but not on this stream
@@ -467,7 +478,7 @@ class Run:
         late = [
             s.name for s in self.states if s.window_start_ns is not None and s.window_start_ns != at
         ]
-        return {**self.start_report, "late": late}
+        return {**self.start_report, "late": late, "held_by": self.held_by}
 
     def _write_run_json(self, merged: Path | None) -> None:
         data = {

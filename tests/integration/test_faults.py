@@ -180,6 +180,45 @@ def test_agent_killed_leaves_no_program(lab, tmp_path: Path) -> None:
     left.parent.rmdir()
 
 
+def test_host_lost_during_the_launch_fails_at_once(lab, tmp_path: Path) -> None:
+    """A host whose sshd and agent die before it is ready fails at once, honestly named;
+    the others' window opens without waiting for it (not after --ready-timeout)."""
+    victim = lab.hosts[1]
+    # The victim's Python starts slowly: its launch is surely under way when it dies.
+    slow = tmp_path / "slow-python3"
+    slow.write_text('#!/bin/sh\nsleep 30\nexec python3 "$@"\n')
+    slow.chmod(0o755)
+    inventory = inventory_with(
+        lab, tmp_path, {victim.name: {"ansible_python_interpreter": str(slow)}}
+    )
+    with pings_between_all(lab, seconds=20):
+        started = time.monotonic()
+        proc = _start_run(inventory, tmp_path / "runs", "--duration", "3", "--ready-timeout", "60")
+        deadline = time.monotonic() + 60
+        while not _processes(victim.namespace, "slow-python3") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _processes(victim.namespace, "slow-python3"), "the victim's launch never began"
+        for needle in ("sshd", "slow-python3", "sleep 30"):
+            for pid in _processes(victim.namespace, needle):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        code, out, err = _finish(proc)
+        took = time.monotonic() - started
+    assert code == 3, err
+    run = _run_json(out)
+    hosts = {h["name"]: h for h in run["hosts"]}
+    assert hosts[victim.name]["state"] == "failed"
+    assert "lost before its window opened; nothing captured" in hosts[victim.name]["reason"]
+    assert "mid-capture" not in err
+    for host in lab.hosts:
+        if host.name != victim.name:
+            assert hosts[host.name]["state"] == "done", hosts[host.name]
+            assert hosts[host.name]["summary"]["written"] > 0
+    assert run["start"]["held_by"] == []  # nobody waited for the lost host
+    assert took < 60  # the run did not sit out the ready timeout for it
+    _no_xdp_anywhere(lab)
+
+
 def test_ctrl_c_during_the_launch_leaves_nothing(lab, tmp_path: Path) -> None:
     """Interrupted while the hosts are being prepared: the run ends at once (130), and no
     host keeps a program, an agent or a capture file."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 
 import pytest
 from xdpcap.orchestrator.remote.state import HostState
@@ -51,3 +52,23 @@ def test_failures_become_results() -> None:
     fanout.each_remote(remotes, work, 2)
     assert remotes[1].state.state == "failed" and "boom" in remotes[1].state.reason
     assert remotes[0].state.state == "pending"
+
+
+def test_results_hold_each_hosts_value_or_exception() -> None:
+    """Hosts as the run has them (dataclasses: not hashable) come back paired with what
+    their work returned or raised."""
+
+    @dataclass
+    class Host:
+        name: str
+
+    hosts = [Host("a"), Host("b"), Host("c")]
+
+    def work(host: Host) -> str:
+        if host.name == "b":
+            raise ValueError("refused")
+        return host.name.upper()
+
+    results = fanout.each_host(hosts, work, 2)
+    assert sorted((h.name, v) for h, v in results.succeeded) == [("a", "A"), ("c", "C")]
+    assert [(h.name, str(e)) for h, e in results.failed] == [("b", "refused")]
