@@ -75,8 +75,21 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
         "--egress-attach",
         choices=("auto", "tcx", "clsact"),
         default="auto",
-        help="how the egress program attaches (auto: a tcx link where the kernel has it, "
-        "6.6+; else a clsact filter)",
+        help="how the tc programs attach, at egress (and at ingress behind another XDP "
+        "program) (auto: a tcx link where the kernel has it, 6.6+; else a clsact filter)",
+    )
+    parser.add_argument(
+        "--rx-capture",
+        choices=("auto", "xdp", "hook", "after-xdp"),
+        default="auto",
+        help="how inbound is captured (auto: our XDP program; beside another XDP program, "
+        "through its xdpcap hook if one is pinned, else at tc ingress after it)",
+    )
+    parser.add_argument(
+        "--xdp-hook",
+        metavar="PIN",
+        help="the pinned xdpcap hook map (bpf/xdpcap_hook.h) of the interface's XDP program: "
+        "capture inbound as it leaves that program, with its verdicts",
     )
     parser.add_argument(
         "--buffer-pages",
@@ -157,6 +170,8 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
         xdp_mode=args.xdp_mode,
         direction=args.direction,
         egress_attach=args.egress_attach,
+        rx_capture=args.rx_capture,
+        xdp_hook=args.xdp_hook,
         buffer_pages=args.buffer_pages,
         wait_start=args.wait_start,
         start_at_ns=(
