@@ -117,6 +117,9 @@ class Host:
     groups: tuple[str, ...]
     # Every merged variable; kept out of the repr (and hides secrets in its own repr).
     vars: Mapping[str, object] = field(repr=False, hash=False)
+    # xdpcap_xdp_hook: the pinned xdpcap hook map of the host's XDP program (inbound
+    # through it, with verdicts); None: found by the agent, or after the program.
+    xdp_hook: str | None = None
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,12 @@ def _check_iface(value: str) -> None:
 def _check_direction(_what: str, value: str) -> None:
     if value not in validate.DIRECTIONS:
         raise _Problem(f"{value!r} is not one of {', '.join(validate.DIRECTIONS)}")
+
+
+def _check_pin(_what: str, value: str) -> None:
+    # A path on the host's bpffs, passed as one word to the agent.
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise _Problem(f"{value!r} is not an absolute path without spaces")
 
 
 def _check_ssh_args(_what: str, value: str) -> None:
@@ -634,6 +643,7 @@ _VAR_NAMES: dict[str, tuple[str, ...]] = {
     "iface": ("xdpcap_iface",),
     "filter": ("xdpcap_filter",),
     "direction": ("xdpcap_direction",),
+    "xdp_hook": ("xdpcap_xdp_hook",),
 }
 
 
@@ -671,6 +681,7 @@ class _HostSettings:
             iface=self.text("iface", lambda _what, value: _check_iface(value)),
             filter=self.text("filter"),
             direction=self.text("direction", _check_direction),
+            xdp_hook=self.text("xdp_hook", _check_pin),
             groups=groups,
             vars=_Vars({key: var.value for key, var in self.merged.items()}),
         )

@@ -137,6 +137,7 @@ class HostState:
     sha256: str | None = None
     filter: str | None = None  # the capture filter expression this host ran
     direction: str = "inout"  # -Q: in, out or inout
+    xdp_hook: str | None = None  # --xdp-hook: the pinned hook map of the host's XDP program
 
     @property
     def ok(self) -> bool:
@@ -407,7 +408,12 @@ class RemoteHost:
             self.capture_filter = without_connection(self.capture_filter, transport.sock)
             self.state.filter = self.capture_filter.expression if self.capture_filter else None
         args = _capture_args(
-            capture, self.state.iface, out_rel, self.state.direction, self.capture_filter
+            capture,
+            self.state.iface,
+            out_rel,
+            self.state.direction,
+            self.capture_filter,
+            self.state.xdp_hook,
         )
         if self.live is not None:
             args.append("--stream")
@@ -685,6 +691,7 @@ def _capture_args(
     output: str,
     direction: str,
     capture_filter: CompiledFilter | None,
+    xdp_hook: str | None = None,
 ) -> list[str]:
     args = [
         "capture",
@@ -709,6 +716,8 @@ def _capture_args(
     ]
     if capture.count is not None:
         args += ["--count", str(capture.count)]
+    if xdp_hook:
+        args += ["--xdp-hook", xdp_hook]
     if capture_filter is not None:
         # The checked programs, then the expression as the trailing words (the agent
         # checks the programs again: it trusts nothing that arrives over the wire).

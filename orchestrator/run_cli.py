@@ -134,6 +134,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="print the selected hosts and exit, connecting to none",
     )
     add_direction_argument(run, None)  # host var xdpcap_direction wins; else inout
+    run.add_argument(
+        "--xdp-hook",
+        metavar="PIN",
+        help="the pinned xdpcap hook map of the hosts' XDP program: inbound as it leaves "
+        "that program, with its verdicts (host var xdpcap_xdp_hook wins; without either, "
+        "a pinned hook is found, else inbound is captured after the program)",
+    )
     add_filter_arguments(run)  # host var xdpcap_filter wins, as xdpcap_iface does
     run.set_defaults(func=run_command)
 
@@ -235,6 +242,7 @@ def run_command(
         reconnect_wait_s=args.reconnect_wait,
         filters=filters,
         direction=args.direction,
+        xdp_hook=args.xdp_hook,
         stream_idle_s=args.stream_idle,
         stream_budget=args.stream_buffer << 20,
         on_stream_closed=on_stream_closed,

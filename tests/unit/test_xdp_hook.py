@@ -116,3 +116,30 @@ def test_the_sums_close_per_verdict() -> None:
             + figures["past_count"]
         )
     assert split["DROP"]["lost"] == 1 and split["PASS"]["past_count"] == 1
+
+
+def test_xdp_hook_host_variable_reaches_the_agent_command() -> None:
+    import textwrap
+
+    from xdpcap.orchestrator.errors import InventoryError
+    from xdpcap.orchestrator.inventory import parse_inventory_text
+    from xdpcap.orchestrator.remote_host import CaptureSettings, _capture_args
+
+    text = """
+        all:
+          vars:
+            xdpcap_xdp_hook: /sys/fs/bpf/lb/xdpcap_hook
+          hosts:
+            a:
+            b:
+              xdpcap_xdp_hook: /run/bpf/other_hook
+        """
+    inventory = parse_inventory_text(textwrap.dedent(text), "inv.yml")
+    assert inventory.hosts["a"].xdp_hook == "/sys/fs/bpf/lb/xdpcap_hook"
+    assert inventory.hosts["b"].xdp_hook == "/run/bpf/other_hook"
+    capture = CaptureSettings(10.0, None, 262144, 1, "auto", 60.0)
+    args = _capture_args(capture, "eth0", "o.pcapng", "inout", None, "/run/bpf/h")
+    assert args[args.index("--xdp-hook") + 1] == "/run/bpf/h"
+    assert "--xdp-hook" not in _capture_args(capture, "eth0", "o.pcapng", "in", None)
+    with pytest.raises(InventoryError, match="xdpcap_xdp_hook: 'lb hook' is not an absolute"):
+        parse_inventory_text("all:\n  hosts:\n    a:\n      xdpcap_xdp_hook: lb hook\n", "i.yml")
