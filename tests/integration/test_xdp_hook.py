@@ -4,6 +4,7 @@ ingress (xdp-filter, libxdp) — with the owner never touched."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -280,4 +281,26 @@ def test_our_own_xdp_is_still_refused_beside_a_foreign_program(space, pair, coop
     )
     assert result.returncode == 1
     assert "already attached" in result.stderr and f"id {coop.prog_id}" in result.stderr
+    assert xdp_program(pair.capture_ns, pair.capture_if)["id"] == coop.prog_id
+
+
+def test_check_reports_the_hook_and_clears_a_killed_captures_slots(
+    space, pair, coop, tmp_path
+) -> None:
+    agent = _agent(space, pair, "-i", pair.capture_if, "-w", str(tmp_path / "k.pcapng"), "-Q", "in")
+    try:
+        wait_for_event(agent, "capturing")
+        # While it runs, check leaves its slots alone (the capture holds the lock).
+        live = space.run(pair.capture_ns, sys.executable, "-m", "xdpcap.agent", "preflight",
+                         "-i", pair.capture_if, check=False)  # fmt: skip
+        assert json.loads(live.stdout)["hooks"]["in"] == f"hook {coop.hook_pin}"
+        assert set(hook_slots(space, pair.capture_ns, coop.hook_pin).values()) == SLOT_NAMES
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(timeout=30)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    space.run(pair.capture_ns, sys.executable, "-m", "xdpcap.agent", "preflight", "-i",
+              pair.capture_if, check=False)  # fmt: skip
+    assert hook_slots(space, pair.capture_ns, coop.hook_pin) == {}
     assert xdp_program(pair.capture_ns, pair.capture_if)["id"] == coop.prog_id
