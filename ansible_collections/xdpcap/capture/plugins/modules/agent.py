@@ -50,6 +50,11 @@ options:
     type: str
     choices: [in, out, inout]
     default: inout
+  xdp_hook:
+    description:
+      - The pinned xdpcap hook map of the interface's XDP program (C(--xdp-hook)); without
+        it the agent finds a pinned one, else captures inbound after that program.
+    type: str
   filter_args:
     description:
       - The checked filter arguments from M(xdpcap.capture.plan) (cBPF programs, then the
@@ -127,6 +132,8 @@ def agent_command(params, python):
     ]
     if params["count"] is not None:
         args += ["--count", str(params["count"])]
+    if params["xdp_hook"]:
+        args += ["--xdp-hook", params["xdp_hook"]]
     return args + list(params["filter_args"])
 
 
@@ -161,6 +168,7 @@ def main():
             count=dict(type="int"),
             direction=dict(type="str", choices=["in", "out", "inout"], default="inout"),
             filter_args=dict(type="list", elements="str", default=[]),
+            xdp_hook=dict(type="str"),
             python=dict(type="path"),
         ),
         supports_check_mode=False,
