@@ -304,3 +304,22 @@ def test_check_reports_the_hook_and_clears_a_killed_captures_slots(
               pair.capture_if, check=False)  # fmt: skip
     assert hook_slots(space, pair.capture_ns, coop.hook_pin) == {}
     assert xdp_program(pair.capture_ns, pair.capture_if)["id"] == coop.prog_id
+
+
+def test_a_frags_owner_gets_slot_programs_loaded_to_match(space, pair, tmp_path) -> None:
+    """SEC("xdp.frags"): ours are refused in its prog array until loaded with frags."""
+    owner = load_coop(space, pair.capture_ns, pair.capture_if, build_coop(tmp_path, "COOP_FRAGS"))
+    _, done, _, (dropped, passed) = _capture(
+        space,
+        pair,
+        tmp_path,
+        "-Q",
+        "in",
+        "udp",
+        "--xdp-hook",
+        str(owner.hook_pin),
+        ports=(7001, 7002),
+    )
+    assert (dropped, passed) == (0, PER_PORT)
+    assert done["verdicts"]["DROP"]["written"] == PER_PORT == done["verdicts"]["PASS"]["written"]
+    assert hook_slots(space, pair.capture_ns, owner.hook_pin) == {}

@@ -68,11 +68,12 @@ def bpffs_namespace(tag: str) -> Iterator[BpffsNamespace]:
                 path.unlink() if path.is_file() else path.rmdir()
 
 
-def build_coop(out_dir: Path) -> Path:
+def build_coop(out_dir: Path, *defines: str) -> Path:
     """clang -target bpf with libbpf's headers and bpf/xdpcap_hook.h, as users build."""
     obj = out_dir / "coop_xdp.o"
     sh(
         "clang",
+        *(f"-D{name}" for name in defines),
         "-O2",
         "-g",
         "-target",

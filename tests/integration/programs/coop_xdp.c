@@ -37,7 +37,12 @@ static __always_inline int verdict_for(struct xdp_md *ctx)
 	}
 }
 
+/* -DCOOP_FRAGS: a multi-buffer program, which the programs in its prog array must be too. */
+#ifdef COOP_FRAGS
+SEC("xdp.frags")
+#else
 SEC("xdp")
+#endif
 int coop(struct xdp_md *ctx)
 {
 	return xdpcap_exit(ctx, &xdpcap_hook, verdict_for(ctx));
