@@ -51,6 +51,8 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
         xdp_mode=args.xdp_mode,
         direction=args.direction,
         egress_attach=args.egress_attach,
+        rx_capture=args.rx_capture,
+        xdp_hook=args.xdp_hook,
         buffer_pages=args.buffer_pages,
         wait_start=args.wait_start,
         start_at_ns=(

@@ -30,12 +30,14 @@ from .errors import AgentError
 from .filter import spec as filter_spec
 from .filter.cbpf import Program
 from .filter.to_c import MATCH_ALL
-from .hooks.xdp import refuse_foreign
+from .hooks.inbound import plan_inbound
 from .lock import InterfaceLock
 from .pcapng import IF_FILTER, PcapngWriter
 from .protocol import ControllerCommands, EventSink
 from .sampler import Counters, Sampler
 from .stream import StreamSender
+from .verdicts import VerdictTally
+from .verdicts import describe as describe_verdicts
 
 # -Q/--direction, as tcpdump: which ways the packets went that are captured.
 DIRECTIONS = {
@@ -117,6 +119,9 @@ class CaptureOptions:
     filter_expression: str | None = None
     filter_programs: Mapping[str, Program] = field(default_factory=dict)
     stream: bool = False  # also send the written packets to the controller as they come
+    # Inbound beside another XDP program (agent/hooks/inbound.py): how, and its hook map.
+    rx_capture: str = "auto"
+    xdp_hook: str | None = None
 
 
 @dataclass
@@ -138,6 +143,9 @@ class CaptureSummary:
     mode: str = ""  # the XDP mode ("" without an XDP hook)
     direction: str = "inout"
     hooks: str = ""  # what captured: "XDP ingress native (bpf_link) + tcx egress"
+    # How inbound was captured: "our XDP program", "through hook PIN", "inbound after XDP
+    # program NAME (id N)" ("" without inbound).
+    inbound: str = ""
     filter: str | None = None
     seen: int = 0
     filtered_out: int = 0  # the capture filter did not match
@@ -163,6 +171,9 @@ class CaptureSummary:
     # file has them all; these are not part of the accounting above).
     streamed: int = 0
     stream_skipped: int = 0
+    # Through the owner's hook: each verdict's figures ("DROP": seen, written, ...), whose
+    # sums close like the totals'.
+    verdicts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def unaccounted(self) -> int:
@@ -198,6 +209,8 @@ class CaptureSummary:
                 )
                 + ")"
             )
+        if self.verdicts:
+            text += f"; verdicts: {describe_verdicts(self.verdicts)}"
         if self.filter is not None:
             text += f"; filter {self.filter!r}"
         if self.mode:
@@ -292,6 +305,7 @@ class Capture:
         self._past_count_out = 0
         self.buffer_pages = options.buffer_pages or buffer_pages_for(len(perf_ring.online_cpus()))
         self._stream: StreamSender | None = None
+        self._tally: VerdictTally | None = None  # through a hook: per-verdict shares
 
     def run(self) -> CaptureSummary:
         options = self.options
@@ -302,8 +316,19 @@ class Capture:
             with InterfaceLock(options.iface):
                 iface = netdev.inspect_interface(options.iface)
                 directions = DIRECTIONS[options.direction]
+                inbound = None
                 if contract.INBOUND in directions:
-                    refuse_foreign(options.iface, iface.attached)
+                    inbound = plan_inbound(
+                        options.iface, iface.attached, options.rx_capture, options.xdp_hook
+                    )
+                    self.summary.inbound = inbound.describe()
+                    if inbound.discovered:
+                        print(
+                            f"xdpcap: {options.iface}: capturing inbound through the xdpcap "
+                            f"hook {inbound.hook_pin} of XDP program {inbound.owner.prog_id} "
+                            f"{inbound.owner.name!r} (found pinned)",
+                            file=sys.stderr,
+                        )
                 # Checked (or compiled) before anything is loaded or attached.
                 active = filter_spec.active_filter(
                     options.filter_expression,
@@ -323,7 +348,9 @@ class Capture:
                     filter_source=active.c_source if active else MATCH_ALL,
                     directions=directions,
                     egress_attach=options.egress_attach,
+                    **({"inbound": inbound} if inbound else {}),
                 ) as sampler:
+                    self._tally = VerdictTally() if sampler.verdicts else None
                     self._capture(sampler, iface, commands)
                     if commands is not None and self.summary.window_end_ns:
                         # From "done" on, the controller fetches: its "delete" is
@@ -626,6 +653,8 @@ class Capture:
         }
         summary.lost = sum(summary.lost_detail.values())
         summary.directions = self._split(by_direction)
+        if self._tally is not None:
+            summary.verdicts = self._tally.split(sampler.counters_by_verdict())
         summary.bytes_written = self._bytes
         try:
             writer.write_statistics(
@@ -641,7 +670,8 @@ class Capture:
                 comment=f"seen = filtered out ({summary.filtered_out}) + written + lost "
                 f"+ not sampled ({summary.not_sampled}) + after --count ({summary.past_count}); "
                 f"lost: {summary.lost_detail}; osdrop: missed by the interface before XDP"
-                + "".join(f"; {name}: {asdict(d)}" for name, d in summary.directions.items()),
+                + "".join(f"; {name}: {asdict(d)}" for name, d in summary.directions.items())
+                + "".join(f"; verdict {name}: {v}" for name, v in summary.verdicts.items()),
             )
             writer.flush()
         except OSError as exc:
@@ -691,6 +721,8 @@ class Capture:
         self._released += len(kept)
         self.summary.past_count += len(ready) - len(kept)
         self._past_count_out += sum(direction_of(item[2]) for item in ready[room:])
+        if self._tally is not None:
+            self._tally.add_past_count(item[2] for item in ready[room:])
         return kept
 
     def _write(self, writer: PcapngWriter, ready: list[tuple[int, bytes, int]]) -> list[bytes]:
@@ -709,6 +741,8 @@ class Capture:
             blocks = []
         else:
             self._written_out += sum(map(direction_of, keys))  # 1 for each outbound packet
+            if self._tally is not None:
+                self._tally.add_written(keys)
         self._bytes += sum(map(cap_len_of, keys))
         if ready[0][0] < self._last_ts:
             self._late += 1

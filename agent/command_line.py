@@ -64,8 +64,21 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
         "--egress-attach",
         choices=("auto", "tcx", "clsact"),
         default="auto",
-        help="how the egress program attaches (auto: a tcx link where the kernel has it, "
-        "6.6+; else a clsact filter)",
+        help="how the tc programs attach, at egress (and at ingress behind another XDP "
+        "program) (auto: a tcx link where the kernel has it, 6.6+; else a clsact filter)",
+    )
+    parser.add_argument(
+        "--rx-capture",
+        choices=("auto", "xdp", "hook", "after-xdp"),
+        default="auto",
+        help="how inbound is captured (auto: our XDP program; beside another XDP program, "
+        "through its xdpcap hook if one is pinned, else at tc ingress after it)",
+    )
+    parser.add_argument(
+        "--xdp-hook",
+        metavar="PIN",
+        help="the pinned xdpcap hook map (bpf/xdpcap_hook.h) of the interface's XDP program: "
+        "capture inbound as it leaves that program, with its verdicts",
     )
     parser.add_argument(
         "--buffer-pages",
@@ -138,6 +151,7 @@ class CaptureArgs:
     start_at_ns: int | None = None  # or at this wall-clock instant
     start_timeout_s: float | None = None
     stream: bool = False  # frames to the controller as well (-w -)
+    xdp_hook: str | None = None  # the pinned xdpcap hook map of the host's XDP program
     filter_args: tuple[str, ...] = ()  # CompiledFilter.agent_args(): programs, then words
 
 
@@ -159,6 +173,7 @@ def capture_argv(args: CaptureArgs) -> list[str]:
         ("--start-timeout", None if args.start_timeout_s is None else repr(args.start_timeout_s)),
         ("--start-at", args.start_at_ns),
         ("--count", args.count),
+        ("--xdp-hook", args.xdp_hook),
     ):
         if value is not None:
             argv += [flag, str(value)]

@@ -19,8 +19,8 @@ from .pcapng import EPB_FLAG_INBOUND, EPB_FLAG_OUTBOUND, epb_tail
 from .perf_ring import HEADER, PERF_RECORD_LOST, PERF_RECORD_SAMPLE, SAMPLE_DATA_OFFSET
 
 # What the loop reads of a record: perf_event_header's type and size, the raw data size,
-# then struct xdpcap_sample's ts_ns and (cap_len, queue, direction) as one u64: the key
-# of the sample's trailer, cap_len | queue << 32 | direction << 48.
+# then struct xdpcap_sample's ts_ns and (cap_len, queue, direction, verdict) as one u64:
+# the key of the sample's trailer, cap_len | queue << 32 | direction << 48 | verdict << 56.
 RECORD = struct.Struct("<I2xHIQQ")
 EPB_OFFSET = SAMPLE_DATA_OFFSET + EPB_HEAD_OFFSET  # where the EPB starts in a record
 _LOST = struct.Struct("<QQ")  # PERF_RECORD_LOST body: id, lost
@@ -37,14 +37,20 @@ def cap_len_of(key: int) -> int:
 
 def direction_of(key: int) -> int:
     """INBOUND (0) or OUTBOUND (1): so a sum of direction_of over keys counts outbound."""
-    return key >> 48
+    return (key >> 48) & 0xFF
+
+
+def verdict_of(key: int) -> int | None:
+    """The owner's XDP action (seen through its hook), or None when not known."""
+    verdict = key >> 56
+    return verdict - 1 if verdict else None
 
 
 def epb_trailer(key: int) -> bytes:
     """What follows a packet's bytes in its EPB (padding, epb_flags with the direction,
-    epb_queue, the block length), for key = cap_len | queue << 32 | direction << 48."""
+    epb_queue, epb_verdict when known, the block length), for the key (see RECORD)."""
     flags = _EPB_DIRECTION.get(direction_of(key), 0)  # 0: direction unknown
-    return epb_tail(cap_len_of(key), flags, (key >> 32) & 0xFFFF)
+    return epb_tail(cap_len_of(key), flags, (key >> 32) & 0xFFFF, verdict_of(key))
 
 
 class SampleConsumer:
@@ -56,7 +62,7 @@ class SampleConsumer:
         self.received = 0  # sample records seen, malformed ones included
         self.malformed = 0  # counted as lost by the capture, never written
         self.lost_reported = 0  # PERF_RECORD_LOST totals: a cross-check of the BPF counter
-        # One trailer per (cap_len, queue, direction) seen: a few hundred at most in practice.
+        # One trailer per (cap_len, queue, direction, verdict) seen: a few hundred at most.
         self._trailers: dict[int, bytes] = {}
 
     def parse(self, buf: bytes, pos: int, end: int, budget: int) -> int:

@@ -21,10 +21,14 @@ from .perf_ring import online_cpus
 
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_PROG_TYPE_XDP = 6
+BPF_MAP_TYPE_PROG_ARRAY = 3
 BPF_XDP_ATTACH_TYPE = 37  # enum bpf_attach_type BPF_XDP
-BPF_TCX_EGRESS = 47  # kernel 6.6+
+BPF_TCX_INGRESS = 46  # kernel 6.6+
+BPF_TCX_EGRESS = 47
 BPF_F_BEFORE = 1 << 3  # tcx: with no relative program, first in the chain
-BPF_TC_EGRESS = 1 << 1  # enum bpf_tc_attach_point
+BPF_F_XDP_HAS_FRAGS = 1 << 5  # prog_flags: the program handles multi-buffer frames
+BPF_TC_INGRESS = 1 << 0  # enum bpf_tc_attach_point
+BPF_TC_EGRESS = 1 << 1
 BPF_OBJ_NAME_LEN = 16
 
 
@@ -56,6 +60,23 @@ class _MapCreateOpts(ctypes.Structure):
         ("btf_vmlinux_value_type_id", ctypes.c_uint32),
         ("inner_map_fd", ctypes.c_uint32),
         ("map_flags", ctypes.c_uint32),
+    )
+
+
+class _ProgLoadOpts(ctypes.Structure):
+    # The head of struct bpf_prog_load_opts, up to attach_btf_obj_fd; `sz` tells libbpf
+    # how much we pass (the rest counts as zero).
+    _fields_ = (
+        ("sz", ctypes.c_size_t),
+        ("attempts", ctypes.c_int),
+        ("expected_attach_type", ctypes.c_uint32),
+        ("prog_btf_fd", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("kern_version", ctypes.c_uint32),
+        ("attach_btf_id", ctypes.c_uint32),
+        ("attach_prog_fd", ctypes.c_uint32),
+        ("attach_btf_obj_fd", ctypes.c_uint32),
     )
 
 
@@ -129,6 +150,9 @@ def _lib() -> ctypes.CDLL:
         "bpf_prog_load",
         "bpf_link_create",
         "bpf_prog_get_fd_by_id",
+        "bpf_map_get_fd_by_id",
+        "bpf_obj_get",
+        "bpf_map_delete_elem",
         "bpf_tc_hook_create",
         "bpf_tc_attach",
         "bpf_tc_query",
@@ -153,10 +177,20 @@ def _check(result: int, what: str) -> int:
     return result
 
 
-def map_spec(fd: int) -> MapSpec:
+def _map_info(fd: int) -> _MapInfo:
     info = _MapInfo()
     size = ctypes.c_uint32(ctypes.sizeof(info))
     _check(_lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "map info")
+    return info
+
+
+def map_id(fd: int) -> int:
+    """The kernel's id of the map behind `fd`."""
+    return int(_map_info(fd).id)
+
+
+def map_spec(fd: int) -> MapSpec:
+    info = _map_info(fd)
     return MapSpec(
         name=info.name.decode(),
         type=info.type,
@@ -192,6 +226,72 @@ def prog_load(prog_type: int, name: str, license: str, insns: bytes) -> int:
         None,
     )
     return _check(fd, f"loading program {name}")
+
+
+def prog_load_xdp(
+    name: str, license: str, insns: bytes, expected_attach_type: int, prog_flags: int
+) -> int:
+    """Load an XDP program with an expected attach type and flags (what a program tail-
+    called from another must match); returns the fd or raises LibbpfError."""
+    buffer = ctypes.create_string_buffer(insns, len(insns))
+    opts = _ProgLoadOpts(
+        sz=ctypes.sizeof(_ProgLoadOpts),
+        expected_attach_type=expected_attach_type,
+        prog_flags=prog_flags,
+    )
+    fd = _lib().bpf_prog_load(
+        BPF_PROG_TYPE_XDP,
+        name.encode(),
+        license.encode(),
+        buffer,
+        ctypes.c_size_t(len(insns) // 8),
+        ctypes.byref(opts),
+    )
+    return _check(fd, f"loading program {name}")
+
+
+def obj_get(path: str) -> int:
+    """An fd for the object pinned at `path` (a map or a program)."""
+    return _check(_lib().bpf_obj_get(path.encode()), f"opening pinned {path}")
+
+
+def map_fd_by_id(map_id: int) -> int:
+    return _check(_lib().bpf_map_get_fd_by_id(ctypes.c_uint32(map_id)), f"map id {map_id}")
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    return _check(_lib().bpf_prog_get_fd_by_id(ctypes.c_uint32(prog_id)), f"program id {prog_id}")
+
+
+def map_delete(fd: int, key: bytes) -> None:
+    _check(_lib().bpf_map_delete_elem(fd, key), "map delete")
+
+
+@dataclass(frozen=True)
+class ProgInfo:
+    id: int
+    type: int
+    name: str
+    map_ids: tuple[int, ...]
+
+
+def prog_info(fd: int) -> ProgInfo:
+    """A loaded program's id, type, name and the ids of the maps it uses."""
+    lib = _lib()
+    info = _ProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "prog info")
+    count = info.nr_map_ids
+    ids = (ctypes.c_uint32 * max(1, count))()
+    if count:
+        # Asked again with room for the map ids: the kernel fills only what we ask for.
+        info = _ProgInfo(nr_map_ids=count, map_ids=ctypes.addressof(ids))
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        _check(lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "prog info")
+        count = min(count, info.nr_map_ids)
+    return ProgInfo(
+        int(info.id), int(info.type), info.name.decode(errors="replace"), tuple(ids[:count])
+    )
 
 
 @lru_cache(maxsize=1)
@@ -236,45 +336,52 @@ def link_create(prog_fd: int, ifindex: int, attach_type: int, flags: int) -> int
     return fd
 
 
-def _tc_hook(ifindex: int) -> _TcHook:
-    return _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=BPF_TC_EGRESS)
+def _tc_hook(ifindex: int, point: int) -> _TcHook:
+    return _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=point)
 
 
 def _tc_opts(handle: int, priority: int, prog_fd: int = 0) -> _TcOpts:
     return _TcOpts(sz=ctypes.sizeof(_TcOpts), prog_fd=prog_fd, handle=handle, priority=priority)
 
 
-def tc_egress_hook_create(ifindex: int) -> bool:
+def tc_egress_hook_create(ifindex: int, point: int = BPF_TC_EGRESS) -> bool:
     """Make sure the interface has a clsact qdisc; True if we created it."""
-    result = _lib().bpf_tc_hook_create(ctypes.byref(_tc_hook(ifindex)))
+    result = _lib().bpf_tc_hook_create(ctypes.byref(_tc_hook(ifindex, point)))
     if result == -errno.EEXIST:
         return False
     _check(result, "creating the clsact qdisc")
     return True
 
 
-def tc_egress_attach(ifindex: int, prog_fd: int, handle: int, priority: int) -> int:
+def tc_egress_attach(
+    ifindex: int, prog_fd: int, handle: int, priority: int, point: int = BPF_TC_EGRESS
+) -> int:
     """A direct-action cls_bpf filter with our handle and priority, never a replacement
-    (EEXIST if that handle and priority are taken); returns the attached program's id."""
+    (EEXIST if that handle and priority are taken); returns the attached program's id.
+    (`point`: BPF_TC_EGRESS, or BPF_TC_INGRESS; likewise below.)"""
     opts = _tc_opts(handle, priority, prog_fd)
-    _check(_lib().bpf_tc_attach(ctypes.byref(_tc_hook(ifindex)), ctypes.byref(opts)), "tc attach")
+    hook = _tc_hook(ifindex, point)
+    _check(_lib().bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts)), "tc attach")
     return opts.prog_id
 
 
-def tc_egress_query(ifindex: int, handle: int, priority: int) -> int | None:
+def tc_egress_query(
+    ifindex: int, handle: int, priority: int, point: int = BPF_TC_EGRESS
+) -> int | None:
     """The id of the program in the filter with this handle and priority, or None."""
     opts = _tc_opts(handle, priority)
-    result = _lib().bpf_tc_query(ctypes.byref(_tc_hook(ifindex)), ctypes.byref(opts))
+    result = _lib().bpf_tc_query(ctypes.byref(_tc_hook(ifindex, point)), ctypes.byref(opts))
     if result in (-errno.ENOENT, -errno.EINVAL):  # no such filter, or no clsact at all
         return None
     _check(result, "tc query")
     return opts.prog_id
 
 
-def tc_egress_detach(ifindex: int, handle: int, priority: int) -> None:
+def tc_egress_detach(ifindex: int, handle: int, priority: int, point: int = BPF_TC_EGRESS) -> None:
     """Remove exactly the filter with this handle and priority: nothing else."""
     opts = _tc_opts(handle, priority)
-    _check(_lib().bpf_tc_detach(ctypes.byref(_tc_hook(ifindex)), ctypes.byref(opts)), "tc detach")
+    hook = _tc_hook(ifindex, point)
+    _check(_lib().bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts)), "tc detach")
 
 
 def prog_name(prog_id: int) -> str | None:

@@ -68,6 +68,8 @@ EPB_HEAD = struct.Struct("<IIIIIII")
 # What follows the padded packet bytes in the agent's EPBs: the epb_flags and epb_queue
 # options, opt_endofopt and the trailing block length.
 _EPB_TAIL = struct.Struct("<HHIHHIHHI")
+# epb_verdict: option head, type byte (2: Linux eBPF XDP), the u64 action, 3 pad bytes.
+_EPB_VERDICT_XDP = struct.Struct("<HHBQ3x")
 _U32 = struct.Struct("<I")
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
 
@@ -79,12 +81,15 @@ def pad4(length: int) -> int:
     return -length & 3
 
 
-def epb_tail(cap_len: int, flags: int, queue: int) -> bytes:
-    """Everything after `cap_len` packet bytes in an EPB carrying epb_flags and epb_queue:
-    padding, the options and the block length (the agent's blocks, built in bulk)."""
-    total = EPB_HEAD.size + cap_len + pad4(cap_len) + _EPB_TAIL.size
+def epb_tail(cap_len: int, flags: int, queue: int, xdp_verdict: int | None = None) -> bytes:
+    """Everything after `cap_len` packet bytes in an EPB carrying epb_flags and epb_queue
+    (and epb_verdict, an XDP action, when known): padding, the options and the block
+    length (the agent's blocks, built in bulk)."""
+    verdict = b"" if xdp_verdict is None else _EPB_VERDICT_XDP.pack(EPB_VERDICT, 9, 2, xdp_verdict)
+    total = EPB_HEAD.size + cap_len + pad4(cap_len) + len(verdict) + _EPB_TAIL.size
     tail = _EPB_TAIL.pack(EPB_FLAGS, 4, flags, EPB_QUEUE, 4, queue, OPT_ENDOFOPT, 0, total)
-    return _PADDING[cap_len & 3] + tail
+    # epb_verdict goes before opt_endofopt and the trailing length (the last 8 bytes).
+    return _PADDING[cap_len & 3] + tail[:-8] + verdict + tail[-8:]
 
 
 def encode_options(options: Iterable[Option]) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -13,7 +14,10 @@ from . import __version__, libbpf, netdev
 from .bcc_import import bcc_version
 from .errors import AgentError
 from .headers import find_kernel_headers, remove_farm
+from .hooks.inbound import plan_inbound
 from .hooks.tc import tcx_expected
+from .hooks.xdp_hook import clear_stale_slots, open_hook_map
+from .lock import InterfaceLock
 from .sampler import cached_sampler_present
 
 CAP_NET_ADMIN = 12
@@ -32,6 +36,27 @@ def effective_capabilities() -> int:
 
 def _has(caps: int, cap: int) -> bool:
     return bool(caps >> cap & 1)
+
+
+def _inbound(iface: str, attached: netdev.AttachedProgram | None) -> str:
+    """How a capture would take inbound packets: "xdp", "hook PIN" or "after-xdp behind
+    NAME (id N)". Slots of a hook that a killed capture left holding our programs are
+    emptied, unless a capture on the interface (holding its lock) is using them."""
+    plan = plan_inbound(iface, attached)
+    if plan.kind == "xdp":
+        return "xdp"
+    assert plan.owner is not None
+    if plan.kind == "after-xdp":
+        return f"after-xdp behind {plan.owner.name} (id {plan.owner.prog_id})"
+    assert plan.hook_pin is not None
+    # Locked (AgentError): a live capture on the interface owns the slots.
+    with contextlib.suppress(AgentError), InterfaceLock(iface):
+        fd = open_hook_map(plan.hook_pin)
+        try:
+            clear_stale_slots(fd)
+        finally:
+            os.close(fd)
+    return f"hook {plan.hook_pin}"
 
 
 def preflight(iface: str, output_dir: str = ".") -> dict[str, Any]:
@@ -84,11 +109,10 @@ def preflight(iface: str, output_dir: str = ".") -> dict[str, Any]:
             if info.attached
             else None
         )
-        if info.attached:
-            problems.append(
-                f"{iface}: an XDP program is already attached "
-                f"({info.attached.describe()}); xdpcap never replaces it"
-            )
+        try:
+            report["hooks"]["in"] = _inbound(iface, info.attached)
+        except AgentError as exc:
+            problems.append(str(exc))
     caps = effective_capabilities()
     bpf_ok = _has(caps, CAP_BPF) or _has(caps, CAP_SYS_ADMIN)
     net_ok = _has(caps, CAP_NET_ADMIN)

@@ -24,7 +24,7 @@ import os
 import stat
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import libbpf
@@ -68,6 +68,10 @@ class LoadedProgram:
 
     prog_fds: dict[str, int]
     map_fds: dict[str, int]
+    license: str = ""
+    # Every function's bytecode pointing at these maps, loaded or not: the xdp hook
+    # loads its slot programs itself, with the attributes the owner needs.
+    insns: dict[str, bytes] = field(default_factory=dict)
 
     def close(self) -> None:
         for fd in (*self.prog_fds.values(), *self.map_fds.values()):
@@ -117,14 +121,14 @@ def instantiate(program: CompiledProgram, names: Iterable[str]) -> LoadedProgram
     """Create the maps, relocate and load the programs called `names` (only those a
     capture attaches). Raises OSError or ValueError; leaks no fd."""
     wanted = set(names)
-    loaded = LoadedProgram({}, {})
+    loaded = LoadedProgram({}, {}, program.license)
     try:
         for cached in program.maps:
             loaded.map_fds[cached.spec.name] = libbpf.map_create(cached.spec)
         fd_map = {m.fd: loaded.map_fds[m.spec.name] for m in program.maps}
         for function in program.functions:
+            insns = loaded.insns[function.name] = relocate(function.insns, fd_map)
             if function.name in wanted:
-                insns = relocate(function.insns, fd_map)
                 loaded.prog_fds[function.name] = libbpf.prog_load(
                     function.prog_type, function.name, program.license, insns
                 )

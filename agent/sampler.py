@@ -22,23 +22,28 @@ from importlib import resources
 from pathlib import Path
 from types import ModuleType
 
-from . import contract, libbpf, perf_ring, program_cache
+from . import contract, libbpf, netdev, perf_ring, program_cache
 from .bcc_import import bcc_version, bcc_version_unloaded, import_bcc
 from .errors import AgentError
 from .filter import to_c
 from .grace_period import wait_for_running_programs
 from .headers import KernelHeaders, apply_environment, find_kernel_headers, remove_farm
 from .hooks import Hook
-from .hooks.tc import TcEgressHook
+from .hooks.inbound import OWN_XDP, InboundPlan
+from .hooks.tc import TcEgressHook, TcIngressHook
 from .hooks.xdp import XdpHook
+from .hooks.xdp_hook import XdpHookSlots
 
 CFLAGS = ("-Wno-unused-value",)
 MAP_NAMES = ("samples", "counters", "config")
 _KEY0 = struct.pack("<I", 0)
-# Each direction's program: its name and BPF program type (as bcc and the kernel number them).
+# Every program of the one compile and its BPF program type (as bcc and the kernel number
+# them); a capture loads those its hooks attach.
 PROGRAMS = {
-    contract.INBOUND: (contract.PROGRAM_NAME, libbpf.BPF_PROG_TYPE_XDP),
-    contract.OUTBOUND: (contract.EGRESS_PROGRAM_NAME, libbpf.BPF_PROG_TYPE_SCHED_CLS),
+    contract.PROGRAM_NAME: libbpf.BPF_PROG_TYPE_XDP,
+    contract.EGRESS_PROGRAM_NAME: libbpf.BPF_PROG_TYPE_SCHED_CLS,
+    contract.INGRESS_PROGRAM_NAME: libbpf.BPF_PROG_TYPE_SCHED_CLS,
+    **{name: libbpf.BPF_PROG_TYPE_XDP for name in contract.SLOT_PROGRAM_NAMES},
 }
 
 
@@ -113,6 +118,7 @@ class Sampler:
         filter_source: str = to_c.MATCH_ALL,
         directions: frozenset[int] = frozenset({contract.INBOUND}),
         egress_attach: str = "auto",
+        inbound: InboundPlan = OWN_XDP,
     ) -> None:
         self.iface = iface
         self.filter_source = filter_source  # the generated xdpcap_filter.h
@@ -121,13 +127,14 @@ class Sampler:
         self.directions = directions
         self._realtime_offset_ns = 0  # set by enable(): see there
         self._window = (0, 0)  # the capture window (monotonic ns; 0: open), set by enable()
+        # Through a hook the owner may serve other interfaces too: only this one counts.
+        self._ifindex = netdev.ifindex(iface) if inbound.kind == "hook" else 0
         self.headers: KernelHeaders | None = None
         self.hooks: list[Hook] = []
+        self.xdp: XdpHook | None = None
+        self.inbound = inbound
         if contract.INBOUND in directions:
-            self.xdp: XdpHook | None = XdpHook(iface, mode, self._bcc_module)
-            self.hooks.append(self.xdp)
-        else:
-            self.xdp = None
+            self.hooks.append(self._inbound_hook(iface, mode, egress_attach, inbound))
         if contract.OUTBOUND in directions:
             self.hooks.append(TcEgressHook(iface, egress_attach))
         self.loaded_from: str | None = None  # "bcc" or "cache"
@@ -143,6 +150,22 @@ class Sampler:
         self._attached: list[Hook] = []
         self._rings: perf_ring.PerfRings | _BccRings | None = None
 
+    def _inbound_hook(self, iface: str, mode: str, tc_attach: str, plan: InboundPlan) -> Hook:
+        if plan.kind == "hook":
+            assert plan.hook_pin is not None and plan.owner is not None
+            return XdpHookSlots(iface, plan.hook_pin, plan.owner)
+        if plan.kind == "after-xdp":
+            assert plan.owner is not None
+            # The tc attach choice (--egress-attach) holds for both tc hooks.
+            return TcIngressHook(iface, tc_attach, plan.owner)
+        self.xdp = XdpHook(iface, mode, self._bcc_module)
+        return self.xdp
+
+    @property
+    def verdicts(self) -> bool:
+        """Whether inbound samples carry the owner's verdict (through its hook)."""
+        return contract.INBOUND in self.directions and self.inbound.kind == "hook"
+
     @property
     def mode(self) -> str | None:
         """The XDP mode as attached (native or skb); None without an XDP hook."""
@@ -153,7 +176,8 @@ class Sampler:
         return " + ".join(hook.describe() for hook in self.hooks)
 
     def _program_names(self) -> list[str]:
-        return [PROGRAMS[direction][0] for direction in sorted(self.directions)]
+        """The programs loaded as they are: the hook's slot programs load at attach."""
+        return [hook.program for hook in self.hooks if hook.program]
 
     # -- compile -----------------------------------------------------------------------
     def compile(self) -> None:
@@ -214,9 +238,8 @@ class Sampler:
             self._bpf = self._bcc.BPF(
                 src_file=str(source).encode(), cflags=[f"-I{workdir}", *CFLAGS]
             )
-            for direction in sorted(self.directions):
-                name, prog_type = PROGRAMS[direction]
-                fn = self._bpf.load_func(name.encode(), prog_type)
+            for name in self._program_names():
+                fn = self._bpf.load_func(name.encode(), PROGRAMS[name])
                 self._prog_fds[name] = int(fn.fd)
         except Exception as exc:  # bcc raises bare Exception for compile/load failures
             raise AgentError(f"the sampler did not compile or load: {exc}") from exc
@@ -236,7 +259,7 @@ class Sampler:
                     program_cache.CachedFunction(
                         name, prog_type, bytes(self._bpf.dump_func(name.encode()))
                     )
-                    for name, prog_type in PROGRAMS.values()
+                    for name, prog_type in PROGRAMS.items()
                 ),
                 maps=tuple(
                     program_cache.CachedMap(libbpf.map_spec(fd), fd)
@@ -252,7 +275,7 @@ class Sampler:
             int(enabled),
             self.snaplen,
             self.sample_rate,
-            0,
+            self._ifindex,
             self._realtime_offset_ns & 0xFFFFFFFFFFFFFFFF,  # two's complement if negative
             self._window[0],
             self._window[1],
@@ -287,16 +310,30 @@ class Sampler:
     # -- attach / detach ---------------------------------------------------------------
     def attach(self) -> None:
         """Attach every hook's program; if one fails, the ones attached go again."""
-        assert self._prog_fds, "compile() first"
+        assert self._map_fds, "compile() first"
         for hook in self.hooks:
             # Counted before it attaches: a hook that fails half-way (attached, then an
             # error reading the result back) is still detached.
             self._attached.append(hook)
             try:
-                hook.attach(self._prog_fds[hook.program])
+                if isinstance(hook, XdpHookSlots):
+                    hook.attach_slots(self._bytecode, self._license())
+                else:
+                    hook.attach(self._prog_fds[hook.program])
             except BaseException:
                 self.detach()
                 raise
+
+    def _bytecode(self, name: str) -> bytes:
+        """A program's instructions, pointing at this sampler's maps."""
+        if self._cached is not None:
+            return self._cached.insns[name]
+        return bytes(self._bpf.dump_func(name.encode()))
+
+    def _license(self) -> str:
+        if self._cached is not None:
+            return self._cached.license
+        return self._bcc.libbcc.lib.bpf_module_license(self._bpf.module).decode()
 
     def detach(self) -> None:
         """Detach everything attached; safe to call more than once."""
@@ -358,18 +395,33 @@ class Sampler:
 
     def counters_by_direction(self) -> dict[int, Counters]:
         """Each captured direction's counters (contract.INBOUND, contract.OUTBOUND)."""
-        return {direction: self._read_counters(direction) for direction in sorted(self.directions)}
+        by_direction = {
+            direction: self._read_counters(direction) for direction in sorted(self.directions)
+        }
+        if self.verdicts:  # inbound through the hook is counted per verdict
+            by_direction[contract.INBOUND] = sum(self.counters_by_verdict().values(), Counters())
+        return by_direction
+
+    def counters_by_verdict(self) -> dict[int, Counters]:
+        """Through the owner's hook: each XDP action's counters (empty otherwise)."""
+        if not self.verdicts:
+            return {}
+        return {
+            action: self._read_counters(contract.SET_VERDICT + action)
+            for action in range(len(contract.XDP_ACTIONS))
+        }
 
     def counters(self) -> Counters:
         """Both directions together."""
         return sum(self.counters_by_direction().values(), Counters())
 
-    def _read_counters(self, direction: int) -> Counters:
+    def _read_counters(self, counter_set: int) -> Counters:
+        """One counter set: a direction, or contract.SET_VERDICT + an action."""
         # A per-CPU array's value holds one u64 per possible CPU: sum them.
         fd, cpus = self._map_fds["counters"], libbpf.possible_cpus()
         values = []
         for index in range(contract.COUNTER_MAX):
-            slot = direction * contract.COUNTER_MAX + index
+            slot = counter_set * contract.COUNTER_MAX + index
             raw = libbpf.map_lookup(fd, struct.pack("<I", slot), 8 * cpus)
             values.append(sum(struct.unpack(f"<{cpus}Q", raw)))
         return Counters(

@@ -12,6 +12,9 @@
  * epb_flags (8 bytes), epb_queue (8 bytes) and opt_endofopt (4 bytes). The program
  * needs its length to fill in the block length; the agent writes the options. */
 #define XDPCAP_EPB_OPTIONS_LEN 20
+/* A sample that knows the owner's XDP verdict (through its xdpcap hook) also carries
+ * epb_verdict: option head (4), type byte 2 (eBPF XDP) and the u64 action, padded to 4. */
+#define XDPCAP_EPB_VERDICT_LEN 16
 
 /* The head of a pcapng enhanced packet block, filled in by the program: user space
  * copies it out of the ring together with the packet bytes that follow it, instead
@@ -29,10 +32,17 @@ struct xdpcap_epb_head {
 
 /* Which way a packet went, in samples and counters: the index of its direction. */
 enum xdpcap_direction {
-	XDPCAP_INBOUND = 0,    /* XDP, on receive */
+	XDPCAP_INBOUND = 0,    /* on receive: our XDP program, or tc ingress after another's */
 	XDPCAP_OUTBOUND = 1,   /* tc egress, what the stack hands the device */
 	XDPCAP_DIRECTIONS = 2,
 };
+
+/* Counter sets: one per direction, then one per XDP action for packets seen through
+ * the owner's xdpcap hook (inbound, verdict known), so the accounting closes per
+ * verdict. The set for action a is XDPCAP_SET_VERDICT + a. */
+#define XDPCAP_SET_VERDICT XDPCAP_DIRECTIONS
+#define XDPCAP_XDP_ACTIONS 5  /* XDP_ABORTED .. XDP_REDIRECT: the hook map's slots */
+#define XDPCAP_COUNTER_SETS (XDPCAP_DIRECTIONS + XDPCAP_XDP_ACTIONS)
 
 /* Metadata in front of every sample; the kernel appends cap_len packet bytes, so
  * `epb` and the packet are one contiguous EPB up to its options. */
@@ -41,7 +51,8 @@ struct xdpcap_sample {
 	__u32 cap_len;     /* bytes appended: min(snaplen, what the hook can copy) */
 	/* With cap_len, queue and direction select the EPB's trailer (epb_queue, epb_flags). */
 	__u16 queue;       /* receive queue (inbound); 0 outbound (not yet chosen at tc) */
-	__u16 direction;   /* enum xdpcap_direction */
+	__u8 direction;    /* enum xdpcap_direction */
+	__u8 verdict;      /* the owner's XDP action + 1 (through its hook); 0: not known */
 	struct xdpcap_epb_head epb;
 } __attribute__((packed));
 
@@ -57,7 +68,9 @@ struct xdpcap_config {
 	__u32 enabled;      /* 0 until the capture window opens, 0 again when it closes */
 	__u32 snaplen;      /* largest number of packet bytes per sample */
 	__u32 sample_rate;  /* keep 1 packet in sample_rate; 0 and 1 keep every packet */
-	__u32 reserved;     /* keeps the next field 8-byte aligned */
+	/* Through a hook the owner program may serve several interfaces: only packets
+	 * received on this one are taken (0: any). Also keeps the next field aligned. */
+	__u32 ifindex;
 	__u64 realtime_offset_ns;  /* CLOCK_REALTIME - CLOCK_MONOTONIC when the window opened */
 	/* The window in CLOCK_MONOTONIC (0: open-ended): packets outside it are not even
 	 * counted. Set ahead of time, the window opens and closes on every host at the
@@ -66,9 +79,9 @@ struct xdpcap_config {
 	__u64 window_end_ns;
 } __attribute__((packed));
 
-/* Indexes of the per-CPU `counters` map, one set per direction: the counter for
- * direction d is at d * XDPCAP_COUNTER_MAX + index.
- * seen = filtered_out + not_sampled + sampled + output_failed, in each direction. */
+/* Indexes of the per-CPU `counters` map, one set per direction (and per verdict, see
+ * XDPCAP_SET_VERDICT): the counter for set s is at s * XDPCAP_COUNTER_MAX + index.
+ * seen = filtered_out + not_sampled + sampled + output_failed, in each set. */
 enum xdpcap_counter {
 	XDPCAP_SEEN = 0,
 	XDPCAP_SAMPLED = 1,        /* handed to the perf buffer */

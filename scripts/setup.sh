@@ -15,8 +15,11 @@ cd "$(dirname "$0")/.."
 #   ruby vagrant         `ruby -c` and `vagrant validate` of the Vagrantfile (no VMs boot here)
 #   sudo                 the tests log in as a non-root user and capture through sudo
 #   gcc python3-dev      build the merge's C loop (without them it falls back to Python)
+#   clang llvm libbpf-dev   the tests build a cooperating XDP program with bpf/xdpcap_hook.h
+#                        the way users build theirs (clang -target bpf, libbpf's headers)
 PACKAGES=(python3-bpfcc linux-headers-amd64 openssh-server tshark tcpdump xdp-tools
-          netsniff-ng iproute2 iputils-ping bpftool ruby vagrant python3-venv sudo gcc python3-dev)
+          netsniff-ng iproute2 iputils-ping bpftool ruby vagrant python3-venv sudo gcc python3-dev
+          clang llvm libbpf-dev)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -20,6 +20,7 @@ from ...agent.command_line import add_direction_argument, add_filter_arguments
 from ...agent.filter import spec as filter_spec
 from ..errors import UsageError
 from ..inventory import ansible as inventory_ansible
+from ..inventory.checks import pin_path
 from ..inventory.model import Host, format_host_list
 from ..merge.live import BUFFER_BUDGET_BYTES, DEFAULT_IDLE_S
 from ..remote.bundle import build_agent_bundle
@@ -137,6 +138,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="print the selected hosts and exit, connecting to none",
     )
     add_direction_argument(run, None)  # host var xdpcap_direction wins; else inout
+    run.add_argument(
+        "--xdp-hook",
+        metavar="PIN",
+        help="the pinned xdpcap hook map of the hosts' XDP program: inbound as it leaves "
+        "that program, with its verdicts (host var xdpcap_xdp_hook wins; without either, "
+        "a pinned hook is found, else inbound is captured after the program)",
+    )
     add_filter_arguments(run)  # host var xdpcap_filter wins, as xdpcap_iface does
     run.set_defaults(func=run_command)
 
@@ -215,6 +223,8 @@ def run_command(
         print(format_host_list(hosts, args.iface))
         return 0
     validate.positive_number("--ready-timeout", args.ready_timeout, 3600)
+    if args.xdp_hook is not None:
+        pin_path("--xdp-hook", args.xdp_hook)
     validate.positive_number("--reconnect-wait", args.reconnect_wait, 3600)
     validate.positive_number("--stream-idle", args.stream_idle, 3600)
     validate.positive_number("--stream-buffer", args.stream_buffer, 1 << 16)
@@ -238,6 +248,7 @@ def run_command(
         reconnect_wait_s=args.reconnect_wait,
         filters=filters,
         direction=args.direction,
+        xdp_hook=args.xdp_hook,
         stream_idle_s=args.stream_idle,
         stream_budget=args.stream_buffer << 20,
         on_stream_closed=on_stream_closed,

@@ -20,6 +20,7 @@ from .checks import (
     check_host_name,
     check_iface,
     check_interpreter,
+    check_pin,
     check_remote_word,
     check_ssh_args,
     parse_bool,
@@ -227,6 +228,7 @@ _VAR_NAMES: dict[str, tuple[str, ...]] = {
     "iface": ("xdpcap_iface",),
     "filter": ("xdpcap_filter",),
     "direction": ("xdpcap_direction",),
+    "xdp_hook": ("xdpcap_xdp_hook",),
 }
 
 
@@ -264,6 +266,7 @@ class _HostSettings:
             iface=self.text("iface", lambda _what, value: check_iface(value)),
             filter=self.text("filter"),
             direction=self.text("direction", check_direction),
+            xdp_hook=self.text("xdp_hook", check_pin),
             groups=groups,
             vars=Vars({key: var.value for key, var in self.merged.items()}),
         )

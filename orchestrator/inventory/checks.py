@@ -56,6 +56,24 @@ def check_iface(value: str) -> None:
         raise Problem(str(exc)) from None
 
 
+_PIN_PATH = re.compile(r"/[A-Za-z0-9_./+-]+")
+
+
+def check_pin(_what: str, value: str) -> None:
+    # A path on the host's bpffs, passed as one word to the agent.
+    if not _PIN_PATH.fullmatch(value) or "/../" in value + "/":
+        raise Problem(f"{value!r} is not a plain absolute path (letters, digits, _ . / + -)")
+
+
+def pin_path(what: str, value: str) -> str:
+    """A bpffs pin given on the command line: the same rule as xdpcap_xdp_hook's."""
+    try:
+        check_pin(what, value)
+    except Problem as exc:
+        raise UsageError(f"{what}: {exc}") from None
+    return value
+
+
 def check_direction(_what: str, value: str) -> None:
     if value not in validate.DIRECTIONS:
         raise Problem(f"{value!r} is not one of {', '.join(validate.DIRECTIONS)}")

@@ -62,6 +62,9 @@ class Host:
     groups: tuple[str, ...]
     # Every merged variable; kept out of the repr (and hides secrets in its own repr).
     vars: Mapping[str, object] = field(repr=False, hash=False)
+    # xdpcap_xdp_hook: the pinned xdpcap hook map of the host's XDP program (inbound
+    # through it, with verdicts); None: found by the agent, or after the program.
+    xdp_hook: str | None = None
 
 
 @dataclass(frozen=True)

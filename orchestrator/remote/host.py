@@ -266,6 +266,7 @@ class RemoteHost:
             wait_start=True,
             start_timeout_s=capture.start_timeout_s,
             stream=self.live is not None,
+            xdp_hook=self.state.xdp_hook,
             filter_args=tuple(self.capture_filter.agent_args()) if self.capture_filter else (),
         )
         self.launch_agent(bundle, run_rel, capture_argv(args))

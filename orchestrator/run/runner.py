@@ -95,6 +95,7 @@ class RunOptions:
     clock_correction: bool = True
     ready_timeout_s: float = READY_TIMEOUT_S
     direction: str | None = None  # -Q for every host without xdpcap_direction (None: inout)
+    xdp_hook: str | None = None  # --xdp-hook for every host without xdpcap_xdp_hook
     # Host name → its compiled capture filter (absent or None: no filter).
     filters: Mapping[str, CompiledFilter | None] = field(default_factory=dict)
     stream_fd: int | None = None  # where the live stream goes (-w -: stdout); None: none
@@ -149,6 +150,7 @@ class Run:
         state.filter = capture_filter.expression if capture_filter else None
         # The host's own (xdpcap_direction) wins, as its xdpcap_iface does.
         state.direction = host.direction or self.options.direction or "inout"
+        state.xdp_hook = host.xdp_hook or self.options.xdp_hook
         return RemoteHost(
             host, state, ssh, self.run_id, started=self.started, capture_filter=capture_filter
         )

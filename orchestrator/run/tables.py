@@ -82,7 +82,7 @@ def check_table(rows: Sequence[tuple[str, dict[str, Any] | None, str | None]]) -
     table.add_column("host", no_wrap=True)  # the columns a narrow terminal must not cut
     for column in ("verdict", "kernel", "bcc", "headers", "sampler", "hooks", "reason"):
         # One word each: cut, "compiles" and "cached" read alike ("comp…", "cach…").
-        short = column in ("verdict", "sampler", "hooks")
+        short = column in ("verdict", "sampler")  # hooks may name a pin path: wraps
         table.add_column(column, no_wrap=short, min_width=10 if column == "sampler" else None)
     for name, report, error in rows:
         if report is None:

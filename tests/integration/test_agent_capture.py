@@ -214,6 +214,8 @@ def test_count_reached_by_the_last_packet_stops_at_once(pair, tmp_path: Path) ->
 
 
 def test_foreign_program_is_refused_and_kept(pair, tmp_path: Path) -> None:
+    """Our own XDP program (--rx-capture xdp) never replaces another; by default the
+    capture goes beside it instead (tests/integration/test_xdp_hook.py)."""
     foreign = attach_foreign_program(pair.capture_ns, pair.capture_if)
     try:
         result = subprocess.run(
@@ -224,6 +226,8 @@ def test_foreign_program_is_refused_and_kept(pair, tmp_path: Path) -> None:
                 pair.capture_if,
                 "-w",
                 str(tmp_path / "x.pcapng"),
+                "--rx-capture",
+                "xdp",
                 "--duration",
                 "2",
             ),

@@ -295,16 +295,26 @@ def test_disk_full_keeps_a_valid_partial_file(lab, tmp_path: Path) -> None:
     _no_xdp_anywhere(lab)
 
 
-def test_foreign_program_refused_and_kept(lab, tmp_path: Path) -> None:
+def test_a_host_with_a_foreign_program_is_captured_after_it(lab, tmp_path: Path) -> None:
+    """A host whose interface runs another XDP program (with no xdpcap hook) is no
+    longer refused: inbound goes to tc ingress after it, and its IDB says so."""
     busy = lab.hosts[1]
     foreign = attach_foreign_program(busy.namespace, "eth0")
     try:
-        code, _out, err = _finish(
+        code, out, err = _finish(
             _start_run(lab.inventory_path, tmp_path / "runs", "--duration", "2")
         )
-        assert code == 3, err
-        line = next(line for line in err.splitlines() if line.startswith(f"{busy.name}:"))
-        assert f"id {foreign['id']}" in line and "foreign_pass" in line
+        assert code == 0, err
+        merged = Path(out.strip().splitlines()[-1])
+        descriptions = dict(
+            tshark_fields(merged, "frame.interface_name", "frame.interface_description")
+        )
+        after = f"after XDP program foreign_pass (id {foreign['id']}) at"
+        for host in lab.hosts:
+            (description,) = [d for n, d in descriptions.items() if n.startswith(f"{host.name}:")]
+            assert (after in description) == (host.name == busy.name), description
+        hosts = {h["name"]: h for h in _run_json(out)["hosts"]}
+        assert hosts[busy.name]["summary"]["inbound"].startswith("inbound after XDP program")
         still = xdp_program(busy.namespace, "eth0")
         assert still is not None and still["id"] == foreign["id"]
     finally:

@@ -36,8 +36,10 @@ def test_agent_arguments_are_a_list_with_the_start_time_and_the_filter_last() ->
         "count": 100,
         "direction": "in",
         "filter_args": ["--filter-cbpf", "ether=4,...", "icmp or udp port 53"],
+        "xdp_hook": "/sys/fs/bpf/lb_maps/xdpcap_hook",
     }
     argv = agent.agent_command(params, "/usr/bin/python3")
+    assert argv[argv.index("--xdp-hook") + 1] == "/sys/fs/bpf/lb_maps/xdpcap_hook"
     assert argv[:4] == ["/usr/bin/python3", "/tmp/x/xdpcap-agent.pyz", "capture", "--json-events"]
     assert argv[argv.index("--start-at") + 1] == "1796380000000000000"
     assert argv[argv.index("--duration") + 1] == "8.0"
@@ -97,6 +99,7 @@ def test_playbook_reads_the_documented_variables_and_merges_only_play_hosts() ->
         "xdpcap_count",
         "xdpcap_filter",
         "xdpcap_direction",
+        "xdpcap_xdp_hook",
         "xdpcap_output",
     ):
         assert variable in text, variable

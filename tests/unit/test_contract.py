@@ -25,7 +25,7 @@ int main(void) {
            offsetof(E, block_len), offsetof(E, if_id), offsetof(E, ts_high),
            offsetof(E, ts_low), offsetof(E, cap_len), offsetof(E, orig_len));
     printf("%zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(C), offsetof(C, enabled),
-           offsetof(C, snaplen), offsetof(C, sample_rate), offsetof(C, reserved),
+           offsetof(C, snaplen), offsetof(C, sample_rate), offsetof(C, ifindex),
            offsetof(C, realtime_offset_ns), offsetof(C, window_start_ns),
            offsetof(C, window_end_ns));
     printf("%d %d %d %d %d %d %d\n", XDPCAP_SEEN, XDPCAP_SAMPLED, XDPCAP_NOT_SAMPLED,
@@ -33,6 +33,8 @@ int main(void) {
            XDPCAP_EPB_OPTIONS_LEN);
     printf("%d %d %d %u\n", XDPCAP_INBOUND, XDPCAP_OUTBOUND, XDPCAP_DIRECTIONS,
            (unsigned)XDPCAP_MAX_CAP_LEN);
+    printf("%zu %zu %d %d %d %d\n", offsetof(S, verdict), sizeof(((S *)0)->direction),
+           XDPCAP_SET_VERDICT, XDPCAP_XDP_ACTIONS, XDPCAP_COUNTER_SETS, XDPCAP_EPB_VERDICT_LEN);
     return 0;
 }
 """
@@ -50,13 +52,13 @@ def test_header_and_python_mirror_agree(tmp_path: Path) -> None:
     binary = tmp_path / "sizes"
     subprocess.run(["gcc", "-I", str(BPF_DIR), "-o", str(binary), str(source)], check=True)
     lines = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
-    sample, epb, config, constants, directions = (
+    sample, epb, config, constants, directions, verdicts = (
         [int(v) for v in line.split()] for line in lines.splitlines()
     )
     # The Python mirror: each field's offset is the size of the fields before it.
     assert sample[0] == contract.SAMPLE.size
     assert sample[1:5] == _offsets(contract.SAMPLE)[:4]
-    assert sample[5] == contract.EPB_HEAD_OFFSET == _offsets(contract.SAMPLE)[4]
+    assert sample[5] == contract.EPB_HEAD_OFFSET == _offsets(contract.SAMPLE)[5]
     assert epb[0] == contract.EPB_HEAD.size == contract.SAMPLE.size - contract.EPB_HEAD_OFFSET
     assert epb[1:] == _offsets(contract.EPB_HEAD)
     assert config[0] == contract.CONFIG.size
@@ -75,4 +77,12 @@ def test_header_and_python_mirror_agree(tmp_path: Path) -> None:
         contract.OUTBOUND,
         contract.DIRECTIONS,
         contract.MAX_CAP_LEN,
+    ]
+    assert verdicts == [
+        _offsets(contract.SAMPLE)[4],
+        1,
+        contract.SET_VERDICT,
+        len(contract.XDP_ACTIONS),
+        contract.COUNTER_SETS,
+        contract.EPB_VERDICT_LEN,
     ]

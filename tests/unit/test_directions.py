@@ -146,4 +146,4 @@ def test_a_replaced_clsact_filter_in_our_place_is_left_alone(monkeypatch) -> Non
     assert deleted == []
     hook._filter_prog_id = 777  # still ours: removed
     hook.detach()
-    assert deleted == [(5, tc.TC_HANDLE, tc.TC_PRIORITY)]
+    assert deleted == [(5, tc.TC_HANDLE, tc.TC_PRIORITY, libbpf.BPF_TC_EGRESS)]

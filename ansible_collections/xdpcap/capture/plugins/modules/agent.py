@@ -50,6 +50,11 @@ options:
     type: str
     choices: [in, out, inout]
     default: inout
+  xdp_hook:
+    description:
+      - The pinned xdpcap hook map of the interface's XDP program (C(--xdp-hook)); without
+        it the agent finds a pinned one, else captures inbound after that program.
+    type: str
   filter_args:
     description:
       - The checked filter arguments from M(xdpcap.capture.plan) (cBPF programs, then the
@@ -123,6 +128,7 @@ def agent_command(params, python):
         count=params["count"],
         direction=params["direction"],
         start_at_ns=int(params["start_at_ns"]),
+        xdp_hook=params["xdp_hook"] or None,
         filter_args=tuple(params["filter_args"]),
     )
     return [python, params["agent"], *capture_argv(args)]
@@ -159,6 +165,7 @@ def main():
             count=dict(type="int"),
             direction=dict(type="str", choices=["in", "out", "inout"], default="inout"),
             filter_args=dict(type="list", elements="str", default=[]),
+            xdp_hook=dict(type="str"),
             python=dict(type="path"),
         ),
         supports_check_mode=False,
