@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from xdpcap.agent.pcapng_reader import load
+from xdpcap.orchestrator.merge.reader import load
 
 from .agent_helpers import read_headers, tshark_fields, wait_for_event, xdp_program
 from .veth import VethPair, in_ns, veth_pair
