@@ -10,7 +10,6 @@ pcapng interface statistics block.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import signal
@@ -20,9 +19,8 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 from . import __version__, clock, contract, netdev, perf_ring, program_cache
 from .consumer import Backlog, SampleConsumer, TimeOrderer, cap_len_of, direction_of
@@ -33,11 +31,14 @@ from .filter.to_c import MATCH_ALL
 from .hooks.inbound import plan_inbound
 from .lock import InterfaceLock
 from .pcapng import IF_FILTER, PcapngWriter
+from .perf_ring import buffer_pages_for
 from .protocol import ControllerCommands, EventSink
 from .sampler import Counters, Sampler
+from .signals import StopFlag, install_signal_handlers
+from .start import hand_over, wait_for_start, wait_until, window_start_mono
 from .stream import StreamSender
+from .summary import CaptureSummary, give_to_sudo_user, split_by_direction, write_summary_file
 from .verdicts import VerdictTally
-from .verdicts import describe as describe_verdicts
 
 # -Q/--direction, as tcpdump: which ways the packets went that are captured.
 DIRECTIONS = {
@@ -45,7 +46,6 @@ DIRECTIONS = {
     "out": frozenset({contract.OUTBOUND}),
     "inout": frozenset({contract.INBOUND, contract.OUTBOUND}),
 }
-DIRECTION_NAMES = {contract.INBOUND: "in", contract.OUTBOUND: "out"}
 
 POLL_MS = 100
 # With a live stream the rings are looked at this often whatever the traffic: a quiet
@@ -67,32 +67,7 @@ BACKLOG_MAX_BYTES = 128 << 20
 # still in another CPU's buffer (see TimeOrderer).
 ORDER_SLACK_NS = 20_000_000
 PROGRESS_EVERY_NS = 500_000_000
-# A scheduled start ("start T") further ahead than this by our clock means our clock and
-# the controller's disagree: the window opens at once instead, as with a plain "start".
-MAX_START_LEAD_NS = 2_000_000_000
 DEFAULT_START_TIMEOUT_S = 120.0
-START_AT_SLACK_NS = 1_000_000  # ready later than --start-at by more: reported as late
-# --start-at: the agent wakes this much before the time; the program opens the window at
-# the exact instant (see _window_start), well within MAX_START_LEAD_NS.
-START_AT_LEAD_NS = 50_000_000
-HAND_OVER_TIMEOUT_S = 600.0  # how long a finished agent waits for the controller's fetch
-
-
-MAX_BUFFER_PAGES = 2048  # 8 MiB per CPU with 4 KiB pages: what a 2-core host gets
-MIN_BUFFER_PAGES = 256  # 1 MiB: below this a burst of full-size frames overflows at once
-BUFFER_BUDGET_PAGES = 16384  # 64 MiB over all CPUs
-
-
-def buffer_pages_for(cpus: int) -> int:
-    """Perf buffer pages per CPU: 8 MiB each on a small host, but about 64 MiB in all.
-
-    The buffers are locked kernel memory, one per CPU: 8 MiB on each of a 128-CPU
-    production host would be a gigabyte. Samples go to the CPU that received the
-    packet, so with many CPUs each one carries a share of the traffic anyway.
-    """
-    pages = BUFFER_BUDGET_PAGES // max(1, cpus)
-    pages = 1 << (pages.bit_length() - 1) if pages else 1  # a power of two, as perf needs
-    return max(MIN_BUFFER_PAGES, min(MAX_BUFFER_PAGES, pages))
 
 
 @dataclass(frozen=True)
@@ -124,113 +99,6 @@ class CaptureOptions:
     xdp_hook: str | None = None
 
 
-@dataclass
-class DirectionSummary:
-    """One direction's share of the accounting; the same sum closes in each."""
-
-    seen: int = 0
-    filtered_out: int = 0
-    written: int = 0
-    lost: int = 0
-    not_sampled: int = 0
-    past_count: int = 0
-
-
-@dataclass
-class CaptureSummary:
-    iface: str
-    file: str
-    mode: str = ""  # the XDP mode ("" without an XDP hook)
-    direction: str = "inout"
-    hooks: str = ""  # what captured: "XDP ingress native (bpf_link) + tcx egress"
-    # How inbound was captured: "our XDP program", "through hook PIN", "inbound after XDP
-    # program NAME (id N)" ("" without inbound).
-    inbound: str = ""
-    filter: str | None = None
-    seen: int = 0
-    filtered_out: int = 0  # the capture filter did not match
-    written: int = 0
-    lost: int = 0
-    not_sampled: int = 0
-    # Sampled after --count was reached: not written, as `tcpdump -c N` writes N.
-    past_count: int = 0
-    os_drops: int = 0
-    bytes_written: int = 0
-    window_start_ns: int = 0
-    window_end_ns: int = 0
-    lost_detail: dict[str, int] = field(default_factory=dict)
-    partial_reason: str | None = None
-    stopped_by: str = ""
-    out_of_order: int = 0  # batches that began before the last one ended: should stay 0
-    backlog_peak_bytes: int = 0  # how far formatting fell behind draining, at worst
-    file_size: int = 0  # bytes in the file, and their sha256, for the controller's check
-    file_sha256: str = ""
-    # "in", "out": each captured direction's figures (they add up to the totals above).
-    directions: dict[str, DirectionSummary] = field(default_factory=dict)
-    # With --stream: written packets sent live, and those the stream had to skip (the
-    # file has them all; these are not part of the accounting above).
-    streamed: int = 0
-    stream_skipped: int = 0
-    # Through the owner's hook: each verdict's figures ("DROP": seen, written, ...), whose
-    # sums close like the totals'.
-    verdicts: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def unaccounted(self) -> int:
-        return (
-            self.seen
-            - self.filtered_out
-            - self.written
-            - self.lost
-            - self.not_sampled
-            - self.past_count
-        )
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "unaccounted": self.unaccounted}
-
-    def line(self) -> str:
-        seconds = (self.window_end_ns - self.window_start_ns) / 1e9
-        text = (
-            f"{self.iface}: {self.written} packets written to {self.file} in {seconds:.1f} s "
-            f"({self.hooks}); seen {self.seen} = "
-        )
-        if self.filter is not None:
-            text += f"filtered out {self.filtered_out} + "
-        text += f"written {self.written} + lost {self.lost} + not sampled {self.not_sampled}"
-        if self.past_count:
-            text += f" + after --count {self.past_count}"
-        if len(self.directions) > 1:
-            text += (
-                " ("
-                + "; ".join(
-                    f"{name}: seen {d.seen}, written {d.written}"
-                    for name, d in self.directions.items()
-                )
-                + ")"
-            )
-        if self.verdicts:
-            text += f"; verdicts: {describe_verdicts(self.verdicts)}"
-        if self.filter is not None:
-            text += f"; filter {self.filter!r}"
-        if self.mode:
-            text += f"; missed by the interface before XDP {self.os_drops}"
-        if self.partial_reason:
-            text += f"; PARTIAL: {self.partial_reason}"
-        return text
-
-
-class _StopFlag:
-    """Signal handlers only set this; the loop looks at it between polls."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-
-    def set(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-
-
 def _leave_nothing_unused(output: Path, window_opened: bool) -> None:
     """Under a controller, a capture that never opened its window (refused, no start,
     interrupted during the launch) leaves no file: it was created empty at the start, to
@@ -240,22 +108,6 @@ def _leave_nothing_unused(output: Path, window_opened: bool) -> None:
     with contextlib.suppress(OSError):
         if not window_opened and output.stat().st_size == 0:
             output.unlink()
-
-
-def _install_signal_handlers(stop: _StopFlag, controller: bool) -> dict[int, object]:
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        stop.set(signal.Signals(signum).name)
-
-    previous = {}
-    wanted = [signal.SIGINT, signal.SIGTERM]
-    if controller:
-        # A cut SSH connection must not end the capture: the agent has its own deadline.
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    else:
-        wanted.append(signal.SIGHUP)
-    for signum in wanted:
-        previous[signum] = signal.signal(signum, handler)
-    return previous
 
 
 def _interface_description(sampler: Sampler, options: CaptureOptions) -> str:
@@ -268,31 +120,13 @@ def _interface_description(sampler: Sampler, options: CaptureOptions) -> str:
     return text
 
 
-def _give_to_sudo_user(fd: int) -> None:
-    """Run through sudo, the file belongs to the SSH user, who fetches and deletes it."""
-    uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
-    if os.geteuid() == 0 and uid and gid and uid.isdigit() and gid.isdigit():
-        os.fchown(fd, int(uid), int(gid))
-
-
-def write_summary_file(summary: CaptureSummary) -> None:
-    """`<capture>.json` beside the capture: how `xdpcap collect` learns a capture finished."""
-    path = Path(summary.file + ".json")
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    _give_to_sudo_user(fd)
-    with os.fdopen(fd, "w") as f:
-        json.dump(summary.to_dict(), f)
-    os.replace(tmp, path)
-
-
 class Capture:
     """Runs one capture; `run()` returns the summary and always leaves the host as it was."""
 
     def __init__(self, options: CaptureOptions, events: EventSink) -> None:
         self.options = options
         self.events = events
-        self.stop = _StopFlag()
+        self.stop = StopFlag()
         self.summary = CaptureSummary(iface=options.iface, file=str(options.output))
         self._disk_lost = 0
         self._late = 0
@@ -310,7 +144,7 @@ class Capture:
     def run(self) -> CaptureSummary:
         options = self.options
         commands = ControllerCommands(on_clock=self._answer_clock) if options.controller else None
-        previous = _install_signal_handlers(self.stop, options.controller)
+        previous = install_signal_handlers(self.stop, options.controller)
         hand_over: threading.Thread | None = None
         try:
             with InterfaceLock(options.iface):
@@ -370,29 +204,7 @@ class Capture:
         return self.summary
 
     def _hand_over(self, commands: ControllerCommands) -> None:
-        """Wait (bounded) for the controller to fetch the file (in a thread of its own:
-        the main thread detaches and unlocks meanwhile, then waits for this one).
-
-        It answers "delete" once its copy matches size and sha256, which saves a remote
-        command per host; without an answer the file stays for `xdpcap collect`.
-        """
-        if self.events.controller_gone:
-            return
-        deadline = clock.monotonic_ns() + int(HAND_OVER_TIMEOUT_S * 1e9)
-        while not commands.delete.is_set():
-            if commands.eof.is_set() or self.stop.reason == "SIGTERM":
-                return
-            if clock.monotonic_ns() > deadline:
-                return
-            # Woken at once by "delete", "keep" or EOF; the timeout is for signals.
-            commands.changed.wait(0.2)
-            commands.changed.clear()
-        output = Path(self.summary.file)
-        for path in (output, Path(self.summary.file + ".json")):
-            path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            output.parent.rmdir()  # the run's folder, once every capture in it is fetched
-        self.events.emit("deleted")
+        hand_over(self.summary.file, commands, self.events, self.stop)
 
     # -- phases ------------------------------------------------------------------------
     def _capture(
@@ -404,7 +216,7 @@ class Capture:
             fd = os.open(options.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as exc:
             raise AgentError(f"cannot write {options.output}: {exc.strerror or exc}") from exc
-        _give_to_sudo_user(fd)
+        give_to_sudo_user(fd)
         with os.fdopen(fd, "wb", buffering=0) as stream:
             sampler.compile()
             consumer = SampleConsumer()
@@ -438,22 +250,10 @@ class Capture:
             self._finish(sampler, consumer, writer)
 
     def _window_start(self, commands: ControllerCommands | None) -> int:
-        """When the window opens (monotonic ns): at the controller's "start T" if our
-        clock puts T in the next MAX_START_LEAD_NS, else now.
-
-        The program ignores packets before it, so the window opens at that instant
-        however late this process is scheduled (a hundred agents waking on one CPU).
-        """
-        now = clock.monotonic_ns()
         start_at = commands.start_at_ns if commands is not None else None
         if start_at is None:
             start_at = self.options.start_at_ns  # --start-at (None: open now)
-        if start_at is None:
-            return now
-        start = start_at - self._offset
-        if self._test_drift:  # the test clock's drift, taken back out
-            start -= clock.test_drift_ns(start_at)
-        return start if 0 <= start - now <= MAX_START_LEAD_NS else now
+        return window_start_mono(start_at, self._offset, self._test_drift)
 
     def _answer_clock(self) -> None:
         """The controller's clock probe: our wall clock, read as its line arrived."""
@@ -464,38 +264,10 @@ class Capture:
         self.events.emit("sync", state=clock.sync_state())
 
     def _wait_for_start(self, commands: ControllerCommands) -> bool:
-        deadline = clock.monotonic_ns() + int(self.options.start_timeout_s * 1e9)
-        while not commands.start.wait(0.1):
-            if self.stop.reason or commands.stop.is_set() or commands.eof.is_set():
-                return False
-            if clock.monotonic_ns() > deadline:
-                self.stop.set("start timeout")
-                return False
-        return True
+        return wait_for_start(commands, self.options.start_timeout_s, self.stop)
 
     def _wait_until(self, start_at_ns: int) -> bool:
-        """--start-at: every host of a fleet opens its window at the same wall-clock time,
-        however the hosts were started (Ansible's forks and batches start them apart).
-
-        Sleeps until just before it; _window_start then has the program open the window
-        at the instant itself."""
-        late_ns = clock.wall_clock_ns() - start_at_ns
-        if late_ns > START_AT_SLACK_NS:
-            # Compile and attach took longer than the play allowed: capture anyway, and say
-            # so (the window starts late on this host only).
-            self.events.emit("late", start_at_ns=start_at_ns, late_ns=late_ns)
-            print(
-                f"xdpcap: {self.options.iface}: ready {late_ns / 1e6:.1f} ms after --start-at; "
-                "the window opens now",
-                file=sys.stderr,
-            )
-            return True
-        while not self.stop.reason:
-            remaining_ns = start_at_ns - START_AT_LEAD_NS - clock.wall_clock_ns()
-            if remaining_ns <= 0:
-                return True
-            time.sleep(min(remaining_ns, 100_000_000) / 1e9)  # signals are seen within 0.1 s
-        return False
+        return wait_until(start_at_ns, self.options.iface, self.events, self.stop)
 
     def _open_writer(self, stream, sampler: Sampler, iface: netdev.Interface) -> PcapngWriter:
         uname = platform.uname()
@@ -652,7 +424,9 @@ class Capture:
             "in_transit": max(0, in_transit),
         }
         summary.lost = sum(summary.lost_detail.values())
-        summary.directions = self._split(by_direction)
+        summary.directions = split_by_direction(
+            by_direction, summary, self._written_out, self._past_count_out
+        )
         if self._tally is not None:
             summary.verdicts = self._tally.split(sampler.counters_by_verdict())
         summary.bytes_written = self._bytes
@@ -667,11 +441,7 @@ class Capture:
                 filteraccept=summary.seen - summary.filtered_out,
                 osdrop=summary.os_drops,
                 usrdeliv=summary.written,
-                comment=f"seen = filtered out ({summary.filtered_out}) + written + lost "
-                f"+ not sampled ({summary.not_sampled}) + after --count ({summary.past_count}); "
-                f"lost: {summary.lost_detail}; osdrop: missed by the interface before XDP"
-                + "".join(f"; {name}: {asdict(d)}" for name, d in summary.directions.items())
-                + "".join(f"; verdict {name}: {v}" for name, v in summary.verdicts.items()),
+                comment=summary.statistics_comment(),
             )
             writer.flush()
         except OSError as exc:
@@ -684,31 +454,6 @@ class Capture:
         except OSError as exc:  # a full disk: the capture itself is still valid
             summary.partial_reason = summary.partial_reason or f"summary not written: {exc}"
         self.events.emit("done", **summary.to_dict())
-
-    def _split(self, by_direction: dict[int, Counters]) -> dict[str, DirectionSummary]:
-        """Each direction's share. The kernel counts seen, filtered, not sampled and
-        sampled per direction; the file's share is counted as packets are released;
-        lost is what was sampled and neither written nor past --count — so the sum
-        closes in each direction as it does in total."""
-        summary = self.summary
-        out_written = min(self._written_out, summary.written)  # a cut file may hold fewer
-        written = {contract.OUTBOUND: out_written, contract.INBOUND: summary.written - out_written}
-        past = {
-            contract.OUTBOUND: self._past_count_out,
-            contract.INBOUND: summary.past_count - self._past_count_out,
-        }
-        split = {}
-        for direction, c in by_direction.items():
-            sampled = c.sampled + c.output_failed
-            split[DIRECTION_NAMES[direction]] = DirectionSummary(
-                seen=c.seen,
-                filtered_out=c.filtered_out,
-                written=written[direction],
-                lost=sampled - written[direction] - past[direction],
-                not_sampled=c.not_sampled,
-                past_count=past[direction],
-            )
-        return split
 
     # -- helpers -----------------------------------------------------------------------
     def _within_count(self, ready: list[tuple[int, bytes, int]]) -> list[tuple[int, bytes, int]]:

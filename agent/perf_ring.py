@@ -191,3 +191,20 @@ class PerfRings:
             ring.close()
         self.rings = []
         self._epoll.close()
+
+
+MAX_BUFFER_PAGES = 2048  # 8 MiB per CPU with 4 KiB pages: what a 2-core host gets
+MIN_BUFFER_PAGES = 256  # 1 MiB: below this a burst of full-size frames overflows at once
+BUFFER_BUDGET_PAGES = 16384  # 64 MiB over all CPUs
+
+
+def buffer_pages_for(cpus: int) -> int:
+    """Perf buffer pages per CPU: 8 MiB each on a small host, but about 64 MiB in all.
+
+    The buffers are locked kernel memory, one per CPU: 8 MiB on each of a 128-CPU
+    production host would be a gigabyte. Samples go to the CPU that received the
+    packet, so with many CPUs each one carries a share of the traffic anyway.
+    """
+    pages = BUFFER_BUDGET_PAGES // max(1, cpus)
+    pages = 1 << (pages.bit_length() - 1) if pages else 1  # a power of two, as perf needs
+    return max(MIN_BUFFER_PAGES, min(MAX_BUFFER_PAGES, pages))

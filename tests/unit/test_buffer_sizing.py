@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from xdpcap.agent.capture import MAX_BUFFER_PAGES, MIN_BUFFER_PAGES, buffer_pages_for
+from xdpcap.agent.perf_ring import MAX_BUFFER_PAGES, MIN_BUFFER_PAGES, buffer_pages_for
 
 
 @pytest.mark.parametrize(

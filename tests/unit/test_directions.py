@@ -7,13 +7,13 @@ import textwrap
 
 import pytest
 from xdpcap.agent import contract, validate
-from xdpcap.agent.capture import Capture, CaptureOptions, CaptureSummary, DirectionSummary
 from xdpcap.agent.consumer import SampleConsumer, cap_len_of, direction_of, epb_trailer
 from xdpcap.agent.errors import UsageError
 from xdpcap.agent.hooks.tc import tcx_expected
 from xdpcap.agent.pcapng import EPB_FLAG_INBOUND, EPB_FLAG_OUTBOUND
 from xdpcap.agent.perf_ring import PERF_RECORD_SAMPLE, SAMPLE_DATA_OFFSET
 from xdpcap.agent.sampler import Counters
+from xdpcap.agent.summary import CaptureSummary, DirectionSummary, split_by_direction
 from xdpcap.orchestrator.errors import InventoryError
 from xdpcap.orchestrator.inventory.load import parse_inventory_text
 from xdpcap.orchestrator.remote.state import HostState
@@ -60,15 +60,13 @@ def test_consumer_reads_the_direction_from_the_record() -> None:
 
 
 def test_split_closes_in_each_direction() -> None:
-    capture = Capture(CaptureOptions(iface="x", output="/dev/null"), events=None)
-    summary = capture.summary
+    summary = CaptureSummary(iface="x", file="/dev/null")
     summary.written, summary.past_count = 17, 3
-    capture._written_out, capture._past_count_out = 7, 1
     by_direction = {
         contract.INBOUND: Counters(seen=20, sampled=12, not_sampled=2, filtered_out=6),
         contract.OUTBOUND: Counters(seen=15, sampled=8, output_failed=1, filtered_out=6),
     }
-    split = capture._split(by_direction)
+    split = split_by_direction(by_direction, summary, written_out=7, past_count_out=1)
     assert split["in"] == DirectionSummary(20, 6, 10, 0, 2, 2)
     assert split["out"] == DirectionSummary(15, 6, 7, 1, 0, 1)
     for d in split.values():

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from xdpcap.agent import clock
-from xdpcap.agent.capture import MAX_START_LEAD_NS, Capture, CaptureOptions
+from xdpcap.agent.capture import Capture, CaptureOptions
 from xdpcap.agent.protocol import ControllerCommands, EventSink
+from xdpcap.agent.start import MAX_START_LEAD_NS
 
 MS = 1_000_000
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from xdpcap.agent import clock, validate
 from xdpcap.agent.__main__ import main
-from xdpcap.agent.capture import START_AT_LEAD_NS, START_AT_SLACK_NS, Capture, CaptureOptions
+from xdpcap.agent.capture import Capture, CaptureOptions
 from xdpcap.agent.errors import UsageError
+from xdpcap.agent.start import START_AT_LEAD_NS, START_AT_SLACK_NS
 
 SECOND = 1_000_000_000
 
