@@ -33,12 +33,16 @@ KILL_GRACE = 3.0
 
 
 def run(
-    argv: Sequence[str], timeout: float = CMD_TIMEOUT, check: bool = True
+    argv: Sequence[str],
+    timeout: float = CMD_TIMEOUT,
+    check: bool = True,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ARGV (never through a shell) with a timeout; failures become one-line LabErrors."""
     try:
         proc = subprocess.run(
             list(argv),
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -7,11 +7,10 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from .system import LabError, last_line
+from .system import LabError, run
 
 # "Keyword value", "Keyword=value" or "Keyword = value", as ssh_config(5) allows.
 _SSH_CONFIG_LINE = re.compile(r"([A-Za-z]+)\s*(?:=|\s)\s*(.*)")
@@ -93,24 +92,9 @@ def _first(block: dict[str, list[str]], key: str, default: str) -> str:
 
 def read_vagrant_ssh_config(vagrant_dir: Path | None = None, timeout: float = 120.0) -> str:
     """Run `vagrant ssh-config` (in VAGRANT_DIR); LabError if vagrant is missing or fails."""
-    vagrant = shutil.which("vagrant")
-    if vagrant is None:
+    if shutil.which("vagrant") is None:
         raise LabError(
             "vagrant is not installed: "
             "pass the output of `vagrant ssh-config` with --ssh-config FILE"
         )
-    try:
-        proc = subprocess.run(
-            [vagrant, "ssh-config"],
-            cwd=vagrant_dir,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise LabError(f"`vagrant ssh-config` timed out after {timeout:g} s") from exc
-    if proc.returncode != 0:
-        raise LabError(f"`vagrant ssh-config` failed: {last_line(proc.stderr) or proc.returncode}")
-    return proc.stdout
+    return run(["vagrant", "ssh-config"], timeout=timeout, cwd=vagrant_dir).stdout
