@@ -302,7 +302,13 @@ BAD_FILTERS = [
     (("ip[0:3]", "=", "1"), ("data size",)),
     (("ip[0]", "<<", "40", "=", "0"), ("shift",)),
     (("ip[0]", "/", "0", "=", "1"), ("division by zero",)),
-    (("protochain", "6"), ("protochain", "backwards")),
+    # protochain loops (libpcap walks the header chain backwards): each bounded, at most 3.
+    (
+        tuple(
+            ["ip6", "protochain", "6", "or", "ip6", "protochain", "17", "or", "ip6", "protochain", "1", "or", "ip6", "protochain", "58"]
+        ),
+        ("4 loops", "at most 3"),
+    ),
     (("host", "10.0.0.5\x01"), ("printable",)),
 ]
 
