@@ -296,6 +296,7 @@ def test_bad_python_interpreter(lab, tmp_path: Path, python: str) -> None:
 
 # --------------------------------------------------------------------------- filters
 
+FOUR_PROTOCHAINS = tuple(" or ".join(f"ip6 protochain {p}" for p in (6, 17, 1, 58)).split())
 BAD_FILTERS = [
     (("tcp", "port"), ("syntax error",)),
     (("tcp", "and", "udp"), ("rejects all packets",)),
@@ -303,12 +304,7 @@ BAD_FILTERS = [
     (("ip[0]", "<<", "40", "=", "0"), ("shift",)),
     (("ip[0]", "/", "0", "=", "1"), ("division by zero",)),
     # protochain loops (libpcap walks the header chain backwards): each bounded, at most 3.
-    (
-        tuple(
-            ["ip6", "protochain", "6", "or", "ip6", "protochain", "17", "or", "ip6", "protochain", "1", "or", "ip6", "protochain", "58"]
-        ),
-        ("4 loops", "at most 3"),
-    ),
+    (FOUR_PROTOCHAINS, ("4 loops", "at most 3")),
     (("host", "10.0.0.5\x01"), ("printable",)),
 ]
 
