@@ -108,8 +108,8 @@ class SampleConsumer:
                     start = pos + EPB_OFFSET
                     if cookie and annotate is not None:
                         length, trailer = self._annotated(key, cookie, trailer)
-                        end = start + head + cap_len
-                        block = buf[start : start + 4] + length + buf[start + 8 : end]
+                        stop_at = start + head + cap_len
+                        block = buf[start : start + 4] + length + buf[start + 8 : stop_at]
                         append((ts, block + trailer, key))
                     else:
                         append((ts, buf[start : start + head + cap_len] + trailer, key))
