@@ -142,3 +142,47 @@ def test_btf_member_offsets_from_a_tiny_btf() -> None:
     assert btf.parse_member_offsets(data, {"sock_common": "skc_cookie"}) == {"sock_common": 88}
     with pytest.raises(btf.BtfError):
         btf.parse_member_offsets(data, {"linux_binprm": "filename"})
+
+
+def test_host_variables_for_process_selection() -> None:
+    from xdpcap.orchestrator.inventory.load import parse_inventory_text
+
+    inventory = parse_inventory_text(
+        "web:\n  vars:\n    xdpcap_process: 'no'\n  hosts:\n"
+        "    a:\n      xdpcap_pid: 4121\n      xdpcap_process: true\n"
+        "    b:\n      xdpcap_comm: nginx\n      xdpcap_container: web1\n"
+        "    c: {}\n",
+        "inv.yml",
+    )
+    a, b, c = (inventory.hosts[name] for name in "abc")
+    assert (a.process, a.pid, a.comm) == (True, 4121, None)
+    assert (b.process, b.comm, b.container) == (False, "nginx", "web1")
+    assert (c.process, c.pid, c.container) == (False, None, None)
+
+
+@pytest.mark.parametrize(
+    ("variable", "fragment"),
+    [
+        ("xdpcap_pid: abc", "not a process id"),
+        ("xdpcap_pid: 0", "--pid must be between"),
+        ("xdpcap_comm: a-name-longer-than-15", "1 to 15 bytes"),
+        ("xdpcap_container: 'a;b'", "contains ';'"),
+        ("xdpcap_process: maybe", "xdpcap_process"),
+    ],
+)
+def test_bad_process_host_variables_name_host_and_key(variable: str, fragment: str) -> None:
+    from xdpcap.orchestrator.errors import InventoryError
+    from xdpcap.orchestrator.inventory.load import parse_inventory_text
+
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory_text(f"web:\n  hosts:\n    a:\n      {variable}\n", "inv.yml")
+    assert "host 'a'" in str(caught.value) and fragment in str(caught.value)
+
+
+def test_run_flags_parse() -> None:
+    from xdpcap.orchestrator.cli.main import build_parser as controller_parser
+
+    args = controller_parser().parse_args(
+        ["run", "-i", "inv.yml", "--comm", "nc", "--container", "web1", "--no-process", "udp"]
+    )
+    assert (args.comm, args.container, args.process) == ("nc", "web1", False)
