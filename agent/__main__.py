@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 def options_from_args(args: argparse.Namespace) -> CaptureOptions:
     from .capture import CaptureOptions
     from .filter import spec
+    from .process.selection import Selection
 
     if not args.output:
         raise UsageError("-w FILE is required (the pcapng file to write)")
@@ -39,6 +40,8 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
         args.buffer_pages < 1 or args.buffer_pages & (args.buffer_pages - 1)
     ):
         raise UsageError(f"--buffer-pages must be a power of two, not {args.buffer_pages}")
+    if not args.process and (args.pid is not None or args.comm or args.container):
+        raise UsageError("--pid, --comm and --container select by process: not with --no-process")
     if args.start_at is not None and args.wait_start:
         raise UsageError("--start-at and --wait-start are two ways to start: give one")
     return CaptureOptions(
@@ -67,6 +70,12 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
         filter_expression=expression,
         filter_programs=spec.parse_program_args(args.filter_cbpf),
         stream=args.stream,
+        process=args.process,
+        selection=Selection(
+            pid=validate.pid(args.pid),
+            comm=validate.comm(args.comm),
+            container=validate.container(args.container),
+        ),
     )
 
 

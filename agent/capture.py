@@ -32,6 +32,8 @@ from .hooks.inbound import plan_inbound
 from .lock import InterfaceLock
 from .pcapng import IF_FILTER, PcapngWriter
 from .perf_ring import buffer_pages_for
+from .process.attribution import ProcessAttribution
+from .process.selection import Selection
 from .protocol import ControllerCommands, EventSink
 from .sampler import Counters, Sampler
 from .signals import StopFlag, install_signal_handlers
@@ -97,6 +99,10 @@ class CaptureOptions:
     # Inbound beside another XDP program (agent/hooks/inbound.py): how, and its hook map.
     rx_capture: str = "auto"
     xdp_hook: str | None = None
+    # Process attribution (agent/process/): EPB comments naming each packet's process,
+    # and the selection of packets by process (--pid, --comm, --container).
+    process: bool = True
+    selection: Selection = field(default_factory=Selection)
 
 
 def _leave_nothing_unused(output: Path, window_opened: bool) -> None:
@@ -110,13 +116,18 @@ def _leave_nothing_unused(output: Path, window_opened: bool) -> None:
             output.unlink()
 
 
-def _interface_description(sampler: Sampler, options: CaptureOptions) -> str:
+def _interface_description(
+    sampler: Sampler, options: CaptureOptions, attribution: ProcessAttribution
+) -> str:
     rate = f"1-in-{options.sample_rate}" if options.sample_rate > 1 else "every packet"
     text = (
         f"{sampler.describe_hooks()} capture by xdpcap, sampling {rate}, snaplen {options.snaplen}"
     )
     if options.filter_expression:
         text += f", filter {options.filter_expression!r}"
+    process = attribution.describe()
+    if process:
+        text += f", {process}"
     return text
 
 
@@ -140,6 +151,7 @@ class Capture:
         self.buffer_pages = options.buffer_pages or buffer_pages_for(len(perf_ring.online_cpus()))
         self._stream: StreamSender | None = None
         self._tally: VerdictTally | None = None  # through a hook: per-verdict shares
+        self._attribution = ProcessAttribution(options.selection)
 
     def run(self) -> CaptureSummary:
         options = self.options
@@ -217,9 +229,12 @@ class Capture:
         except OSError as exc:
             raise AgentError(f"cannot write {options.output}: {exc.strerror or exc}") from exc
         give_to_sudo_user(fd)
-        with os.fdopen(fd, "wb", buffering=0) as stream:
+        with os.fdopen(fd, "wb", buffering=0) as stream, self._attribution:
             sampler.compile()
-            consumer = SampleConsumer()
+            if options.process:
+                self._attribution.start(sampler)  # or says why not, and we go on
+            attribution = self._attribution
+            consumer = SampleConsumer(attribution.comments if attribution.active else None)
             sampler.open_buffers(page_count=self.buffer_pages, wakeup_events=options.wakeup_events)
             sampler.attach()
             self.summary.mode = sampler.mode or ""
@@ -236,6 +251,7 @@ class Capture:
                 cache_note=sampler.cache_note,
                 buffer_pages_per_cpu=self.buffer_pages,
                 pid=os.getpid(),
+                process=self._attribution.describe(),
             )
             if options.wait_start and commands is not None and not self._wait_for_start(commands):
                 self.summary.stopped_by = self.stop.reason or "no start"
@@ -286,7 +302,7 @@ class Capture:
                 filter_spec.LINK_OF_IP_LINK_TYPE.get(iface.link_type, "ether")
             ],
             "snaplen": self.options.snaplen,
-            "description": _interface_description(sampler, self.options),
+            "description": _interface_description(sampler, self.options, self._attribution),
             "hardware": iface.driver,
             "os_name": f"{uname.system} {uname.release}",
         }

@@ -43,6 +43,32 @@ def add_direction_argument(parser: argparse.ArgumentParser, default: str | None)
     )
 
 
+def add_process_arguments(parser: argparse.ArgumentParser) -> None:
+    """Process attribution and selection by process (agent/process/)."""
+    parser.add_argument(
+        "--no-process",
+        dest="process",
+        action="store_false",
+        help="do not attribute packets to processes (EPB comments naming the process "
+        "and container that sent or received each packet; on by default)",
+    )
+    parser.add_argument(
+        "--pid",
+        type=int,
+        help="keep only packets of this process (its PID on the host, not inside a "
+        "container's PID namespace); combines with the filter expression",
+    )
+    parser.add_argument(
+        "--comm", metavar="NAME", help="keep only packets of processes of this name (15 bytes)"
+    )
+    parser.add_argument(
+        "--container",
+        metavar="ID|NAME",
+        help="keep only packets of processes in this container (docker/podman name or id, "
+        "containerd id), systemd unit, or cgroup path (/a/b)",
+    )
+
+
 def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iface", "-i", required=True, help="interface to capture on")
     parser.add_argument("-w", "--write", dest="output", help="pcapng file to write")
@@ -80,6 +106,7 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
         help="the pinned xdpcap hook map (bpf/xdpcap_hook.h) of the interface's XDP program: "
         "capture inbound as it leaves that program, with its verdicts",
     )
+    add_process_arguments(parser)
     parser.add_argument(
         "--buffer-pages",
         type=int,
@@ -152,6 +179,10 @@ class CaptureArgs:
     start_timeout_s: float | None = None
     stream: bool = False  # frames to the controller as well (-w -)
     xdp_hook: str | None = None  # the pinned xdpcap hook map of the host's XDP program
+    process: bool = True  # process attribution (--no-process: off)
+    pid: int | None = None  # select by process: --pid, --comm, --container
+    comm: str | None = None
+    container: str | None = None
     filter_args: tuple[str, ...] = ()  # CompiledFilter.agent_args(): programs, then words
 
 
@@ -174,11 +205,17 @@ def capture_argv(args: CaptureArgs) -> list[str]:
         ("--start-at", args.start_at_ns),
         ("--count", args.count),
         ("--xdp-hook", args.xdp_hook),
+        ("--pid", validate.pid(args.pid)),
+        ("--container", validate.container(args.container)),
     ):
         if value is not None:
             argv += [flag, str(value)]
     if args.stream:
         argv.append("--stream")
+    if not args.process:
+        argv.append("--no-process")
+    if args.comm is not None:  # one word: a login shell's name ("-bash") starts with '-'
+        argv.append(f"--comm={validate.comm(args.comm)}")
     # The checked programs, then the expression as the trailing words (the agent checks
     # the programs again: it trusts nothing that arrives over the wire).
     return argv + list(args.filter_args)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable
 from operator import itemgetter
 
 from .contract import EPB_HEAD, EPB_HEAD_OFFSET, INBOUND, OUTBOUND, SAMPLE
@@ -20,8 +21,12 @@ from .perf_ring import HEADER, PERF_RECORD_LOST, PERF_RECORD_SAMPLE, SAMPLE_DATA
 
 # What the loop reads of a record: perf_event_header's type and size, the raw data size,
 # then struct xdpcap_sample's ts_ns and (cap_len, queue, direction, verdict) as one u64:
-# the key of the sample's trailer, cap_len | queue << 32 | direction << 48 | verdict << 56.
-RECORD = struct.Struct("<I2xHIQQ")
+# the key of the sample's trailer, cap_len | queue << 32 | direction << 48 | verdict << 56;
+# then the socket cookie (the process key; 0: none).
+RECORD = struct.Struct("<I2xHIQQQ")
+_BLOCK_LEN = struct.Struct("<I")
+# Trailers with comments cached per (key, cookie), at most this many (then cleared).
+_ANNOTATED_CACHED = 65536
 EPB_OFFSET = SAMPLE_DATA_OFFSET + EPB_HEAD_OFFSET  # where the EPB starts in a record
 _LOST = struct.Struct("<QQ")  # PERF_RECORD_LOST body: id, lost
 PADDING = bytes(RECORD.size)  # lets RECORD be unpacked at a record shorter than it
@@ -57,8 +62,13 @@ class SampleConsumer:
     """Parses record chunks into (ts_mono, epb, key) items and keeps the counts; the
     key (see RECORD) gives the sample's captured length and direction."""
 
-    def __init__(self) -> None:
+    def __init__(self, annotate: Callable[[int], bytes] | None = None) -> None:
+        """`annotate`: a socket cookie's EPB comment options (process attribution), or
+        None when samples carry no cookie worth looking up."""
         self.items: list[tuple[int, bytes, int]] = []
+        self._annotate = annotate
+        # (key, cookie) -> (block length, trailer with the comments): see _annotated.
+        self._annotations: dict[tuple[int, int], tuple[bytes, bytes]] = {}
         self.received = 0  # sample records seen, malformed ones included
         self.malformed = 0  # counted as lost by the capture, never written
         self.lost_reported = 0  # PERF_RECORD_LOST totals: a cross-check of the BPF counter
@@ -76,11 +86,12 @@ class SampleConsumer:
         unpack = RECORD.unpack_from
         trailers = self._trailers
         append = self.items.append
+        annotate = self._annotate
         minimum = SAMPLE.size
         head = EPB_HEAD.size
         received = malformed = 0
         while pos < stop:
-            rtype, size, raw_size, ts, key = unpack(buf, pos)
+            rtype, size, raw_size, ts, key, cookie = unpack(buf, pos)
             if size < HEADER.size or pos + size > end:
                 malformed += 1  # the ring is corrupt from here: nothing after it is trusted
                 pos = end
@@ -95,13 +106,41 @@ class SampleConsumer:
                     if trailer is None:
                         trailer = trailers[key] = epb_trailer(key)
                     start = pos + EPB_OFFSET
-                    append((ts, buf[start : start + head + cap_len] + trailer, key))
+                    if cookie and annotate is not None:
+                        length, trailer = self._annotated(key, cookie, trailer)
+                        stop_at = start + head + cap_len
+                        block = buf[start : start + 4] + length + buf[start + 8 : stop_at]
+                        append((ts, block + trailer, key))
+                    else:
+                        append((ts, buf[start : start + head + cap_len] + trailer, key))
             elif rtype == PERF_RECORD_LOST:
                 self.lost_reported += _LOST.unpack_from(buf, pos + HEADER.size)[1]
             pos += size
         self.received += received
         self.malformed += malformed
         return pos
+
+    def _annotated(self, key: int, cookie: int, trailer: bytes) -> tuple[bytes, bytes]:
+        """The block length and trailer of a sample whose socket is `cookie`: the
+        process's comments go in front of the other options (the program counted none
+        of them in the head's block length, so that is rewritten too)."""
+        cached = self._annotations.get((key, cookie))
+        if cached is None:
+            assert self._annotate is not None
+            comments = self._annotate(cookie)
+            if not comments:  # not known (yet): asked again for the next packet
+                return trailer[-4:], trailer
+            padding = -cap_len_of(key) % 4
+            total = _BLOCK_LEN.unpack_from(trailer, len(trailer) - 4)[0] + len(comments)
+            length = _BLOCK_LEN.pack(total)
+            cached = (
+                length,
+                trailer[:padding] + comments + trailer[padding:-4] + length,
+            )
+            if len(self._annotations) >= _ANNOTATED_CACHED:
+                self._annotations.clear()
+            self._annotations[(key, cookie)] = cached
+        return cached
 
     def parse_chunk(self, chunk: bytes) -> None:
         """A whole chunk at once (tests and tools; the capture goes through Backlog)."""

@@ -19,8 +19,13 @@ from functools import lru_cache
 
 from .perf_ring import online_cpus
 
+BPF_PROG_TYPE_KPROBE = 2
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_PROG_TYPE_XDP = 6
+BPF_PROG_TYPE_CGROUP_SOCK = 9
+BPF_PROG_TYPE_SOCK_OPS = 13
+BPF_PROG_TYPE_RAW_TRACEPOINT = 17
+BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
 BPF_MAP_TYPE_PROG_ARRAY = 3
 BPF_XDP_ATTACH_TYPE = 37  # enum bpf_attach_type BPF_XDP
 BPF_TCX_INGRESS = 46  # kernel 6.6+
@@ -233,6 +238,21 @@ def prog_load_xdp(
 ) -> int:
     """Load an XDP program with an expected attach type and flags (what a program tail-
     called from another must match); returns the fd or raises LibbpfError."""
+    return prog_load_typed(
+        BPF_PROG_TYPE_XDP, name, license, insns, expected_attach_type, prog_flags
+    )
+
+
+def prog_load_typed(
+    prog_type: int,
+    name: str,
+    license: str,
+    insns: bytes,
+    expected_attach_type: int,
+    prog_flags: int = 0,
+) -> int:
+    """Load a program with an expected attach type (cgroup socket hooks need theirs at
+    load); returns the fd or raises LibbpfError."""
     buffer = ctypes.create_string_buffer(insns, len(insns))
     opts = _ProgLoadOpts(
         sz=ctypes.sizeof(_ProgLoadOpts),
@@ -240,7 +260,7 @@ def prog_load_xdp(
         prog_flags=prog_flags,
     )
     fd = _lib().bpf_prog_load(
-        BPF_PROG_TYPE_XDP,
+        prog_type,
         name.encode(),
         license.encode(),
         buffer,
@@ -331,6 +351,18 @@ def link_create(prog_fd: int, ifindex: int, attach_type: int, flags: int) -> int
         return -errno.ENOSYS
     opts = _LinkCreateOpts(ctypes.sizeof(_LinkCreateOpts), flags, 0)
     fd = lib.bpf_link_create(prog_fd, ifindex, attach_type, ctypes.byref(opts))
+    if fd < 0:
+        return -(ctypes.get_errno() or -fd)
+    return fd
+
+
+def raw_tracepoint_open(name: str, prog_fd: int) -> int:
+    """Attach a raw tracepoint program; returns the fd that holds it, or -errno."""
+    try:
+        lib = _lib()
+    except LibbpfError:
+        return -errno.ENOSYS
+    fd = lib.bpf_raw_tracepoint_open(name.encode(), prog_fd)
     if fd < 0:
         return -(ctypes.get_errno() or -fd)
     return fd

@@ -35,7 +35,7 @@ from .hooks.xdp import XdpHook
 from .hooks.xdp_hook import XdpHookSlots
 
 CFLAGS = ("-Wno-unused-value",)
-MAP_NAMES = ("samples", "counters", "config")
+MAP_NAMES = ("samples", "counters", "config", "procs", "execs", "select_cgroups")
 _KEY0 = struct.pack("<I", 0)
 # Every program of the one compile and its BPF program type (as bcc and the kernel number
 # them); a capture loads those its hooks attach.
@@ -44,6 +44,13 @@ PROGRAMS = {
     contract.EGRESS_PROGRAM_NAME: libbpf.BPF_PROG_TYPE_SCHED_CLS,
     contract.INGRESS_PROGRAM_NAME: libbpf.BPF_PROG_TYPE_SCHED_CLS,
     **{name: libbpf.BPF_PROG_TYPE_XDP for name in contract.SLOT_PROGRAM_NAMES},
+    # Process attribution: loaded by agent/process/hooks.py, each with its attach type.
+    contract.SOCK_CREATE_PROGRAM: libbpf.BPF_PROG_TYPE_CGROUP_SOCK,
+    contract.SOCK_RELEASE_PROGRAM: libbpf.BPF_PROG_TYPE_CGROUP_SOCK,
+    contract.SOCK_ADDR_PROGRAM: libbpf.BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+    contract.SOCKOPS_PROGRAM: libbpf.BPF_PROG_TYPE_SOCK_OPS,
+    contract.ACCEPT_PROGRAM: libbpf.BPF_PROG_TYPE_KPROBE,
+    contract.EXEC_PROGRAM: libbpf.BPF_PROG_TYPE_RAW_TRACEPOINT,
 }
 
 
@@ -127,6 +134,9 @@ class Sampler:
         self.directions = directions
         self._realtime_offset_ns = 0  # set by enable(): see there
         self._window = (0, 0)  # the capture window (monotonic ns; 0: open), set by enable()
+        # The config's process fields (flags, pid, cookie and filename offsets, comm):
+        # off until agent/process sets them (see ProcessAttribution.configure).
+        self.process_config: tuple[int, int, int, int, bytes] = (0, 0, 0, 0, b"")
         # Through a hook the owner may serve other interfaces too: only this one counts.
         self._ifindex = netdev.ifindex(iface) if inbound.kind == "hook" else 0
         self.headers: KernelHeaders | None = None
@@ -271,6 +281,7 @@ class Sampler:
             self.cache_note = f"compiled program not cached: {exc}"
 
     def _write_config(self, *, enabled: bool) -> None:
+        self._enabled = enabled
         value = contract.CONFIG.pack(
             int(enabled),
             self.snaplen,
@@ -279,6 +290,7 @@ class Sampler:
             self._realtime_offset_ns & 0xFFFFFFFFFFFFFFFF,  # two's complement if negative
             self._window[0],
             self._window[1],
+            *self.process_config,
         )
         libbpf.map_update(self._map_fds["config"], _KEY0, value)
 
@@ -323,6 +335,22 @@ class Sampler:
             except BaseException:
                 self.detach()
                 raise
+
+    def bytecode(self, name: str) -> bytes:
+        """A program's instructions, pointing at this sampler's maps (for the programs
+        other modules load themselves: the hook slots, process attribution)."""
+        return self._bytecode(name)
+
+    def license(self) -> str:
+        return self._license()
+
+    def map_fd(self, name: str) -> int:
+        """One of the sampler's maps (MAP_NAMES), by name."""
+        return self._map_fds[name]
+
+    def write_config(self) -> None:
+        """Write the config again (after process_config changed), window state kept."""
+        self._write_config(enabled=self._enabled)
 
     def _bytecode(self, name: str) -> bytes:
         """A program's instructions, pointing at this sampler's maps."""

@@ -102,7 +102,7 @@ class CaptureSummary:
             f"{self.iface}: {self.written} packets written to {self.file} in {seconds:.1f} s "
             f"({self.hooks}); seen {self.seen} = "
         )
-        if self.filter is not None:
+        if self.filter is not None or self.filtered_out:  # the filter, or --pid/--comm
             text += f"filtered out {self.filtered_out} + "
         text += f"written {self.written} + lost {self.lost} + not sampled {self.not_sampled}"
         if self.past_count:

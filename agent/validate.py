@@ -101,3 +101,38 @@ def start_at(value: int, now_ns: int) -> int:
             f"(at most {START_AT_FUTURE_S:g} s allowed)"
         )
     return value
+
+
+# --pid, --comm, --container (and xdpcap_pid, xdpcap_comm, xdpcap_container): which
+# processes' packets a capture keeps (agent/process/selection.py).
+MAX_PID = 1 << 22  # PID_MAX_LIMIT
+COMM_LEN = 15  # the kernel keeps 15 bytes of a process name
+# Container ids, names, systemd units and cgroup paths: what they use, and nothing a
+# shell would read ("/" for a cgroup path).
+_CONTAINER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-@:/")
+
+
+def pid(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= MAX_PID:
+        raise UsageError(f"--pid must be between 1 and {MAX_PID}, not {value}")
+    return value
+
+
+def comm(value: str | None) -> str | None:
+    if value is not None and not 1 <= len(value.encode("utf-8", "surrogateescape")) <= COMM_LEN:
+        raise UsageError(f"--comm {value!r}: a process name is 1 to {COMM_LEN} bytes")
+    return value
+
+
+def container(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value or len(value) > 255 or value.startswith("-"):
+        raise UsageError(f"--container {value!r}: an id, name, systemd unit or cgroup path")
+    for ch in value:
+        if ch not in _CONTAINER_CHARS:
+            raise UsageError(
+                f"--container {value!r} contains {ch!r}: only letters, digits and _ . - @ : / "
+                "are accepted"
+            )
+    return value

@@ -33,6 +33,11 @@
  * the owner chose, tc returns "unspecified" (the next program runs, and the packet
  * goes on as if we were not there).
  */
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+
 #include "sampler.h"
 #include "xdpcap_filter.h"
 
@@ -41,6 +46,123 @@
 BPF_PERF_OUTPUT(samples);
 BPF_PERCPU_ARRAY(counters, __u64, XDPCAP_COUNTER_SETS * XDPCAP_COUNTER_MAX);
 BPF_ARRAY(config, struct xdpcap_config, 1);
+/* Process attribution: which process each socket belongs to (filled by the programs at
+ * the end of this file, and by the agent for sockets older than the capture), bounded
+ * by LRU eviction. */
+BPF_TABLE("lru_hash", __u64, struct xdpcap_proc, procs, 65536);
+BPF_TABLE("lru_hash", __u32, struct xdpcap_exec, execs, 4096);
+BPF_HASH(select_cgroups, __u64, __u8, 1024);  /* --container: its cgroups' ids */
+
+/* The cookie of a socket the kernel handed us: read at its offset in sock_common on the
+ * running kernel (the config's, from BTF). The whole head is read at a constant size and
+ * the cookie taken from it: the verifier forbids arithmetic on a socket pointer. A cookie
+ * is 0 until something asks for it: our cgroup hooks and the agent's sock_diag do. */
+#define XDPCAP_SOCK_HEAD 256
+static __always_inline __u64 xdpcap_sock_cookie(void *sk, __u32 offset)
+{
+	__u8 head[XDPCAP_SOCK_HEAD];
+
+	if (offset > XDPCAP_SOCK_HEAD - 8)
+		return 0;
+	if (bpf_probe_read_kernel(head, sizeof(head), sk))
+		return 0;
+	return *(__u64 *)(head + (offset & (XDPCAP_SOCK_HEAD - 8)));
+}
+
+/* The local socket an arriving packet is for (TCP: the connection, else its listener;
+ * UDP: the bound or connected socket), in the receiving interface's namespace; 0 when
+ * none, or for anything but the first fragment of IPv4/IPv6 TCP or UDP over Ethernet. */
+static __always_inline __u64 xdpcap_inbound_cookie(void *ctx, const __u8 *data,
+						   const __u8 *data_end, __u32 offset)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_sock *sk;
+	const __u8 *l4;
+	__u32 tuple_len;
+	__u64 cookie;
+	__u8 proto;
+
+	if (data + ETH_HLEN > data_end)
+		return 0;
+	if (*(__be16 *)(data + 12) == bpf_htons(ETH_P_IP)) {
+		const struct iphdr *ip = (const void *)(data + ETH_HLEN);
+
+		if ((const __u8 *)(ip + 1) > data_end || ip->frag_off & bpf_htons(0x1fff))
+			return 0;
+		proto = ip->protocol;
+		l4 = (const __u8 *)ip + ip->ihl * 4;
+		tuple.ipv4.saddr = ip->saddr;
+		tuple.ipv4.daddr = ip->daddr;
+		if (l4 + 4 > data_end)
+			return 0;
+		tuple.ipv4.sport = *(const __be16 *)l4;
+		tuple.ipv4.dport = *(const __be16 *)(l4 + 2);
+		tuple_len = sizeof(tuple.ipv4);
+	} else if (*(__be16 *)(data + 12) == bpf_htons(ETH_P_IPV6)) {
+		const struct ipv6hdr *ip6 = (const void *)(data + ETH_HLEN);
+
+		if ((const __u8 *)(ip6 + 1) + 4 > data_end)
+			return 0;
+		proto = ip6->nexthdr;  /* extension headers: not looked through */
+		l4 = (const __u8 *)(ip6 + 1);
+		__builtin_memcpy(tuple.ipv6.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(tuple.ipv6.daddr, &ip6->daddr, 16);
+		tuple.ipv6.sport = *(const __be16 *)l4;
+		tuple.ipv6.dport = *(const __be16 *)(l4 + 2);
+		tuple_len = sizeof(tuple.ipv6);
+	} else {
+		return 0;
+	}
+	if (proto == IPPROTO_TCP)
+		sk = bpf_sk_lookup_tcp(ctx, &tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
+	else if (proto == IPPROTO_UDP)
+		sk = bpf_sk_lookup_udp(ctx, &tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
+	else
+		return 0;
+	if (!sk)
+		return 0;
+	cookie = xdpcap_sock_cookie(sk, offset);
+	bpf_sk_release(sk);
+	return cookie;
+}
+
+/* The packet's local socket: on egress the skb's own (0 for forwarded packets), on
+ * ingress the one the stack will deliver it to. */
+static __always_inline __u64 xdpcap_cookie(void *ctx, struct __sk_buff *skb, const __u8 *data,
+					   const __u8 *data_end, __u32 direction, __u32 offset)
+{
+	if (skb && direction == XDPCAP_OUTBOUND)
+		return bpf_get_socket_cookie(skb);
+	return xdpcap_inbound_cookie(ctx, data, data_end, offset);
+}
+
+/* Whether the packet's process is one --pid/--comm/--container asked for (always, when
+ * none was asked). A packet whose socket is not known is not selected. */
+static __always_inline int xdpcap_selected(struct xdpcap_config *cfg, __u64 cookie)
+{
+	struct xdpcap_proc *proc;
+	__u64 cgroup_id;
+
+	if (!(cfg->process & XDPCAP_SELECT_ANY))
+		return 1;
+	if (!cookie)
+		return 0;
+	proc = procs.lookup(&cookie);
+	if (!proc)
+		return 0;
+	if (cfg->process & XDPCAP_SELECT_PID && proc->pid != cfg->select_pid)
+		return 0;
+	if (cfg->process & XDPCAP_SELECT_COMM &&
+	    (*(__u64 *)proc->comm != *(__u64 *)cfg->select_comm ||
+	     *(__u64 *)(proc->comm + 8) != *(__u64 *)(cfg->select_comm + 8)))
+		return 0;
+	if (cfg->process & XDPCAP_SELECT_CGROUP) {
+		cgroup_id = proc->cgroup_id;
+		if (!select_cgroups.lookup(&cgroup_id))
+			return 0;
+	}
+	return 1;
+}
 
 static __always_inline void count(__u32 set, __u32 index)
 {
@@ -68,6 +190,7 @@ static __always_inline void xdpcap_take(void *ctx, struct __sk_buff *skb, const 
 	__u32 matched;
 	struct xdpcap_config *cfg;
 	struct xdpcap_sample meta = {};
+	__u64 cookie = 0;
 	__u64 wall;
 	__u64 now;
 	int ret;
@@ -88,6 +211,12 @@ static __always_inline void xdpcap_take(void *ctx, struct __sk_buff *skb, const 
 		matched = xdpcap_filter_skb(skb, data, data_end, wire_len);
 	else
 		matched = xdpcap_filter(data, data_end, wire_len);
+	/* Selection by process (--pid, --comm, --container) combines with the filter: a
+	 * packet of another process is filtered out, like one the expression rejects. */
+	if (matched && cfg->process & XDPCAP_PROCESS_ON) {
+		cookie = xdpcap_cookie(ctx, skb, data, data_end, direction, cfg->cookie_offset);
+		matched = xdpcap_selected(cfg, cookie);
+	}
 	if (!matched) {
 		count(set, XDPCAP_FILTERED_OUT);
 		return;
@@ -101,6 +230,7 @@ static __always_inline void xdpcap_take(void *ctx, struct __sk_buff *skb, const 
 	meta.queue = queue;
 	meta.direction = direction;
 	meta.verdict = verdict;
+	meta.cookie = cookie;
 	/* The helper fails when asked for more than it can copy. */
 	meta.cap_len = copyable < cfg->snaplen ? copyable : cfg->snaplen;
 	if (meta.cap_len > XDPCAP_MAX_CAP_LEN)
@@ -201,4 +331,91 @@ int xdpcap_ingress(struct __sk_buff *skb)
 	 * What arrives here is what the interface's XDP program passed to the stack. */
 	xdpcap_take(skb, skb, data, data_end, skb->len, skb->len, XDPCAP_INBOUND, 0, queue, 0);
 	return XDPCAP_TC_NEXT;
+}
+
+/* ---- Process attribution: the programs that fill `procs` and `execs` ----------------
+ * Program types that load where tracing programs (fentry/fexit) are refused: cgroup
+ * socket hooks on the root cgroup v2 (every process below it), sock_ops, a kretprobe
+ * and a raw tracepoint. The agent loads and attaches them as BPF links or fd-owned perf
+ * events, which go with its process, kill -9 included. */
+
+/* The calling process owns `cookie`'s socket (it created, bound, connected or used it). */
+static __always_inline void xdpcap_remember(__u64 cookie)
+{
+	struct xdpcap_proc proc = {};
+
+	if (!cookie)
+		return;
+	proc.pid = bpf_get_current_pid_tgid() >> 32;
+	proc.cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(proc.comm, sizeof(proc.comm));
+	procs.update(&cookie, &proc);
+}
+
+/* cgroup/sock_create: every new inet socket, in its creator's context. */
+int xdpcap_sock_create(struct bpf_sock *sk)
+{
+	xdpcap_remember(bpf_get_socket_cookie(sk));
+	return 1;  /* allowed: we only watch */
+}
+
+/* cgroup/sock_release: the socket is gone. */
+int xdpcap_sock_release(struct bpf_sock *sk)
+{
+	__u64 cookie = bpf_get_socket_cookie(sk);
+
+	procs.delete(&cookie);
+	return 1;
+}
+
+/* cgroup bind, connect, UDP sendmsg and recvmsg (v4 and v6, one program loaded for each):
+ * the process using a socket now, which may be another than its creator (fork, fd
+ * passing). */
+int xdpcap_sock_addr(struct bpf_sock_addr *ctx)
+{
+	xdpcap_remember(bpf_get_socket_cookie(ctx));
+	return 1;
+}
+
+/* sock_ops: a connection the kernel established (an accepted one has no creator in
+ * user space) gets its cookie now, so the accept probe below can read it. */
+int xdpcap_sockops(struct bpf_sock_ops *skops)
+{
+	if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		bpf_get_socket_cookie(skops);
+	return 1;
+}
+
+/* kretprobe inet_csk_accept: the accepted socket belongs to the accepting process. */
+int xdpcap_accept(struct pt_regs *ctx)
+{
+	int zero = 0;
+	struct xdpcap_config *cfg = config.lookup(&zero);
+	void *sk = (void *)PT_REGS_RC(ctx);
+	__u64 cookie = 0;
+
+	if (!sk || !cfg || cfg->cookie_offset > 4096)
+		return 0;
+	bpf_probe_read_kernel(&cookie, sizeof(cookie), sk + cfg->cookie_offset);
+	xdpcap_remember(cookie);
+	return 0;
+}
+
+/* raw tracepoint sched_process_exec (task, old_pid, bprm): the path each process runs,
+ * read through bprm->filename (at its offset on the running kernel, from the config). */
+int xdpcap_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+	int zero = 0;
+	struct xdpcap_config *cfg = config.lookup(&zero);
+	struct xdpcap_exec exec = {};
+	const char *path = NULL;
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+
+	if (!cfg || cfg->filename_offset > 4096)
+		return 0;
+	if (bpf_probe_read_kernel(&path, sizeof(path), (void *)ctx->args[2] + cfg->filename_offset))
+		return 0;
+	bpf_probe_read_kernel_str(exec.path, sizeof(exec.path), path);
+	execs.update(&pid, &exec);
+	return 0;
 }

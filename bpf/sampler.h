@@ -53,6 +53,10 @@ struct xdpcap_sample {
 	__u16 queue;       /* receive queue (inbound); 0 outbound (not yet chosen at tc) */
 	__u8 direction;    /* enum xdpcap_direction */
 	__u8 verdict;      /* the owner's XDP action + 1 (through its hook); 0: not known */
+	/* The process key: the socket cookie of the local socket that sent or receives the
+	 * packet (0: none found, or attribution off). User space turns it into EPB comments
+	 * through the `procs` table; the program has not counted those in epb.block_len. */
+	__u64 cookie;
 	struct xdpcap_epb_head epb;
 } __attribute__((packed));
 
@@ -77,6 +81,38 @@ struct xdpcap_config {
 	 * same instant, however late each agent's own process gets to run. */
 	__u64 window_start_ns;
 	__u64 window_end_ns;
+	/* Process attribution (XDPCAP_PROCESS_* bits): on, and which selections apply. */
+	__u32 process;
+	__u32 select_pid;       /* the host's PID (its initial PID namespace) to keep */
+	/* offsetof(struct sock_common, skc_cookie) on the running kernel, read from its BTF:
+	 * the headers the sampler is compiled with may be another kernel's. */
+	__u32 cookie_offset;
+	__u32 filename_offset;  /* offsetof(struct linux_binprm, filename), likewise */
+	char select_comm[16];   /* the process name to keep, as the kernel's comm (15 bytes) */
+} __attribute__((packed));
+
+/* xdpcap_config.process */
+#define XDPCAP_PROCESS_ON (1U << 0)         /* look up each sample's socket */
+#define XDPCAP_SELECT_PID (1U << 1)         /* keep only packets of select_pid */
+#define XDPCAP_SELECT_COMM (1U << 2)        /* ... of processes named select_comm */
+#define XDPCAP_SELECT_CGROUP (1U << 3)      /* ... in a cgroup of `select_cgroups` */
+#define XDPCAP_SELECT_ANY (XDPCAP_SELECT_PID | XDPCAP_SELECT_COMM | XDPCAP_SELECT_CGROUP)
+
+/* A value of the `procs` table (LRU hash, socket cookie -> process), filled by the
+ * cgroup socket hooks, the accept probe and, for sockets older than the capture, by
+ * the agent from /proc. */
+struct xdpcap_proc {
+	__u32 pid;        /* thread group id in the initial PID namespace */
+	__u32 _pad;
+	__u64 cgroup_id;  /* the process's cgroup v2 id (the cgroup folder's inode) */
+	char comm[16];
+} __attribute__((packed));
+
+/* A value of the `execs` table (LRU hash, pid -> what it executed), from sched_process_exec:
+ * the command of a process that exited before the agent could read /proc. */
+#define XDPCAP_EXEC_PATH_LEN 128
+struct xdpcap_exec {
+	char path[XDPCAP_EXEC_PATH_LEN];
 } __attribute__((packed));
 
 /* Indexes of the per-CPU `counters` map, one set per direction (and per verdict, see

@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 
 # Why each package:
 #   python3-bpfcc        bcc for Python: compiles and loads the XDP sampler
-#   linux-headers-amd64  kernel headers bcc compiles against (any version: XDP needs only UAPI)
+#   linux-headers-amd64  kernel headers bcc compiles against (any version: XDP needs only UAPI;
+#                        process attribution reads its two kernel offsets from the running
+#                        kernel's BTF, /sys/kernel/btf/vmlinux, and needs no package of its own)
 #   openssh-server       sshd for the namespace lab's hosts
 #   tshark               tshark, capinfos, mergecap: reading and checking captures
 #   tcpdump xdp-tools netsniff-ng   the peers in bench/ (tcpdump, xdpdump, trafgen)

@@ -16,7 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from ...agent import validate
-from ...agent.command_line import add_direction_argument, add_filter_arguments
+from ...agent.command_line import (
+    add_direction_argument,
+    add_filter_arguments,
+    add_process_arguments,
+)
 from ...agent.filter import spec as filter_spec
 from ..errors import UsageError
 from ..inventory import ansible as inventory_ansible
@@ -145,6 +149,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "that program, with its verdicts (host var xdpcap_xdp_hook wins; without either, "
         "a pinned hook is found, else inbound is captured after the program)",
     )
+    # Host vars xdpcap_process, xdpcap_pid, xdpcap_comm and xdpcap_container win.
+    add_process_arguments(run)
     add_filter_arguments(run)  # host var xdpcap_filter wins, as xdpcap_iface does
     run.set_defaults(func=run_command)
 
@@ -225,6 +231,8 @@ def run_command(
     validate.positive_number("--ready-timeout", args.ready_timeout, 3600)
     if args.xdp_hook is not None:
         pin_path("--xdp-hook", args.xdp_hook)
+    if not args.process and (args.pid is not None or args.comm or args.container):
+        raise UsageError("--pid, --comm and --container select by process: not with --no-process")
     validate.positive_number("--reconnect-wait", args.reconnect_wait, 3600)
     validate.positive_number("--stream-idle", args.stream_idle, 3600)
     validate.positive_number("--stream-buffer", args.stream_buffer, 1 << 16)
@@ -249,6 +257,10 @@ def run_command(
         filters=filters,
         direction=args.direction,
         xdp_hook=args.xdp_hook,
+        process=args.process,
+        pid=validate.pid(args.pid),
+        comm=validate.comm(args.comm),
+        container=validate.container(args.container),
         stream_idle_s=args.stream_idle,
         stream_budget=args.stream_buffer << 20,
         on_stream_closed=on_stream_closed,

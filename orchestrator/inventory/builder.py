@@ -16,6 +16,8 @@ from ..errors import InventoryError
 from .checks import (
     Problem,
     bad_chars,
+    check_comm,
+    check_container,
     check_direction,
     check_host_name,
     check_iface,
@@ -24,6 +26,7 @@ from .checks import (
     check_remote_word,
     check_ssh_args,
     parse_bool,
+    parse_pid,
     parse_port,
 )
 from .host_keys import expand_ranges, split_host_port
@@ -229,6 +232,10 @@ _VAR_NAMES: dict[str, tuple[str, ...]] = {
     "filter": ("xdpcap_filter",),
     "direction": ("xdpcap_direction",),
     "xdp_hook": ("xdpcap_xdp_hook",),
+    "process": ("xdpcap_process",),
+    "pid": ("xdpcap_pid",),
+    "comm": ("xdpcap_comm",),
+    "container": ("xdpcap_container",),
 }
 
 
@@ -267,6 +274,10 @@ class _HostSettings:
             filter=self.text("filter"),
             direction=self.text("direction", check_direction),
             xdp_hook=self.text("xdp_hook", check_pin),
+            process=self.flag("process") if self.pick("process") else None,
+            pid=self.pid(),
+            comm=self.text("comm", check_comm),
+            container=self.text("container", check_container),
             groups=groups,
             vars=Vars({key: var.value for key, var in self.merged.items()}),
         )
@@ -334,6 +345,16 @@ class _HostSettings:
         name, var = picked
         try:
             return parse_port(var.value)
+        except Problem as problem:
+            self.fail(name, var, str(problem))
+
+    def pid(self) -> int | None:
+        picked = self.pick("pid")
+        if picked is None:
+            return None
+        name, var = picked
+        try:
+            return parse_pid(var.value)
         except Problem as problem:
             self.fail(name, var, str(problem))
 

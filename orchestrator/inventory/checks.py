@@ -74,6 +74,34 @@ def pin_path(what: str, value: str) -> str:
     return value
 
 
+def check_comm(_what: str, value: str) -> None:
+    """xdpcap_comm: a process name as the kernel keeps it (validate.comm)."""
+    try:
+        validate.comm(value)
+    except UsageError as exc:
+        raise Problem(str(exc)) from None
+
+
+def check_container(_what: str, value: str) -> None:
+    """xdpcap_container: an id, name, systemd unit or cgroup path (validate.container)."""
+    try:
+        validate.container(value)
+    except UsageError as exc:
+        raise Problem(str(exc)) from None
+
+
+def parse_pid(value: object) -> int:
+    """xdpcap_pid: a host PID, as a number or digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise Problem(f"must be a process id, found {type(value).__name__}")
+    if isinstance(value, str) and not value.isdigit():
+        raise Problem(f"{value!r} is not a process id")
+    try:
+        return validate.pid(int(value))  # type: ignore[return-value]
+    except UsageError as exc:
+        raise Problem(str(exc)) from None
+
+
 def check_direction(_what: str, value: str) -> None:
     if value not in validate.DIRECTIONS:
         raise Problem(f"{value!r} is not one of {', '.join(validate.DIRECTIONS)}")

@@ -65,6 +65,12 @@ class Host:
     # xdpcap_xdp_hook: the pinned xdpcap hook map of the host's XDP program (inbound
     # through it, with verdicts); None: found by the agent, or after the program.
     xdp_hook: str | None = None
+    # xdpcap_process (None: the run's choice), and xdpcap_pid, xdpcap_comm and
+    # xdpcap_container: keep only that process's packets on this host (agent/process/).
+    process: bool | None = None
+    pid: int | None = None
+    comm: str | None = None
+    container: str | None = None
 
 
 @dataclass(frozen=True)

@@ -267,6 +267,10 @@ class RemoteHost:
             start_timeout_s=capture.start_timeout_s,
             stream=self.live is not None,
             xdp_hook=self.state.xdp_hook,
+            process=self.state.process,
+            pid=self.state.pid,
+            comm=self.state.comm,
+            container=self.state.container,
             filter_args=tuple(self.capture_filter.agent_args()) if self.capture_filter else (),
         )
         self.launch_agent(bundle, run_rel, capture_argv(args))

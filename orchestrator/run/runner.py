@@ -96,6 +96,12 @@ class RunOptions:
     ready_timeout_s: float = READY_TIMEOUT_S
     direction: str | None = None  # -Q for every host without xdpcap_direction (None: inout)
     xdp_hook: str | None = None  # --xdp-hook for every host without xdpcap_xdp_hook
+    # Process attribution and selection, for every host without its own xdpcap_process,
+    # xdpcap_pid, xdpcap_comm, xdpcap_container.
+    process: bool = True
+    pid: int | None = None
+    comm: str | None = None
+    container: str | None = None
     # Host name → its compiled capture filter (absent or None: no filter).
     filters: Mapping[str, CompiledFilter | None] = field(default_factory=dict)
     stream_fd: int | None = None  # where the live stream goes (-w -: stdout); None: none
@@ -151,6 +157,11 @@ class Run:
         # The host's own (xdpcap_direction) wins, as its xdpcap_iface does.
         state.direction = host.direction or self.options.direction or "inout"
         state.xdp_hook = host.xdp_hook or self.options.xdp_hook
+        options = self.options
+        state.process = options.process if host.process is None else host.process
+        state.pid = host.pid if host.pid is not None else options.pid
+        state.comm = host.comm or options.comm
+        state.container = host.container or options.container
         return RemoteHost(
             host, state, ssh, self.run_id, started=self.started, capture_filter=capture_filter
         )

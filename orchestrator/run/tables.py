@@ -132,7 +132,12 @@ def final_lines(states: Sequence[HostState]) -> list[str]:
             result = f"failed: {s.reason or s.state}"
         clock = f", clock {s.clock.describe()}" if s.clock else ""
         # With a filter, most of what a host sees is rightly not written: say how much.
-        filtered = f", filtered out {summary['filtered_out']}" if summary.get("filter") else ""
+        # (--pid, --comm and --container filter too, without an expression.)
+        filtered = (
+            f", filtered out {summary['filtered_out']}"
+            if summary.get("filter") or summary.get("filtered_out")
+            else ""
+        )
         directions = summary.get("directions") or {}
         split = (
             " (" + ", ".join(f"{name} {d['written']}" for name, d in directions.items()) + ")"

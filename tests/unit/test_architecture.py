@@ -97,11 +97,24 @@ def test_capture_argv_is_parsed_back_into_the_same_values() -> None:
     assert parsed.expression == ["tcp port 80"]
 
 
+def test_capture_argv_round_trips_process_selection() -> None:
+    args = CaptureArgs(
+        iface="eth0", output="o.pcapng", pid=4121, comm="-bash", container="web1",
+        filter_args=("udp",),
+    )  # fmt: skip
+    parsed = build_parser().parse_args(capture_argv(args))
+    assert (parsed.pid, parsed.comm, parsed.container) == (4121, "-bash", "web1")
+    assert parsed.process and parsed.expression == ["udp"]
+    off = build_parser().parse_args(capture_argv(CaptureArgs("eth0", "o", process=False)))
+    assert not off.process and off.pid is None and off.comm is None
+
+
 def test_capture_argv_leaves_the_agents_defaults_alone() -> None:
     argv = capture_argv(CaptureArgs(iface="eth0", output="o.pcapng", start_at_ns=5))
     parsed = build_parser().parse_args(argv)
     assert "--snaplen" not in argv and parsed.snaplen == 262144
     assert parsed.start_at == 5 and not parsed.wait_start
+    assert parsed.process and "--no-process" not in argv and "--pid" not in argv
 
 
 def _commands(parser, words: str = "") -> dict[str, object]:

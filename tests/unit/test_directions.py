@@ -46,7 +46,7 @@ def test_key_helpers() -> None:
 def test_consumer_reads_the_direction_from_the_record() -> None:
     packet = bytes(range(20))
     epb = struct.pack("<7I", 6, 28 + 20 + 20 + 4, 0, 0, 5, 20, 20)
-    sample = struct.pack("<QIHH", 5, 20, 1, contract.OUTBOUND) + epb + packet
+    sample = struct.pack("<QIHHQ", 5, 20, 1, contract.OUTBOUND, 0) + epb + packet
     raw = struct.pack("<I", len(sample)) + sample
     record = struct.pack("<IHH", PERF_RECORD_SAMPLE, 0, 8 + len(raw)) + raw
     assert SAMPLE_DATA_OFFSET == 12

@@ -55,6 +55,21 @@ options:
       - The pinned xdpcap hook map of the interface's XDP program (C(--xdp-hook)); without
         it the agent finds a pinned one, else captures inbound after that program.
     type: str
+  process:
+    description:
+      - Process attribution (EPB comments naming each packet's process and container);
+        C(false) is the agent's C(--no-process).
+    type: bool
+    default: true
+  pid:
+    description: Keep only this process's packets (its PID on the host).
+    type: int
+  comm:
+    description: Keep only packets of processes of this name.
+    type: str
+  container:
+    description: Keep only packets of this container (id, name, systemd unit or cgroup path).
+    type: str
   filter_args:
     description:
       - The checked filter arguments from M(xdpcap.capture.plan) (cBPF programs, then the
@@ -129,6 +144,10 @@ def agent_command(params, python):
         direction=params["direction"],
         start_at_ns=int(params["start_at_ns"]),
         xdp_hook=params["xdp_hook"] or None,
+        process=params.get("process", True),
+        pid=params.get("pid"),
+        comm=params.get("comm") or None,
+        container=params.get("container") or None,
         filter_args=tuple(params["filter_args"]),
     )
     return [python, params["agent"], *capture_argv(args)]
@@ -166,6 +185,10 @@ def main():
             direction=dict(type="str", choices=["in", "out", "inout"], default="inout"),
             filter_args=dict(type="list", elements="str", default=[]),
             xdp_hook=dict(type="str"),
+            process=dict(type="bool", default=True),
+            pid=dict(type="int"),
+            comm=dict(type="str"),
+            container=dict(type="str"),
             python=dict(type="path"),
         ),
         supports_check_mode=False,
