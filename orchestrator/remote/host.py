@@ -80,7 +80,6 @@ class RemoteHost:
     # The capture agent's answers to "clock": (its wall clock, when we read it).
     clock_answers: queue.Queue = field(default_factory=queue.Queue)
     start_sent_ns: int = 0  # when "start" was sent (controller clock)
-    round_trip_ns: int | None = None  # a line to the ready agent and its answer
 
     # -- preparation -------------------------------------------------------------------
     def connect(self) -> None:
@@ -131,29 +130,31 @@ class RemoteHost:
                 probe.close()
         self.state.clock = ClockOffset(offset.offset_ns, offset.error_ns, self.sync_state)
 
-    def measure_round_trip(self) -> None:
-        """Time one "clock" exchange with the ready agent: how long a line takes to reach
-        it and come back, agent's wake-up included (the start's lead follows the slowest
-        host's). Nothing on failure: the run's fixed lead is used instead."""
+    def send_clock(self) -> bool:
+        """Ask the capture agent for its clock (False: its channel is closed). Answers to
+        earlier rounds still queued are dropped: the next answer is this one's."""
+        assert self.process is not None
+        answers = self.clock_answers
+        while not answers.empty():
+            answers.get_nowait()
+        return self.process.send_line("clock")
+
+    def clock_answer(self, timeout_s: float) -> tuple[int, int] | None:
+        """The agent's answer to send_clock: (its wall clock, when we read it), or None."""
         try:
-            sent, _remote, received = self._clock_round_trip()
-        except RemoteError:
-            return
-        self.round_trip_ns = received - sent
+            return self.clock_answers.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
 
     def _clock_round_trip(self) -> tuple[int, int, int]:
         """One "clock" line to the capture agent and its answer: (sent, remote, received)."""
-        assert self.process is not None
-        answers = self.clock_answers
-        while not answers.empty():  # a late answer to an earlier round
-            answers.get_nowait()
         sent = time.time_ns()
-        if not self.process.send_line("clock"):
+        if not self.send_clock():
             raise RemoteError(f"{self.host.name}: the clock probe failed: the channel is closed")
-        try:
-            remote, received = answers.get(timeout=CLOCK_ROUND_TIMEOUT_S)
-        except queue.Empty:
-            raise RemoteError(f"{self.host.name}: the clock probe got no answer") from None
+        answer = self.clock_answer(CLOCK_ROUND_TIMEOUT_S)
+        if answer is None:
+            raise RemoteError(f"{self.host.name}: the clock probe got no answer")
+        remote, received = answer
         return sent, remote, received
 
     def _clock_command(self) -> str:

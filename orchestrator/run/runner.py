@@ -73,14 +73,14 @@ BUNDLE_WAIT_S = 60.0
 DONE_GRACE_S = 30.0
 STOP_GRACE_S = 30.0
 RECONNECT_WAIT_S = 30.0
-# How far ahead the windows are scheduled (see _start_all): time for every "start" line
-# to go out and reach its agent — twice the slowest host's measured round trip (agent's
-# wake-up included), at least START_LEAD_MIN_S; START_LEAD_S where none was measured —
-# plus time per host for the lines to be written one after another and for the agents
-# to wake (the lab's 100 hosts on 2 cores need about 2.5 ms each: 1 ms left 31 late).
+# How far ahead the windows are scheduled (see _start_all): twice the measured delivery of
+# one line to every ready agent and back (written one after another, agents' wake-up
+# included: what "start T" will take), at least START_LEAD_MIN_S; where that could not be
+# measured, START_LEAD_S plus time per host for the lines to go out one after another.
 START_LEAD_S = 0.2
 START_LEAD_MIN_S = 0.05
 START_LEAD_PER_HOST_S = 0.003
+BROADCAST_WAIT_S = 2.0  # for the measuring round's answers
 
 
 @dataclass(frozen=True)
@@ -110,13 +110,29 @@ class RunOptions:
     on_stream_closed: Callable[[], None] | None = None  # told once the stream has ended
 
 
-def start_lead_s(round_trips_ns: Sequence[int | None]) -> tuple[float, float | None]:
-    """How far ahead to schedule the start, and the slowest round trip it was set from
-    (None: some host has none measured, and the fixed lead is used)."""
-    known = [t for t in round_trips_ns if t is not None]
-    slowest_s = max(known) / 1e9 if known and len(known) == len(round_trips_ns) else None
-    lead = START_LEAD_S if slowest_s is None else max(START_LEAD_MIN_S, 2 * slowest_s)
-    return lead + START_LEAD_PER_HOST_S * len(round_trips_ns), slowest_s
+def start_lead_s(delivery_s: float | None, hosts: int) -> float:
+    """How far ahead to schedule the start: from the measured delivery of a line to all
+    `hosts` (None: not measured, the fixed lead with time per host)."""
+    if delivery_s is None:
+        return START_LEAD_S + START_LEAD_PER_HOST_S * hosts
+    return max(START_LEAD_MIN_S, 2 * delivery_s)
+
+
+def broadcast_delivery_s(remotes: Sequence[RemoteHost]) -> float | None:
+    """One "clock" line to every agent, written one after another as "start" will be,
+    and the time until the last answer was read: the delivery "start T" must beat.
+    None if some agent did not answer in time."""
+    sent = time.time_ns()
+    if not all(remote.send_clock() for remote in remotes):
+        return None
+    deadline = time.monotonic() + BROADCAST_WAIT_S
+    latest = sent
+    for remote in remotes:
+        answer = remote.clock_answer(max(0.0, deadline - time.monotonic()))
+        if answer is None:
+            return None
+        latest = max(latest, answer[1])
+    return (latest - sent) / 1e9
 
 
 class _ReaderGone(Exception):
@@ -271,8 +287,6 @@ class Run:
                     # wait for every host's ready goes on after the launches.
                     wait = min(SLOT_READY_WAIT_S, self.options.ready_timeout_s)
                     remote.wait_ready(wait, interrupted)
-                    if remote.state.state == Phase.READY:
-                        remote.measure_round_trip()
 
             each_remote(
                 self.remotes,
@@ -331,14 +345,15 @@ class Run:
         the agent accepts starts at once, as before; so does one whose line arrives
         after T: counted in run.json's start.late).
         """
-        lead, slowest_s = start_lead_s([r.round_trip_ns for r in ready])
+        delivery_s = broadcast_delivery_s(ready)
+        lead = start_lead_s(delivery_s, len(ready))
         start_at = time.time_ns() + int(lead * 1e9)
         for remote in ready:
             remote.start(start_at)
         self.start_report = {
             "at_ns": start_at,
             "lead_s": round(lead, 4),
-            "slowest_round_trip_ms": round(slowest_s * 1e3, 3) if slowest_s is not None else None,
+            "delivery_ms": round(delivery_s * 1e3, 3) if delivery_s is not None else None,
         }
 
     def _wait_ready(self, active: list[RemoteHost], live: Live) -> None:

@@ -57,16 +57,39 @@ def test_a_time_our_clock_disagrees_with_opens_the_window_at_once() -> None:
     assert before <= start <= clock.monotonic_ns()
 
 
-def test_the_lead_follows_the_slowest_measured_round_trip() -> None:
+def test_the_lead_follows_the_measured_delivery_to_every_host() -> None:
     from xdpcap.orchestrator.run import runner as run
 
-    per_host = run.START_LEAD_PER_HOST_S
-    # A WAN host 180 ms away: twice its round trip, whatever the others.
-    lead, slowest = run.start_lead_s([2 * MS, 180 * MS, 1 * MS])
-    assert slowest == pytest.approx(0.18) and lead == pytest.approx(0.36 + 3 * per_host)
+    # A WAN host 180 ms away, or 100 agents waking one after another: twice the delivery.
+    assert run.start_lead_s(0.18, 3) == pytest.approx(0.36)
+    assert run.start_lead_s(0.25, 100) == pytest.approx(0.5)  # not a constant per host
     # A lab where lines take a millisecond: the floor.
-    lead, _ = run.start_lead_s([1 * MS] * 10)
-    assert lead == pytest.approx(run.START_LEAD_MIN_S + 10 * per_host)
-    # One host without a measure: the fixed lead for all.
-    lead, slowest = run.start_lead_s([1 * MS, None])
-    assert slowest is None and lead == pytest.approx(run.START_LEAD_S + 2 * per_host)
+    assert run.start_lead_s(0.001, 10) == pytest.approx(run.START_LEAD_MIN_S)
+    # Not measured (an agent did not answer): the fixed lead, with time per host.
+    per_host = run.START_LEAD_PER_HOST_S
+    assert run.start_lead_s(None, 2) == pytest.approx(run.START_LEAD_S + 2 * per_host)
+
+
+class _Agent:
+    """A ready agent's side of the clock exchange, answering after `delay_s`."""
+
+    def __init__(self, delay_s: float | None) -> None:
+        self.delay_s = delay_s
+        self.sent_ns = 0
+
+    def send_clock(self) -> bool:
+        self.sent_ns = time.time_ns()
+        return True
+
+    def clock_answer(self, timeout_s: float) -> tuple[int, int] | None:
+        if self.delay_s is None or self.delay_s > timeout_s:
+            return None
+        return (0, self.sent_ns + int(self.delay_s * 1e9))
+
+
+def test_the_delivery_is_until_the_last_answer() -> None:
+    from xdpcap.orchestrator.run import runner as run
+
+    agents = [_Agent(0.002), _Agent(0.120), _Agent(0.010)]
+    assert run.broadcast_delivery_s(agents) == pytest.approx(0.120, abs=0.05)
+    assert run.broadcast_delivery_s([_Agent(0.002), _Agent(None)]) is None
