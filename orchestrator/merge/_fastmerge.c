@@ -21,16 +21,23 @@
  *
  * Lengths come from files and are never trusted: every block is checked against the
  * bytes present before any of it is read, in 64-bit arithmetic.
+ *
+ * Given a `Join` (the clock alignment's streaming pass, below), a Merger writes nothing:
+ * it hands the join every packet in time order instead, and takes packets out of time
+ * order as they come (the join's window absorbs small disorder).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
 #define BT_EPB 6u
 #define EPB_MIN_BYTES 32u /* type, length, if id, ts hi, ts lo, cap, orig; trailer */
 #define DEFAULT_OUT_BYTES (1u << 20)
+/* A join returns to Python this often: matches are drained, ^C is seen. */
+#define JOIN_BATCH 1000000ull
 
 enum status { ST_DONE = 0, ST_FULL = 1, ST_NEED = 2, ST_DISORDER = 3 };
 enum head { H_OK, H_NEED, H_END, H_DISORDER, H_BADSIDE };
@@ -63,6 +70,7 @@ typedef struct {
     int any;          /* a packet was loaded: last_ts is valid */
     uint64_t last_ts; /* the largest (= last) timestamp loaded */
     unsigned long long packets;
+    int tolerant; /* a join's input: packets out of time order are taken as they come */
 } Input;
 
 typedef struct {
@@ -72,6 +80,7 @@ typedef struct {
     Py_ssize_t *heap;
     Py_ssize_t heap_len;
     Py_ssize_t out_bytes;
+    struct Join *join; /* set: packets go to the clock alignment's join, nothing is written */
 } Merger;
 
 static inline uint32_t get_le32(const uint8_t *p)
@@ -178,7 +187,7 @@ static enum head load_head(Input *in)
         in->out_id = in->table[local].out_id;
     }
 loaded:
-    if (in->any && ts < in->last_ts)
+    if (in->any && ts < in->last_ts && !in->tolerant)
         return H_DISORDER;
     in->ts = ts;
     in->last_ts = ts;
@@ -232,13 +241,906 @@ static void heap_pop_root(Merger *m)
         sift_down(m, 0);
 }
 
+
+/* ===================================================================== the join
+ * The clock alignment's streaming pass (orchestrator/clock/join.py says what it does;
+ * its pure-Python twin there gives identical results). The Merger above, given a Join,
+ * hands it every packet in order of (prior-corrected) time instead of writing it:
+ *   identity - the bytes that identify a packet on every host, and the key of the
+ *              exchange it asks or answers: the same bytes as clock/observe.py's;
+ *   groups   - the sightings of one key whose times chain within the matching window,
+ *              held in a hash table while the window can still add to them;
+ *   pairs    - when a group closes, the bounds it gives each ordered host pair go into
+ *              that pair's summary: a count, a uniform sample and the tightest bound
+ *              per time bucket ("floor").
+ * Memory is the window's sightings plus a fixed size per host pair.
+ */
+#define MAX_KEY 88 /* the longest identity: IPv6 + TCP header + 32 bytes of payload */
+#define MATCH_WINDOW_NS 2000000000LL
+#define MAX_COPIES 8
+#define MAX_HELD (2 * MAX_COPIES) /* questions and answers of an exchange */
+#define INLINE_SIGHTINGS 4
+#define SAMPLES 512
+#define FLOOR_BUCKETS 256
+#define FLOOR_START_NS 1000000LL
+#define PAYLOAD_PREFIX 32
+#define DIR_IN 1
+#define DIR_OUT 2
+enum { KIND_PACKET = 0, KIND_EXCHANGE = 1 };
+enum { ROLE_NONE = 0, ROLE_QUESTION = 1, ROLE_ANSWER = 2 };
+enum { BOUND_SAME = 0, BOUND_ANSWER = 1 };
+
+/* -------------------------------------------------------------- identity */
+typedef struct {
+    uint8_t packet[MAX_KEY];
+    uint8_t exchange[MAX_KEY];
+    size_t packet_len, exchange_len;
+    int role; /* ROLE_NONE: no exchange key */
+} Identity;
+
+static inline uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static int is_ip_ethertype(unsigned t) { return t == 0x0800 || t == 0x86DD; }
+
+/* The IP packet inside a frame (observe._ip_payload); NULL when there is none. */
+static const uint8_t *ip_payload(uint32_t linktype, const uint8_t *f, size_t len, size_t *iplen)
+{
+    if (linktype == 1) {
+        size_t at = 12;
+        unsigned ethertype = len >= 14 ? be16(f + at) : 0;
+        while ((ethertype == 0x8100 || ethertype == 0x88A8 || ethertype == 0x9100) &&
+               len >= at + 6) {
+            at += 4;
+            ethertype = be16(f + at);
+        }
+        if (!is_ip_ethertype(ethertype))
+            return NULL;
+        *iplen = len - (at + 2);
+        return f + at + 2;
+    }
+    if (linktype == 101 || linktype == 228 || linktype == 229) {
+        *iplen = len;
+        return f;
+    }
+    if (linktype == 113 && len >= 16 && is_ip_ethertype(be16(f + 14))) {
+        *iplen = len - 16;
+        return f + 16;
+    }
+    return NULL;
+}
+
+/* Append `n` bytes to a key being built (never more than MAX_KEY in all). */
+#define PUT(buf, at, src, n)                                                                   \
+    do {                                                                                       \
+        memcpy((buf) + (at), (src), (n));                                                      \
+        (at) += (n);                                                                           \
+    } while (0)
+
+static void exchange_key(Identity *id, uint8_t proto, const uint8_t *src, const uint8_t *dst,
+                         size_t alen, const uint8_t *l4, size_t l4len)
+{
+    uint8_t *key = id->exchange;
+    size_t at = 0;
+    id->role = ROLE_NONE;
+    if ((proto == 1 || proto == 58) && l4len >= 8) {
+        uint8_t request = proto == 1 ? 8 : 128, reply = proto == 1 ? 0 : 129;
+        if (l4[0] != request && l4[0] != reply)
+            return;
+        int question = l4[0] == request;
+        PUT(key, at, "echo", 4);
+        PUT(key, at, question ? src : dst, alen);
+        PUT(key, at, question ? dst : src, alen);
+        PUT(key, at, l4 + 4, 4);
+        id->role = question ? ROLE_QUESTION : ROLE_ANSWER;
+    } else if (proto == 6 && l4len >= 14) {
+        unsigned flags = l4[13] & 0x12;
+        if (flags == 0x02) {
+            PUT(key, at, "syn", 3);
+            PUT(key, at, src, alen);
+            PUT(key, at, dst, alen);
+            PUT(key, at, l4, 8); /* ports, then seq as sent */
+            id->role = ROLE_QUESTION;
+        } else if (flags == 0x12) {
+            uint32_t ack = be32(l4 + 8) - 1u;
+            uint8_t seq[4] = {(uint8_t)(ack >> 24), (uint8_t)(ack >> 16), (uint8_t)(ack >> 8),
+                              (uint8_t)ack};
+            PUT(key, at, "syn", 3);
+            PUT(key, at, dst, alen);
+            PUT(key, at, src, alen);
+            PUT(key, at, l4 + 2, 2);
+            PUT(key, at, l4, 2);
+            PUT(key, at, seq, 4);
+            id->role = ROLE_ANSWER;
+        }
+    } else if (proto == 17 && l4len >= 12) {
+        unsigned sport = be16(l4), dport = be16(l4 + 2), qr = l4[10] >> 7;
+        if (dport == 53 && qr == 0) {
+            PUT(key, at, "dns", 3);
+            PUT(key, at, src, alen);
+            PUT(key, at, dst, alen);
+            PUT(key, at, l4, 2);
+            PUT(key, at, l4 + 8, 2);
+            id->role = ROLE_QUESTION;
+        } else if (sport == 53 && qr == 1) {
+            PUT(key, at, "dns", 3);
+            PUT(key, at, dst, alen);
+            PUT(key, at, src, alen);
+            PUT(key, at, l4 + 2, 2);
+            PUT(key, at, l4 + 8, 2);
+            id->role = ROLE_ANSWER;
+        }
+    }
+    id->exchange_len = at;
+}
+
+/* observe.identify in C: 0 when the frame is not IP (or too short to tell). */
+static int identify(uint32_t linktype, const uint8_t *frame, size_t len, Identity *id)
+{
+    size_t iplen, l4len;
+    const uint8_t *ip = ip_payload(linktype, frame, len, &iplen), *l4, *src, *dst;
+    uint8_t *stable = id->packet, proto;
+    size_t at = 0, alen;
+    if (!ip || iplen < 1)
+        return 0;
+    if (ip[0] >> 4 == 4 && iplen >= 20) {
+        size_t ihl = (size_t)(ip[0] & 0x0F) * 4;
+        if (ihl < 20 || iplen < ihl)
+            return 0;
+        proto = ip[9];
+        src = ip + 12;
+        dst = ip + 16;
+        alen = 4;
+        int first_fragment = (be16(ip + 6) & 0x1FFF) == 0;
+        l4 = ip + ihl;
+        l4len = first_fragment ? iplen - ihl : 0; /* a later fragment: no transport header */
+        stable[at++] = 4;
+        stable[at++] = proto;
+        PUT(stable, at, src, 8);
+        PUT(stable, at, ip + 4, 4); /* identification, flags and fragment offset */
+    } else if (ip[0] >> 4 == 6 && iplen >= 40) {
+        proto = ip[6];
+        src = ip + 8;
+        dst = ip + 24;
+        alen = 16;
+        l4 = ip + 40;
+        l4len = iplen - 40;
+        stable[at++] = 6;
+        stable[at++] = proto;
+        PUT(stable, at, src, 32);
+        stable[at++] = ip[1] & 0x0F;
+        PUT(stable, at, ip + 2, 2);
+    } else {
+        return 0;
+    }
+    /* The transport header without its checksum, then at most 32 bytes of payload. */
+    const uint8_t *payload = l4;
+    size_t payload_len = l4len;
+    if (proto == 6 && l4len >= 20) {
+        size_t offset = (size_t)(l4[12] >> 4) * 4;
+        if (offset < 20)
+            offset = 20;
+        PUT(stable, at, l4, 16);
+        PUT(stable, at, l4 + 18, 2);
+        payload = l4 + (offset < l4len ? offset : l4len);
+        payload_len = offset < l4len ? l4len - offset : 0;
+    } else if (proto == 17 && l4len >= 8) {
+        PUT(stable, at, l4, 6);
+        payload = l4 + 8;
+        payload_len = l4len - 8;
+    } else if ((proto == 1 || proto == 58) && l4len >= 8) {
+        PUT(stable, at, l4, 2);
+        PUT(stable, at, l4 + 4, 4);
+        payload = l4 + 8;
+        payload_len = l4len - 8;
+    }
+    PUT(stable, at, payload, payload_len < PAYLOAD_PREFIX ? payload_len : PAYLOAD_PREFIX);
+    id->packet_len = at;
+    exchange_key(id, proto, src, dst, alen, l4, l4len);
+    return 1;
+}
+
+/* ------------------------------------------------------ the join's state */
+typedef struct {
+    int64_t aligned; /* the host's time less its prior: what the window compares */
+    uint32_t host;
+    uint8_t dir;
+    uint8_t role;
+} Sighting;
+
+typedef struct {
+    uint8_t key[MAX_KEY];
+    uint8_t key_len;
+    uint8_t kind;
+    uint8_t held;                /* sightings stored */
+    uint32_t copies, questions, answers; /* all seen, stored or not */
+    uint64_t last_seq;           /* the FIFO entry of its latest sighting */
+    Sighting inline_[INLINE_SIGHTINGS];
+    Sighting *more; /* all MAX_HELD of them once inline_ is full */
+    int32_t next_free;
+} Group;
+
+typedef struct {
+    int64_t aligned;
+    uint64_t seq;
+    uint32_t group;
+} Entry;
+
+typedef struct {
+    int64_t from, to;
+} TimePair;
+
+typedef struct {
+    uint64_t count;
+    uint32_t nsamples;
+    TimePair samples[SAMPLES];
+    int floor_started;
+    int64_t floor_origin, floor_width;
+    uint8_t floor_used[FLOOR_BUCKETS];
+    TimePair floor[FLOOR_BUCKETS];
+} PairSummary;
+
+typedef struct Join {
+    PyObject_HEAD
+    Py_ssize_t hosts;
+    int64_t *priors;
+    uint32_t *linktypes; /* by output interface id */
+    Py_ssize_t nlinktypes;
+    Group *groups;
+    uint32_t ngroups, groups_cap;
+    int32_t free_group;
+    uint32_t *table; /* group index + 1; 0 = empty */
+    uint32_t table_cap, table_used;
+    Entry *fifo;
+    size_t fifo_head, fifo_len, fifo_cap;
+    size_t held_high_water;
+    uint64_t seq;
+    int64_t now;
+    int any;
+    uint64_t rng;
+    PairSummary **pairs; /* [(from * hosts + to) * 2 + bound kind] */
+    int keep_matches;
+    uint8_t *matches;
+    size_t matches_len, matches_cap;
+    unsigned long long sightings, identified;
+    int failed; /* out of memory inside the loop: raised by the Merger's run() */
+} Join;
+
+static PyTypeObject JoinType;
+
+/* splitmix64: the reservoirs' dice; clock/join.py rolls the same ones. */
+static uint64_t next_random(Join *j)
+{
+    uint64_t z = (j->rng += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static inline Sighting *sightings_of(Group *g) { return g->more ? g->more : g->inline_; }
+
+/* Where a key goes in the table: words multiplied and folded in (only the table's
+ * layout depends on it, never a result). */
+static uint32_t key_hash(const uint8_t *key, size_t len, uint8_t kind)
+{
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (len << 8) ^ kind;
+    size_t at = 0;
+    for (; at + 8 <= len; at += 8) {
+        uint64_t w;
+        memcpy(&w, key + at, 8);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 29;
+    }
+    uint64_t tail = 0;
+    memcpy(&tail, key + at, len - at);
+    h = (h ^ tail) * 0x94D049BB133111EBULL;
+    return (uint32_t)(h ^ h >> 32);
+}
+
+/* ------------------------------------------------------- pair summaries */
+static int64_t tightness(const TimePair *p) { return p->to - p->from; }
+
+static void floor_add(PairSummary *s, int64_t from, int64_t to)
+{
+    if (!s->floor_started) {
+        s->floor_started = 1;
+        s->floor_origin = from;
+        s->floor_width = FLOOR_START_NS;
+    }
+    int64_t since = from > s->floor_origin ? from - s->floor_origin : 0;
+    while (since / s->floor_width >= FLOOR_BUCKETS) {
+        /* The capture outgrew the buckets: twice as wide, neighbours merged. */
+        for (int i = 0; i < FLOOR_BUCKETS / 2; i++) {
+            int a = 2 * i, b = 2 * i + 1;
+            int take_b = s->floor_used[b] &&
+                         (!s->floor_used[a] || tightness(&s->floor[b]) < tightness(&s->floor[a]));
+            s->floor[i] = s->floor[take_b ? b : a];
+            s->floor_used[i] = s->floor_used[a] | s->floor_used[b];
+        }
+        memset(s->floor_used + FLOOR_BUCKETS / 2, 0, FLOOR_BUCKETS / 2);
+        s->floor_width *= 2;
+    }
+    int64_t k = since / s->floor_width;
+    TimePair value = {from, to};
+    if (!s->floor_used[k] || tightness(&value) < tightness(&s->floor[k])) {
+        s->floor[k] = value;
+        s->floor_used[k] = 1;
+    }
+}
+
+static void pair_add(Join *j, uint32_t from_host, uint32_t to_host, int bound, int64_t from,
+                     int64_t to)
+{
+    size_t slot = ((size_t)from_host * (size_t)j->hosts + to_host) * 2 + (size_t)bound;
+    PairSummary *s = j->pairs[slot];
+    if (!s) {
+        s = PyMem_Calloc(1, sizeof *s);
+        if (!s) {
+            j->failed = 1;
+            return;
+        }
+        j->pairs[slot] = s;
+    }
+    s->count++;
+    TimePair value = {from, to};
+    if (s->nsamples < SAMPLES) {
+        s->samples[s->nsamples++] = value;
+    } else {
+        uint64_t at = next_random(j) % s->count;
+        if (at < SAMPLES)
+            s->samples[at] = value;
+    }
+    floor_add(s, from, to);
+}
+
+/* ------------------------------------------------ closing a group: bounds */
+static inline int64_t host_time(const Join *j, const Sighting *s)
+{
+    return s->aligned + j->priors[s->host];
+}
+
+static inline int within_window(int64_t a, int64_t b)
+{
+    return (a > b ? a - b : b - a) <= MATCH_WINDOW_NS;
+}
+
+/* A packet seen leaving one host and arriving at others: for each receiver (in host
+ * order), its copy nearest in time is this packet's arrival. */
+static void same_packet_bounds(Join *j, Sighting *s, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (s[i].dir != DIR_OUT)
+            continue;
+        uint32_t receivers[MAX_HELD];
+        int nreceivers = 0;
+        for (int k = 0; k < n; k++) {
+            if (s[k].dir != DIR_IN || s[k].host == s[i].host ||
+                !within_window(s[k].aligned, s[i].aligned))
+                continue;
+            int known = 0;
+            for (int r = 0; r < nreceivers; r++)
+                known |= receivers[r] == s[k].host;
+            if (!known) {
+                int at = nreceivers++;
+                while (at > 0 && receivers[at - 1] > s[k].host) {
+                    receivers[at] = receivers[at - 1];
+                    at--;
+                }
+                receivers[at] = s[k].host;
+            }
+        }
+        for (int r = 0; r < nreceivers; r++) {
+            int best = -1;
+            int64_t best_gap = 0;
+            for (int k = 0; k < n; k++) {
+                if (s[k].dir != DIR_IN || s[k].host != receivers[r] ||
+                    !within_window(s[k].aligned, s[i].aligned))
+                    continue;
+                int64_t gap = s[k].aligned - s[i].aligned;
+                gap = gap < 0 ? -gap : gap;
+                if (best < 0 || gap < best_gap) {
+                    best = k;
+                    best_gap = gap;
+                }
+            }
+            pair_add(j, s[i].host, receivers[r], BOUND_SAME, host_time(j, &s[i]),
+                     host_time(j, &s[best]));
+        }
+    }
+}
+
+/* An answer seen after its question on another host. */
+static void answer_bounds(Join *j, Sighting *s, int n)
+{
+    for (int a = 0; a < n; a++) {
+        if (s[a].role != ROLE_ANSWER)
+            continue;
+        for (int q = 0; q < n; q++) {
+            if (s[q].role != ROLE_QUESTION || s[q].host == s[a].host ||
+                !within_window(s[a].aligned, s[q].aligned))
+                continue;
+            pair_add(j, s[q].host, s[a].host, BOUND_ANSWER, host_time(j, &s[q]),
+                     host_time(j, &s[a]));
+        }
+    }
+}
+
+/* A match record for join.py's iterator (join.MATCH_HEAD, MATCH_SIGHTING): key length
+ * and sightings, the key padded to 8 bytes, then (time on the host, host, direction)
+ * per sighting. */
+static void keep_match(Join *j, Group *g)
+{
+    size_t key_room = ((size_t)g->key_len + 7) & ~(size_t)7;
+    size_t need = 8 + key_room + (size_t)g->held * 16;
+    if (j->matches_len + need > j->matches_cap) {
+        size_t cap = j->matches_cap ? j->matches_cap * 2 : 1 << 16;
+        while (cap < j->matches_len + need)
+            cap *= 2;
+        uint8_t *grown = PyMem_Realloc(j->matches, cap);
+        if (!grown) {
+            j->failed = 1;
+            return;
+        }
+        j->matches = grown;
+        j->matches_cap = cap;
+    }
+    uint8_t *p = j->matches + j->matches_len;
+    memset(p, 0, need);
+    put_le32(p, g->key_len);
+    put_le32(p + 4, g->held);
+    memcpy(p + 8, g->key, g->key_len);
+    Sighting *s = sightings_of(g);
+    for (int i = 0; i < g->held; i++) {
+        uint8_t *r = p + 8 + key_room + 16 * i;
+        uint64_t t = (uint64_t)host_time(j, &s[i]);
+        put_le32(r, (uint32_t)t);
+        put_le32(r + 4, (uint32_t)(t >> 32));
+        put_le32(r + 8, s[i].host);
+        r[12] = s[i].dir;
+    }
+    j->matches_len += need;
+}
+
+static void table_remove(Join *j, uint32_t index);
+
+static void close_group(Join *j, uint32_t index)
+{
+    Group *g = &j->groups[index];
+    Sighting *s = sightings_of(g);
+    if (g->kind == KIND_PACKET) {
+        if (g->copies >= 2 && g->copies <= MAX_COPIES)
+            same_packet_bounds(j, s, g->held);
+        if (j->keep_matches && g->copies <= MAX_COPIES)
+            keep_match(j, g);
+    } else if (g->questions && g->answers && g->questions <= MAX_COPIES &&
+               g->answers <= MAX_COPIES) {
+        answer_bounds(j, s, g->held);
+    }
+    table_remove(j, index);
+    PyMem_Free(g->more);
+    g->more = NULL;
+    g->next_free = j->free_group;
+    j->free_group = (int32_t)index;
+}
+
+/* ------------------------------------------------------------ the table */
+static int table_grow(Join *j)
+{
+    uint32_t cap = j->table_cap ? j->table_cap * 2 : 1024;
+    uint32_t *table = PyMem_Calloc(cap, sizeof *table);
+    if (!table)
+        return -1;
+    for (uint32_t i = 0; i < j->table_cap; i++) {
+        uint32_t entry = j->table[i];
+        if (!entry)
+            continue;
+        Group *g = &j->groups[entry - 1];
+        uint32_t at = key_hash(g->key, g->key_len, g->kind) & (cap - 1);
+        while (table[at])
+            at = (at + 1) & (cap - 1);
+        table[at] = entry;
+    }
+    PyMem_Free(j->table);
+    j->table = table;
+    j->table_cap = cap;
+    return 0;
+}
+
+/* The slot holding (key, kind), or the empty slot where it belongs. */
+static uint32_t table_slot(Join *j, const uint8_t *key, size_t len, uint8_t kind)
+{
+    uint32_t mask = j->table_cap - 1, at = key_hash(key, len, kind) & mask;
+    for (;;) {
+        uint32_t entry = j->table[at];
+        if (!entry)
+            return at;
+        Group *g = &j->groups[entry - 1];
+        if (g->kind == kind && g->key_len == len && memcmp(g->key, key, len) == 0)
+            return at;
+        at = (at + 1) & mask;
+    }
+}
+
+static void table_remove(Join *j, uint32_t index)
+{
+    Group *g = &j->groups[index];
+    uint32_t mask = j->table_cap - 1, hole = table_slot(j, g->key, g->key_len, g->kind);
+    /* Backward-shift deletion keeps linear probing free of tombstones. */
+    uint32_t at = hole;
+    for (;;) {
+        at = (at + 1) & mask;
+        uint32_t entry = j->table[at];
+        if (!entry)
+            break;
+        Group *other = &j->groups[entry - 1];
+        uint32_t home = key_hash(other->key, other->key_len, other->kind) & mask;
+        if (((at - home) & mask) >= ((at - hole) & mask)) {
+            j->table[hole] = entry;
+            hole = at;
+        }
+    }
+    j->table[hole] = 0;
+    j->table_used--;
+}
+
+static int32_t new_group(Join *j)
+{
+    if (j->free_group >= 0) {
+        int32_t index = j->free_group;
+        j->free_group = j->groups[index].next_free;
+        return index;
+    }
+    if (j->ngroups == j->groups_cap) {
+        uint32_t cap = j->groups_cap ? j->groups_cap * 2 : 1024;
+        Group *grown = PyMem_Realloc(j->groups, (size_t)cap * sizeof *grown);
+        if (!grown)
+            return -1;
+        j->groups = grown;
+        j->groups_cap = cap;
+    }
+    return (int32_t)j->ngroups++;
+}
+
+/* --------------------------------------------------- the window (FIFO) */
+static int fifo_push(Join *j, Entry entry)
+{
+    if (j->fifo_len == j->fifo_cap) {
+        size_t cap = j->fifo_cap ? j->fifo_cap * 2 : 4096;
+        Entry *grown = PyMem_Malloc(cap * sizeof *grown);
+        if (!grown)
+            return -1;
+        for (size_t i = 0; i < j->fifo_len; i++)
+            grown[i] = j->fifo[(j->fifo_head + i) % j->fifo_cap];
+        PyMem_Free(j->fifo);
+        j->fifo = grown;
+        j->fifo_cap = cap;
+        j->fifo_head = 0;
+    }
+    j->fifo[(j->fifo_head + j->fifo_len) % j->fifo_cap] = entry;
+    j->fifo_len++;
+    if (j->fifo_len > j->held_high_water)
+        j->held_high_water = j->fifo_len;
+    return 0;
+}
+
+/* Close every group whose latest sighting is older than `before` (all with `all`). */
+static void expire(Join *j, int64_t before, int all)
+{
+    while (j->fifo_len) {
+        Entry *e = &j->fifo[j->fifo_head];
+        if (!all && e->aligned >= before)
+            break;
+        Entry entry = *e;
+        j->fifo_head = (j->fifo_head + 1) % j->fifo_cap;
+        j->fifo_len--;
+        if (j->groups[entry.group].last_seq == entry.seq)
+            close_group(j, entry.group);
+    }
+}
+
+static void add_sighting(Join *j, const uint8_t *key, size_t len, uint8_t kind, Sighting seen)
+{
+    if ((j->table_used + 1) * 2 > j->table_cap && table_grow(j) < 0) {
+        j->failed = 1;
+        return;
+    }
+    uint32_t slot = table_slot(j, key, len, kind);
+    int32_t index;
+    if (j->table[slot]) {
+        index = (int32_t)j->table[slot] - 1;
+    } else {
+        index = new_group(j);
+        if (index < 0) {
+            j->failed = 1;
+            return;
+        }
+        Group *fresh = &j->groups[index];
+        memset(&fresh->key_len, 0, sizeof *fresh - offsetof(Group, key_len));
+        memcpy(fresh->key, key, len);
+        fresh->key_len = (uint8_t)len;
+        fresh->kind = kind;
+        j->table[slot] = (uint32_t)index + 1;
+        j->table_used++;
+    }
+    Group *g = &j->groups[index];
+    g->copies++;
+    g->questions += seen.role == ROLE_QUESTION;
+    g->answers += seen.role == ROLE_ANSWER;
+    /* Past MAX_COPIES the key is ambiguous and skipped: its sightings need not be kept. */
+    int ambiguous = kind == KIND_PACKET
+                        ? g->copies > MAX_COPIES
+                        : g->questions > MAX_COPIES || g->answers > MAX_COPIES;
+    if (!ambiguous && g->held < MAX_HELD) {
+        if (g->held == INLINE_SIGHTINGS && !g->more) {
+            g->more = PyMem_Malloc(MAX_HELD * sizeof(Sighting));
+            if (!g->more) {
+                j->failed = 1;
+                return;
+            }
+            memcpy(g->more, g->inline_, sizeof g->inline_);
+        }
+        sightings_of(g)[g->held++] = seen;
+    }
+    g->last_seq = ++j->seq;
+    Entry entry = {seen.aligned, g->last_seq, (uint32_t)index};
+    if (fifo_push(j, entry) < 0)
+        j->failed = 1;
+}
+
+/* One packet, in order of aligned time: the Merger's hook. */
+static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t blen,
+                      uint32_t out_id, uint64_t aligned)
+{
+    j->sightings++;
+    if (!j->any || (int64_t)aligned > j->now)
+        j->now = (int64_t)aligned;
+    j->any = 1;
+    expire(j, j->now - MATCH_WINDOW_NS, 0);
+    if ((Py_ssize_t)out_id >= j->nlinktypes)
+        return;
+    uint32_t cap = get_le32(block + 20);
+    Identity id;
+    if (!identify(j->linktypes[out_id], block + 28, cap, &id))
+        return;
+    j->identified++;
+    /* epb_flags (option 2): bits 0-1 the direction. */
+    uint8_t dir = 0;
+    size_t at = 28 + (((size_t)cap + 3) & ~(size_t)3), end = (size_t)blen - 4;
+    while (at + 4 <= end) {
+        unsigned code = block[at] | block[at + 1] << 8, len = block[at + 2] | block[at + 3] << 8;
+        if (code == 0 || at + 4 + len > end)
+            break;
+        if (code == 2 && len == 4)
+            dir = block[at + 4] & 3;
+        at += 4 + ((len + 3u) & ~3u);
+    }
+    Sighting seen = {(int64_t)aligned, (uint32_t)host, dir, ROLE_NONE};
+    add_sighting(j, id.packet, id.packet_len, KIND_PACKET, seen);
+    if (id.role != ROLE_NONE) {
+        seen.role = (uint8_t)id.role;
+        add_sighting(j, id.exchange, id.exchange_len, KIND_EXCHANGE, seen);
+    }
+}
+
+/* ------------------------------------------------------------ its methods */
+static int Join_init(Join *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"priors", "keep_matches", NULL};
+    PyObject *priors;
+    int keep = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p", kwlist, &priors, &keep))
+        return -1;
+    if (self->priors) {
+        PyErr_SetString(PyExc_RuntimeError, "Join already initialised");
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(priors, "priors must be a sequence of ints");
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    self->priors = PyMem_Calloc((size_t)n + 1, sizeof(int64_t));
+    self->pairs = PyMem_Calloc((size_t)n * (size_t)n * 2 + 1, sizeof(PairSummary *));
+    if (!self->priors || !self->pairs) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        self->priors[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (self->priors[i] == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    self->hosts = n;
+    self->free_group = -1;
+    self->keep_matches = keep;
+    return table_grow(self) < 0 ? (PyErr_NoMemory(), -1) : 0;
+}
+
+static void Join_dealloc(Join *self)
+{
+    if (self->pairs)
+        for (Py_ssize_t i = 0; i < self->hosts * self->hosts * 2; i++)
+            PyMem_Free(self->pairs[i]);
+    for (uint32_t i = 0; i < self->ngroups; i++)
+        PyMem_Free(self->groups[i].more);
+    PyMem_Free(self->pairs);
+    PyMem_Free(self->priors);
+    PyMem_Free(self->linktypes);
+    PyMem_Free(self->groups);
+    PyMem_Free(self->table);
+    PyMem_Free(self->fifo);
+    PyMem_Free(self->matches);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Join_add_interface(Join *self, PyObject *args)
+{
+    Py_ssize_t out_id;
+    unsigned int linktype;
+    if (!PyArg_ParseTuple(args, "nI", &out_id, &linktype))
+        return NULL;
+    if (out_id < 0 || out_id > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "interface id out of range");
+        return NULL;
+    }
+    if (out_id >= self->nlinktypes) {
+        uint32_t *grown = PyMem_Realloc(self->linktypes, ((size_t)out_id + 1) * sizeof *grown);
+        if (!grown)
+            return PyErr_NoMemory();
+        for (Py_ssize_t i = self->nlinktypes; i <= out_id; i++)
+            grown[i] = UINT32_MAX; /* no such link type: not identified */
+        self->linktypes = grown;
+        self->nlinktypes = out_id + 1;
+    }
+    self->linktypes[out_id] = linktype;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Join_finish(Join *self, PyObject *Py_UNUSED(ignored))
+{
+    expire(self, 0, 1);
+    if (self->failed)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *Join_matches(Join *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = PyBytes_FromStringAndSize((const char *)self->matches,
+                                              (Py_ssize_t)self->matches_len);
+    if (out)
+        self->matches_len = 0;
+    return out;
+}
+
+static PyObject *time_pairs(const TimePair *values, const uint8_t *used, size_t n)
+{
+    PyObject *list = PyList_New(0);
+    if (!list)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (used && !used[i])
+            continue;
+        PyObject *item = Py_BuildValue("(LL)", (long long)values[i].from, (long long)values[i].to);
+        if (!item || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return list;
+}
+
+static PyObject *Join_pairs(Join *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *result = PyList_New(0);
+    if (!result)
+        return NULL;
+    for (Py_ssize_t slot = 0; slot < self->hosts * self->hosts * 2; slot++) {
+        PairSummary *s = self->pairs[slot];
+        if (!s)
+            continue;
+        Py_ssize_t pair = slot / 2;
+        PyObject *samples = time_pairs(s->samples, NULL, s->nsamples);
+        PyObject *floor = samples ? time_pairs(s->floor, s->floor_used, FLOOR_BUCKETS) : NULL;
+        PyObject *item = floor ? Py_BuildValue("(nniKNN)", pair / self->hosts,
+                                               pair % self->hosts, (int)(slot % 2),
+                                               (unsigned long long)s->count, samples, floor)
+                               : NULL;
+        if (!item) {
+            Py_XDECREF(samples);
+            Py_XDECREF(floor);
+            Py_DECREF(result);
+            return NULL;
+        }
+        if (PyList_Append(result, item) < 0) {
+            Py_DECREF(item);
+            Py_DECREF(result);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return result;
+}
+
+static PyObject *Join_stats(Join *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("{s:K,s:K,s:n,s:n}", "sightings", self->sightings, "identified",
+                         self->identified, "held_high_water", (Py_ssize_t)self->held_high_water,
+                         "held", (Py_ssize_t)self->fifo_len);
+}
+
+static PyMethodDef Join_methods[] = {
+    {"add_interface", (PyCFunction)Join_add_interface, METH_VARARGS,
+     "add_interface(out_id, linktype): the link type of an output interface id."},
+    {"finish", (PyCFunction)Join_finish, METH_NOARGS,
+     "finish(): close every group still open (the inputs ended)."},
+    {"matches", (PyCFunction)Join_matches, METH_NOARGS,
+     "matches() -> bytes: the match records kept since the last call (keep_matches)."},
+    {"pairs", (PyCFunction)Join_pairs, METH_NOARGS,
+     "pairs() -> [(from, to, kind, count, samples, floor)]: each ordered host pair's "
+     "summary; kind 0 same packet, 1 answer; samples and floor are (t_from, t_to) lists."},
+    {"stats", (PyCFunction)Join_stats, METH_NOARGS,
+     "stats() -> dict: sightings, identified, held, held_high_water."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject JoinType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xdpcap.orchestrator._fastmerge.Join",
+    .tp_basicsize = sizeof(Join),
+    .tp_dealloc = (destructor)Join_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Join(priors, keep_matches=False): the clock alignment's streaming join; a "
+              "Merger given it feeds it (see orchestrator/clock/join.py).",
+    .tp_methods = Join_methods,
+    .tp_init = (initproc)Join_init,
+    .tp_new = PyType_GenericNew,
+};
+
+PyDoc_STRVAR(identify_doc,
+"identify(linktype, frame) -> (packet, question, answer) | None\n--\n\n"
+"clock.observe.identify's keys, computed in C (tests compare the two).");
+
+static PyObject *py_identify(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    unsigned int linktype;
+    Py_buffer frame;
+    if (!PyArg_ParseTuple(args, "Iy*", &linktype, &frame))
+        return NULL;
+    Identity id;
+    int ok = identify(linktype, frame.buf, (size_t)frame.len, &id);
+    PyBuffer_Release(&frame);
+    if (!ok)
+        Py_RETURN_NONE;
+    const char *exchange = (const char *)id.exchange;
+    Py_ssize_t size = (Py_ssize_t)id.packet_len, xsize = (Py_ssize_t)id.exchange_len;
+    if (id.role == ROLE_QUESTION)
+        return Py_BuildValue("(y#y#O)", id.packet, size, exchange, xsize, Py_None);
+    if (id.role == ROLE_ANSWER)
+        return Py_BuildValue("(y#Oy#)", id.packet, size, Py_None, exchange, xsize);
+    return Py_BuildValue("(y#OO)", id.packet, size, Py_None, Py_None);
+}
+
 /* ------------------------------------------------------------------- methods */
 static int Merger_init(Merger *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"inputs", "out_bytes", NULL};
+    static char *kwlist[] = {"inputs", "out_bytes", "join", NULL};
     Py_ssize_t n, out_bytes = DEFAULT_OUT_BYTES;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|n", kwlist, &n, &out_bytes))
+    PyObject *join = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|nO", kwlist, &n, &out_bytes, &join))
         return -1;
+    if (join != Py_None && !PyObject_TypeCheck(join, &JoinType)) {
+        PyErr_SetString(PyExc_TypeError, "join must be a Join or None");
+        return -1;
+    }
     if (n < 0 || n > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(Input)) {
         PyErr_SetString(PyExc_ValueError, "inputs out of range");
         return -1;
@@ -260,6 +1162,11 @@ static int Merger_init(Merger *self, PyObject *args, PyObject *kwds)
     self->n = n;
     self->heap_len = 0;
     self->out_bytes = out_bytes;
+    if (join != Py_None) {
+        self->join = (Join *)Py_NewRef(join);
+        for (Py_ssize_t i = 0; i < n; i++)
+            self->inputs[i].tolerant = 1;
+    }
     return 0;
 }
 
@@ -273,6 +1180,7 @@ static void Merger_dealloc(Merger *self)
     }
     PyMem_Free(self->inputs);
     PyMem_Free(self->heap);
+    Py_XDECREF((PyObject *)self->join);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -483,6 +1391,18 @@ static PyObject *Merger_run(Merger *self, PyObject *Py_UNUSED(ignored))
         Py_ssize_t i = self->heap[0];
         Input *in = &self->inputs[i];
         uint32_t blen = in->blen;
+        if (self->join) {
+            uint32_t out_id = in->from_side ? get_le32(in->src + 8) : in->out_id;
+            join_take(self->join, i, in->src, blen, out_id, in->ts);
+            if (self->join->failed) {
+                Py_DECREF(out);
+                return PyErr_NoMemory();
+            }
+            *(in->from_side ? &in->side_pos : &in->raw_pos) += blen;
+            in->packets++;
+            packets++;
+            goto next_head;
+        }
         if ((Py_ssize_t)blen > cap - out_len) {
             if (out_len)
                 return finish_run(out, out_len, packets, ST_FULL, -1);
@@ -505,6 +1425,7 @@ static PyObject *Merger_run(Merger *self, PyObject *Py_UNUSED(ignored))
         in->packets++;
         packets++;
 
+    next_head:
         switch (load_head(in)) {
         case H_OK:
             sift_down(self, 0);
@@ -526,7 +1447,7 @@ static PyObject *Merger_run(Merger *self, PyObject *Py_UNUSED(ignored))
             PyErr_Format(PyExc_ValueError, "input %zd: side buffer holds a bad block", i);
             return NULL;
         }
-        if (out_len >= self->out_bytes)
+        if (out_len >= self->out_bytes || (self->join && packets >= JOIN_BATCH))
             return finish_run(out, out_len, packets, ST_FULL, -1);
     }
     return finish_run(out, out_len, packets, ST_DONE, -1);
@@ -555,22 +1476,30 @@ static PyTypeObject MergerType = {
     .tp_new = PyType_GenericNew,
 };
 
+static PyMethodDef module_methods[] = {
+    {"identify", py_identify, METH_VARARGS, identify_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef fastmerge_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "xdpcap.orchestrator._fastmerge",
     .m_doc = "The C hot loop of xdpcap merge (see orchestrator/merge.py).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__fastmerge(void)
 {
-    if (PyType_Ready(&MergerType) < 0)
+    if (PyType_Ready(&MergerType) < 0 || PyType_Ready(&JoinType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastmerge_module);
     if (!m)
         return NULL;
     Py_INCREF(&MergerType);
+    Py_INCREF(&JoinType);
     if (PyModule_AddObject(m, "Merger", (PyObject *)&MergerType) < 0 ||
+        PyModule_AddObject(m, "Join", (PyObject *)&JoinType) < 0 ||
         PyModule_AddIntConstant(m, "DONE", ST_DONE) < 0 ||
         PyModule_AddIntConstant(m, "FULL", ST_FULL) < 0 ||
         PyModule_AddIntConstant(m, "NEED", ST_NEED) < 0 ||
