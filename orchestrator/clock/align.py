@@ -1,9 +1,9 @@
 """Align the hosts' clocks from the traffic they captured (the merge applies the result).
 
-`align()` reads each host's capture once (constraints.py), estimates each clock's rate
-(drift.py), solves every host's offset together (solver.py), and measures the one-way
-delay between each pair of hosts that saw the same packets — leaving one and arriving
-at the other.
+`align()` reads all hosts' captures in one streaming pass (join.py, constraints.py),
+estimates each clock's rate (drift.py), solves every host's offset together (solver.py),
+and measures the one-way delay between each pair of hosts that saw the same packets —
+leaving one and arriving at the other.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class Alignment:
     bounds_same_packet: int  # ordered host pairs bounded by packets seen on both
     bounds_answer: int  # ... by answers seen after their questions
     inconsistent: list[str]  # hosts whose bounds contradict each other
-    truncated: list[str]  # hosts whose capture was read only in part
+    truncated: list[str]  # hosts whose capture was read only in part (none since every
+    # packet is read; the key stays in run.json)
 
     @property
     def shifts_ns(self) -> list[int]:
@@ -136,8 +137,10 @@ def _bounds(
     limits: dict[tuple[int, int], int] = {}
     kinds: dict[tuple[int, int], str] = {}
     for (a, b), pair in found.samples.items():
-        for kind, values in (("same packet", pair.same), ("answer", pair.answers)):
-            for t_a, t_b in values:
+        # The floors hold each time bucket's tightest bound of all the pair's packets.
+        floors = (("same packet", pair.same_floor), ("answer", pair.answer_floor))
+        for kind, floor in floors:
+            for t_a, t_b in floor.points():
                 limit = _undrifted(t_b, drift[b], epoch) - _undrifted(t_a, drift[a], epoch)
                 if (a, b) not in limits or limit < limits[(a, b)]:
                     limits[(a, b)], kinds[(a, b)] = limit, kind
@@ -172,13 +175,17 @@ def _alignment(
     delays = []
     for (sender, receiver), pair in sorted(found.samples.items()):
         if pair.same:
-            corrected = sorted(at(receiver, t_b) - at(sender, t_a) for t_a, t_b in pair.same)
+            # The median from the uniform sample; the minimum from the floor (all packets).
+            corrected = [at(receiver, t_b) - at(sender, t_a) for t_a, t_b in pair.same]
+            fastest = min(
+                at(receiver, t_b) - at(sender, t_a) for t_a, t_b in pair.same_floor.points()
+            )
             delays.append(
                 PairDelay(
                     names[sender],
                     names[receiver],
                     pair.same_count,
-                    corrected[0],
+                    min(fastest, min(corrected)),
                     int(statistics.median(corrected)),
                 )
             )
