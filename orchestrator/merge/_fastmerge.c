@@ -46,6 +46,8 @@ typedef struct {
     uint32_t out_id;
     uint64_t factor;
     int64_t addend;
+    int64_t drift_ppb; /* 0: none */
+    int64_t drift_epoch;
     int usable;
 } Iface;
 
@@ -111,20 +113,39 @@ static uint32_t checked_epb(const uint8_t *p, size_t left)
     return blen;
 }
 
-/* raw * factor + addend when it lies in [0, 2^64); else 0 is returned. */
+/* t less what a clock drifting by `ppb` gained since `epoch`: t - floor((t - epoch) *
+ * ppb / 1e9), as agent/clock.drift_gained_ns computes it; 0 unless in [0, 2^64). */
+static int take_drift(uint64_t t, const Iface *iface, uint64_t *ts)
+{
+    const __int128 billion = 1000000000;
+    __int128 gained = ((__int128)t - iface->drift_epoch) * iface->drift_ppb;
+    __int128 quotient = gained / billion;
+    if (gained % billion != 0 && gained < 0)
+        quotient -= 1; /* Python's // rounds down, C's / toward zero */
+    __int128 result = (__int128)t - quotient;
+    if (result < 0 || result > (__int128)UINT64_MAX)
+        return 0;
+    *ts = (uint64_t)result;
+    return 1;
+}
+
+/* raw * factor + addend (less a drift) when it lies in [0, 2^64); else 0 is returned. */
 static int scale_ts(uint64_t raw, const Iface *iface, uint64_t *ts)
 {
     uint64_t scaled;
     if (__builtin_mul_overflow(raw, iface->factor, &scaled))
         return 0;
-    if (iface->addend >= 0)
-        return !__builtin_add_overflow(scaled, (uint64_t)iface->addend, ts);
-    /* -(addend + 1) + 1 avoids negating INT64_MIN. */
-    uint64_t minus = (uint64_t)(-(iface->addend + 1)) + 1u;
-    if (scaled < minus)
-        return 0; /* before the epoch: Python clamps it */
-    *ts = scaled - minus;
-    return 1;
+    if (iface->addend >= 0) {
+        if (__builtin_add_overflow(scaled, (uint64_t)iface->addend, ts))
+            return 0;
+    } else {
+        /* -(addend + 1) + 1 avoids negating INT64_MIN. */
+        uint64_t minus = (uint64_t)(-(iface->addend + 1)) + 1u;
+        if (scaled < minus)
+            return 0; /* before the epoch: Python clamps it */
+        *ts = scaled - minus;
+    }
+    return iface->drift_ppb ? take_drift(*ts, iface, ts) : 1;
 }
 
 static void release_side(Input *in)
@@ -1204,11 +1225,27 @@ static int parse_iface(PyObject *entry, Iface *iface)
     iface->usable = 0;
     if (entry == Py_None)
         return 0;
-    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
-        PyErr_SetString(PyExc_TypeError, "table entries are None or (out_id, factor, addend)");
+    Py_ssize_t size = PyTuple_Check(entry) ? PyTuple_GET_SIZE(entry) : 0;
+    if (size != 3 && size != 5) {
+        PyErr_SetString(PyExc_TypeError, "table entries are None, (out_id, factor, addend) "
+                                         "or (out_id, factor, addend, drift_ppb, epoch)");
         return -1;
     }
     int overflow = 0;
+    iface->drift_ppb = iface->drift_epoch = 0;
+    if (size == 5) {
+        long long ppb = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(entry, 3), &overflow);
+        if (ppb == -1 && PyErr_Occurred())
+            return -1;
+        long long epoch = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(entry, 4), &overflow);
+        if (epoch == -1 && PyErr_Occurred())
+            return -1;
+        /* A rate beyond a whole clock's worth is nonsense: Python's path handles it. */
+        if (overflow || ppb < -1000000000LL || ppb > 1000000000LL)
+            return 0;
+        iface->drift_ppb = ppb;
+        iface->drift_epoch = epoch;
+    }
     unsigned long long out_id = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(entry, 0));
     if (out_id == (unsigned long long)-1 && PyErr_Occurred()) {
         if (!PyErr_ExceptionMatches(PyExc_OverflowError))
