@@ -140,10 +140,12 @@ def _bounds(
         # The floors hold each time bucket's tightest bound of all the pair's packets.
         floors = (("same packet", pair.same_floor), ("answer", pair.answer_floor))
         for kind, floor in floors:
-            for t_a, t_b in floor.points():
-                limit = _undrifted(t_b, drift[b], epoch) - _undrifted(t_a, drift[a], epoch)
-                if (a, b) not in limits or limit < limits[(a, b)]:
-                    limits[(a, b)], kinds[(a, b)] = limit, kind
+            points = floor.points()
+            if not points:
+                continue
+            limit = min(_gaps(points, drift[a], drift[b], epoch))
+            if (a, b) not in limits or limit < limits[(a, b)]:
+                limits[(a, b)], kinds[(a, b)] = limit, kind
     return limits, kinds
 
 
@@ -151,6 +153,17 @@ def _undrifted(t: int, rate: float, epoch: int) -> int:
     """What a clock without drift would have read. In integers: a float holds an epoch
     time in ns only to about 256 ns."""
     return t - round(rate * (t - epoch))
+
+
+def _gaps(points: list[tuple[int, int]], rate_a: float, rate_b: float, epoch: int) -> list[int]:
+    """t_b − t_a of each point with both times undrifted (`_undrifted`, inlined: this runs
+    over every pair's floor and sample)."""
+    if not rate_a and not rate_b:
+        return [t_b - t_a for t_a, t_b in points]
+    return [
+        t_b - round(rate_b * (t_b - epoch)) - t_a + round(rate_a * (t_a - epoch))
+        for t_a, t_b in points
+    ]
 
 
 def _epoch(found: Constraints) -> int:
@@ -168,18 +181,14 @@ def _alignment(
 ) -> Alignment:
     names = found.hosts
     offsets = [clock.offset_ns for clock in solution.hosts]
-
-    def at(host: int, t: int) -> int:  # the reference's time of `t` read on `host`
-        return _undrifted(t, drift[host], epoch) - offsets[host]
-
     delays = []
     for (sender, receiver), pair in sorted(found.samples.items()):
         if pair.same:
-            # The median from the uniform sample; the minimum from the floor (all packets).
-            corrected = [at(receiver, t_b) - at(sender, t_a) for t_a, t_b in pair.same]
-            fastest = min(
-                at(receiver, t_b) - at(sender, t_a) for t_a, t_b in pair.same_floor.points()
-            )
+            # In the reference's time: undrifted, less the offsets. The median from the
+            # uniform sample; the minimum from the floor (all packets) too.
+            rates, shift = (drift[sender], drift[receiver]), offsets[receiver] - offsets[sender]
+            corrected = [gap - shift for gap in _gaps(pair.same, *rates, epoch)]
+            fastest = min(_gaps(pair.same_floor.points(), *rates, epoch)) - shift
             delays.append(
                 PairDelay(
                     names[sender],

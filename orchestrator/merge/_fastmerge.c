@@ -474,6 +474,7 @@ typedef struct {
 
 typedef struct {
     uint8_t key[MAX_KEY];
+    uint32_t hash;
     uint8_t key_len;
     uint8_t kind;
     uint8_t held;                /* sightings stored */
@@ -489,6 +490,21 @@ typedef struct {
     uint64_t seq;
     uint32_t group;
 } Entry;
+
+typedef struct {
+    uint32_t hash;
+    uint32_t entry; /* group index + 1; 0 = empty */
+} Slot;
+
+#define PIPELINE 16
+typedef struct {
+    int64_t aligned;
+    uint32_t host;
+    uint8_t dir;
+    uint8_t identified;
+    uint32_t packet_hash, exchange_hash;
+    Identity id;
+} Pending;
 
 typedef struct {
     int64_t from, to;
@@ -513,7 +529,7 @@ typedef struct Join {
     Group *groups;
     uint32_t ngroups, groups_cap;
     int32_t free_group;
-    uint32_t *table; /* group index + 1; 0 = empty */
+    Slot *table;
     uint32_t table_cap, table_used;
     Entry *fifo;
     size_t fifo_head, fifo_len, fifo_cap;
@@ -528,6 +544,8 @@ typedef struct Join {
     size_t matches_len, matches_cap;
     unsigned long long sightings, identified;
     int failed; /* out of memory inside the loop: raised by the Merger's run() */
+    Pending pending[PIPELINE];
+    unsigned pending_head, pending_len;
 } Join;
 
 static PyTypeObject JoinType;
@@ -748,21 +766,22 @@ static void close_group(Join *j, uint32_t index)
 }
 
 /* ------------------------------------------------------------ the table */
+/* Linear probing over (hash, group index + 1) slots: a probe and a deletion read the
+ * slots alone, and touch a group (far away in memory) only when the hashes agree. */
 static int table_grow(Join *j)
 {
     uint32_t cap = j->table_cap ? j->table_cap * 2 : 1024;
-    uint32_t *table = PyMem_Calloc(cap, sizeof *table);
+    Slot *table = PyMem_Calloc(cap, sizeof *table);
     if (!table)
         return -1;
     for (uint32_t i = 0; i < j->table_cap; i++) {
-        uint32_t entry = j->table[i];
-        if (!entry)
+        Slot slot = j->table[i];
+        if (!slot.entry)
             continue;
-        Group *g = &j->groups[entry - 1];
-        uint32_t at = key_hash(g->key, g->key_len, g->kind) & (cap - 1);
-        while (table[at])
+        uint32_t at = slot.hash & (cap - 1);
+        while (table[at].entry)
             at = (at + 1) & (cap - 1);
-        table[at] = entry;
+        table[at] = slot;
     }
     PyMem_Free(j->table);
     j->table = table;
@@ -771,39 +790,41 @@ static int table_grow(Join *j)
 }
 
 /* The slot holding (key, kind), or the empty slot where it belongs. */
-static uint32_t table_slot(Join *j, const uint8_t *key, size_t len, uint8_t kind)
+static uint32_t table_slot(Join *j, const uint8_t *key, size_t len, uint8_t kind, uint32_t hash)
 {
-    uint32_t mask = j->table_cap - 1, at = key_hash(key, len, kind) & mask;
+    uint32_t mask = j->table_cap - 1, at = hash & mask;
     for (;;) {
-        uint32_t entry = j->table[at];
-        if (!entry)
+        Slot slot = j->table[at];
+        if (!slot.entry)
             return at;
-        Group *g = &j->groups[entry - 1];
-        if (g->kind == kind && g->key_len == len && memcmp(g->key, key, len) == 0)
-            return at;
+        if (slot.hash == hash) {
+            Group *g = &j->groups[slot.entry - 1];
+            if (g->kind == kind && g->key_len == len && memcmp(g->key, key, len) == 0)
+                return at;
+        }
         at = (at + 1) & mask;
     }
 }
 
 static void table_remove(Join *j, uint32_t index)
 {
-    Group *g = &j->groups[index];
-    uint32_t mask = j->table_cap - 1, hole = table_slot(j, g->key, g->key_len, g->kind);
+    uint32_t mask = j->table_cap - 1, hole = j->groups[index].hash & mask;
+    while (j->table[hole].entry != index + 1)
+        hole = (hole + 1) & mask;
     /* Backward-shift deletion keeps linear probing free of tombstones. */
     uint32_t at = hole;
     for (;;) {
         at = (at + 1) & mask;
-        uint32_t entry = j->table[at];
-        if (!entry)
+        Slot slot = j->table[at];
+        if (!slot.entry)
             break;
-        Group *other = &j->groups[entry - 1];
-        uint32_t home = key_hash(other->key, other->key_len, other->kind) & mask;
+        uint32_t home = slot.hash & mask;
         if (((at - home) & mask) >= ((at - hole) & mask)) {
-            j->table[hole] = entry;
+            j->table[hole] = slot;
             hole = at;
         }
     }
-    j->table[hole] = 0;
+    j->table[hole].entry = 0;
     j->table_used--;
 }
 
@@ -847,6 +868,8 @@ static int fifo_push(Join *j, Entry entry)
     return 0;
 }
 
+#define EXPIRE_AHEAD 8
+
 /* Close every group whose latest sighting is older than `before` (all with `all`). */
 static void expire(Join *j, int64_t before, int all)
 {
@@ -857,21 +880,29 @@ static void expire(Join *j, int64_t before, int all)
         Entry entry = *e;
         j->fifo_head = (j->fifo_head + 1) % j->fifo_cap;
         j->fifo_len--;
+        if (j->fifo_len > EXPIRE_AHEAD) {
+            /* The group this loop reaches a few turns later: two seconds old, not cached. */
+            const Entry *ahead = &j->fifo[(j->fifo_head + EXPIRE_AHEAD) % j->fifo_cap];
+            const char *g = (const char *)&j->groups[ahead->group];
+            __builtin_prefetch(g + offsetof(Group, last_seq));
+            __builtin_prefetch(g + offsetof(Group, inline_) + sizeof(Sighting) * 2);
+        }
         if (j->groups[entry.group].last_seq == entry.seq)
             close_group(j, entry.group);
     }
 }
 
-static void add_sighting(Join *j, const uint8_t *key, size_t len, uint8_t kind, Sighting seen)
+static void add_sighting(Join *j, const uint8_t *key, size_t len, uint8_t kind, uint32_t hash,
+                         Sighting seen)
 {
     if ((j->table_used + 1) * 2 > j->table_cap && table_grow(j) < 0) {
         j->failed = 1;
         return;
     }
-    uint32_t slot = table_slot(j, key, len, kind);
+    uint32_t slot = table_slot(j, key, len, kind, hash);
     int32_t index;
-    if (j->table[slot]) {
-        index = (int32_t)j->table[slot] - 1;
+    if (j->table[slot].entry) {
+        index = (int32_t)j->table[slot].entry - 1;
     } else {
         index = new_group(j);
         if (index < 0) {
@@ -879,11 +910,13 @@ static void add_sighting(Join *j, const uint8_t *key, size_t len, uint8_t kind, 
             return;
         }
         Group *fresh = &j->groups[index];
-        memset(&fresh->key_len, 0, sizeof *fresh - offsetof(Group, key_len));
+        memset(&fresh->hash, 0, sizeof *fresh - offsetof(Group, hash));
         memcpy(fresh->key, key, len);
+        fresh->hash = hash;
         fresh->key_len = (uint8_t)len;
         fresh->kind = kind;
-        j->table[slot] = (uint32_t)index + 1;
+        j->table[slot].hash = hash;
+        j->table[slot].entry = (uint32_t)index + 1;
         j->table_used++;
     }
     Group *g = &j->groups[index];
@@ -911,23 +944,53 @@ static void add_sighting(Join *j, const uint8_t *key, size_t len, uint8_t kind, 
         j->failed = 1;
 }
 
-/* One packet, in order of aligned time: the Merger's hook. */
-static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t blen,
-                      uint32_t out_id, uint64_t aligned)
+/* A sighting on its way into the table: its key's slot and group are fetched from
+ * memory PIPELINE sightings ahead of their use, which is what the join waits for most
+ * (the table and the groups are megabytes, touched at random). The order of the
+ * sightings does not change. */
+static void prefetch_slot(Join *j, uint32_t hash)
 {
-    j->sightings++;
-    if (!j->any || (int64_t)aligned > j->now)
-        j->now = (int64_t)aligned;
+    __builtin_prefetch(&j->table[hash & (j->table_cap - 1)]);
+}
+
+static void prefetch_group(Join *j, uint32_t hash)
+{
+    Slot slot = j->table[hash & (j->table_cap - 1)];
+    if (slot.entry && slot.hash == hash) {
+        const char *g = (const char *)&j->groups[slot.entry - 1];
+        __builtin_prefetch(g);
+        __builtin_prefetch(g + 64);
+        __builtin_prefetch(g + 128);
+    }
+}
+
+static void join_process(Join *j, const Pending *p)
+{
+    if (!j->any || p->aligned > j->now)
+        j->now = p->aligned;
     j->any = 1;
     expire(j, j->now - MATCH_WINDOW_NS, 0);
-    if ((Py_ssize_t)out_id >= j->nlinktypes)
+    if (!p->identified)
         return;
-    uint32_t cap = get_le32(block + 20);
-    Identity id;
-    if (!identify(j->linktypes[out_id], block + 28, cap, &id))
-        return;
-    j->identified++;
-    /* epb_flags (option 2): bits 0-1 the direction. */
+    Sighting seen = {p->aligned, p->host, p->dir, ROLE_NONE};
+    add_sighting(j, p->id.packet, p->id.packet_len, KIND_PACKET, p->packet_hash, seen);
+    if (p->id.role != ROLE_NONE) {
+        seen.role = (uint8_t)p->id.role;
+        add_sighting(j, p->id.exchange, p->id.exchange_len, KIND_EXCHANGE, p->exchange_hash,
+                     seen);
+    }
+}
+
+static void join_drain(Join *j)
+{
+    for (unsigned i = 0; i < j->pending_len; i++)
+        join_process(j, &j->pending[(j->pending_head + i) % PIPELINE]);
+    j->pending_head = j->pending_len = 0;
+}
+
+/* epb_flags (option 2): bits 0-1 the direction; 0 when absent. */
+static uint8_t epb_direction(const uint8_t *block, uint32_t blen, uint32_t cap)
+{
     uint8_t dir = 0;
     size_t at = 28 + (((size_t)cap + 3) & ~(size_t)3), end = (size_t)blen - 4;
     while (at + 4 <= end) {
@@ -938,11 +1001,45 @@ static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t b
             dir = block[at + 4] & 3;
         at += 4 + ((len + 3u) & ~3u);
     }
-    Sighting seen = {(int64_t)aligned, (uint32_t)host, dir, ROLE_NONE};
-    add_sighting(j, id.packet, id.packet_len, KIND_PACKET, seen);
-    if (id.role != ROLE_NONE) {
-        seen.role = (uint8_t)id.role;
-        add_sighting(j, id.exchange, id.exchange_len, KIND_EXCHANGE, seen);
+    return dir;
+}
+
+/* One packet, in order of aligned time: the Merger's hook. */
+static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t blen,
+                      uint32_t out_id, uint64_t aligned)
+{
+    j->sightings++;
+    Pending *p;
+    if (j->pending_len == PIPELINE) {
+        p = &j->pending[j->pending_head];
+        join_process(j, p); /* the oldest goes in; its place takes the newest */
+        j->pending_head = (j->pending_head + 1) % PIPELINE;
+    } else {
+        p = &j->pending[(j->pending_head + j->pending_len++) % PIPELINE];
+    }
+    p->aligned = (int64_t)aligned;
+    p->host = (uint32_t)host;
+    uint32_t cap = get_le32(block + 20);
+    p->identified = (Py_ssize_t)out_id < j->nlinktypes &&
+                    identify(j->linktypes[out_id], block + 28, cap, &p->id);
+    if (p->identified) {
+        j->identified++;
+        p->dir = epb_direction(block, blen, cap);
+        p->packet_hash = key_hash(p->id.packet, p->id.packet_len, KIND_PACKET);
+        prefetch_slot(j, p->packet_hash);
+        if (p->id.role != ROLE_NONE) {
+            p->exchange_hash = key_hash(p->id.exchange, p->id.exchange_len, KIND_EXCHANGE);
+            prefetch_slot(j, p->exchange_hash);
+        }
+    }
+    if (j->pending_len > PIPELINE / 2) {
+        const Pending *half = &j->pending[(j->pending_head + j->pending_len - 1 - PIPELINE / 2) %
+                                          PIPELINE];
+        if (half->identified) {
+            prefetch_group(j, half->packet_hash);
+            if (half->id.role != ROLE_NONE)
+                prefetch_group(j, half->exchange_hash);
+        }
     }
 }
 
@@ -1025,6 +1122,7 @@ static PyObject *Join_add_interface(Join *self, PyObject *args)
 
 static PyObject *Join_finish(Join *self, PyObject *Py_UNUSED(ignored))
 {
+    join_drain(self);
     expire(self, 0, 1);
     if (self->failed)
         return PyErr_NoMemory();
