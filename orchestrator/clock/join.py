@@ -25,8 +25,9 @@ packet by packet by its `Merger`) and the Python below, for machines without a c
 What the pass learns per packet stays available to what builds on it (one packet's
 journey across hosts, per-pair loss and delay): `join_captures(..., on_match=f)` calls
 `f(match)` for every packet key's group as it closes, in closing order: a `Match` holds
-the key and each sighting's host index, direction and time on that host's own clock.
-Groups of a key seen more than MAX_COPIES times are left out.
+the packet's id (observe.key_id: one id for the packet on every host) and each
+sighting's host index, direction and time on that host's own clock. Groups of a key
+seen more than MAX_COPIES times are left out.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from .constraints import (
     PairSamples,
     SplitMix,
 )
-from .observe import INBOUND, OUTBOUND, identify
+from .observe import INBOUND, OUTBOUND, identify, key_id
 
 try:
     from ..merge import _fastmerge
@@ -57,9 +58,9 @@ except ImportError:  # the optional extension was not built: the Python engine j
 
 __all__ = ["JoinResult", "Match", "Sighting", "join_captures"]
 
-# A match record from the C join: key length, sightings; the key padded to 8 bytes; then
-# per sighting its time, host and direction.
-MATCH_HEAD = struct.Struct("<II")
+# A match record from the C join: the packet id and the number of sightings; then per
+# sighting its time, host and direction.
+MATCH_HEAD = struct.Struct("<QI4x")
 MATCH_SIGHTING = struct.Struct("<qIB3x")
 _EPB_CAP = struct.Struct("<I")
 _OPTION = struct.Struct("<HH")
@@ -79,7 +80,7 @@ class Match:
     """One packet as the join saw it: its identity and every sighting of it within the
     window, in the order of the pass (prior-corrected time)."""
 
-    key: bytes  # observe.Identity.packet
+    packet_id: int  # observe.key_id of observe.Identity.packet
     sightings: tuple[Sighting, ...]
 
 
@@ -175,16 +176,14 @@ def _join_c(
 def _deliver(records: bytes, on_match: OnMatch) -> None:
     at = 0
     while at < len(records):
-        key_len, count = MATCH_HEAD.unpack_from(records, at)
+        packet_id, count = MATCH_HEAD.unpack_from(records, at)
         at += MATCH_HEAD.size
-        key = records[at : at + key_len]
-        at += key_len + (-key_len & 7)
         sightings = []
         for _ in range(count):
             ts, host, direction = MATCH_SIGHTING.unpack_from(records, at)
             sightings.append(Sighting(host, direction, ts))
             at += MATCH_SIGHTING.size
-        on_match(Match(key, tuple(sightings)))
+        on_match(Match(packet_id, tuple(sightings)))
 
 
 # -------------------------------------------------------------------- the Python engine
@@ -193,8 +192,8 @@ class _Group:
 
     __slots__ = ("answers", "copies", "held", "key", "last_seq", "questions", "same_packet")
 
-    def __init__(self, key: bytes, same_packet: bool) -> None:
-        self.key = key
+    def __init__(self, key: int, same_packet: bool) -> None:
+        self.key = key  # its id
         self.same_packet = same_packet
         self.copies = self.questions = self.answers = 0
         self.held: list[tuple[int, int, int, int]] = []
@@ -213,7 +212,7 @@ class _PythonJoin:
         self.priors = priors
         self.on_match = on_match
         self.linktypes: dict[int, int] = {}
-        self.groups: dict[tuple[bool, bytes], _Group] = {}
+        self.groups: dict[tuple[bool, int], _Group] = {}
         self.window: deque[tuple[int, int, _Group]] = deque()  # (aligned, seq, group)
         self.seq = 0
         self.now: int | None = None
@@ -236,13 +235,13 @@ class _PythonJoin:
         if identity is None:
             return
         seen = (aligned, host, _direction(block, cap), 0)
-        self.add(identity.packet, True, seen)
+        self.add(key_id(identity.packet), True, seen)
         if identity.question is not None:
-            self.add(identity.question, False, (*seen[:3], QUESTION))
+            self.add(key_id(identity.question), False, (*seen[:3], QUESTION))
         elif identity.answer is not None:
-            self.add(identity.answer, False, (*seen[:3], ANSWER))
+            self.add(key_id(identity.answer), False, (*seen[:3], ANSWER))
 
-    def add(self, key: bytes, same_packet: bool, seen: tuple[int, int, int, int]) -> None:
+    def add(self, key: int, same_packet: bool, seen: tuple[int, int, int, int]) -> None:
         group = self.groups.get((same_packet, key))
         if group is None:
             group = self.groups[(same_packet, key)] = _Group(key, same_packet)

@@ -16,10 +16,13 @@ Two kinds of identity, computed from a packet's bytes:
 Only IPv4 and IPv6 over Ethernet (VLAN tags skipped), raw IP and Linux cooked captures
 are read; anything else is ignored.
 
-The keys are those bytes themselves (at most MAX_KEY): hashing them would cost more than
-the join's table does with them. The merge's C extension computes the same keys
-(`_fastmerge.identify`): a change here is a change there, and tests/unit/test_join.py
-compares the two.
+The keys are those bytes themselves (at most MAX_KEY). The join names each by a 61-bit
+id (`key_id`): cheap in C and in Python, small to hold for every packet in the matching
+window, and the size of pcapng's epb_packetid. Two different keys share an id with a
+chance of about 2^-61 per pair (a difference divisible by the prime); a pair of packets
+mistaken for one is bounded like any retransmission. The merge's C extension computes
+the same keys and ids (`_fastmerge.identify`, `_fastmerge.key_id`): a change here is a
+change there, and tests/unit/test_join.py compares the two.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 UNKNOWN, INBOUND, OUTBOUND = 0, 1, 2
 PAYLOAD_PREFIX = 32
 MAX_KEY = 88  # IPv6 addresses, a TCP header and the payload prefix: the longest key
+ID_PRIME = (1 << 61) - 1
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
@@ -78,6 +82,12 @@ def identify(linktype: int, frame: bytes) -> Identity | None:
     transport, payload = _transport(proto, l4)
     question, answer = _exchange(proto, src, dst, l4)
     return Identity(stable_ip + transport + payload[:PAYLOAD_PREFIX], question, answer)
+
+
+def key_id(key: bytes) -> int:
+    """The key and its length byte after it, read as a little-endian number, modulo the
+    prime 2^61 − 1 (keys of different lengths stay apart)."""
+    return int.from_bytes(key + bytes((len(key),)), "little") % ID_PRIME
 
 
 def _ip_payload(linktype: int, frame: bytes) -> bytes | None:

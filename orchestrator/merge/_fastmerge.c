@@ -268,7 +268,8 @@ static void heap_pop_root(Merger *m)
  * its pure-Python twin there gives identical results). The Merger above, given a Join,
  * hands it every packet in order of (prior-corrected) time instead of writing it:
  *   identity - the bytes that identify a packet on every host, and the key of the
- *              exchange it asks or answers: the same bytes as clock/observe.py's;
+ *              exchange it asks or answers: the same bytes as clock/observe.py's,
+ *              named by a 61-bit id (observe.key_id);
  *   groups   - the sightings of one key whose times chain within the matching window,
  *              held in a hash table while the window can still add to them;
  *   pairs    - when a group closes, the bounds it gives each ordered host pair go into
@@ -280,7 +281,7 @@ static void heap_pop_root(Merger *m)
 #define MATCH_WINDOW_NS 2000000000LL
 #define MAX_COPIES 8
 #define MAX_HELD (2 * MAX_COPIES) /* questions and answers of an exchange */
-#define INLINE_SIGHTINGS 4
+#define INLINE_SIGHTINGS 2
 #define SAMPLES 512
 #define FLOOR_BUCKETS 256
 #define FLOOR_START_NS 1000000LL
@@ -340,6 +341,29 @@ static const uint8_t *ip_payload(uint32_t linktype, const uint8_t *f, size_t len
         memcpy((buf) + (at), (src), (n));                                                      \
         (at) += (n);                                                                           \
     } while (0)
+
+/* A key's 61-bit id: the key and its length byte after it, read as a little-endian
+ * number, modulo the prime 2^61 - 1 (clock/observe.py: key_id). Horner's rule from the
+ * top word down, with 2^64 = 8 (mod 2^61 - 1). */
+#define ID_PRIME ((1ULL << 61) - 1)
+
+static uint64_t key_id(const uint8_t *key, size_t len)
+{
+    uint8_t data[MAX_KEY + 8] = {0};
+    memcpy(data, key, len);
+    data[len] = (uint8_t)len;
+    uint64_t h = 0;
+    for (size_t word = (len + 1 + 7) / 8; word-- > 0;) {
+        uint64_t w = 0;
+        for (int b = 7; b >= 0; b--)
+            w = w << 8 | data[8 * word + (size_t)b];
+        unsigned __int128 x = (unsigned __int128)h * 8 + w; /* < 2^65 */
+        uint64_t r = (uint64_t)(x & ID_PRIME) + (uint64_t)(x >> 61);
+        r = (r & ID_PRIME) + (r >> 61);
+        h = r >= ID_PRIME ? r - ID_PRIME : r;
+    }
+    return h;
+}
 
 static void exchange_key(Identity *id, uint8_t proto, const uint8_t *src, const uint8_t *dst,
                          size_t alen, const uint8_t *l4, size_t l4len)
@@ -473,21 +497,19 @@ typedef struct {
 } Sighting;
 
 typedef struct {
-    uint8_t key[MAX_KEY];
-    uint32_t hash;
-    uint8_t key_len;
+    uint64_t id;        /* the key's id */
+    uint32_t last_seq;  /* the FIFO entry of its latest sighting; the next free group when free */
+    uint16_t copies;    /* all seen, stored or not; these three saturate past MAX_COPIES */
+    uint8_t questions, answers;
     uint8_t kind;
-    uint8_t held;                /* sightings stored */
-    uint32_t copies, questions, answers; /* all seen, stored or not */
-    uint64_t last_seq;           /* the FIFO entry of its latest sighting */
+    uint8_t held; /* sightings stored */
     Sighting inline_[INLINE_SIGHTINGS];
     Sighting *more; /* all MAX_HELD of them once inline_ is full */
-    int32_t next_free;
-} Group;
+} Group;           /* 64 bytes: one cache line */
 
 typedef struct {
     int64_t aligned;
-    uint64_t seq;
+    uint32_t seq;
     uint32_t group;
 } Entry;
 
@@ -502,8 +524,9 @@ typedef struct {
     uint32_t host;
     uint8_t dir;
     uint8_t identified;
+    uint8_t role; /* of the exchange: ROLE_NONE when there is none */
     uint32_t packet_hash, exchange_hash;
-    Identity id;
+    uint64_t packet_id, exchange_id;
 } Pending;
 
 typedef struct {
@@ -534,7 +557,7 @@ typedef struct Join {
     Entry *fifo;
     size_t fifo_head, fifo_len, fifo_cap;
     size_t held_high_water;
-    uint64_t seq;
+    uint32_t seq; /* compared for equality only: wrapping is harmless */
     int64_t now;
     int any;
     uint64_t rng;
@@ -561,22 +584,12 @@ static uint64_t next_random(Join *j)
 
 static inline Sighting *sightings_of(Group *g) { return g->more ? g->more : g->inline_; }
 
-/* Where a key goes in the table: words multiplied and folded in (only the table's
- * layout depends on it, never a result). */
-static uint32_t key_hash(const uint8_t *key, size_t len, uint8_t kind)
+/* Where an id goes in the table (only the table's layout depends on it, never a
+ * result): ids of similar keys differ by multiples of 8^k, so they are mixed first. */
+static inline uint32_t id_hash(uint64_t id, uint8_t kind)
 {
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (len << 8) ^ kind;
-    size_t at = 0;
-    for (; at + 8 <= len; at += 8) {
-        uint64_t w;
-        memcpy(&w, key + at, 8);
-        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
-        h ^= h >> 29;
-    }
-    uint64_t tail = 0;
-    memcpy(&tail, key + at, len - at);
-    h = (h ^ tail) * 0x94D049BB133111EBULL;
-    return (uint32_t)(h ^ h >> 32);
+    uint64_t z = (id ^ (uint64_t)kind << 62) * 0x9E3779B97F4A7C15ULL;
+    return (uint32_t)(z >> 32);
 }
 
 /* ------------------------------------------------------- pair summaries */
@@ -707,13 +720,11 @@ static void answer_bounds(Join *j, Sighting *s, int n)
     }
 }
 
-/* A match record for join.py's iterator (join.MATCH_HEAD, MATCH_SIGHTING): key length
- * and sightings, the key padded to 8 bytes, then (time on the host, host, direction)
- * per sighting. */
+/* A match record for join.py's iterator (join.MATCH_HEAD, MATCH_SIGHTING): the packet
+ * id and the number of sightings, then (time on the host, host, direction) of each. */
 static void keep_match(Join *j, Group *g)
 {
-    size_t key_room = ((size_t)g->key_len + 7) & ~(size_t)7;
-    size_t need = 8 + key_room + (size_t)g->held * 16;
+    size_t need = 16 + (size_t)g->held * 16;
     if (j->matches_len + need > j->matches_cap) {
         size_t cap = j->matches_cap ? j->matches_cap * 2 : 1 << 16;
         while (cap < j->matches_len + need)
@@ -728,12 +739,12 @@ static void keep_match(Join *j, Group *g)
     }
     uint8_t *p = j->matches + j->matches_len;
     memset(p, 0, need);
-    put_le32(p, g->key_len);
-    put_le32(p + 4, g->held);
-    memcpy(p + 8, g->key, g->key_len);
+    put_le32(p, (uint32_t)g->id);
+    put_le32(p + 4, (uint32_t)(g->id >> 32));
+    put_le32(p + 8, g->held);
     Sighting *s = sightings_of(g);
     for (int i = 0; i < g->held; i++) {
-        uint8_t *r = p + 8 + key_room + 16 * i;
+        uint8_t *r = p + 16 + 16 * i;
         uint64_t t = (uint64_t)host_time(j, &s[i]);
         put_le32(r, (uint32_t)t);
         put_le32(r + 4, (uint32_t)(t >> 32));
@@ -761,7 +772,7 @@ static void close_group(Join *j, uint32_t index)
     table_remove(j, index);
     PyMem_Free(g->more);
     g->more = NULL;
-    g->next_free = j->free_group;
+    g->last_seq = (uint32_t)j->free_group; /* no FIFO entry refers to it any more */
     j->free_group = (int32_t)index;
 }
 
@@ -789,8 +800,8 @@ static int table_grow(Join *j)
     return 0;
 }
 
-/* The slot holding (key, kind), or the empty slot where it belongs. */
-static uint32_t table_slot(Join *j, const uint8_t *key, size_t len, uint8_t kind, uint32_t hash)
+/* The slot holding (id, kind), or the empty slot where it belongs. */
+static uint32_t table_slot(Join *j, uint64_t id, uint8_t kind, uint32_t hash)
 {
     uint32_t mask = j->table_cap - 1, at = hash & mask;
     for (;;) {
@@ -799,7 +810,7 @@ static uint32_t table_slot(Join *j, const uint8_t *key, size_t len, uint8_t kind
             return at;
         if (slot.hash == hash) {
             Group *g = &j->groups[slot.entry - 1];
-            if (g->kind == kind && g->key_len == len && memcmp(g->key, key, len) == 0)
+            if (g->id == id && g->kind == kind)
                 return at;
         }
         at = (at + 1) & mask;
@@ -808,7 +819,8 @@ static uint32_t table_slot(Join *j, const uint8_t *key, size_t len, uint8_t kind
 
 static void table_remove(Join *j, uint32_t index)
 {
-    uint32_t mask = j->table_cap - 1, hole = j->groups[index].hash & mask;
+    Group *g = &j->groups[index];
+    uint32_t mask = j->table_cap - 1, hole = id_hash(g->id, g->kind) & mask;
     while (j->table[hole].entry != index + 1)
         hole = (hole + 1) & mask;
     /* Backward-shift deletion keeps linear probing free of tombstones. */
@@ -832,7 +844,7 @@ static int32_t new_group(Join *j)
 {
     if (j->free_group >= 0) {
         int32_t index = j->free_group;
-        j->free_group = j->groups[index].next_free;
+        j->free_group = (int32_t)j->groups[index].last_seq;
         return index;
     }
     if (j->ngroups == j->groups_cap) {
@@ -883,23 +895,20 @@ static void expire(Join *j, int64_t before, int all)
         if (j->fifo_len > EXPIRE_AHEAD) {
             /* The group this loop reaches a few turns later: two seconds old, not cached. */
             const Entry *ahead = &j->fifo[(j->fifo_head + EXPIRE_AHEAD) % j->fifo_cap];
-            const char *g = (const char *)&j->groups[ahead->group];
-            __builtin_prefetch(g + offsetof(Group, last_seq));
-            __builtin_prefetch(g + offsetof(Group, inline_) + sizeof(Sighting) * 2);
+            __builtin_prefetch(&j->groups[ahead->group]);
         }
         if (j->groups[entry.group].last_seq == entry.seq)
             close_group(j, entry.group);
     }
 }
 
-static void add_sighting(Join *j, const uint8_t *key, size_t len, uint8_t kind, uint32_t hash,
-                         Sighting seen)
+static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sighting seen)
 {
     if ((j->table_used + 1) * 2 > j->table_cap && table_grow(j) < 0) {
         j->failed = 1;
         return;
     }
-    uint32_t slot = table_slot(j, key, len, kind, hash);
+    uint32_t slot = table_slot(j, id, kind, hash);
     int32_t index;
     if (j->table[slot].entry) {
         index = (int32_t)j->table[slot].entry - 1;
@@ -910,19 +919,18 @@ static void add_sighting(Join *j, const uint8_t *key, size_t len, uint8_t kind, 
             return;
         }
         Group *fresh = &j->groups[index];
-        memset(&fresh->hash, 0, sizeof *fresh - offsetof(Group, hash));
-        memcpy(fresh->key, key, len);
-        fresh->hash = hash;
-        fresh->key_len = (uint8_t)len;
+        memset(fresh, 0, sizeof *fresh);
+        fresh->id = id;
         fresh->kind = kind;
         j->table[slot].hash = hash;
         j->table[slot].entry = (uint32_t)index + 1;
         j->table_used++;
     }
     Group *g = &j->groups[index];
-    g->copies++;
-    g->questions += seen.role == ROLE_QUESTION;
-    g->answers += seen.role == ROLE_ANSWER;
+    /* Counts saturate: past MAX_COPIES only "more than MAX_COPIES" matters. */
+    g->copies += g->copies < UINT16_MAX;
+    g->questions += seen.role == ROLE_QUESTION && g->questions < UINT8_MAX;
+    g->answers += seen.role == ROLE_ANSWER && g->answers < UINT8_MAX;
     /* Past MAX_COPIES the key is ambiguous and skipped: its sightings need not be kept. */
     int ambiguous = kind == KIND_PACKET
                         ? g->copies > MAX_COPIES
@@ -957,10 +965,7 @@ static void prefetch_group(Join *j, uint32_t hash)
 {
     Slot slot = j->table[hash & (j->table_cap - 1)];
     if (slot.entry && slot.hash == hash) {
-        const char *g = (const char *)&j->groups[slot.entry - 1];
-        __builtin_prefetch(g);
-        __builtin_prefetch(g + 64);
-        __builtin_prefetch(g + 128);
+        __builtin_prefetch(&j->groups[slot.entry - 1]);
     }
 }
 
@@ -973,11 +978,10 @@ static void join_process(Join *j, const Pending *p)
     if (!p->identified)
         return;
     Sighting seen = {p->aligned, p->host, p->dir, ROLE_NONE};
-    add_sighting(j, p->id.packet, p->id.packet_len, KIND_PACKET, p->packet_hash, seen);
-    if (p->id.role != ROLE_NONE) {
-        seen.role = (uint8_t)p->id.role;
-        add_sighting(j, p->id.exchange, p->id.exchange_len, KIND_EXCHANGE, p->exchange_hash,
-                     seen);
+    add_sighting(j, p->packet_id, KIND_PACKET, p->packet_hash, seen);
+    if (p->role != ROLE_NONE) {
+        seen.role = p->role;
+        add_sighting(j, p->exchange_id, KIND_EXCHANGE, p->exchange_hash, seen);
     }
 }
 
@@ -1020,15 +1024,19 @@ static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t b
     p->aligned = (int64_t)aligned;
     p->host = (uint32_t)host;
     uint32_t cap = get_le32(block + 20);
+    Identity id;
     p->identified = (Py_ssize_t)out_id < j->nlinktypes &&
-                    identify(j->linktypes[out_id], block + 28, cap, &p->id);
+                    identify(j->linktypes[out_id], block + 28, cap, &id);
     if (p->identified) {
         j->identified++;
         p->dir = epb_direction(block, blen, cap);
-        p->packet_hash = key_hash(p->id.packet, p->id.packet_len, KIND_PACKET);
+        p->packet_id = key_id(id.packet, id.packet_len);
+        p->packet_hash = id_hash(p->packet_id, KIND_PACKET);
         prefetch_slot(j, p->packet_hash);
-        if (p->id.role != ROLE_NONE) {
-            p->exchange_hash = key_hash(p->id.exchange, p->id.exchange_len, KIND_EXCHANGE);
+        p->role = (uint8_t)id.role;
+        if (id.role != ROLE_NONE) {
+            p->exchange_id = key_id(id.exchange, id.exchange_len);
+            p->exchange_hash = id_hash(p->exchange_id, KIND_EXCHANGE);
             prefetch_slot(j, p->exchange_hash);
         }
     }
@@ -1037,7 +1045,7 @@ static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t b
                                           PIPELINE];
         if (half->identified) {
             prefetch_group(j, half->packet_hash);
-            if (half->id.role != ROLE_NONE)
+            if (half->role != ROLE_NONE)
                 prefetch_group(j, half->exchange_hash);
         }
     }
@@ -1611,8 +1619,25 @@ static PyTypeObject MergerType = {
     .tp_new = PyType_GenericNew,
 };
 
+static PyObject *py_key_id(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer key;
+    if (!PyArg_ParseTuple(args, "y*", &key))
+        return NULL;
+    if (key.len > MAX_KEY) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_ValueError, "longer than any key");
+        return NULL;
+    }
+    uint64_t id = key_id(key.buf, (size_t)key.len);
+    PyBuffer_Release(&key);
+    return PyLong_FromUnsignedLongLong(id);
+}
+
 static PyMethodDef module_methods[] = {
     {"identify", py_identify, METH_VARARGS, identify_doc},
+    {"key_id", py_key_id, METH_VARARGS,
+     "key_id(key) -> int: clock.observe.key_id, computed in C (tests compare the two)."},
     {NULL, NULL, 0, NULL},
 };
 
