@@ -354,9 +354,11 @@ static uint64_t key_id(const uint8_t *key, size_t len)
     data[len] = (uint8_t)len;
     uint64_t h = 0;
     for (size_t word = (len + 1 + 7) / 8; word-- > 0;) {
-        uint64_t w = 0;
-        for (int b = 7; b >= 0; b--)
-            w = w << 8 | data[8 * word + (size_t)b];
+        uint64_t w;
+        memcpy(&w, data + 8 * word, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        w = __builtin_bswap64(w);
+#endif
         unsigned __int128 x = (unsigned __int128)h * 8 + w; /* < 2^65 */
         uint64_t r = (uint64_t)(x & ID_PRIME) + (uint64_t)(x >> 61);
         r = (r & ID_PRIME) + (r >> 61);
@@ -569,6 +571,7 @@ typedef struct Join {
     int failed; /* out of memory inside the loop: raised by the Merger's run() */
     Pending pending[PIPELINE];
     unsigned pending_head, pending_len;
+    int closing_all; /* finish(): every group closes, the table is emptied at once */
 } Join;
 
 static PyTypeObject JoinType;
@@ -769,7 +772,8 @@ static void close_group(Join *j, uint32_t index)
                g->answers <= MAX_COPIES) {
         answer_bounds(j, s, g->held);
     }
-    table_remove(j, index);
+    if (!j->closing_all) /* at the end the table goes as a whole */
+        table_remove(j, index);
     PyMem_Free(g->more);
     g->more = NULL;
     g->last_seq = (uint32_t)j->free_group; /* no FIFO entry refers to it any more */
@@ -1131,7 +1135,11 @@ static PyObject *Join_add_interface(Join *self, PyObject *args)
 static PyObject *Join_finish(Join *self, PyObject *Py_UNUSED(ignored))
 {
     join_drain(self);
+    self->closing_all = 1;
     expire(self, 0, 1);
+    self->closing_all = 0;
+    memset(self->table, 0, (size_t)self->table_cap * sizeof *self->table);
+    self->table_used = 0;
     if (self->failed)
         return PyErr_NoMemory();
     Py_RETURN_NONE;
