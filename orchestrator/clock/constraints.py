@@ -140,7 +140,7 @@ def gather(
     paths: Sequence[str | os.PathLike[str]], names: Sequence[str], priors_ns: Sequence[int]
 ) -> Constraints:
     """Read every file (host i = paths[i], its prior offset priors_ns[i]) in one pass."""
-    from .join import join_captures
+    from .join import join_captures  # join.py builds on this module's summaries
 
     joined = join_captures(paths, priors_ns)
     return Constraints(list(names), joined.pairs, joined.packets)

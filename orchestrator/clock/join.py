@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..merge.blocks import Interface
+from ..merge.captures import feed_input
 from ..merge.reader import CaptureReader
 from .constraints import (
     MATCH_WINDOW_NS,
@@ -138,12 +139,10 @@ def _readers(
 def _join_c(
     paths: Sequence[str | os.PathLike[str]], priors: list[int], on_match: OnMatch | None
 ) -> tuple[dict[tuple[int, int], PairSamples], list[int], int]:
-    from ..merge.captures import feed_input
-
     join = _fastmerge.Join(priors, keep_matches=on_match is not None)
     readers = _readers(paths, priors, join.add_interface)
     core = _fastmerge.Merger(len(readers), join=join)
-    statistics: list[bytes] = []  # read past, not needed
+    statistics: list[bytes] = []  # what feed_input finds on the way: not the join's business
     with contextlib.ExitStack() as files:
         for index, reader in enumerate(readers):
             if reader.begin(files.enter_context(open(reader.path, "rb"))):
