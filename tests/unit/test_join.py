@@ -293,6 +293,45 @@ def test_c_and_python_engines_agree(tmp_path: Path) -> None:
 
 
 @needs_c
+def test_engines_agree_on_classic_pcap_and_big_endian_inputs(tmp_path: Path) -> None:
+    """Blocks the C loop hands back to Python (classic pcap records, big-endian
+    sections) reach the join as they reach the Python engine."""
+    from .test_pcapng_reader import big_endian_section, write_pcap
+
+    skew_b, skew_c = 30_000 * US, -20_000 * US
+    on_a, on_b, on_c = [], [], []
+    for seq in range(50):
+        t = T0 + seq * 50_000 * US
+        request = eth(echo(8, 1, seq, ident=seq, src=address(0), dst=address(1)))
+        reply = eth(echo(0, 1, seq, ident=500 + seq, src=address(1), dst=address(0)))
+        on_a += [(t, request, OUT), (t + 90 * US, reply, IN)]
+        on_b += [(t + 40 * US + skew_b, request, len(request))]  # pcap: no direction
+        on_b += [(t + 50 * US + skew_b, reply, len(reply))]
+        from_c = eth(echo(8, 2, seq, ident=900 + seq, src=address(2), dst=address(0)))
+        on_c.append(((t + 10 * US + skew_c), from_c, len(from_c)))  # big-endian: outbound
+        on_a.append((t + 45 * US, from_c, IN))
+    paths = [
+        capture(tmp_path / "a.pcapng", on_a),
+        write_pcap(tmp_path / "b.pcap", on_b, nanos=True),
+        tmp_path / "c.pcapng",
+    ]
+    paths[2].write_bytes(big_endian_section("c0", on_c))
+    found: dict[str, list[Match]] = {"c": [], "python": []}
+    results = {
+        engine: join_captures(paths, [0, 0, 0], on_match=found[engine].append, engine=engine)
+        for engine in ("c", "python")
+    }
+    c, py = results["c"], results["python"]
+    assert c.packets == py.packets == [150, 100, 50]
+    assert {k: _summary(v) for k, v in c.pairs.items()} == {
+        k: _summary(v) for k, v in py.pairs.items()
+    }
+    assert found["c"] == found["python"]
+    assert c.pairs[(0, 1)].answer_count == 50  # asked on a, answered on b
+    assert c.pairs[(2, 0)].same_count == 50  # left c, arrived at a
+
+
+@needs_c
 def test_identities_are_the_same_in_c(tmp_path: Path) -> None:
     frames = [
         (1, eth(echo(8, 1, 1, src=address(0), dst=address(1)))),
