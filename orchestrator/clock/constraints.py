@@ -35,7 +35,7 @@ SAMPLES = 512  # the uniform sample kept per ordered host pair and rule
 # tightest bound before any drift is taken out: once it is, a point beside it may be
 # tighter, by at most rate × width (and no more than the delays' spread). Measured with
 # tests/unit/scenarios_clock.drifting_mesh, 3 hosts drifting up to 50 ppm: offsets
-# within 1.2 µs over 60 s (240 ms buckets) and over 30 min (8 s buckets). 256 buckets are
+# within 1.2 µs over 60 s (256 ms buckets) and over 30 min (8 s buckets). 256 buckets are
 # few enough for drift.py to fit 600 host pairs in a fraction of a second.
 FLOOR_BUCKETS = 256
 FLOOR_START_NS = 1_000_000
