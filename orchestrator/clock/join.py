@@ -44,8 +44,11 @@ from ..merge.blocks import Interface
 from ..merge.captures import feed_input
 from ..merge.reader import CaptureReader
 from .constraints import (
+    FLOOR_BUCKETS,
+    FLOOR_START_NS,
     MATCH_WINDOW_NS,
     MAX_COPIES,
+    SAMPLES,
     Floor,
     PairSamples,
     SplitMix,
@@ -142,7 +145,15 @@ def _readers(
 def _join_c(
     paths: Sequence[str | os.PathLike[str]], priors: list[int], on_match: OnMatch | None
 ) -> tuple[dict[tuple[int, int], PairSamples], list[int], int]:
-    join = _fastmerge.Join(priors, keep_matches=on_match is not None)
+    join = _fastmerge.Join(
+        priors,
+        keep_matches=on_match is not None,
+        window_ns=MATCH_WINDOW_NS,
+        max_copies=MAX_COPIES,
+        samples=SAMPLES,
+        floor_buckets=FLOOR_BUCKETS,
+        floor_start_ns=FLOOR_START_NS,
+    )
     readers = _readers(paths, priors, join.add_interface)
     core = _fastmerge.Merger(len(readers), join=join)
     statistics: list[bytes] = []  # what feed_input finds on the way: not the join's business

@@ -16,7 +16,8 @@ Two kinds of identity, computed from a packet's bytes:
 Only IPv4 and IPv6 over Ethernet (VLAN tags skipped), raw IP and Linux cooked captures
 are read; anything else is ignored.
 
-The keys are those bytes themselves (at most MAX_KEY). The join names each by a 61-bit
+The keys are those bytes themselves (at most 88: IPv6 addresses, a TCP header and the
+payload prefix). The join names each by a 61-bit
 id (`key_id`): cheap in C and in Python, small to hold for every packet in the matching
 window, and the size of pcapng's epb_packetid. Two different keys share an id with a
 chance of about 2^-61 per pair (a difference divisible by the prime); a pair of packets
@@ -33,7 +34,6 @@ from dataclasses import dataclass
 # Directions as epb_flags bits 0-1 say them.
 UNKNOWN, INBOUND, OUTBOUND = 0, 1, 2
 PAYLOAD_PREFIX = 32
-MAX_KEY = 88  # IPv6 addresses, a TCP header and the payload prefix: the longest key
 ID_PRIME = (1 << 61) - 1
 
 LINKTYPE_ETHERNET = 1

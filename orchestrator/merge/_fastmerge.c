@@ -278,13 +278,10 @@ static void heap_pop_root(Merger *m)
  * Memory is the window's sightings plus a fixed size per host pair.
  */
 #define MAX_KEY 88 /* the longest identity: IPv6 + TCP header + 32 bytes of payload */
-#define MATCH_WINDOW_NS 2000000000LL
-#define MAX_COPIES 8
-#define MAX_HELD (2 * MAX_COPIES) /* questions and answers of an exchange */
+/* The matching window, MAX_COPIES, the sample's and the floor's sizes come from
+ * clock/constraints.py through Join(): one definition. */
+#define MAX_COPIES_LIMIT 64 /* what the saturating counts and the stack arrays allow */
 #define INLINE_SIGHTINGS 2
-#define SAMPLES 512
-#define FLOOR_BUCKETS 256
-#define FLOOR_START_NS 1000000LL
 #define PAYLOAD_PREFIX 32
 #define DIR_IN 1
 #define DIR_OUT 2
@@ -501,12 +498,12 @@ typedef struct {
 typedef struct {
     uint64_t id;        /* the key's id */
     uint32_t last_seq;  /* the FIFO entry of its latest sighting; the next free group when free */
-    uint16_t copies;    /* all seen, stored or not; these three saturate past MAX_COPIES */
+    uint16_t copies;    /* all seen, stored or not; these three saturate past max_copies */
     uint8_t questions, answers;
     uint8_t kind;
     uint8_t held; /* sightings stored */
     Sighting inline_[INLINE_SIGHTINGS];
-    Sighting *more; /* all MAX_HELD of them once inline_ is full */
+    Sighting *more; /* all max_held of them once inline_ is full */
 } Group;           /* 64 bytes: one cache line */
 
 typedef struct {
@@ -538,11 +535,11 @@ typedef struct {
 typedef struct {
     uint64_t count;
     uint32_t nsamples;
-    TimePair samples[SAMPLES];
     int floor_started;
     int64_t floor_origin, floor_width;
-    uint8_t floor_used[FLOOR_BUCKETS];
-    TimePair floor[FLOOR_BUCKETS];
+    TimePair *samples;  /* Join.samples of them, after the struct */
+    TimePair *floor;    /* Join.floor_buckets */
+    uint8_t *floor_used;
 } PairSummary;
 
 typedef struct Join {
@@ -572,6 +569,10 @@ typedef struct Join {
     Pending pending[PIPELINE];
     unsigned pending_head, pending_len;
     int closing_all; /* finish(): every group closes, the table is emptied at once */
+    int64_t window;  /* constraints.MATCH_WINDOW_NS */
+    uint32_t max_copies, max_held; /* constraints.MAX_COPIES; questions and answers */
+    uint32_t samples, floor_buckets;
+    int64_t floor_start;
 } Join;
 
 static PyTypeObject JoinType;
@@ -598,24 +599,25 @@ static inline uint32_t id_hash(uint64_t id, uint8_t kind)
 /* ------------------------------------------------------- pair summaries */
 static int64_t tightness(const TimePair *p) { return p->to - p->from; }
 
-static void floor_add(PairSummary *s, int64_t from, int64_t to)
+static void floor_add(const Join *j, PairSummary *s, int64_t from, int64_t to)
 {
+    uint32_t buckets = j->floor_buckets;
     if (!s->floor_started) {
         s->floor_started = 1;
         s->floor_origin = from;
-        s->floor_width = FLOOR_START_NS;
+        s->floor_width = j->floor_start;
     }
     int64_t since = from > s->floor_origin ? from - s->floor_origin : 0;
-    while (since / s->floor_width >= FLOOR_BUCKETS) {
+    while (since / s->floor_width >= buckets) {
         /* The capture outgrew the buckets: twice as wide, neighbours merged. */
-        for (int i = 0; i < FLOOR_BUCKETS / 2; i++) {
-            int a = 2 * i, b = 2 * i + 1;
+        for (uint32_t i = 0; i < buckets / 2; i++) {
+            uint32_t a = 2 * i, b = 2 * i + 1;
             int take_b = s->floor_used[b] &&
                          (!s->floor_used[a] || tightness(&s->floor[b]) < tightness(&s->floor[a]));
             s->floor[i] = s->floor[take_b ? b : a];
             s->floor_used[i] = s->floor_used[a] | s->floor_used[b];
         }
-        memset(s->floor_used + FLOOR_BUCKETS / 2, 0, FLOOR_BUCKETS / 2);
+        memset(s->floor_used + buckets / 2, 0, buckets / 2);
         s->floor_width *= 2;
     }
     int64_t k = since / s->floor_width;
@@ -626,13 +628,27 @@ static void floor_add(PairSummary *s, int64_t from, int64_t to)
     }
 }
 
+/* One block: the summary, its sample, its floor and the floor's flags. */
+static PairSummary *new_summary(const Join *j)
+{
+    size_t samples = (size_t)j->samples * sizeof(TimePair);
+    size_t floor = (size_t)j->floor_buckets * sizeof(TimePair);
+    PairSummary *s = PyMem_Calloc(1, sizeof *s + samples + floor + j->floor_buckets);
+    if (s) {
+        s->samples = (TimePair *)(s + 1);
+        s->floor = (TimePair *)((char *)s->samples + samples);
+        s->floor_used = (uint8_t *)s->floor + floor;
+    }
+    return s;
+}
+
 static void pair_add(Join *j, uint32_t from_host, uint32_t to_host, int bound, int64_t from,
                      int64_t to)
 {
     size_t slot = ((size_t)from_host * (size_t)j->hosts + to_host) * 2 + (size_t)bound;
     PairSummary *s = j->pairs[slot];
     if (!s) {
-        s = PyMem_Calloc(1, sizeof *s);
+        s = new_summary(j);
         if (!s) {
             j->failed = 1;
             return;
@@ -641,14 +657,14 @@ static void pair_add(Join *j, uint32_t from_host, uint32_t to_host, int bound, i
     }
     s->count++;
     TimePair value = {from, to};
-    if (s->nsamples < SAMPLES) {
+    if (s->nsamples < j->samples) {
         s->samples[s->nsamples++] = value;
     } else {
         uint64_t at = next_random(j) % s->count;
-        if (at < SAMPLES)
+        if (at < j->samples)
             s->samples[at] = value;
     }
-    floor_add(s, from, to);
+    floor_add(j, s, from, to);
 }
 
 /* ------------------------------------------------ closing a group: bounds */
@@ -657,9 +673,9 @@ static inline int64_t host_time(const Join *j, const Sighting *s)
     return s->aligned + j->priors[s->host];
 }
 
-static inline int within_window(int64_t a, int64_t b)
+static inline int within_window(const Join *j, int64_t a, int64_t b)
 {
-    return (a > b ? a - b : b - a) <= MATCH_WINDOW_NS;
+    return (a > b ? a - b : b - a) <= j->window;
 }
 
 /* A packet seen leaving one host and arriving at others: for each receiver (in host
@@ -669,11 +685,11 @@ static void same_packet_bounds(Join *j, Sighting *s, int n)
     for (int i = 0; i < n; i++) {
         if (s[i].dir != DIR_OUT)
             continue;
-        uint32_t receivers[MAX_HELD];
+        uint32_t receivers[2 * MAX_COPIES_LIMIT];
         int nreceivers = 0;
         for (int k = 0; k < n; k++) {
             if (s[k].dir != DIR_IN || s[k].host == s[i].host ||
-                !within_window(s[k].aligned, s[i].aligned))
+                !within_window(j, s[k].aligned, s[i].aligned))
                 continue;
             int known = 0;
             for (int r = 0; r < nreceivers; r++)
@@ -692,7 +708,7 @@ static void same_packet_bounds(Join *j, Sighting *s, int n)
             int64_t best_gap = 0;
             for (int k = 0; k < n; k++) {
                 if (s[k].dir != DIR_IN || s[k].host != receivers[r] ||
-                    !within_window(s[k].aligned, s[i].aligned))
+                    !within_window(j, s[k].aligned, s[i].aligned))
                     continue;
                 int64_t gap = s[k].aligned - s[i].aligned;
                 gap = gap < 0 ? -gap : gap;
@@ -715,7 +731,7 @@ static void answer_bounds(Join *j, Sighting *s, int n)
             continue;
         for (int q = 0; q < n; q++) {
             if (s[q].role != ROLE_QUESTION || s[q].host == s[a].host ||
-                !within_window(s[a].aligned, s[q].aligned))
+                !within_window(j, s[a].aligned, s[q].aligned))
                 continue;
             pair_add(j, s[q].host, s[a].host, BOUND_ANSWER, host_time(j, &s[q]),
                      host_time(j, &s[a]));
@@ -764,12 +780,12 @@ static void close_group(Join *j, uint32_t index)
     Group *g = &j->groups[index];
     Sighting *s = sightings_of(g);
     if (g->kind == KIND_PACKET) {
-        if (g->copies >= 2 && g->copies <= MAX_COPIES)
+        if (g->copies >= 2 && g->copies <= j->max_copies)
             same_packet_bounds(j, s, g->held);
-        if (j->keep_matches && g->copies <= MAX_COPIES)
+        if (j->keep_matches && g->copies <= j->max_copies)
             keep_match(j, g);
-    } else if (g->questions && g->answers && g->questions <= MAX_COPIES &&
-               g->answers <= MAX_COPIES) {
+    } else if (g->questions && g->answers && g->questions <= j->max_copies &&
+               g->answers <= j->max_copies) {
         answer_bounds(j, s, g->held);
     }
     if (!j->closing_all) /* at the end the table goes as a whole */
@@ -931,17 +947,17 @@ static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sigh
         j->table_used++;
     }
     Group *g = &j->groups[index];
-    /* Counts saturate: past MAX_COPIES only "more than MAX_COPIES" matters. */
+    /* Counts saturate: past max_copies only "more than max_copies" matters. */
     g->copies += g->copies < UINT16_MAX;
     g->questions += seen.role == ROLE_QUESTION && g->questions < UINT8_MAX;
     g->answers += seen.role == ROLE_ANSWER && g->answers < UINT8_MAX;
-    /* Past MAX_COPIES the key is ambiguous and skipped: its sightings need not be kept. */
+    /* Past max_copies the key is ambiguous and skipped: its sightings need not be kept. */
     int ambiguous = kind == KIND_PACKET
-                        ? g->copies > MAX_COPIES
-                        : g->questions > MAX_COPIES || g->answers > MAX_COPIES;
-    if (!ambiguous && g->held < MAX_HELD) {
+                        ? g->copies > j->max_copies
+                        : g->questions > j->max_copies || g->answers > j->max_copies;
+    if (!ambiguous && g->held < j->max_held) {
         if (g->held == INLINE_SIGHTINGS && !g->more) {
-            g->more = PyMem_Malloc(MAX_HELD * sizeof(Sighting));
+            g->more = PyMem_Malloc(j->max_held * sizeof(Sighting));
             if (!g->more) {
                 j->failed = 1;
                 return;
@@ -978,7 +994,7 @@ static void join_process(Join *j, const Pending *p)
     if (!j->any || p->aligned > j->now)
         j->now = p->aligned;
     j->any = 1;
-    expire(j, j->now - MATCH_WINDOW_NS, 0);
+    expire(j, j->now - j->window, 0);
     if (!p->identified)
         return;
     Sighting seen = {p->aligned, p->host, p->dir, ROLE_NONE};
@@ -1058,11 +1074,22 @@ static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t b
 /* ------------------------------------------------------------ its methods */
 static int Join_init(Join *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"priors", "keep_matches", NULL};
+    static char *kwlist[] = {"priors",  "keep_matches",  "window_ns",      "max_copies",
+                             "samples", "floor_buckets", "floor_start_ns", NULL};
     PyObject *priors;
     int keep = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p", kwlist, &priors, &keep))
+    /* Out of range until given: all five are required (constraints.py has the values). */
+    long long window = -1, floor_start = 0;
+    unsigned int max_copies = 0, samples = 0, buckets = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p$LIIIL", kwlist, &priors, &keep, &window,
+                                     &max_copies, &samples, &buckets, &floor_start))
         return -1;
+    if (window < 0 || max_copies < 1 || max_copies > MAX_COPIES_LIMIT || samples < 1 ||
+        buckets < 2 || buckets % 2 || floor_start < 1) {
+        PyErr_SetString(PyExc_ValueError, "Join needs window_ns, max_copies, samples, "
+                                          "floor_buckets (even) and floor_start_ns, in range");
+        return -1;
+    }
     if (self->priors) {
         PyErr_SetString(PyExc_RuntimeError, "Join already initialised");
         return -1;
@@ -1089,6 +1116,12 @@ static int Join_init(Join *self, PyObject *args, PyObject *kwds)
     self->hosts = n;
     self->free_group = -1;
     self->keep_matches = keep;
+    self->window = window;
+    self->max_copies = max_copies;
+    self->max_held = 2 * max_copies;
+    self->samples = samples;
+    self->floor_buckets = buckets;
+    self->floor_start = floor_start;
     return table_grow(self) < 0 ? (PyErr_NoMemory(), -1) : 0;
 }
 
@@ -1184,7 +1217,8 @@ static PyObject *Join_pairs(Join *self, PyObject *Py_UNUSED(ignored))
             continue;
         Py_ssize_t pair = slot / 2;
         PyObject *samples = time_pairs(s->samples, NULL, s->nsamples);
-        PyObject *floor = samples ? time_pairs(s->floor, s->floor_used, FLOOR_BUCKETS) : NULL;
+        PyObject *floor =
+            samples ? time_pairs(s->floor, s->floor_used, self->floor_buckets) : NULL;
         PyObject *item = floor ? Py_BuildValue("(nniKNN)", pair / self->hosts,
                                                pair % self->hosts, (int)(slot % 2),
                                                (unsigned long long)s->count, samples, floor)
@@ -1233,8 +1267,9 @@ static PyTypeObject JoinType = {
     .tp_basicsize = sizeof(Join),
     .tp_dealloc = (destructor)Join_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Join(priors, keep_matches=False): the clock alignment's streaming join; a "
-              "Merger given it feeds it (see orchestrator/clock/join.py).",
+    .tp_doc = "Join(priors, keep_matches, *, window_ns, max_copies, samples, floor_buckets, "
+              "floor_start_ns): the clock alignment's streaming join; a Merger given it "
+              "feeds it (see orchestrator/clock/join.py).",
     .tp_methods = Join_methods,
     .tp_init = (initproc)Join_init,
     .tp_new = PyType_GenericNew,

@@ -293,6 +293,23 @@ def test_c_and_python_engines_agree(tmp_path: Path) -> None:
 
 
 @needs_c
+def test_engines_agree_on_other_parameters(tmp_path: Path, monkeypatch) -> None:
+    """The C join takes its window, MAX_COPIES and sizes from constraints.py (through
+    join.py): other values change both engines alike."""
+    paths = _mixed_traffic(tmp_path)
+    monkeypatch.setattr(join_module, "MATCH_WINDOW_NS", 150 * US)
+    monkeypatch.setattr(join_module, "MAX_COPIES", 2)
+    results = {e: join_captures(paths, [0, 0, 0, 0], engine=e) for e in ("c", "python")}
+    c, py = results["c"], results["python"]
+    assert {k: _summary(v) for k, v in c.pairs.items()} == {
+        k: _summary(v) for k, v in py.pairs.items()
+    }
+    assert c.held_high_water == py.held_high_water
+    # Offsets up to 12 ms and a 150 µs window: most packets no longer meet.
+    assert sum(p.same_count for p in c.pairs.values()) < 2 * SAMPLES
+
+
+@needs_c
 def test_engines_agree_on_classic_pcap_and_big_endian_inputs(tmp_path: Path) -> None:
     """Blocks the C loop hands back to Python (classic pcap records, big-endian
     sections) reach the join as they reach the Python engine."""
