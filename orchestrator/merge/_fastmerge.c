@@ -281,6 +281,7 @@ static void heap_pop_root(Merger *m)
 /* The matching window, MAX_COPIES, the sample's and the floor's sizes come from
  * clock/constraints.py through Join(): one definition. */
 #define MAX_COPIES_LIMIT 64 /* what the saturating counts and the stack arrays allow */
+#define LATEST_NS (1ULL << 62)
 #define INLINE_SIGHTINGS 2
 #define PAYLOAD_PREFIX 32
 #define DIR_IN 1
@@ -523,7 +524,8 @@ typedef struct {
     uint32_t host;
     uint8_t dir;
     uint8_t identified;
-    uint8_t role; /* of the exchange: ROLE_NONE when there is none */
+    uint8_t in_time; /* a time the join can hold (LATEST_NS) */
+    uint8_t role;    /* of the exchange: ROLE_NONE when there is none */
     uint32_t packet_hash, exchange_hash;
     uint64_t packet_id, exchange_id;
 } Pending;
@@ -991,6 +993,8 @@ static void prefetch_group(Join *j, uint32_t hash)
 
 static void join_process(Join *j, const Pending *p)
 {
+    if (!p->in_time)
+        return;
     if (!j->any || p->aligned > j->now)
         j->now = p->aligned;
     j->any = 1;
@@ -1041,11 +1045,14 @@ static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t b
     } else {
         p = &j->pending[(j->pending_head + j->pending_len++) % PIPELINE];
     }
+    /* Past 2^62 ns (the year 2116) a time is damage: aligned and host times must stay
+     * far inside int64. join.LATEST_NS says the same to the Python engine. */
+    p->in_time = aligned <= LATEST_NS;
     p->aligned = (int64_t)aligned;
     p->host = (uint32_t)host;
     uint32_t cap = get_le32(block + 20);
     Identity id;
-    p->identified = (Py_ssize_t)out_id < j->nlinktypes &&
+    p->identified = p->in_time && (Py_ssize_t)out_id < j->nlinktypes &&
                     identify(j->linktypes[out_id], block + 28, cap, &id);
     if (p->identified) {
         j->identified++;
