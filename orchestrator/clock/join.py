@@ -26,8 +26,9 @@ What the pass learns per packet stays available to what builds on it (one packet
 journey across hosts, per-pair loss and delay): `join_captures(..., on_match=f)` calls
 `f(match)` for every packet key's group as it closes, in closing order: a `Match` holds
 the packet's id (observe.key_id: one id for the packet on every host) and each
-sighting's host index, direction and time on that host's own clock. Groups of a key
-seen more than MAX_COPIES times are left out.
+sighting's host index, direction and time on that host's own clock. A packet seen on
+one host only is a match of one sighting (what a loss count needs); groups of a key
+seen more than MAX_COPIES times are left out, and so are times past LATEST_NS (damage).
 """
 
 from __future__ import annotations
