@@ -1,9 +1,9 @@
 """Align the hosts' clocks from the traffic they captured (the merge applies the result).
 
-`align()` reads each host's capture once (constraints.py), estimates each clock's rate
-(drift.py), solves every host's offset together (solver.py), and measures the one-way
-delay between each pair of hosts that saw the same packets — leaving one and arriving
-at the other.
+`align()` reads all hosts' captures in one streaming pass (join.py, constraints.py),
+estimates each clock's rate (drift.py), solves every host's offset together (solver.py),
+and measures the one-way delay between each pair of hosts that saw the same packets —
+leaving one and arriving at the other.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class Alignment:
     bounds_same_packet: int  # ordered host pairs bounded by packets seen on both
     bounds_answer: int  # ... by answers seen after their questions
     inconsistent: list[str]  # hosts whose bounds contradict each other
-    truncated: list[str]  # hosts whose capture was read only in part
+    truncated: list[str]  # hosts whose capture was read only in part (none since every
+    # packet is read; the key stays in run.json)
 
     @property
     def shifts_ns(self) -> list[int]:
@@ -136,11 +137,15 @@ def _bounds(
     limits: dict[tuple[int, int], int] = {}
     kinds: dict[tuple[int, int], str] = {}
     for (a, b), pair in found.samples.items():
-        for kind, values in (("same packet", pair.same), ("answer", pair.answers)):
-            for t_a, t_b in values:
-                limit = _undrifted(t_b, drift[b], epoch) - _undrifted(t_a, drift[a], epoch)
-                if (a, b) not in limits or limit < limits[(a, b)]:
-                    limits[(a, b)], kinds[(a, b)] = limit, kind
+        # The floors hold each time bucket's tightest bound of all the pair's packets.
+        floors = (("same packet", pair.same_floor), ("answer", pair.answer_floor))
+        for kind, floor in floors:
+            points = floor.points()
+            if not points:
+                continue
+            limit = min(_gaps(points, drift[a], drift[b], epoch))
+            if (a, b) not in limits or limit < limits[(a, b)]:
+                limits[(a, b)], kinds[(a, b)] = limit, kind
     return limits, kinds
 
 
@@ -148,6 +153,17 @@ def _undrifted(t: int, rate: float, epoch: int) -> int:
     """What a clock without drift would have read. In integers: a float holds an epoch
     time in ns only to about 256 ns."""
     return t - round(rate * (t - epoch))
+
+
+def _gaps(points: list[tuple[int, int]], rate_a: float, rate_b: float, epoch: int) -> list[int]:
+    """t_b − t_a of each point with both times undrifted (`_undrifted`, inlined: this runs
+    over every pair's floor and sample)."""
+    if not rate_a and not rate_b:
+        return [t_b - t_a for t_a, t_b in points]
+    return [
+        t_b - round(rate_b * (t_b - epoch)) - t_a + round(rate_a * (t_a - epoch))
+        for t_a, t_b in points
+    ]
 
 
 def _epoch(found: Constraints) -> int:
@@ -165,20 +181,20 @@ def _alignment(
 ) -> Alignment:
     names = found.hosts
     offsets = [clock.offset_ns for clock in solution.hosts]
-
-    def at(host: int, t: int) -> int:  # the reference's time of `t` read on `host`
-        return _undrifted(t, drift[host], epoch) - offsets[host]
-
     delays = []
     for (sender, receiver), pair in sorted(found.samples.items()):
         if pair.same:
-            corrected = sorted(at(receiver, t_b) - at(sender, t_a) for t_a, t_b in pair.same)
+            # In the reference's time: undrifted, less the offsets. The median from the
+            # uniform sample; the minimum from the floor (all packets) too.
+            rates, shift = (drift[sender], drift[receiver]), offsets[receiver] - offsets[sender]
+            corrected = [gap - shift for gap in _gaps(pair.same, *rates, epoch)]
+            fastest = min(_gaps(pair.same_floor.points(), *rates, epoch)) - shift
             delays.append(
                 PairDelay(
                     names[sender],
                     names[receiver],
                     pair.same_count,
-                    corrected[0],
+                    min(fastest, min(corrected)),
                     int(statistics.median(corrected)),
                 )
             )

@@ -11,51 +11,124 @@ t − o_H in the reference's time. Two rules bound the offsets:
   its request seen on X at t_X (any direction, X ≠ Y) give o_Y − o_X ≤ t_Y − t_X. This
   works with ingress-only captures too.
 
-The times of every bounding pair are kept (a bounded uniform sample per host pair): a
-drifting clock is estimated from how the bounds move over the capture (drift.py)
-before the tightest bound per pair is taken, and the one-way delays are reported.
-
-The pass reads every host's file once, at most MAX_PACKETS packets each: memory stays
-bounded however long the capture, and a long capture's first 200,000 packets per host
-hold far more pairs than the offsets need.
+The bounds come from one streaming pass over all hosts' files (join.py). Per ordered
+host pair and rule, a fixed-size summary of them is kept (`PairSamples`): how many, a
+uniform sample (for the one-way delays' median and the epoch) and the tightest bound per
+time bucket, its *floor* (for the offsets and for how they drift, drift.py). Memory
+stays bounded however long the capture, and every packet counts.
 """
 
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from ..merge.reader import CaptureReader
-from .observe import INBOUND, OUTBOUND, identify
-
-MAX_PACKETS = 200_000  # read per host
 # Observations of one packet further apart than this (after the prior correction) are
 # not the same packet: a retransmission, or an id that wrapped.
 MATCH_WINDOW_NS = 2_000_000_000
-MAX_COPIES = 8  # a key seen more often than this is ambiguous: skipped
-SAMPLES = 100_000  # kept per ordered host pair and kind
+MAX_COPIES = 8  # a key seen more often than this within the window is ambiguous: skipped
+SAMPLES = 512  # the uniform sample kept per ordered host pair and rule
+# The floor: at most FLOOR_BUCKETS buckets, FLOOR_START_NS wide at first; a capture
+# longer than they cover doubles their width (neighbours merged). A bucket keeps its
+# tightest bound before any drift is taken out: once it is, a point beside it may be
+# tighter, by at most rate × width (and no more than the delays' spread). Measured with
+# tests/unit/scenarios_clock.drifting_mesh, 3 hosts drifting up to 50 ppm: offsets
+# within 1.2 µs over 60 s (256 ms buckets) and over 30 min (8 s buckets). 256 buckets are
+# few enough for drift.py to fit 600 host pairs in a fraction of a second.
+FLOOR_BUCKETS = 256
+FLOOR_START_NS = 1_000_000
+
+_U64 = (1 << 64) - 1
+
+
+class Dice(Protocol):
+    def randrange(self, stop: int) -> int: ...
+
+
+class SplitMix:
+    """splitmix64: the reservoirs' dice, rolled the same way by the C join (identical
+    samples from both engines)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.state = seed & _U64
+
+    def next(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & _U64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+        return z ^ (z >> 31)
+
+    def randrange(self, stop: int) -> int:
+        return self.next() % stop
+
+
+class Floor:
+    """The tightest bound (smallest t_to − t_from) per bucket of t_from: the points a
+    bound and a drift are read from, in fixed memory."""
+
+    def __init__(self) -> None:
+        self.origin: int | None = None
+        self.width = FLOOR_START_NS
+        self.buckets: list[tuple[int, int] | None] = [None] * FLOOR_BUCKETS
+
+    @classmethod
+    def of(cls, points: list[tuple[int, int]]) -> Floor:
+        """A floor holding `points` (what the C join's floor held)."""
+        floor = cls()
+        floor.buckets = list(points)
+        return floor
+
+    def add(self, t_from: int, t_to: int) -> None:
+        if self.origin is None:
+            self.origin = t_from
+        since = max(t_from - self.origin, 0)
+        while since // self.width >= FLOOR_BUCKETS:
+            self._widen()
+        k = since // self.width
+        held = self.buckets[k]
+        if held is None or t_to - t_from < held[1] - held[0]:
+            self.buckets[k] = (t_from, t_to)
+
+    def _widen(self) -> None:
+        """Twice as wide: each pair of neighbours keeps its tighter bound (the first on
+        a tie)."""
+        merged: list[tuple[int, int] | None] = []
+        for a, b in zip(self.buckets[0::2], self.buckets[1::2]):
+            take_b = b is not None and (a is None or b[1] - b[0] < a[1] - a[0])
+            merged.append(b if take_b else a)
+        self.buckets = merged + [None] * (FLOOR_BUCKETS - len(merged))
+        self.width *= 2
+
+    def points(self) -> list[tuple[int, int]]:
+        return [point for point in self.buckets if point is not None]
 
 
 @dataclass
 class PairSamples:
     """What bounds o_to − o_from for one ordered pair of hosts: (t_from, t_to) times of
     a packet seen leaving `from` and arriving at `to` (`same`), or of a question seen
-    on `from` and its answer on `to` (`answers`); each a bounded uniform sample."""
+    on `from` and its answer on `to` (`answers`); each a uniform sample of at most
+    SAMPLES, with the floor of all of them beside it."""
 
     same: list[tuple[int, int]] = field(default_factory=list)
     answers: list[tuple[int, int]] = field(default_factory=list)
     same_count: int = 0
     answer_count: int = 0
+    same_floor: Floor = field(default_factory=Floor)
+    answer_floor: Floor = field(default_factory=Floor)
 
-    def add(self, t_from: int, t_to: int, same: bool, rng: random.Random) -> None:
+    def add(self, t_from: int, t_to: int, same: bool, rng: Dice) -> None:
         if same:
             self.same_count += 1
             _reservoir(self.same, self.same_count, (t_from, t_to), rng)
+            self.same_floor.add(t_from, t_to)
         else:
             self.answer_count += 1
             _reservoir(self.answers, self.answer_count, (t_from, t_to), rng)
+            self.answer_floor.add(t_from, t_to)
 
 
 @dataclass
@@ -63,83 +136,20 @@ class Constraints:
     hosts: list[str]
     samples: dict[tuple[int, int], PairSamples] = field(default_factory=dict)
     packets_read: list[int] = field(default_factory=list)
-    truncated: list[str] = field(default_factory=list)  # hosts read only in part
-
-    def pair(self, a: int, b: int) -> PairSamples:
-        return self.samples.setdefault((a, b), PairSamples())
-
-
-# One observation: (host index, time on that host, time after the prior correction,
-# direction).
-_Seen = tuple[int, int, int, int]
+    truncated: list[str] = field(default_factory=list)  # hosts read only in part: none now
 
 
 def gather(
     paths: Sequence[str | os.PathLike[str]], names: Sequence[str], priors_ns: Sequence[int]
 ) -> Constraints:
-    """Read each file (host i = paths[i], its prior offset priors_ns[i]) and bound."""
-    result = Constraints(list(names))
-    packets: dict[bytes, list[_Seen]] = {}
-    questions: dict[bytes, list[_Seen]] = {}
-    answers: dict[bytes, list[_Seen]] = {}
-    for host, path in enumerate(paths):
-        read = 0
-        reader = CaptureReader(path, strict=False)
-        for packet in reader.packets():
-            if read >= MAX_PACKETS:
-                result.truncated.append(names[host])
-                break
-            read += 1
-            identity = identify(reader.interfaces[packet.if_id].linktype, packet.data)
-            if identity is None:
-                continue
-            seen = (host, packet.ts_ns, packet.ts_ns - priors_ns[host], (packet.flags or 0) & 3)
-            packets.setdefault(identity.packet, []).append(seen)
-            if identity.question is not None:
-                questions.setdefault(identity.question, []).append(seen)
-            elif identity.answer is not None:
-                answers.setdefault(identity.answer, []).append(seen)
-        result.packets_read.append(read)
-    rng = random.Random(0)  # the samples: the same files give the same result
-    for copies in packets.values():
-        if 2 <= len(copies) <= MAX_COPIES:
-            _same_packet(result, copies, rng)
-    for key, asked in questions.items():
-        answered = answers.get(key)
-        if answered and len(asked) <= MAX_COPIES and len(answered) <= MAX_COPIES:
-            _answer_after_question(result, asked, answered, rng)
-    return result
+    """Read every file (host i = paths[i], its prior offset priors_ns[i]) in one pass."""
+    from .join import join_captures  # join.py builds on this module's summaries
+
+    joined = join_captures(paths, priors_ns)
+    return Constraints(list(names), joined.pairs, joined.packets)
 
 
-def _same_packet(result: Constraints, copies: list[_Seen], rng: random.Random) -> None:
-    for sender, t_sent, aligned_sent, direction in copies:
-        if direction != OUTBOUND:
-            continue
-        arrivals = [
-            c
-            for c in copies
-            if c[3] == INBOUND and c[0] != sender and abs(c[2] - aligned_sent) <= MATCH_WINDOW_NS
-        ]
-        for receiver in {c[0] for c in arrivals}:
-            # The nearest copy on that host is this packet's arrival.
-            _, t_arrived, _, _ = min(
-                (c for c in arrivals if c[0] == receiver), key=lambda c: abs(c[2] - aligned_sent)
-            )
-            result.pair(sender, receiver).add(t_sent, t_arrived, True, rng)
-
-
-def _answer_after_question(
-    result: Constraints, asked: list[_Seen], answered: list[_Seen], rng: random.Random
-) -> None:
-    for answer_host, t_answer, aligned_answer, _ in answered:
-        for question_host, t_question, aligned_question, _ in asked:
-            if question_host == answer_host:
-                continue
-            if abs(aligned_answer - aligned_question) <= MATCH_WINDOW_NS:
-                result.pair(question_host, answer_host).add(t_question, t_answer, False, rng)
-
-
-def _reservoir(values: list, count: int, value: object, rng: random.Random) -> None:
+def _reservoir(values: list, count: int, value: object, rng: Dice) -> None:
     """Keep a uniform sample of at most SAMPLES values; `count` includes this one."""
     if len(values) < SAMPLES:
         values.append(value)

@@ -33,8 +33,9 @@ def pair_slope(forward: PairSamples, backward: PairSamples) -> float | None:
     """
     # (time on A relative to the first sample, bound): a float holds an epoch time in
     # ns only to ~256 ns, a relative one exactly.
-    upper = [(t_a, t_b - t_a) for t_a, t_b in forward.same]
-    lower = [(t_a, t_b - t_a) for t_b, t_a in backward.same]
+    # The floors: every slice's tightest bounds are among their points.
+    upper = [(t_a, t_b - t_a) for t_a, t_b in forward.same_floor.points()]
+    lower = [(t_a, t_b - t_a) for t_b, t_a in backward.same_floor.points()]
     if not upper or not lower:
         return None
     start = min(min(t for t, _ in upper), min(t for t, _ in lower))

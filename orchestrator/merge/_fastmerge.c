@@ -21,16 +21,23 @@
  *
  * Lengths come from files and are never trusted: every block is checked against the
  * bytes present before any of it is read, in 64-bit arithmetic.
+ *
+ * Given a `Join` (the clock alignment's streaming pass, below), a Merger writes nothing:
+ * it hands the join every packet in time order instead, and takes packets out of time
+ * order as they come (the join's window absorbs small disorder).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
 #define BT_EPB 6u
 #define EPB_MIN_BYTES 32u /* type, length, if id, ts hi, ts lo, cap, orig; trailer */
 #define DEFAULT_OUT_BYTES (1u << 20)
+/* A join returns to Python this often: matches are drained, ^C is seen. */
+#define JOIN_BATCH 1000000ull
 
 enum status { ST_DONE = 0, ST_FULL = 1, ST_NEED = 2, ST_DISORDER = 3 };
 enum head { H_OK, H_NEED, H_END, H_DISORDER, H_BADSIDE };
@@ -39,6 +46,8 @@ typedef struct {
     uint32_t out_id;
     uint64_t factor;
     int64_t addend;
+    int64_t drift_ppb; /* 0: none */
+    int64_t drift_epoch;
     int usable;
 } Iface;
 
@@ -63,6 +72,7 @@ typedef struct {
     int any;          /* a packet was loaded: last_ts is valid */
     uint64_t last_ts; /* the largest (= last) timestamp loaded */
     unsigned long long packets;
+    int tolerant; /* a join's input: packets out of time order are taken as they come */
 } Input;
 
 typedef struct {
@@ -72,6 +82,7 @@ typedef struct {
     Py_ssize_t *heap;
     Py_ssize_t heap_len;
     Py_ssize_t out_bytes;
+    struct Join *join; /* set: packets go to the clock alignment's join, nothing is written */
 } Merger;
 
 static inline uint32_t get_le32(const uint8_t *p)
@@ -102,20 +113,39 @@ static uint32_t checked_epb(const uint8_t *p, size_t left)
     return blen;
 }
 
-/* raw * factor + addend when it lies in [0, 2^64); else 0 is returned. */
+/* t less what a clock drifting by `ppb` gained since `epoch`: t - floor((t - epoch) *
+ * ppb / 1e9), as agent/clock.drift_gained_ns computes it; 0 unless in [0, 2^64). */
+static int take_drift(uint64_t t, const Iface *iface, uint64_t *ts)
+{
+    const __int128 billion = 1000000000;
+    __int128 gained = ((__int128)t - iface->drift_epoch) * iface->drift_ppb;
+    __int128 quotient = gained / billion;
+    if (gained % billion != 0 && gained < 0)
+        quotient -= 1; /* Python's // rounds down, C's / toward zero */
+    __int128 result = (__int128)t - quotient;
+    if (result < 0 || result > (__int128)UINT64_MAX)
+        return 0;
+    *ts = (uint64_t)result;
+    return 1;
+}
+
+/* raw * factor + addend (less a drift) when it lies in [0, 2^64); else 0 is returned. */
 static int scale_ts(uint64_t raw, const Iface *iface, uint64_t *ts)
 {
     uint64_t scaled;
     if (__builtin_mul_overflow(raw, iface->factor, &scaled))
         return 0;
-    if (iface->addend >= 0)
-        return !__builtin_add_overflow(scaled, (uint64_t)iface->addend, ts);
-    /* -(addend + 1) + 1 avoids negating INT64_MIN. */
-    uint64_t minus = (uint64_t)(-(iface->addend + 1)) + 1u;
-    if (scaled < minus)
-        return 0; /* before the epoch: Python clamps it */
-    *ts = scaled - minus;
-    return 1;
+    if (iface->addend >= 0) {
+        if (__builtin_add_overflow(scaled, (uint64_t)iface->addend, ts))
+            return 0;
+    } else {
+        /* -(addend + 1) + 1 avoids negating INT64_MIN. */
+        uint64_t minus = (uint64_t)(-(iface->addend + 1)) + 1u;
+        if (scaled < minus)
+            return 0; /* before the epoch: Python clamps it */
+        *ts = scaled - minus;
+    }
+    return iface->drift_ppb ? take_drift(*ts, iface, ts) : 1;
 }
 
 static void release_side(Input *in)
@@ -178,7 +208,7 @@ static enum head load_head(Input *in)
         in->out_id = in->table[local].out_id;
     }
 loaded:
-    if (in->any && ts < in->last_ts)
+    if (in->any && ts < in->last_ts && !in->tolerant)
         return H_DISORDER;
     in->ts = ts;
     in->last_ts = ts;
@@ -232,13 +262,1062 @@ static void heap_pop_root(Merger *m)
         sift_down(m, 0);
 }
 
+
+/* ===================================================================== the join
+ * The clock alignment's streaming pass (orchestrator/clock/join.py says what it does;
+ * its pure-Python twin there gives identical results). The Merger above, given a Join,
+ * hands it every packet in order of (prior-corrected) time instead of writing it:
+ *   identity - the bytes that identify a packet on every host, and the key of the
+ *              exchange it asks or answers: the same bytes as clock/observe.py's,
+ *              named by a 61-bit id (observe.key_id);
+ *   groups   - the sightings of one key whose times chain within the matching window,
+ *              held in a hash table while the window can still add to them;
+ *   pairs    - when a group closes, the bounds it gives each ordered host pair go into
+ *              that pair's summary: a count, a uniform sample and the tightest bound
+ *              per time bucket ("floor").
+ * Memory is the window's sightings plus a fixed size per host pair.
+ */
+#define MAX_KEY 88 /* the longest identity: IPv6 + TCP header + 32 bytes of payload */
+/* The matching window, MAX_COPIES, the sample's and the floor's sizes come from
+ * clock/constraints.py through Join(): one definition. */
+#define MAX_COPIES_LIMIT 64 /* what the saturating counts and the stack arrays allow */
+#define LATEST_NS (1ULL << 62)
+#define INLINE_SIGHTINGS 2
+#define PAYLOAD_PREFIX 32
+#define DIR_IN 1
+#define DIR_OUT 2
+enum { KIND_PACKET = 0, KIND_EXCHANGE = 1 };
+enum { ROLE_NONE = 0, ROLE_QUESTION = 1, ROLE_ANSWER = 2 };
+enum { BOUND_SAME = 0, BOUND_ANSWER = 1 };
+
+/* -------------------------------------------------------------- identity */
+typedef struct {
+    uint8_t packet[MAX_KEY];
+    uint8_t exchange[MAX_KEY];
+    size_t packet_len, exchange_len;
+    int role; /* ROLE_NONE: no exchange key */
+} Identity;
+
+static inline uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static int is_ip_ethertype(unsigned t) { return t == 0x0800 || t == 0x86DD; }
+
+/* The IP packet inside a frame (observe._ip_payload); NULL when there is none. */
+static const uint8_t *ip_payload(uint32_t linktype, const uint8_t *f, size_t len, size_t *iplen)
+{
+    if (linktype == 1) {
+        size_t at = 12;
+        unsigned ethertype = len >= 14 ? be16(f + at) : 0;
+        while ((ethertype == 0x8100 || ethertype == 0x88A8 || ethertype == 0x9100) &&
+               len >= at + 6) {
+            at += 4;
+            ethertype = be16(f + at);
+        }
+        if (!is_ip_ethertype(ethertype))
+            return NULL;
+        *iplen = len - (at + 2);
+        return f + at + 2;
+    }
+    if (linktype == 101 || linktype == 228 || linktype == 229) {
+        *iplen = len;
+        return f;
+    }
+    if (linktype == 113 && len >= 16 && is_ip_ethertype(be16(f + 14))) {
+        *iplen = len - 16;
+        return f + 16;
+    }
+    return NULL;
+}
+
+/* Append `n` bytes to a key being built (never more than MAX_KEY in all). */
+#define PUT(buf, at, src, n)                                                                   \
+    do {                                                                                       \
+        memcpy((buf) + (at), (src), (n));                                                      \
+        (at) += (n);                                                                           \
+    } while (0)
+
+/* A key's 61-bit id: the key and its length byte after it, read as a little-endian
+ * number, modulo the prime 2^61 - 1 (clock/observe.py: key_id). Horner's rule from the
+ * top word down, with 2^64 = 8 (mod 2^61 - 1). */
+#define ID_PRIME ((1ULL << 61) - 1)
+
+static uint64_t key_id(const uint8_t *key, size_t len)
+{
+    uint8_t data[MAX_KEY + 8] = {0};
+    memcpy(data, key, len);
+    data[len] = (uint8_t)len;
+    uint64_t h = 0;
+    for (size_t word = (len + 1 + 7) / 8; word-- > 0;) {
+        uint64_t w;
+        memcpy(&w, data + 8 * word, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        w = __builtin_bswap64(w);
+#endif
+        unsigned __int128 x = (unsigned __int128)h * 8 + w; /* < 2^65 */
+        uint64_t r = (uint64_t)(x & ID_PRIME) + (uint64_t)(x >> 61);
+        r = (r & ID_PRIME) + (r >> 61);
+        h = r >= ID_PRIME ? r - ID_PRIME : r;
+    }
+    return h;
+}
+
+static void exchange_key(Identity *id, uint8_t proto, const uint8_t *src, const uint8_t *dst,
+                         size_t alen, const uint8_t *l4, size_t l4len)
+{
+    uint8_t *key = id->exchange;
+    size_t at = 0;
+    id->role = ROLE_NONE;
+    if ((proto == 1 || proto == 58) && l4len >= 8) {
+        uint8_t request = proto == 1 ? 8 : 128, reply = proto == 1 ? 0 : 129;
+        if (l4[0] != request && l4[0] != reply)
+            return;
+        int question = l4[0] == request;
+        PUT(key, at, "echo", 4);
+        PUT(key, at, question ? src : dst, alen);
+        PUT(key, at, question ? dst : src, alen);
+        PUT(key, at, l4 + 4, 4);
+        id->role = question ? ROLE_QUESTION : ROLE_ANSWER;
+    } else if (proto == 6 && l4len >= 14) {
+        unsigned flags = l4[13] & 0x12;
+        if (flags == 0x02) {
+            PUT(key, at, "syn", 3);
+            PUT(key, at, src, alen);
+            PUT(key, at, dst, alen);
+            PUT(key, at, l4, 8); /* ports, then seq as sent */
+            id->role = ROLE_QUESTION;
+        } else if (flags == 0x12) {
+            uint32_t ack = be32(l4 + 8) - 1u;
+            uint8_t seq[4] = {(uint8_t)(ack >> 24), (uint8_t)(ack >> 16), (uint8_t)(ack >> 8),
+                              (uint8_t)ack};
+            PUT(key, at, "syn", 3);
+            PUT(key, at, dst, alen);
+            PUT(key, at, src, alen);
+            PUT(key, at, l4 + 2, 2);
+            PUT(key, at, l4, 2);
+            PUT(key, at, seq, 4);
+            id->role = ROLE_ANSWER;
+        }
+    } else if (proto == 17 && l4len >= 12) {
+        unsigned sport = be16(l4), dport = be16(l4 + 2), qr = l4[10] >> 7;
+        if (dport == 53 && qr == 0) {
+            PUT(key, at, "dns", 3);
+            PUT(key, at, src, alen);
+            PUT(key, at, dst, alen);
+            PUT(key, at, l4, 2);
+            PUT(key, at, l4 + 8, 2);
+            id->role = ROLE_QUESTION;
+        } else if (sport == 53 && qr == 1) {
+            PUT(key, at, "dns", 3);
+            PUT(key, at, dst, alen);
+            PUT(key, at, src, alen);
+            PUT(key, at, l4 + 2, 2);
+            PUT(key, at, l4 + 8, 2);
+            id->role = ROLE_ANSWER;
+        }
+    }
+    id->exchange_len = at;
+}
+
+/* observe.identify in C: 0 when the frame is not IP (or too short to tell). */
+static int identify(uint32_t linktype, const uint8_t *frame, size_t len, Identity *id)
+{
+    size_t iplen, l4len;
+    const uint8_t *ip = ip_payload(linktype, frame, len, &iplen), *l4, *src, *dst;
+    uint8_t *stable = id->packet, proto;
+    size_t at = 0, alen;
+    if (!ip || iplen < 1)
+        return 0;
+    if (ip[0] >> 4 == 4 && iplen >= 20) {
+        size_t ihl = (size_t)(ip[0] & 0x0F) * 4;
+        if (ihl < 20 || iplen < ihl)
+            return 0;
+        proto = ip[9];
+        src = ip + 12;
+        dst = ip + 16;
+        alen = 4;
+        int first_fragment = (be16(ip + 6) & 0x1FFF) == 0;
+        l4 = ip + ihl;
+        l4len = first_fragment ? iplen - ihl : 0; /* a later fragment: no transport header */
+        stable[at++] = 4;
+        stable[at++] = proto;
+        PUT(stable, at, src, 8);
+        PUT(stable, at, ip + 4, 4); /* identification, flags and fragment offset */
+    } else if (ip[0] >> 4 == 6 && iplen >= 40) {
+        proto = ip[6];
+        src = ip + 8;
+        dst = ip + 24;
+        alen = 16;
+        l4 = ip + 40;
+        l4len = iplen - 40;
+        stable[at++] = 6;
+        stable[at++] = proto;
+        PUT(stable, at, src, 32);
+        stable[at++] = ip[1] & 0x0F;
+        PUT(stable, at, ip + 2, 2);
+    } else {
+        return 0;
+    }
+    /* The transport header without its checksum, then at most 32 bytes of payload. */
+    const uint8_t *payload = l4;
+    size_t payload_len = l4len;
+    if (proto == 6 && l4len >= 20) {
+        size_t offset = (size_t)(l4[12] >> 4) * 4;
+        if (offset < 20)
+            offset = 20;
+        PUT(stable, at, l4, 16);
+        PUT(stable, at, l4 + 18, 2);
+        payload = l4 + (offset < l4len ? offset : l4len);
+        payload_len = offset < l4len ? l4len - offset : 0;
+    } else if (proto == 17 && l4len >= 8) {
+        PUT(stable, at, l4, 6);
+        payload = l4 + 8;
+        payload_len = l4len - 8;
+    } else if ((proto == 1 || proto == 58) && l4len >= 8) {
+        PUT(stable, at, l4, 2);
+        PUT(stable, at, l4 + 4, 4);
+        payload = l4 + 8;
+        payload_len = l4len - 8;
+    }
+    PUT(stable, at, payload, payload_len < PAYLOAD_PREFIX ? payload_len : PAYLOAD_PREFIX);
+    id->packet_len = at;
+    exchange_key(id, proto, src, dst, alen, l4, l4len);
+    return 1;
+}
+
+/* ------------------------------------------------------ the join's state */
+typedef struct {
+    int64_t aligned; /* the host's time less its prior: what the window compares */
+    uint32_t host;
+    uint8_t dir;
+    uint8_t role;
+} Sighting;
+
+typedef struct {
+    uint64_t id;        /* the key's id */
+    uint32_t last_seq;  /* the FIFO entry of its latest sighting; the next free group when free */
+    uint16_t copies;    /* all seen, stored or not; these three saturate past max_copies */
+    uint8_t questions, answers;
+    uint8_t kind;
+    uint8_t held; /* sightings stored */
+    Sighting inline_[INLINE_SIGHTINGS];
+    Sighting *more; /* all max_held of them once inline_ is full */
+} Group;           /* 64 bytes: one cache line */
+
+typedef struct {
+    int64_t aligned;
+    uint32_t seq;
+    uint32_t group;
+} Entry;
+
+typedef struct {
+    uint32_t hash;
+    uint32_t entry; /* group index + 1; 0 = empty */
+} Slot;
+
+#define PIPELINE 16
+typedef struct {
+    int64_t aligned;
+    uint32_t host;
+    uint8_t dir;
+    uint8_t identified;
+    uint8_t in_time; /* a time the join can hold (LATEST_NS) */
+    uint8_t role;    /* of the exchange: ROLE_NONE when there is none */
+    uint32_t packet_hash, exchange_hash;
+    uint64_t packet_id, exchange_id;
+} Pending;
+
+typedef struct {
+    int64_t from, to;
+} TimePair;
+
+typedef struct {
+    uint64_t count;
+    uint32_t nsamples;
+    int floor_started;
+    int64_t floor_origin, floor_width;
+    TimePair *samples;  /* Join.samples of them, after the struct */
+    TimePair *floor;    /* Join.floor_buckets */
+    uint8_t *floor_used;
+} PairSummary;
+
+typedef struct Join {
+    PyObject_HEAD
+    Py_ssize_t hosts;
+    int64_t *priors;
+    uint32_t *linktypes; /* by output interface id */
+    Py_ssize_t nlinktypes;
+    Group *groups;
+    uint32_t ngroups, groups_cap;
+    int32_t free_group;
+    Slot *table;
+    uint32_t table_cap, table_used;
+    Entry *fifo;
+    size_t fifo_head, fifo_len, fifo_cap;
+    size_t held_high_water;
+    uint32_t seq; /* compared for equality only: wrapping is harmless */
+    int64_t now;
+    int any;
+    uint64_t rng;
+    PairSummary **pairs; /* [(from * hosts + to) * 2 + bound kind] */
+    int keep_matches;
+    uint8_t *matches;
+    size_t matches_len, matches_cap;
+    unsigned long long sightings, identified;
+    int failed; /* out of memory inside the loop: raised by the Merger's run() */
+    Pending pending[PIPELINE];
+    unsigned pending_head, pending_len;
+    int closing_all; /* finish(): every group closes, the table is emptied at once */
+    int64_t window;  /* constraints.MATCH_WINDOW_NS */
+    uint32_t max_copies, max_held; /* constraints.MAX_COPIES; questions and answers */
+    uint32_t samples, floor_buckets;
+    int64_t floor_start;
+} Join;
+
+static PyTypeObject JoinType;
+
+/* splitmix64: the reservoirs' dice; clock/join.py rolls the same ones. */
+static uint64_t next_random(Join *j)
+{
+    uint64_t z = (j->rng += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static inline Sighting *sightings_of(Group *g) { return g->more ? g->more : g->inline_; }
+
+/* Where an id goes in the table (only the table's layout depends on it, never a
+ * result): ids of similar keys differ by multiples of 8^k, so they are mixed first. */
+static inline uint32_t id_hash(uint64_t id, uint8_t kind)
+{
+    uint64_t z = (id ^ (uint64_t)kind << 62) * 0x9E3779B97F4A7C15ULL;
+    return (uint32_t)(z >> 32);
+}
+
+/* ------------------------------------------------------- pair summaries */
+static int64_t tightness(const TimePair *p) { return p->to - p->from; }
+
+static void floor_add(const Join *j, PairSummary *s, int64_t from, int64_t to)
+{
+    uint32_t buckets = j->floor_buckets;
+    if (!s->floor_started) {
+        s->floor_started = 1;
+        s->floor_origin = from;
+        s->floor_width = j->floor_start;
+    }
+    int64_t since = from > s->floor_origin ? from - s->floor_origin : 0;
+    while (since / s->floor_width >= buckets) {
+        /* The capture outgrew the buckets: twice as wide, neighbours merged. */
+        for (uint32_t i = 0; i < buckets / 2; i++) {
+            uint32_t a = 2 * i, b = 2 * i + 1;
+            int take_b = s->floor_used[b] &&
+                         (!s->floor_used[a] || tightness(&s->floor[b]) < tightness(&s->floor[a]));
+            s->floor[i] = s->floor[take_b ? b : a];
+            s->floor_used[i] = s->floor_used[a] | s->floor_used[b];
+        }
+        memset(s->floor_used + buckets / 2, 0, buckets / 2);
+        s->floor_width *= 2;
+    }
+    int64_t k = since / s->floor_width;
+    TimePair value = {from, to};
+    if (!s->floor_used[k] || tightness(&value) < tightness(&s->floor[k])) {
+        s->floor[k] = value;
+        s->floor_used[k] = 1;
+    }
+}
+
+/* One block: the summary, its sample, its floor and the floor's flags. */
+static PairSummary *new_summary(const Join *j)
+{
+    size_t samples = (size_t)j->samples * sizeof(TimePair);
+    size_t floor = (size_t)j->floor_buckets * sizeof(TimePair);
+    PairSummary *s = PyMem_Calloc(1, sizeof *s + samples + floor + j->floor_buckets);
+    if (s) {
+        s->samples = (TimePair *)(s + 1);
+        s->floor = (TimePair *)((char *)s->samples + samples);
+        s->floor_used = (uint8_t *)s->floor + floor;
+    }
+    return s;
+}
+
+static void pair_add(Join *j, uint32_t from_host, uint32_t to_host, int bound, int64_t from,
+                     int64_t to)
+{
+    size_t slot = ((size_t)from_host * (size_t)j->hosts + to_host) * 2 + (size_t)bound;
+    PairSummary *s = j->pairs[slot];
+    if (!s) {
+        s = new_summary(j);
+        if (!s) {
+            j->failed = 1;
+            return;
+        }
+        j->pairs[slot] = s;
+    }
+    s->count++;
+    TimePair value = {from, to};
+    if (s->nsamples < j->samples) {
+        s->samples[s->nsamples++] = value;
+    } else {
+        uint64_t at = next_random(j) % s->count;
+        if (at < j->samples)
+            s->samples[at] = value;
+    }
+    floor_add(j, s, from, to);
+}
+
+/* ------------------------------------------------ closing a group: bounds */
+static inline int64_t host_time(const Join *j, const Sighting *s)
+{
+    return s->aligned + j->priors[s->host];
+}
+
+static inline int within_window(const Join *j, int64_t a, int64_t b)
+{
+    return (a > b ? a - b : b - a) <= j->window;
+}
+
+/* A packet seen leaving one host and arriving at others: for each receiver (in host
+ * order), its copy nearest in time is this packet's arrival. */
+static void same_packet_bounds(Join *j, Sighting *s, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (s[i].dir != DIR_OUT)
+            continue;
+        uint32_t receivers[2 * MAX_COPIES_LIMIT];
+        int nreceivers = 0;
+        for (int k = 0; k < n; k++) {
+            if (s[k].dir != DIR_IN || s[k].host == s[i].host ||
+                !within_window(j, s[k].aligned, s[i].aligned))
+                continue;
+            int known = 0;
+            for (int r = 0; r < nreceivers; r++)
+                known |= receivers[r] == s[k].host;
+            if (!known) {
+                int at = nreceivers++;
+                while (at > 0 && receivers[at - 1] > s[k].host) {
+                    receivers[at] = receivers[at - 1];
+                    at--;
+                }
+                receivers[at] = s[k].host;
+            }
+        }
+        for (int r = 0; r < nreceivers; r++) {
+            int best = -1;
+            int64_t best_gap = 0;
+            for (int k = 0; k < n; k++) {
+                if (s[k].dir != DIR_IN || s[k].host != receivers[r] ||
+                    !within_window(j, s[k].aligned, s[i].aligned))
+                    continue;
+                int64_t gap = s[k].aligned - s[i].aligned;
+                gap = gap < 0 ? -gap : gap;
+                if (best < 0 || gap < best_gap) {
+                    best = k;
+                    best_gap = gap;
+                }
+            }
+            pair_add(j, s[i].host, receivers[r], BOUND_SAME, host_time(j, &s[i]),
+                     host_time(j, &s[best]));
+        }
+    }
+}
+
+/* An answer seen after its question on another host. */
+static void answer_bounds(Join *j, Sighting *s, int n)
+{
+    for (int a = 0; a < n; a++) {
+        if (s[a].role != ROLE_ANSWER)
+            continue;
+        for (int q = 0; q < n; q++) {
+            if (s[q].role != ROLE_QUESTION || s[q].host == s[a].host ||
+                !within_window(j, s[a].aligned, s[q].aligned))
+                continue;
+            pair_add(j, s[q].host, s[a].host, BOUND_ANSWER, host_time(j, &s[q]),
+                     host_time(j, &s[a]));
+        }
+    }
+}
+
+/* A match record for join.py's iterator (join.MATCH_HEAD, MATCH_SIGHTING): the packet
+ * id and the number of sightings, then (time on the host, host, direction) of each. */
+static void keep_match(Join *j, Group *g)
+{
+    size_t need = 16 + (size_t)g->held * 16;
+    if (j->matches_len + need > j->matches_cap) {
+        size_t cap = j->matches_cap ? j->matches_cap * 2 : 1 << 16;
+        while (cap < j->matches_len + need)
+            cap *= 2;
+        uint8_t *grown = PyMem_Realloc(j->matches, cap);
+        if (!grown) {
+            j->failed = 1;
+            return;
+        }
+        j->matches = grown;
+        j->matches_cap = cap;
+    }
+    uint8_t *p = j->matches + j->matches_len;
+    memset(p, 0, need);
+    put_le32(p, (uint32_t)g->id);
+    put_le32(p + 4, (uint32_t)(g->id >> 32));
+    put_le32(p + 8, g->held);
+    Sighting *s = sightings_of(g);
+    for (int i = 0; i < g->held; i++) {
+        uint8_t *r = p + 16 + 16 * i;
+        uint64_t t = (uint64_t)host_time(j, &s[i]);
+        put_le32(r, (uint32_t)t);
+        put_le32(r + 4, (uint32_t)(t >> 32));
+        put_le32(r + 8, s[i].host);
+        r[12] = s[i].dir;
+    }
+    j->matches_len += need;
+}
+
+static void table_remove(Join *j, uint32_t index);
+
+static void close_group(Join *j, uint32_t index)
+{
+    Group *g = &j->groups[index];
+    Sighting *s = sightings_of(g);
+    if (g->kind == KIND_PACKET) {
+        if (g->copies >= 2 && g->copies <= j->max_copies)
+            same_packet_bounds(j, s, g->held);
+        if (j->keep_matches && g->copies <= j->max_copies)
+            keep_match(j, g);
+    } else if (g->questions && g->answers && g->questions <= j->max_copies &&
+               g->answers <= j->max_copies) {
+        answer_bounds(j, s, g->held);
+    }
+    if (!j->closing_all) /* at the end the table goes as a whole */
+        table_remove(j, index);
+    PyMem_Free(g->more);
+    g->more = NULL;
+    g->last_seq = (uint32_t)j->free_group; /* no FIFO entry refers to it any more */
+    j->free_group = (int32_t)index;
+}
+
+/* ------------------------------------------------------------ the table */
+/* Linear probing over (hash, group index + 1) slots: a probe and a deletion read the
+ * slots alone, and touch a group (far away in memory) only when the hashes agree. */
+static int table_grow(Join *j)
+{
+    uint32_t cap = j->table_cap ? j->table_cap * 2 : 1024;
+    Slot *table = PyMem_Calloc(cap, sizeof *table);
+    if (!table)
+        return -1;
+    for (uint32_t i = 0; i < j->table_cap; i++) {
+        Slot slot = j->table[i];
+        if (!slot.entry)
+            continue;
+        uint32_t at = slot.hash & (cap - 1);
+        while (table[at].entry)
+            at = (at + 1) & (cap - 1);
+        table[at] = slot;
+    }
+    PyMem_Free(j->table);
+    j->table = table;
+    j->table_cap = cap;
+    return 0;
+}
+
+/* The slot holding (id, kind), or the empty slot where it belongs. */
+static uint32_t table_slot(Join *j, uint64_t id, uint8_t kind, uint32_t hash)
+{
+    uint32_t mask = j->table_cap - 1, at = hash & mask;
+    for (;;) {
+        Slot slot = j->table[at];
+        if (!slot.entry)
+            return at;
+        if (slot.hash == hash) {
+            Group *g = &j->groups[slot.entry - 1];
+            if (g->id == id && g->kind == kind)
+                return at;
+        }
+        at = (at + 1) & mask;
+    }
+}
+
+static void table_remove(Join *j, uint32_t index)
+{
+    Group *g = &j->groups[index];
+    uint32_t mask = j->table_cap - 1, hole = id_hash(g->id, g->kind) & mask;
+    while (j->table[hole].entry != index + 1)
+        hole = (hole + 1) & mask;
+    /* Backward-shift deletion keeps linear probing free of tombstones. */
+    uint32_t at = hole;
+    for (;;) {
+        at = (at + 1) & mask;
+        Slot slot = j->table[at];
+        if (!slot.entry)
+            break;
+        uint32_t home = slot.hash & mask;
+        if (((at - home) & mask) >= ((at - hole) & mask)) {
+            j->table[hole] = slot;
+            hole = at;
+        }
+    }
+    j->table[hole].entry = 0;
+    j->table_used--;
+}
+
+static int32_t new_group(Join *j)
+{
+    if (j->free_group >= 0) {
+        int32_t index = j->free_group;
+        j->free_group = (int32_t)j->groups[index].last_seq;
+        return index;
+    }
+    if (j->ngroups == j->groups_cap) {
+        uint32_t cap = j->groups_cap ? j->groups_cap * 2 : 1024;
+        Group *grown = PyMem_Realloc(j->groups, (size_t)cap * sizeof *grown);
+        if (!grown)
+            return -1;
+        j->groups = grown;
+        j->groups_cap = cap;
+    }
+    return (int32_t)j->ngroups++;
+}
+
+/* --------------------------------------------------- the window (FIFO) */
+static int fifo_push(Join *j, Entry entry)
+{
+    if (j->fifo_len == j->fifo_cap) {
+        size_t cap = j->fifo_cap ? j->fifo_cap * 2 : 4096;
+        Entry *grown = PyMem_Malloc(cap * sizeof *grown);
+        if (!grown)
+            return -1;
+        for (size_t i = 0; i < j->fifo_len; i++)
+            grown[i] = j->fifo[(j->fifo_head + i) % j->fifo_cap];
+        PyMem_Free(j->fifo);
+        j->fifo = grown;
+        j->fifo_cap = cap;
+        j->fifo_head = 0;
+    }
+    j->fifo[(j->fifo_head + j->fifo_len) % j->fifo_cap] = entry;
+    j->fifo_len++;
+    if (j->fifo_len > j->held_high_water)
+        j->held_high_water = j->fifo_len;
+    return 0;
+}
+
+#define EXPIRE_AHEAD 8
+
+/* Close every group whose latest sighting is older than `before` (all with `all`). */
+static void expire(Join *j, int64_t before, int all)
+{
+    while (j->fifo_len) {
+        Entry *e = &j->fifo[j->fifo_head];
+        if (!all && e->aligned >= before)
+            break;
+        Entry entry = *e;
+        j->fifo_head = (j->fifo_head + 1) % j->fifo_cap;
+        j->fifo_len--;
+        if (j->fifo_len > EXPIRE_AHEAD) {
+            /* The group this loop reaches a few turns later: two seconds old, not cached. */
+            const Entry *ahead = &j->fifo[(j->fifo_head + EXPIRE_AHEAD) % j->fifo_cap];
+            __builtin_prefetch(&j->groups[ahead->group]);
+        }
+        if (j->groups[entry.group].last_seq == entry.seq)
+            close_group(j, entry.group);
+    }
+}
+
+static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sighting seen)
+{
+    if ((j->table_used + 1) * 2 > j->table_cap && table_grow(j) < 0) {
+        j->failed = 1;
+        return;
+    }
+    uint32_t slot = table_slot(j, id, kind, hash);
+    int32_t index;
+    if (j->table[slot].entry) {
+        index = (int32_t)j->table[slot].entry - 1;
+    } else {
+        index = new_group(j);
+        if (index < 0) {
+            j->failed = 1;
+            return;
+        }
+        Group *fresh = &j->groups[index];
+        memset(fresh, 0, sizeof *fresh);
+        fresh->id = id;
+        fresh->kind = kind;
+        j->table[slot].hash = hash;
+        j->table[slot].entry = (uint32_t)index + 1;
+        j->table_used++;
+    }
+    Group *g = &j->groups[index];
+    /* Counts saturate: past max_copies only "more than max_copies" matters. */
+    g->copies += g->copies < UINT16_MAX;
+    g->questions += seen.role == ROLE_QUESTION && g->questions < UINT8_MAX;
+    g->answers += seen.role == ROLE_ANSWER && g->answers < UINT8_MAX;
+    /* Past max_copies the key is ambiguous and skipped: its sightings need not be kept. */
+    int ambiguous = kind == KIND_PACKET
+                        ? g->copies > j->max_copies
+                        : g->questions > j->max_copies || g->answers > j->max_copies;
+    if (!ambiguous && g->held < j->max_held) {
+        if (g->held == INLINE_SIGHTINGS && !g->more) {
+            g->more = PyMem_Malloc(j->max_held * sizeof(Sighting));
+            if (!g->more) {
+                j->failed = 1;
+                return;
+            }
+            memcpy(g->more, g->inline_, sizeof g->inline_);
+        }
+        sightings_of(g)[g->held++] = seen;
+    }
+    g->last_seq = ++j->seq;
+    Entry entry = {seen.aligned, g->last_seq, (uint32_t)index};
+    if (fifo_push(j, entry) < 0)
+        j->failed = 1;
+}
+
+/* A sighting on its way into the table: its key's slot and group are fetched from
+ * memory PIPELINE sightings ahead of their use, which is what the join waits for most
+ * (the table and the groups are megabytes, touched at random). The order of the
+ * sightings does not change. */
+static void prefetch_slot(Join *j, uint32_t hash)
+{
+    __builtin_prefetch(&j->table[hash & (j->table_cap - 1)]);
+}
+
+static void prefetch_group(Join *j, uint32_t hash)
+{
+    Slot slot = j->table[hash & (j->table_cap - 1)];
+    if (slot.entry && slot.hash == hash) {
+        __builtin_prefetch(&j->groups[slot.entry - 1]);
+    }
+}
+
+static void join_process(Join *j, const Pending *p)
+{
+    if (!p->in_time)
+        return;
+    if (!j->any || p->aligned > j->now)
+        j->now = p->aligned;
+    j->any = 1;
+    expire(j, j->now - j->window, 0);
+    if (!p->identified)
+        return;
+    Sighting seen = {p->aligned, p->host, p->dir, ROLE_NONE};
+    add_sighting(j, p->packet_id, KIND_PACKET, p->packet_hash, seen);
+    if (p->role != ROLE_NONE) {
+        seen.role = p->role;
+        add_sighting(j, p->exchange_id, KIND_EXCHANGE, p->exchange_hash, seen);
+    }
+}
+
+static void join_drain(Join *j)
+{
+    for (unsigned i = 0; i < j->pending_len; i++)
+        join_process(j, &j->pending[(j->pending_head + i) % PIPELINE]);
+    j->pending_head = j->pending_len = 0;
+}
+
+/* epb_flags (option 2): bits 0-1 the direction; 0 when absent. */
+static uint8_t epb_direction(const uint8_t *block, uint32_t blen, uint32_t cap)
+{
+    uint8_t dir = 0;
+    size_t at = 28 + (((size_t)cap + 3) & ~(size_t)3), end = (size_t)blen - 4;
+    while (at + 4 <= end) {
+        unsigned code = block[at] | block[at + 1] << 8, len = block[at + 2] | block[at + 3] << 8;
+        if (code == 0 || at + 4 + len > end)
+            break;
+        if (code == 2 && len == 4)
+            dir = block[at + 4] & 3;
+        at += 4 + ((len + 3u) & ~3u);
+    }
+    return dir;
+}
+
+/* One packet, in order of aligned time: the Merger's hook. */
+static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t blen,
+                      uint32_t out_id, uint64_t aligned)
+{
+    j->sightings++;
+    Pending *p;
+    if (j->pending_len == PIPELINE) {
+        p = &j->pending[j->pending_head];
+        join_process(j, p); /* the oldest goes in; its place takes the newest */
+        j->pending_head = (j->pending_head + 1) % PIPELINE;
+    } else {
+        p = &j->pending[(j->pending_head + j->pending_len++) % PIPELINE];
+    }
+    /* Past 2^62 ns (the year 2116) a time is damage: aligned and host times must stay
+     * far inside int64. join.LATEST_NS says the same to the Python engine. */
+    p->in_time = aligned <= LATEST_NS;
+    p->aligned = (int64_t)aligned;
+    p->host = (uint32_t)host;
+    uint32_t cap = get_le32(block + 20);
+    Identity id;
+    p->identified = p->in_time && (Py_ssize_t)out_id < j->nlinktypes &&
+                    identify(j->linktypes[out_id], block + 28, cap, &id);
+    if (p->identified) {
+        j->identified++;
+        p->dir = epb_direction(block, blen, cap);
+        p->packet_id = key_id(id.packet, id.packet_len);
+        p->packet_hash = id_hash(p->packet_id, KIND_PACKET);
+        prefetch_slot(j, p->packet_hash);
+        p->role = (uint8_t)id.role;
+        if (id.role != ROLE_NONE) {
+            p->exchange_id = key_id(id.exchange, id.exchange_len);
+            p->exchange_hash = id_hash(p->exchange_id, KIND_EXCHANGE);
+            prefetch_slot(j, p->exchange_hash);
+        }
+    }
+    if (j->pending_len > PIPELINE / 2) {
+        const Pending *half = &j->pending[(j->pending_head + j->pending_len - 1 - PIPELINE / 2) %
+                                          PIPELINE];
+        if (half->identified) {
+            prefetch_group(j, half->packet_hash);
+            if (half->role != ROLE_NONE)
+                prefetch_group(j, half->exchange_hash);
+        }
+    }
+}
+
+/* ------------------------------------------------------------ its methods */
+static int Join_init(Join *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"priors",  "keep_matches",  "window_ns",      "max_copies",
+                             "samples", "floor_buckets", "floor_start_ns", NULL};
+    PyObject *priors;
+    int keep = 0;
+    /* Out of range until given: all five are required (constraints.py has the values). */
+    long long window = -1, floor_start = 0;
+    unsigned int max_copies = 0, samples = 0, buckets = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p$LIIIL", kwlist, &priors, &keep, &window,
+                                     &max_copies, &samples, &buckets, &floor_start))
+        return -1;
+    if (window < 0 || max_copies < 1 || max_copies > MAX_COPIES_LIMIT || samples < 1 ||
+        buckets < 2 || buckets % 2 || floor_start < 1) {
+        PyErr_SetString(PyExc_ValueError, "Join needs window_ns, max_copies, samples, "
+                                          "floor_buckets (even) and floor_start_ns, in range");
+        return -1;
+    }
+    if (self->priors) {
+        PyErr_SetString(PyExc_RuntimeError, "Join already initialised");
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(priors, "priors must be a sequence of ints");
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    self->priors = PyMem_Calloc((size_t)n + 1, sizeof(int64_t));
+    self->pairs = PyMem_Calloc((size_t)n * (size_t)n * 2 + 1, sizeof(PairSummary *));
+    if (!self->priors || !self->pairs) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        self->priors[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (self->priors[i] == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    self->hosts = n;
+    self->free_group = -1;
+    self->keep_matches = keep;
+    self->window = window;
+    self->max_copies = max_copies;
+    self->max_held = 2 * max_copies;
+    self->samples = samples;
+    self->floor_buckets = buckets;
+    self->floor_start = floor_start;
+    return table_grow(self) < 0 ? (PyErr_NoMemory(), -1) : 0;
+}
+
+static void Join_dealloc(Join *self)
+{
+    if (self->pairs)
+        for (Py_ssize_t i = 0; i < self->hosts * self->hosts * 2; i++)
+            PyMem_Free(self->pairs[i]);
+    for (uint32_t i = 0; i < self->ngroups; i++)
+        PyMem_Free(self->groups[i].more);
+    PyMem_Free(self->pairs);
+    PyMem_Free(self->priors);
+    PyMem_Free(self->linktypes);
+    PyMem_Free(self->groups);
+    PyMem_Free(self->table);
+    PyMem_Free(self->fifo);
+    PyMem_Free(self->matches);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Join_add_interface(Join *self, PyObject *args)
+{
+    Py_ssize_t out_id;
+    unsigned int linktype;
+    if (!PyArg_ParseTuple(args, "nI", &out_id, &linktype))
+        return NULL;
+    if (out_id < 0 || out_id > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "interface id out of range");
+        return NULL;
+    }
+    if (out_id >= self->nlinktypes) {
+        uint32_t *grown = PyMem_Realloc(self->linktypes, ((size_t)out_id + 1) * sizeof *grown);
+        if (!grown)
+            return PyErr_NoMemory();
+        for (Py_ssize_t i = self->nlinktypes; i <= out_id; i++)
+            grown[i] = UINT32_MAX; /* no such link type: not identified */
+        self->linktypes = grown;
+        self->nlinktypes = out_id + 1;
+    }
+    self->linktypes[out_id] = linktype;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Join_finish(Join *self, PyObject *Py_UNUSED(ignored))
+{
+    join_drain(self);
+    self->closing_all = 1;
+    expire(self, 0, 1);
+    self->closing_all = 0;
+    memset(self->table, 0, (size_t)self->table_cap * sizeof *self->table);
+    self->table_used = 0;
+    if (self->failed)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *Join_matches(Join *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = PyBytes_FromStringAndSize((const char *)self->matches,
+                                              (Py_ssize_t)self->matches_len);
+    if (out)
+        self->matches_len = 0;
+    return out;
+}
+
+static PyObject *time_pairs(const TimePair *values, const uint8_t *used, size_t n)
+{
+    PyObject *list = PyList_New(0);
+    if (!list)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (used && !used[i])
+            continue;
+        PyObject *item = Py_BuildValue("(LL)", (long long)values[i].from, (long long)values[i].to);
+        if (!item || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return list;
+}
+
+static PyObject *Join_pairs(Join *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *result = PyList_New(0);
+    if (!result)
+        return NULL;
+    for (Py_ssize_t slot = 0; slot < self->hosts * self->hosts * 2; slot++) {
+        PairSummary *s = self->pairs[slot];
+        if (!s)
+            continue;
+        Py_ssize_t pair = slot / 2;
+        PyObject *samples = time_pairs(s->samples, NULL, s->nsamples);
+        PyObject *floor =
+            samples ? time_pairs(s->floor, s->floor_used, self->floor_buckets) : NULL;
+        PyObject *item = floor ? Py_BuildValue("(nniKNN)", pair / self->hosts,
+                                               pair % self->hosts, (int)(slot % 2),
+                                               (unsigned long long)s->count, samples, floor)
+                               : NULL;
+        if (!item) {
+            Py_XDECREF(samples);
+            Py_XDECREF(floor);
+            Py_DECREF(result);
+            return NULL;
+        }
+        if (PyList_Append(result, item) < 0) {
+            Py_DECREF(item);
+            Py_DECREF(result);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return result;
+}
+
+static PyObject *Join_stats(Join *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("{s:K,s:K,s:n,s:n}", "sightings", self->sightings, "identified",
+                         self->identified, "held_high_water", (Py_ssize_t)self->held_high_water,
+                         "held", (Py_ssize_t)self->fifo_len);
+}
+
+static PyMethodDef Join_methods[] = {
+    {"add_interface", (PyCFunction)Join_add_interface, METH_VARARGS,
+     "add_interface(out_id, linktype): the link type of an output interface id."},
+    {"finish", (PyCFunction)Join_finish, METH_NOARGS,
+     "finish(): close every group still open (the inputs ended)."},
+    {"matches", (PyCFunction)Join_matches, METH_NOARGS,
+     "matches() -> bytes: the match records kept since the last call (keep_matches)."},
+    {"pairs", (PyCFunction)Join_pairs, METH_NOARGS,
+     "pairs() -> [(from, to, kind, count, samples, floor)]: each ordered host pair's "
+     "summary; kind 0 same packet, 1 answer; samples and floor are (t_from, t_to) lists."},
+    {"stats", (PyCFunction)Join_stats, METH_NOARGS,
+     "stats() -> dict: sightings, identified, held, held_high_water."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject JoinType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xdpcap.orchestrator._fastmerge.Join",
+    .tp_basicsize = sizeof(Join),
+    .tp_dealloc = (destructor)Join_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Join(priors, keep_matches, *, window_ns, max_copies, samples, floor_buckets, "
+              "floor_start_ns): the clock alignment's streaming join; a Merger given it "
+              "feeds it (see orchestrator/clock/join.py).",
+    .tp_methods = Join_methods,
+    .tp_init = (initproc)Join_init,
+    .tp_new = PyType_GenericNew,
+};
+
+PyDoc_STRVAR(identify_doc,
+"identify(linktype, frame) -> (packet, question, answer) | None\n--\n\n"
+"clock.observe.identify's keys, computed in C (tests compare the two).");
+
+static PyObject *py_identify(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    unsigned int linktype;
+    Py_buffer frame;
+    if (!PyArg_ParseTuple(args, "Iy*", &linktype, &frame))
+        return NULL;
+    Identity id;
+    int ok = identify(linktype, frame.buf, (size_t)frame.len, &id);
+    PyBuffer_Release(&frame);
+    if (!ok)
+        Py_RETURN_NONE;
+    const char *exchange = (const char *)id.exchange;
+    Py_ssize_t size = (Py_ssize_t)id.packet_len, xsize = (Py_ssize_t)id.exchange_len;
+    if (id.role == ROLE_QUESTION)
+        return Py_BuildValue("(y#y#O)", id.packet, size, exchange, xsize, Py_None);
+    if (id.role == ROLE_ANSWER)
+        return Py_BuildValue("(y#Oy#)", id.packet, size, Py_None, exchange, xsize);
+    return Py_BuildValue("(y#OO)", id.packet, size, Py_None, Py_None);
+}
+
 /* ------------------------------------------------------------------- methods */
 static int Merger_init(Merger *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"inputs", "out_bytes", NULL};
+    static char *kwlist[] = {"inputs", "out_bytes", "join", NULL};
     Py_ssize_t n, out_bytes = DEFAULT_OUT_BYTES;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|n", kwlist, &n, &out_bytes))
+    PyObject *join = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|nO", kwlist, &n, &out_bytes, &join))
         return -1;
+    if (join != Py_None && !PyObject_TypeCheck(join, &JoinType)) {
+        PyErr_SetString(PyExc_TypeError, "join must be a Join or None");
+        return -1;
+    }
     if (n < 0 || n > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(Input)) {
         PyErr_SetString(PyExc_ValueError, "inputs out of range");
         return -1;
@@ -260,6 +1339,11 @@ static int Merger_init(Merger *self, PyObject *args, PyObject *kwds)
     self->n = n;
     self->heap_len = 0;
     self->out_bytes = out_bytes;
+    if (join != Py_None) {
+        self->join = (Join *)Py_NewRef(join);
+        for (Py_ssize_t i = 0; i < n; i++)
+            self->inputs[i].tolerant = 1;
+    }
     return 0;
 }
 
@@ -273,6 +1357,7 @@ static void Merger_dealloc(Merger *self)
     }
     PyMem_Free(self->inputs);
     PyMem_Free(self->heap);
+    Py_XDECREF((PyObject *)self->join);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -296,11 +1381,27 @@ static int parse_iface(PyObject *entry, Iface *iface)
     iface->usable = 0;
     if (entry == Py_None)
         return 0;
-    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
-        PyErr_SetString(PyExc_TypeError, "table entries are None or (out_id, factor, addend)");
+    Py_ssize_t size = PyTuple_Check(entry) ? PyTuple_GET_SIZE(entry) : 0;
+    if (size != 3 && size != 5) {
+        PyErr_SetString(PyExc_TypeError, "table entries are None, (out_id, factor, addend) "
+                                         "or (out_id, factor, addend, drift_ppb, epoch)");
         return -1;
     }
     int overflow = 0;
+    iface->drift_ppb = iface->drift_epoch = 0;
+    if (size == 5) {
+        long long ppb = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(entry, 3), &overflow);
+        if (ppb == -1 && PyErr_Occurred())
+            return -1;
+        long long epoch = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(entry, 4), &overflow);
+        if (epoch == -1 && PyErr_Occurred())
+            return -1;
+        /* A rate beyond a whole clock's worth is nonsense: Python's path handles it. */
+        if (overflow || ppb < -1000000000LL || ppb > 1000000000LL)
+            return 0;
+        iface->drift_ppb = ppb;
+        iface->drift_epoch = epoch;
+    }
     unsigned long long out_id = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(entry, 0));
     if (out_id == (unsigned long long)-1 && PyErr_Occurred()) {
         if (!PyErr_ExceptionMatches(PyExc_OverflowError))
@@ -483,6 +1584,18 @@ static PyObject *Merger_run(Merger *self, PyObject *Py_UNUSED(ignored))
         Py_ssize_t i = self->heap[0];
         Input *in = &self->inputs[i];
         uint32_t blen = in->blen;
+        if (self->join) {
+            uint32_t out_id = in->from_side ? get_le32(in->src + 8) : in->out_id;
+            join_take(self->join, i, in->src, blen, out_id, in->ts);
+            if (self->join->failed) {
+                Py_DECREF(out);
+                return PyErr_NoMemory();
+            }
+            *(in->from_side ? &in->side_pos : &in->raw_pos) += blen;
+            in->packets++;
+            packets++;
+            goto next_head;
+        }
         if ((Py_ssize_t)blen > cap - out_len) {
             if (out_len)
                 return finish_run(out, out_len, packets, ST_FULL, -1);
@@ -505,6 +1618,7 @@ static PyObject *Merger_run(Merger *self, PyObject *Py_UNUSED(ignored))
         in->packets++;
         packets++;
 
+    next_head:
         switch (load_head(in)) {
         case H_OK:
             sift_down(self, 0);
@@ -526,7 +1640,7 @@ static PyObject *Merger_run(Merger *self, PyObject *Py_UNUSED(ignored))
             PyErr_Format(PyExc_ValueError, "input %zd: side buffer holds a bad block", i);
             return NULL;
         }
-        if (out_len >= self->out_bytes)
+        if (out_len >= self->out_bytes || (self->join && packets >= JOIN_BATCH))
             return finish_run(out, out_len, packets, ST_FULL, -1);
     }
     return finish_run(out, out_len, packets, ST_DONE, -1);
@@ -555,22 +1669,47 @@ static PyTypeObject MergerType = {
     .tp_new = PyType_GenericNew,
 };
 
+static PyObject *py_key_id(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer key;
+    if (!PyArg_ParseTuple(args, "y*", &key))
+        return NULL;
+    if (key.len > MAX_KEY) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_ValueError, "longer than any key");
+        return NULL;
+    }
+    uint64_t id = key_id(key.buf, (size_t)key.len);
+    PyBuffer_Release(&key);
+    return PyLong_FromUnsignedLongLong(id);
+}
+
+static PyMethodDef module_methods[] = {
+    {"identify", py_identify, METH_VARARGS, identify_doc},
+    {"key_id", py_key_id, METH_VARARGS,
+     "key_id(key) -> int: clock.observe.key_id, computed in C (tests compare the two)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef fastmerge_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "xdpcap.orchestrator._fastmerge",
     .m_doc = "The C hot loop of xdpcap merge (see orchestrator/merge.py).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__fastmerge(void)
 {
-    if (PyType_Ready(&MergerType) < 0)
+    if (PyType_Ready(&MergerType) < 0 || PyType_Ready(&JoinType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastmerge_module);
     if (!m)
         return NULL;
     Py_INCREF(&MergerType);
+    Py_INCREF(&JoinType);
     if (PyModule_AddObject(m, "Merger", (PyObject *)&MergerType) < 0 ||
+        PyModule_AddObject(m, "Join", (PyObject *)&JoinType) < 0 ||
         PyModule_AddIntConstant(m, "DONE", ST_DONE) < 0 ||
         PyModule_AddIntConstant(m, "FULL", ST_FULL) < 0 ||
         PyModule_AddIntConstant(m, "NEED", ST_NEED) < 0 ||

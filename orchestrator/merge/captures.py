@@ -302,26 +302,31 @@ class _FastMerger(_Merger):
 
     @staticmethod
     def _serve(core, inp: _Input) -> None:
-        """Read what the C loop could not at the input's position, and hand it back."""
-        reader = inp.reader
-        reader.pos, last_ts, _ = core.state(inp.index)
-        if last_ts is not None:
-            reader.last_ts = last_ts  # a simple packet block takes the previous time
-        table = reader.fast_table()
-        start = reader.pos
-        batch = Batch()
-        # Just this block when the C loop may read the packets after it (an empty table:
-        # interface descriptions come next), else the whole chunk.
-        one_block = table is not None and (not table or any(table))
-        intact = reader.scan(batch, one_block=one_block)
-        inp.statistics.extend(block for _, block in batch.statistics)
-        side = b"".join(batch.blocks) if batch.blocks else None
-        if not intact:  # damage: the packets before it, then the input ends
-            core.set_input(inp.index, None, 0, None, side)
-        elif reader.pos != start or side is not None or reader.refill():
-            core.set_input(inp.index, reader.buf, reader.pos, reader.fast_table(), side)
-        else:  # the end of the file (`refill` noted any truncated block left)
-            core.set_input(inp.index, None, 0, None)
+        feed_input(core, inp.index, inp.reader, inp.statistics)
+
+
+def feed_input(core, index: int, reader: CaptureReader, statistics: list[bytes]) -> None:
+    """Read what the C loop could not at input `index`'s position, and hand it back
+    (statistics blocks read on the way go to `statistics`). The clock alignment's join
+    feeds its `Merger` the same way."""
+    reader.pos, last_ts, _ = core.state(index)
+    if last_ts is not None:
+        reader.last_ts = last_ts  # a simple packet block takes the previous time
+    table = reader.fast_table()
+    start = reader.pos
+    batch = Batch()
+    # Just this block when the C loop may read the packets after it (an empty table:
+    # interface descriptions come next), else the whole chunk.
+    one_block = table is not None and (not table or any(table))
+    intact = reader.scan(batch, one_block=one_block)
+    statistics.extend(block for _, block in batch.statistics)
+    side = b"".join(batch.blocks) if batch.blocks else None
+    if not intact:  # damage: the packets before it, then the input ends
+        core.set_input(index, None, 0, None, side)
+    elif reader.pos != start or side is not None or reader.refill():
+        core.set_input(index, reader.buf, reader.pos, reader.fast_table(), side)
+    else:  # the end of the file (`refill` noted any truncated block left)
+        core.set_input(index, None, 0, None)
 
 
 def _fast_path_enabled() -> bool:

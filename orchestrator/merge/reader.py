@@ -141,6 +141,9 @@ class CaptureReader:
         # Per local interface id of the current little-endian section: (out id, factor,
         # addend) when packets can be normalised in place with one multiply-add, else None.
         self._fast: list[tuple[int, int, int] | None] = []
+        # The same for the C loop, which also takes a drift out: (out id, factor, addend,
+        # drift ppb, drift epoch less the shift) — see `fast_table`.
+        self._fast_c: list[tuple[int, ...] | None] = []
         self._big = False
         # The timestamp of the last packet read: a simple packet block takes it.
         self.last_ts = 0
@@ -228,15 +231,17 @@ class CaptureReader:
         self.buf += data
         return True
 
-    def fast_table(self) -> list[tuple[int, int, int] | None] | None:
+    def fast_table(self) -> list[tuple[int, ...] | None] | None:
         """Per local interface id of the current section: (out id, factor, addend) when
         `ts_ns = raw * factor + addend` and an in-place rewrite of the interface id and
-        timestamp normalise its packet blocks; None for other interfaces. None as a
-        whole when no packet block at `pos` can be rewritten in place (big-endian
-        sections, classic pcap)."""
+        timestamp normalise its packet blocks; None for other interfaces. With a drift,
+        (out id, factor, addend, drift ppb, epoch): then t = raw * factor + addend and
+        `ts_ns = t - (t - epoch) * ppb // 10**9`, what `_drifted` computes, in C's
+        128-bit integers. None as a whole when no packet block at `pos` can be rewritten
+        in place (big-endian sections, classic pcap)."""
         if self.format != "pcapng" or self._big:
             return None
-        return self._fast
+        return self._fast_c
 
     def _start(self, buf: bytearray) -> int:
         if not buf:
@@ -416,6 +421,7 @@ class CaptureReader:
         self._big = big
         self._section_ifaces = []
         self._fast = []
+        self._fast_c = []
         self.sections.append(Section(len(self.sections), big, (major, minor), options))
         return nxt
 
@@ -445,11 +451,19 @@ class CaptureReader:
         self.interfaces.append(iface)
         self._section_ifaces.append(iface)
         factor = iface.ns_multiplier()
-        if factor is None or self._drift_ppb:
+        addend = iface.tsoffset * NS_PER_S - self._shift_ns
+        if factor is None:
             self._fast.append(None)
+            self._fast_c.append(None)
+        elif self._drift_ppb:
+            # Python's own fast loop has no drift; the C loop's does. Both take the
+            # drift off the unshifted time: (t + shift - epoch) = (t - (epoch - shift)).
+            self._fast.append(None)
+            epoch = self._drift_epoch_ns - self._shift_ns
+            self._fast_c.append((iface.out_id, factor, addend, self._drift_ppb, epoch))
         else:
-            addend = iface.tsoffset * NS_PER_S - self._shift_ns
             self._fast.append((iface.out_id, factor, addend))
+            self._fast_c.append(self._fast[-1])
 
     def _interface(self, pos: int, local_id: int) -> Interface:
         if local_id >= len(self._section_ifaces):

@@ -434,3 +434,27 @@ def test_c_source_compiles_without_warnings(tmp_path: Path) -> None:
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_drifting_clocks_stay_in_the_c_loop(monkeypatch, tmp_path: Path) -> None:
+    """A drift taken off in C (128-bit, rounding down as Python's //) gives the Python
+    path's file; fast and slow rates, before and after the epoch, and a clock shifted
+    below the epoch (left to Python, which clamps it)."""
+    sources = [
+        MergeSource(
+            host(tmp_path, f"d{n}", n),
+            host=f"d{n}",
+            clock_offset_ns=n * 1_000 - 3_000,
+            clock_drift_ppb=drift,
+            clock_epoch_ns=T0 + 1_234_567,
+        )
+        for n, drift in enumerate((-73_001, 12_345, 999_999, -1))
+    ]
+    early = write_pcapng(
+        tmp_path / "early.pcapng", ["eth0"], [(0, 10 + i, b"e", 1) for i in range(5)]
+    )
+    sources.append(MergeSource(early, clock_offset_ns=12, clock_drift_ppb=50_000))
+    fast, slow = merge_both(monkeypatch, tmp_path, sources)
+    assert fast.engine == "c"
+    same_report(fast, slow)
+    same_bytes(tmp_path)
