@@ -26,10 +26,10 @@ What the pass learns per packet stays available to what builds on it (one packet
 journey across hosts, per-pair loss and delay): `join_captures(..., on_match=f)` calls
 `f(match)` for every packet key's group as it closes, in closing order: a `Match` holds
 the packet's id (observe.key_id: one id for the packet on every host), each sighting's
-host index, direction, interface (its index in the host's file) and time on that host's own clock, and the
-first HEAD_BYTES of its first sighting's frame with that interface's link type (what
-journeys read addresses and ports from and run the receivers' filters on: held per
-group only while matches are kept). A packet seen on
+host index, direction, interface (its index in the host's file) and time on that host's
+own clock, and the first HEAD_BYTES of its first sighting's frame with that interface's
+link type (what journeys read addresses and ports from and run the receivers' filters
+on: held per group only while matches are kept). A packet seen on
 one host only is a match of one sighting (what a loss count needs); groups of a key
 seen more than MAX_COPIES times are left out, and so are times past LATEST_NS (damage).
 """
