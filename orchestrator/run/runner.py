@@ -163,6 +163,7 @@ class Run:
         self.gate = LaunchGate(options.forks)
         self.start_report: dict | None = None  # "start T": when, how far ahead (run.json)
         self._alignment: Alignment | None = None  # the clocks as the traffic aligned them
+        self._journeys: dict | None = None  # where the packets went (merge/journeys.py)
         self.live: LiveMerge | None = None
         self.stream_report: dict | None = None  # for run.json and the final report
 
@@ -495,6 +496,7 @@ class Run:
         out = self.options.output or self.run_dir / "merged.pcapng"
         report = merge_states(self.states, out, clock_correction=self.options.clock_correction)
         self._alignment = report.alignment if report is not None else None
+        self._journeys = report.journeys if report is not None else None
         return (out, report) if report is not None else (None, None)
 
     def _start_report(self) -> dict | None:
@@ -522,6 +524,7 @@ class Run:
             "merged": str(merged) if merged else None,
             "clock_correction": self.options.clock_correction,
             "clock_alignment": self._alignment.to_dict() if self._alignment else None,
+            "journeys": self._journeys,
             "stream": self.stream_report,
             "hosts": [s.to_dict() for s in self.states],
         }
