@@ -129,6 +129,13 @@ def handler(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(f"xdpcap merge: journeys and clocks in {summary_path}", file=sys.stderr)
+    from ..report.page import write_beside  # plotly loads only here
+
+    page, problem = write_beside(summary_path)
+    if problem:
+        print(f"xdpcap merge: warning: {problem}", file=sys.stderr)
+    else:
+        print(f"xdpcap merge: report page {page}", file=sys.stderr)
     return 0
 
 

@@ -227,6 +227,7 @@ class Run:
             raise MergeError(f"{exc}; the host captures are in {self.run_dir / 'hosts'}") from exc
         self._mark("merged")
         self._write_run_json(merged)
+        self._write_page()
         return RunResult(self.run_dir, self.states, merged, report, self.stream_report)
 
     def _open_stream(self) -> None:
@@ -509,6 +510,14 @@ class Run:
             s.name for s in self.states if s.window_start_ns is not None and s.window_start_ns != at
         ]
         return {**self.start_report, "late": late, "held_by": self.held_by}
+
+    def _write_page(self) -> None:
+        """report.html beside run.json (`xdpcap report` writes it again)."""
+        from ..report.page import write_beside
+
+        _, problem = write_beside(self.run_dir / "run.json")
+        if problem:
+            self.console.print(f"[yellow]warning:[/yellow] {problem}")
 
     def _write_run_json(self, merged: Path | None) -> None:
         data = {
