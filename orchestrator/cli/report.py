@@ -32,6 +32,8 @@ def register(subparsers) -> None:
 def handler(args: argparse.Namespace) -> int:
     source = load(args.source)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # a pipe or a file: whole rows, for grep
     for table in tables(source.data):
         console.print(table)
     if not args.no_page:

@@ -127,7 +127,7 @@ def _delay_over_time(go, data: dict):
     figure = go.Figure()
     for pair in pairs:
         series = pair["delay_series"]
-        figure.add_scattergl(
+        figure.add_scatter(
             x=[(t - start) / 1e9 for t, _ in series],
             y=[d / 1000 for _, d in series],
             mode="markers",
@@ -153,6 +153,8 @@ def _loss_over_time(go, data: dict):
                 for i in range(len(line["lost"]))
             ],
             y=line["lost"],
+            width=[line["width_ns"] / 1e9] * len(line["lost"]),  # a bucket: visible when few
+            offset=0,
             name=_label(pair),
         )
     figure.update_layout(barmode="stack", xaxis_title="time (s)", yaxis_title="packets lost")

@@ -62,7 +62,7 @@ def pair_table(data: dict) -> Table | None:
         "max",
     )
     for column in columns:
-        table.add_column(column, justify="left" if column == "pair" else "right")
+        table.add_column(column, justify="left" if column == "pair" else "right", no_wrap=True)
     for pair in journeys["pairs"]:
         delay = pair.get("delay_ns") or {}
         table.add_row(
