@@ -161,6 +161,7 @@ class Capture:
         try:
             with InterfaceLock(options.iface):
                 iface = netdev.inspect_interface(options.iface)
+                self.summary.addresses = netdev.addresses(options.iface)
                 directions = DIRECTIONS[options.direction]
                 inbound = None
                 if contract.INBOUND in directions:

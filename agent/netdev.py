@@ -52,6 +52,31 @@ def _ip_link(name: str) -> dict:
     return json.loads(result.stdout)[0]
 
 
+def addresses(name: str) -> list[str]:
+    """The interface's IP addresses ("10.0.0.1/24", "fd00::1/64"): what the controller
+    needs to tell which captured packets were addressed to this host (journeys). Empty
+    when `ip` cannot say: a capture never fails for want of them."""
+    try:
+        result = subprocess.run(
+            ["ip", "-j", "addr", "show", "dev", name],
+            capture_output=True,
+            text=True,
+            timeout=IP_TIMEOUT_S,
+            check=False,
+        )
+        entries = json.loads(result.stdout) if result.returncode == 0 else []
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return []
+    found = []
+    for entry in entries:
+        for info in entry.get("addr_info", []):
+            local, prefix = info.get("local"), info.get("prefixlen")
+            # IPv6 link-local addresses are on every link: they name no host.
+            if local and (info.get("family") == "inet" or info.get("scope") != "link"):
+                found.append(f"{local}/{prefix}" if prefix is not None else local)
+    return found
+
+
 def _driver(name: str, link: dict) -> str:
     driver = SYS_NET / name / "device" / "driver"
     if driver.exists():

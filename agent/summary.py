@@ -55,6 +55,9 @@ class CaptureSummary:
     bytes_written: int = 0
     window_start_ns: int = 0
     window_end_ns: int = 0
+    # The interface's addresses ("10.0.0.1/24"): which packets were addressed to this
+    # host, for the controller's journeys (per-pair loss and delay).
+    addresses: list[str] = field(default_factory=list)
     lost_detail: dict[str, int] = field(default_factory=dict)
     partial_reason: str | None = None
     stopped_by: str = ""

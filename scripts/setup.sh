@@ -19,9 +19,10 @@ cd "$(dirname "$0")/.."
 #   gcc python3-dev      build the merge's C loop (without them it falls back to Python)
 #   clang llvm libbpf-dev   the tests build a cooperating XDP program with bpf/xdpcap_hook.h
 #                        the way users build theirs (clang -target bpf, libbpf's headers)
+#   chromium             headless, it renders report.html in a test (no console errors, plots drawn)
 PACKAGES=(python3-bpfcc linux-headers-amd64 openssh-server tshark tcpdump xdp-tools
           netsniff-ng iproute2 iputils-ping bpftool ruby vagrant python3-venv sudo gcc python3-dev
-          clang llvm libbpf-dev)
+          clang llvm libbpf-dev chromium)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "capture": "capture",
     "build-agent": "capture",
     "merge": "merge",
+    "report": "report",
     "extcap": "extcap",
     "lab": "lab",
     "demo": "demo",

@@ -27,6 +27,10 @@ EXAMPLES: dict[str, str] = {
     "merge": """\
   xdpcap merge -w merged.pcapng web1.pcapng web2.pcapng lb.pcap
   xdpcap merge --no-clock-correction -w merged.pcapng hosts/*.pcapng""",
+    "report": """\
+  xdpcap report xdpcap-runs/20261206T041500Z          # tables; writes its report.html
+  xdpcap report merged.pcapng.json                    # what `xdpcap merge` wrote
+  xdpcap report --no-page xdpcap-runs/20261206T041500Z""",
     "extcap": """\
   xdpcap extcap install          # then pick 'xdpcap' in Wireshark's interface list
   tshark -i xdpcap -o extcap.xdpcap.inventory:inventory.yml -o extcap.xdpcap.iface:eth0

@@ -13,9 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from ...agent.errors import exit_status
-from ..clock.align import align
 from ..errors import UsageError
 from ..merge.captures import MergeSource, merge_captures
+from ..merge.follow import follow, write_merge_summary
+from ..merge.journeys import HostView
 
 
 def register(subparsers) -> None:
@@ -85,11 +86,18 @@ def handler(args: argparse.Namespace) -> int:
     _check_readable(args.inputs)
     _check_output_is_not_an_input(args.inputs, args.output)
     sources = [MergeSource(path, name=names.get(path)) for path in args.inputs]
-    alignment = None
-    if args.clock_correction and len(sources) > 1:
-        # Each input is a host as far as clocks go: the traffic they share aligns them.
-        labels = [names.get(path) or Path(path).stem for path in args.inputs]
-        alignment = align(args.inputs, labels)
+    # Each input is a host as far as clocks go: the traffic they share aligns them. The
+    # same pass follows the packets (their addresses: the files' interface descriptions,
+    # else learned from the traffic).
+    labels = [names.get(path) or Path(path).stem for path in args.inputs]
+    alignment, journeys = follow(
+        args.inputs,
+        labels,
+        [0] * len(sources),
+        [HostView(label) for label in labels],
+        clock_correction=args.clock_correction,
+    )
+    if alignment is not None:
         sources = [
             replace(
                 source,
@@ -106,7 +114,11 @@ def handler(args: argparse.Namespace) -> int:
         args.output,
         clock_correction=args.clock_correction,
         clock_summary=alignment.summary() if alignment else None,
+        packet_ids=journeys.packet_ids(),
     )
+    report.alignment = alignment
+    report.journeys = journeys.result(alignment)
+    summary_path = write_merge_summary(report, labels, args.inputs)
     for warning in report.warnings:
         print(f"xdpcap merge: warning: {warning}", file=sys.stderr)
     if alignment is not None:
@@ -116,6 +128,14 @@ def handler(args: argparse.Namespace) -> int:
         f"{len(report.interfaces)} interfaces -> {report.out_path}",
         file=sys.stderr,
     )
+    print(f"xdpcap merge: journeys and clocks in {summary_path}", file=sys.stderr)
+    from ..report.page import write_beside  # plotly loads only here
+
+    page, problem = write_beside(summary_path)
+    if problem:
+        print(f"xdpcap merge: warning: {problem}", file=sys.stderr)
+    else:
+        print(f"xdpcap merge: report page {page}", file=sys.stderr)
     return 0
 
 

@@ -11,11 +11,16 @@ from __future__ import annotations
 import os
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .constraints import Constraints, gather
 from .drift import rates
 from .solver import HostClock, Solution, solve
+
+if TYPE_CHECKING:
+    from ..merge.blocks import Interface
+    from .join import OnMatch
 
 __all__ = ["Alignment", "PairDelay", "align"]
 
@@ -44,6 +49,8 @@ class Alignment:
     inconsistent: list[str]  # hosts whose bounds contradict each other
     truncated: list[str]  # hosts whose capture was read only in part (none since every
     # packet is read; the key stays in run.json)
+    # Each host's interfaces as its file describes them (the pass met them): not in run.json.
+    interfaces: list[list[Interface]] = field(default_factory=list)
 
     @property
     def shifts_ns(self) -> list[int]:
@@ -102,11 +109,14 @@ def align(
     paths: Sequence[str | os.PathLike[str]],
     names: Sequence[str],
     priors_ns: Sequence[int] | None = None,
+    *,
+    on_match: OnMatch | None = None,
 ) -> Alignment:
     """Every host's offset from its capture's traffic; priors_ns (the SSH probe's shifts,
-    or zeros) fill in where the traffic says too little."""
+    or zeros) fill in where the traffic says too little. `on_match` sees every packet
+    the pass joins (join.join_captures): journeys are built in the same pass."""
     priors = list(priors_ns) if priors_ns is not None else [0] * len(paths)
-    found = gather(paths, names, priors)
+    found = gather(paths, names, priors, on_match=on_match)
     n = len(paths)
     # The reference: the host whose prior is the median, so the merged timeline keeps
     # the fleet's consensus clock (as the probe's corrections do).
@@ -210,6 +220,7 @@ def _alignment(
         bounds_answer=kind_list.count("answer"),
         inconsistent=[names[h] for h in solution.inconsistent],
         truncated=found.truncated,
+        interfaces=found.interfaces,
     )
 
 

@@ -23,7 +23,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .join import OnMatch
 
 # Observations of one packet further apart than this (after the prior correction) are
 # not the same packet: a retransmission, or an id that wrapped.
@@ -137,16 +140,21 @@ class Constraints:
     samples: dict[tuple[int, int], PairSamples] = field(default_factory=dict)
     packets_read: list[int] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)  # hosts read only in part: none now
+    interfaces: list[list[Any]] = field(default_factory=list)  # join.JoinResult.interfaces
 
 
 def gather(
-    paths: Sequence[str | os.PathLike[str]], names: Sequence[str], priors_ns: Sequence[int]
+    paths: Sequence[str | os.PathLike[str]],
+    names: Sequence[str],
+    priors_ns: Sequence[int],
+    *,
+    on_match: OnMatch | None = None,
 ) -> Constraints:
     """Read every file (host i = paths[i], its prior offset priors_ns[i]) in one pass."""
     from .join import join_captures  # join.py builds on this module's summaries
 
-    joined = join_captures(paths, priors_ns)
-    return Constraints(list(names), joined.pairs, joined.packets)
+    joined = join_captures(paths, priors_ns, on_match=on_match)
+    return Constraints(list(names), joined.pairs, joined.packets, interfaces=joined.interfaces)
 
 
 def _reservoir(values: list, count: int, value: object, rng: Dice) -> None:

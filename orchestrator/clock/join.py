@@ -25,8 +25,11 @@ packet by packet by its `Merger`) and the Python below, for machines without a c
 What the pass learns per packet stays available to what builds on it (one packet's
 journey across hosts, per-pair loss and delay): `join_captures(..., on_match=f)` calls
 `f(match)` for every packet key's group as it closes, in closing order: a `Match` holds
-the packet's id (observe.key_id: one id for the packet on every host) and each
-sighting's host index, direction and time on that host's own clock. A packet seen on
+the packet's id (observe.key_id: one id for the packet on every host), each sighting's
+host index, direction, interface (its index in the host's file) and time on that host's
+own clock, and the first HEAD_BYTES of its first sighting's frame with that interface's
+link type (what journeys read addresses and ports from and run the receivers' filters
+on: held per group only while matches are kept). A packet seen on
 one host only is a match of one sighting (what a loss count needs); groups of a key
 seen more than MAX_COPIES times are left out, and so are times past LATEST_NS (damage).
 """
@@ -39,7 +42,7 @@ import os
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..merge.blocks import Interface
 from ..merge.captures import feed_input
@@ -63,10 +66,12 @@ except ImportError:  # the optional extension was not built: the Python engine j
 
 __all__ = ["JoinResult", "Match", "Sighting", "join_captures"]
 
-# A match record from the C join: the packet id and the number of sightings; then per
-# sighting its time, host and direction.
-MATCH_HEAD = struct.Struct("<QI4x")
-MATCH_SIGHTING = struct.Struct("<qIB3x")
+# A match record from the C join: the packet id, the number of sightings, the head's
+# link type and length; then per sighting its time, host, direction and interface; then
+# the head, padded to 8 bytes.
+MATCH_HEAD = struct.Struct("<QIHH")
+MATCH_SIGHTING = struct.Struct("<qIBxH")
+HEAD_BYTES = 128  # _fastmerge.c's HEAD_BYTES
 _EPB_CAP = struct.Struct("<I")
 _OPTION = struct.Struct("<HH")
 EPB_FLAGS = 2
@@ -84,6 +89,7 @@ class Sighting:
     host: int  # the index of the host's file
     direction: int  # observe.INBOUND, OUTBOUND or UNKNOWN (epb_flags)
     ts_ns: int  # on that host's own clock
+    iface: int = 0  # the interface's index in its host's file (blocks.Interface.index)
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,8 @@ class Match:
 
     packet_id: int  # observe.key_id of observe.Identity.packet
     sightings: tuple[Sighting, ...]
+    linktype: int = 0  # of the head
+    head: bytes = b""  # the first HEAD_BYTES of the first sighting's frame
 
 
 @dataclass
@@ -101,6 +109,8 @@ class JoinResult:
     packets: list[int]  # packets read per host
     held_high_water: int  # the most sightings held at once
     engine: str  # "c" or "python"
+    # Each host's interfaces as its file describes them (names, if_IPv4addr, ...).
+    interfaces: list[list[Interface]] = field(default_factory=list)
 
 
 OnMatch = Callable[[Match], None]
@@ -118,8 +128,9 @@ def join_captures(
     if engine is None:
         engine = "c" if _c_available() else "python"
     run = _join_c if engine == "c" else _join_python
-    pairs, packets, high_water = run(paths, list(priors_ns), on_match)
-    return JoinResult(dict(sorted(pairs.items())), packets, high_water, engine)
+    interfaces: list[list[Interface]] = [[] for _ in paths]
+    pairs, packets, high_water = run(paths, list(priors_ns), on_match, interfaces)
+    return JoinResult(dict(sorted(pairs.items())), packets, high_water, engine, interfaces)
 
 
 def _c_available() -> bool:
@@ -130,24 +141,39 @@ def _readers(
     paths: Sequence[str | os.PathLike[str]],
     priors: list[int],
     add_interface: Callable[[int, int], None],
-) -> list[CaptureReader]:
-    """One reader per host, its prior taken off; output interface ids across all hosts."""
+    interfaces: list[list[Interface]],
+) -> tuple[list[CaptureReader], dict[int, int]]:
+    """One reader per host, its prior taken off; output interface ids across all hosts,
+    and each one's index in its own file (what a Sighting names: the same in both
+    engines, which meet the interfaces in different orders)."""
     next_id = iter(range(1 << 32))
+    file_index: dict[int, int] = {}
 
-    def renumber(iface: Interface) -> int:
-        out_id = next(next_id)
-        add_interface(out_id, iface.linktype)
-        return out_id
+    def renumberer(host: int) -> Callable[[Interface], int]:
+        def renumber(iface: Interface) -> int:
+            out_id = next(next_id)
+            add_interface(out_id, iface.linktype)
+            file_index[out_id] = iface.index
+            interfaces[host].append(iface)
+            return out_id
 
-    return [
-        CaptureReader(path, renumber=renumber, shift_ns=prior, strict=False, chunk_size=CHUNK_BYTES)
-        for path, prior in zip(paths, priors)
+        return renumber
+
+    readers = [
+        CaptureReader(
+            path, renumber=renumberer(host), shift_ns=prior, strict=False, chunk_size=CHUNK_BYTES
+        )
+        for host, (path, prior) in enumerate(zip(paths, priors))
     ]
+    return readers, file_index
 
 
 # ------------------------------------------------------------------------- the C engine
 def _join_c(
-    paths: Sequence[str | os.PathLike[str]], priors: list[int], on_match: OnMatch | None
+    paths: Sequence[str | os.PathLike[str]],
+    priors: list[int],
+    on_match: OnMatch | None,
+    interfaces: list[list[Interface]],
 ) -> tuple[dict[tuple[int, int], PairSamples], list[int], int]:
     join = _fastmerge.Join(
         priors,
@@ -158,7 +184,7 @@ def _join_c(
         floor_buckets=FLOOR_BUCKETS,
         floor_start_ns=FLOOR_START_NS,
     )
-    readers = _readers(paths, priors, join.add_interface)
+    readers, file_index = _readers(paths, priors, join.add_interface, interfaces)
     core = _fastmerge.Merger(len(readers), join=join)
     statistics: list[bytes] = []  # what feed_input finds on the way: not the join's business
     with contextlib.ExitStack() as files:
@@ -170,7 +196,7 @@ def _join_c(
         while True:
             _, _, status, who = core.run()
             if on_match is not None:
-                _deliver(join.matches(), on_match)
+                _deliver(join.matches(), on_match, file_index)
             if status == _fastmerge.NEED:
                 feed_input(core, who, readers[who], statistics)
                 statistics.clear()
@@ -178,7 +204,7 @@ def _join_c(
                 break
     join.finish()
     if on_match is not None:
-        _deliver(join.matches(), on_match)
+        _deliver(join.matches(), on_match, file_index)
     pairs: dict[tuple[int, int], PairSamples] = {}
     for sender, receiver, kind, count, samples, floor in join.pairs():
         pair = pairs.setdefault((sender, receiver), PairSamples())
@@ -190,31 +216,46 @@ def _join_c(
     return pairs, packets, join.stats()["held_high_water"]
 
 
-def _deliver(records: bytes, on_match: OnMatch) -> None:
+def _deliver(records: bytes, on_match: OnMatch, file_index: dict[int, int]) -> None:
     at = 0
     while at < len(records):
-        packet_id, count = MATCH_HEAD.unpack_from(records, at)
+        packet_id, count, linktype, head_len = MATCH_HEAD.unpack_from(records, at)
         at += MATCH_HEAD.size
         sightings = []
         for _ in range(count):
-            ts, host, direction = MATCH_SIGHTING.unpack_from(records, at)
-            sightings.append(Sighting(host, direction, ts))
+            ts, host, direction, iface = MATCH_SIGHTING.unpack_from(records, at)
+            sightings.append(Sighting(host, direction, ts, file_index.get(iface, iface)))
             at += MATCH_SIGHTING.size
-        on_match(Match(packet_id, tuple(sightings)))
+        head = records[at : at + head_len]
+        at += head_len + 7 & ~7
+        on_match(Match(packet_id, tuple(sightings), linktype, head))
 
 
 # -------------------------------------------------------------------- the Python engine
 class _Group:
     """The sightings of one key within the window: (aligned time, host, direction, role)."""
 
-    __slots__ = ("answers", "copies", "held", "key", "last_seq", "questions", "same_packet")
+    __slots__ = (
+        "answers",
+        "copies",
+        "head",
+        "held",
+        "key",
+        "last_seq",
+        "linktype",
+        "questions",
+        "same_packet",
+    )
 
     def __init__(self, key: int, same_packet: bool) -> None:
         self.key = key  # its id
         self.same_packet = same_packet
         self.copies = self.questions = self.answers = 0
-        self.held: list[tuple[int, int, int, int]] = []
+        # (aligned time, host, direction, role, interface)
+        self.held: list[tuple[int, int, int, int, int]] = []
         self.last_seq = 0
+        self.linktype = 0
+        self.head = b""
 
     def ambiguous(self) -> bool:
         if self.same_packet:
@@ -229,6 +270,7 @@ class _PythonJoin:
         self.priors = priors
         self.on_match = on_match
         self.linktypes: dict[int, int] = {}
+        self.file_index: dict[int, int] = {}  # by output interface id
         self.groups: dict[tuple[bool, int], _Group] = {}
         self.window: deque[tuple[int, int, _Group]] = deque()  # (aligned, seq, group)
         self.seq = 0
@@ -246,21 +288,25 @@ class _PythonJoin:
         if self.now is None or aligned > self.now:
             self.now = aligned
         self.expire(self.now - MATCH_WINDOW_NS)
-        linktype = self.linktypes.get(_EPB_CAP.unpack_from(block, 8)[0])
+        out_id = _EPB_CAP.unpack_from(block, 8)[0]
+        linktype = self.linktypes.get(out_id)
         if linktype is None:
             return
         cap = _EPB_CAP.unpack_from(block, 20)[0]
-        identity = identify(linktype, bytes(block[28 : 28 + cap]))
+        frame = bytes(block[28 : 28 + cap])
+        identity = identify(linktype, frame)
         if identity is None:
             return
-        seen = (aligned, host, _direction(block, cap), 0)
-        self.add(key_id(identity.packet), True, seen)
+        seen = (aligned, host, _direction(block, cap), 0, self.file_index.get(out_id, 0))
+        group = self.add(key_id(identity.packet), True, seen)
+        if group.copies == 1 and self.on_match is not None:
+            group.linktype, group.head = linktype, frame[:HEAD_BYTES]
         if identity.question is not None:
-            self.add(key_id(identity.question), False, (*seen[:3], QUESTION))
+            self.add(key_id(identity.question), False, (*seen[:3], QUESTION, seen[4]))
         elif identity.answer is not None:
-            self.add(key_id(identity.answer), False, (*seen[:3], ANSWER))
+            self.add(key_id(identity.answer), False, (*seen[:3], ANSWER, seen[4]))
 
-    def add(self, key: int, same_packet: bool, seen: tuple[int, int, int, int]) -> None:
+    def add(self, key: int, same_packet: bool, seen: tuple[int, int, int, int, int]) -> _Group:
         group = self.groups.get((same_packet, key))
         if group is None:
             group = self.groups[(same_packet, key)] = _Group(key, same_packet)
@@ -273,6 +319,7 @@ class _PythonJoin:
         group.last_seq = self.seq
         self.window.append((seen[0], self.seq, group))
         self.held_high_water = max(self.held_high_water, len(self.window))
+        return group
 
     def expire(self, before: int | None) -> None:
         """Close every group whose latest sighting is older than `before` (None: all)."""
@@ -295,7 +342,12 @@ class _PythonJoin:
     def _match(self, group: _Group) -> Match:
         return Match(
             group.key,
-            tuple(Sighting(h, d, aligned + self.priors[h]) for aligned, h, d, _ in group.held),
+            tuple(
+                Sighting(h, d, aligned + self.priors[h], iface)
+                for aligned, h, d, _, iface in group.held
+            ),
+            group.linktype,
+            group.head,
         )
 
     def _bound(self, sender: int, receiver: int, same: bool, t_from: int, t_to: int) -> None:
@@ -304,9 +356,9 @@ class _PythonJoin:
             pair = self.pairs[(sender, receiver)] = PairSamples()
         pair.add(t_from, t_to, same, self.rng)
 
-    def _same_packet(self, held: list[tuple[int, int, int, int]]) -> None:
+    def _same_packet(self, held: list[tuple[int, int, int, int, int]]) -> None:
         priors = self.priors
-        for aligned_sent, sender, direction, _ in held:
+        for aligned_sent, sender, direction, _, _ in held:
             if direction != OUTBOUND:
                 continue
             arrivals = [
@@ -330,12 +382,12 @@ class _PythonJoin:
                     arrived[0] + priors[receiver],
                 )
 
-    def _answers(self, held: list[tuple[int, int, int, int]]) -> None:
+    def _answers(self, held: list[tuple[int, int, int, int, int]]) -> None:
         priors = self.priors
-        for aligned_answer, answer_host, _, role in held:
+        for aligned_answer, answer_host, _, role, _ in held:
             if role != ANSWER:
                 continue
-            for aligned_question, question_host, _, other in held:
+            for aligned_question, question_host, _, other, _ in held:
                 if other != QUESTION or question_host == answer_host:
                     continue
                 if abs(aligned_answer - aligned_question) <= MATCH_WINDOW_NS:
@@ -364,10 +416,13 @@ def _direction(block: memoryview, cap: int) -> int:
 
 
 def _join_python(
-    paths: Sequence[str | os.PathLike[str]], priors: list[int], on_match: OnMatch | None
+    paths: Sequence[str | os.PathLike[str]],
+    priors: list[int],
+    on_match: OnMatch | None,
+    interfaces: list[list[Interface]],
 ) -> tuple[dict[tuple[int, int], PairSamples], list[int], int]:
     join = _PythonJoin(priors, on_match)
-    readers = _readers(paths, priors, join.add_interface)
+    readers, join.file_index = _readers(paths, priors, join.add_interface, interfaces)
     packets = [0] * len(readers)
 
     def stream(host: int, reader: CaptureReader) -> Iterator[tuple[int, int, memoryview]]:

@@ -83,6 +83,12 @@ typedef struct {
     Py_ssize_t heap_len;
     Py_ssize_t out_bytes;
     struct Join *join; /* set: packets go to the clock alignment's join, nothing is written */
+    /* Journeys: the sorted ids of packets seen at 2+ capture points (the join found them);
+     * a written packet whose id is one of them gets epb_packetid. */
+    Py_buffer packet_ids;
+    int has_packet_ids;
+    uint32_t *linktypes; /* by output interface id, for identify() */
+    Py_ssize_t nlinktypes;
 } Merger;
 
 static inline uint32_t get_le32(const uint8_t *p)
@@ -286,6 +292,10 @@ static void heap_pop_root(Merger *m)
 #define PAYLOAD_PREFIX 32
 #define DIR_IN 1
 #define DIR_OUT 2
+/* What a match record carries of its packet's first sighting (journeys: its addresses,
+ * ports, and the receivers' filters run on it): enough for Ethernet + VLAN + IPv6 + a TCP
+ * header with options. Held per group in the window only when matches are kept. */
+#define HEAD_BYTES 128
 enum { KIND_PACKET = 0, KIND_EXCHANGE = 1 };
 enum { ROLE_NONE = 0, ROLE_QUESTION = 1, ROLE_ANSWER = 2 };
 enum { BOUND_SAME = 0, BOUND_ANSWER = 1 };
@@ -494,6 +504,7 @@ typedef struct {
     uint32_t host;
     uint8_t dir;
     uint8_t role;
+    uint16_t iface; /* the output interface id (saturating): in the padding, free */
 } Sighting;
 
 typedef struct {
@@ -519,6 +530,7 @@ typedef struct {
 } Slot;
 
 #define PIPELINE 16
+#define HEAD_SLOT (4 + HEAD_BYTES)
 typedef struct {
     int64_t aligned;
     uint32_t host;
@@ -528,6 +540,10 @@ typedef struct {
     uint8_t role;    /* of the exchange: ROLE_NONE when there is none */
     uint32_t packet_hash, exchange_hash;
     uint64_t packet_id, exchange_id;
+    uint16_t iface;
+    uint16_t head_len; /* bytes of head (copied only when matches are kept) */
+    uint32_t linktype;
+    uint8_t head[HEAD_BYTES]; /* copied: the block's chunk may be gone when it is processed */
 } Pending;
 
 typedef struct {
@@ -551,6 +567,7 @@ typedef struct Join {
     uint32_t *linktypes; /* by output interface id */
     Py_ssize_t nlinktypes;
     Group *groups;
+    uint8_t *heads; /* per group (keep_matches): u16 length, u16 link type, HEAD_BYTES */
     uint32_t ngroups, groups_cap;
     int32_t free_group;
     Slot *table;
@@ -742,10 +759,14 @@ static void answer_bounds(Join *j, Sighting *s, int n)
 }
 
 /* A match record for join.py's iterator (join.MATCH_HEAD, MATCH_SIGHTING): the packet
- * id and the number of sightings, then (time on the host, host, direction) of each. */
-static void keep_match(Join *j, Group *g)
+ * id, the number of sightings, the link type and length of its head; then (time on the
+ * host, host, direction, interface) of each sighting; then the head's bytes, padded to 8:
+ * the start of the frame of its first sighting. */
+static void keep_match(Join *j, Group *g, uint32_t index)
 {
-    size_t need = 16 + (size_t)g->held * 16;
+    const uint8_t *slot = j->heads + (size_t)index * HEAD_SLOT;
+    uint32_t head_len = slot[0] | (uint32_t)slot[1] << 8;
+    size_t need = 16 + (size_t)g->held * 16 + ((head_len + 7u) & ~7u);
     if (j->matches_len + need > j->matches_cap) {
         size_t cap = j->matches_cap ? j->matches_cap * 2 : 1 << 16;
         while (cap < j->matches_len + need)
@@ -763,6 +784,8 @@ static void keep_match(Join *j, Group *g)
     put_le32(p, (uint32_t)g->id);
     put_le32(p + 4, (uint32_t)(g->id >> 32));
     put_le32(p + 8, g->held);
+    memcpy(p + 12, slot + 2, 2); /* link type */
+    memcpy(p + 14, slot, 2);     /* head length */
     Sighting *s = sightings_of(g);
     for (int i = 0; i < g->held; i++) {
         uint8_t *r = p + 16 + 16 * i;
@@ -771,7 +794,10 @@ static void keep_match(Join *j, Group *g)
         put_le32(r + 4, (uint32_t)(t >> 32));
         put_le32(r + 8, s[i].host);
         r[12] = s[i].dir;
+        r[14] = (uint8_t)s[i].iface;
+        r[15] = (uint8_t)(s[i].iface >> 8);
     }
+    memcpy(p + 16 + 16 * (size_t)g->held, slot + 4, head_len);
     j->matches_len += need;
 }
 
@@ -785,7 +811,7 @@ static void close_group(Join *j, uint32_t index)
         if (g->copies >= 2 && g->copies <= j->max_copies)
             same_packet_bounds(j, s, g->held);
         if (j->keep_matches && g->copies <= j->max_copies)
-            keep_match(j, g);
+            keep_match(j, g, index);
     } else if (g->questions && g->answers && g->questions <= j->max_copies &&
                g->answers <= j->max_copies) {
         answer_bounds(j, s, g->held);
@@ -875,6 +901,12 @@ static int32_t new_group(Join *j)
         if (!grown)
             return -1;
         j->groups = grown;
+        if (j->keep_matches) {
+            uint8_t *heads = PyMem_Realloc(j->heads, (size_t)cap * HEAD_SLOT);
+            if (!heads)
+                return -1;
+            j->heads = heads;
+        }
         j->groups_cap = cap;
     }
     return (int32_t)j->ngroups++;
@@ -924,7 +956,8 @@ static void expire(Join *j, int64_t before, int all)
     }
 }
 
-static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sighting seen)
+static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sighting seen,
+                         const Pending *p)
 {
     if ((j->table_used + 1) * 2 > j->table_cap && table_grow(j) < 0) {
         j->failed = 1;
@@ -944,6 +977,14 @@ static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sigh
         memset(fresh, 0, sizeof *fresh);
         fresh->id = id;
         fresh->kind = kind;
+        if (j->keep_matches && kind == KIND_PACKET) {
+            uint8_t *slot = j->heads + (size_t)index * HEAD_SLOT;
+            slot[0] = (uint8_t)p->head_len;
+            slot[1] = (uint8_t)(p->head_len >> 8);
+            slot[2] = (uint8_t)p->linktype;
+            slot[3] = (uint8_t)(p->linktype >> 8);
+            memcpy(slot + 4, p->head, p->head_len);
+        }
         j->table[slot].hash = hash;
         j->table[slot].entry = (uint32_t)index + 1;
         j->table_used++;
@@ -1001,11 +1042,11 @@ static void join_process(Join *j, const Pending *p)
     expire(j, j->now - j->window, 0);
     if (!p->identified)
         return;
-    Sighting seen = {p->aligned, p->host, p->dir, ROLE_NONE};
-    add_sighting(j, p->packet_id, KIND_PACKET, p->packet_hash, seen);
+    Sighting seen = {p->aligned, p->host, p->dir, ROLE_NONE, p->iface};
+    add_sighting(j, p->packet_id, KIND_PACKET, p->packet_hash, seen, p);
     if (p->role != ROLE_NONE) {
         seen.role = p->role;
-        add_sighting(j, p->exchange_id, KIND_EXCHANGE, p->exchange_hash, seen);
+        add_sighting(j, p->exchange_id, KIND_EXCHANGE, p->exchange_hash, seen, p);
     }
 }
 
@@ -1057,6 +1098,12 @@ static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t b
     if (p->identified) {
         j->identified++;
         p->dir = epb_direction(block, blen, cap);
+        p->iface = out_id > UINT16_MAX ? UINT16_MAX : (uint16_t)out_id;
+        if (j->keep_matches) {
+            p->linktype = j->linktypes[out_id];
+            p->head_len = (uint16_t)(cap < HEAD_BYTES ? cap : HEAD_BYTES);
+            memcpy(p->head, block + 28, p->head_len);
+        }
         p->packet_id = key_id(id.packet, id.packet_len);
         p->packet_hash = id_hash(p->packet_id, KIND_PACKET);
         prefetch_slot(j, p->packet_hash);
@@ -1143,6 +1190,7 @@ static void Join_dealloc(Join *self)
     PyMem_Free(self->priors);
     PyMem_Free(self->linktypes);
     PyMem_Free(self->groups);
+    PyMem_Free(self->heads);
     PyMem_Free(self->table);
     PyMem_Free(self->fifo);
     PyMem_Free(self->matches);
@@ -1306,13 +1354,102 @@ static PyObject *py_identify(PyObject *Py_UNUSED(module), PyObject *args)
     return Py_BuildValue("(y#OO)", id.packet, size, Py_None, Py_None);
 }
 
+/* ------------------------------------------------------- packet ids (journeys) */
+#define OPT_PACKETID 5
+#define PACKETID_GROWTH 20 /* the option (4 + 8), opt_endofopt (4) and the trailer (4) */
+
+static int has_packet_id(const Merger *m, uint64_t id)
+{
+    const uint8_t *ids = m->packet_ids.buf;
+    Py_ssize_t lo = 0, hi = m->packet_ids.len / 8;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        const uint8_t *at = ids + mid * 8;
+        uint64_t value = (uint64_t)get_le32(at) | (uint64_t)get_le32(at + 4) << 32;
+        if (value == id)
+            return 1;
+        if (value < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+/* Where epb_packetid goes in `block` (the offset of opt_endofopt, or the end of the
+ * options), and the packet's id; 0 when it gets none: not a packet seen twice, not
+ * identified, options damaged, or an epb_packetid of its own. */
+static size_t packet_id_at(const Merger *m, const uint8_t *block, uint32_t blen, uint32_t out_id,
+                           uint64_t *id)
+{
+    if ((Py_ssize_t)out_id >= m->nlinktypes)
+        return 0;
+    uint32_t cap = get_le32(block + 20);
+    Identity ident;
+    if (!identify(m->linktypes[out_id], block + 28, cap, &ident))
+        return 0;
+    *id = key_id(ident.packet, ident.packet_len);
+    if (!has_packet_id(m, *id))
+        return 0;
+    size_t at = 28 + (((size_t)cap + 3) & ~(size_t)3), end = (size_t)blen - 4;
+    while (at + 4 <= end) {
+        unsigned code = block[at] | block[at + 1] << 8, len = block[at + 2] | block[at + 3] << 8;
+        if (code == 0)
+            break;
+        if (code == OPT_PACKETID || at + 4 + len > end)
+            return 0;
+        at += 4 + ((len + 3u) & ~3u);
+    }
+    return at > end ? 0 : at;
+}
+
+/* The block's first `at` bytes, then epb_packetid, opt_endofopt and the trailer: the
+ * new length. */
+static uint32_t write_with_packet_id(uint8_t *dst, const uint8_t *src, size_t at, uint64_t id)
+{
+    uint32_t blen = (uint32_t)(at + PACKETID_GROWTH);
+    memcpy(dst, src, at);
+    uint8_t *o = dst + at;
+    put_le32(o, OPT_PACKETID | 8u << 16);
+    put_le32(o + 4, (uint32_t)id);
+    put_le32(o + 8, (uint32_t)(id >> 32));
+    put_le32(o + 12, 0); /* opt_endofopt */
+    put_le32(o + 16, blen);
+    put_le32(dst + 4, blen);
+    return blen;
+}
+
+static PyObject *Merger_add_interface(Merger *self, PyObject *args)
+{
+    Py_ssize_t out_id;
+    unsigned int linktype;
+    if (!PyArg_ParseTuple(args, "nI", &out_id, &linktype))
+        return NULL;
+    if (out_id < 0 || out_id > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "interface id out of range");
+        return NULL;
+    }
+    if (out_id >= self->nlinktypes) {
+        uint32_t *grown = PyMem_Realloc(self->linktypes, ((size_t)out_id + 1) * sizeof *grown);
+        if (!grown)
+            return PyErr_NoMemory();
+        for (Py_ssize_t i = self->nlinktypes; i <= out_id; i++)
+            grown[i] = UINT32_MAX;
+        self->linktypes = grown;
+        self->nlinktypes = out_id + 1;
+    }
+    self->linktypes[out_id] = linktype;
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------------- methods */
 static int Merger_init(Merger *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"inputs", "out_bytes", "join", NULL};
+    static char *kwlist[] = {"inputs", "out_bytes", "join", "packet_ids", NULL};
     Py_ssize_t n, out_bytes = DEFAULT_OUT_BYTES;
-    PyObject *join = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|nO", kwlist, &n, &out_bytes, &join))
+    PyObject *join = Py_None, *packet_ids = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|nOO", kwlist, &n, &out_bytes, &join,
+                                     &packet_ids))
         return -1;
     if (join != Py_None && !PyObject_TypeCheck(join, &JoinType)) {
         PyErr_SetString(PyExc_TypeError, "join must be a Join or None");
@@ -1339,6 +1476,15 @@ static int Merger_init(Merger *self, PyObject *args, PyObject *kwds)
     self->n = n;
     self->heap_len = 0;
     self->out_bytes = out_bytes;
+    if (packet_ids != Py_None) {
+        if (PyObject_GetBuffer(packet_ids, &self->packet_ids, PyBUF_SIMPLE) < 0)
+            return -1;
+        self->has_packet_ids = 1;
+        if (self->packet_ids.len % 8) {
+            PyErr_SetString(PyExc_ValueError, "packet_ids holds 8-byte ids");
+            return -1;
+        }
+    }
     if (join != Py_None) {
         self->join = (Join *)Py_NewRef(join);
         for (Py_ssize_t i = 0; i < n; i++)
@@ -1357,6 +1503,9 @@ static void Merger_dealloc(Merger *self)
     }
     PyMem_Free(self->inputs);
     PyMem_Free(self->heap);
+    PyMem_Free(self->linktypes);
+    if (self->has_packet_ids)
+        PyBuffer_Release(&self->packet_ids);
     Py_XDECREF((PyObject *)self->join);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -1596,16 +1745,25 @@ static PyObject *Merger_run(Merger *self, PyObject *Py_UNUSED(ignored))
             packets++;
             goto next_head;
         }
-        if ((Py_ssize_t)blen > cap - out_len) {
+        uint32_t out_id = in->from_side ? get_le32(in->src + 8) : in->out_id;
+        uint64_t packet_id = 0;
+        size_t id_at = self->has_packet_ids
+                           ? packet_id_at(self, in->src, blen, out_id, &packet_id)
+                           : 0;
+        uint32_t wlen = id_at ? (uint32_t)(id_at + PACKETID_GROWTH) : blen;
+        if ((Py_ssize_t)wlen > cap - out_len) {
             if (out_len)
                 return finish_run(out, out_len, packets, ST_FULL, -1);
             /* One block larger than the whole output: give it room of its own. */
-            if (_PyBytes_Resize(&out, (Py_ssize_t)blen) < 0)
+            if (_PyBytes_Resize(&out, (Py_ssize_t)wlen) < 0)
                 return NULL;
-            cap = (Py_ssize_t)blen;
+            cap = (Py_ssize_t)wlen;
         }
         uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out) + out_len;
-        memcpy(dst, in->src, blen);
+        if (id_at)
+            write_with_packet_id(dst, in->src, id_at, packet_id);
+        else
+            memcpy(dst, in->src, blen);
         if (!in->from_side) {
             put_le32(dst + 8, in->out_id);
             put_le32(dst + 12, (uint32_t)(in->ts >> 32));
@@ -1614,7 +1772,7 @@ static PyObject *Merger_run(Merger *self, PyObject *Py_UNUSED(ignored))
         } else {
             in->side_pos += blen;
         }
-        out_len += blen;
+        out_len += wlen;
         in->packets++;
         packets++;
 
@@ -1650,6 +1808,8 @@ static PyMethodDef Merger_methods[] = {
     {"set_input", (PyCFunction)(void (*)(void))Merger_set_input, METH_VARARGS | METH_KEYWORDS,
      set_input_doc},
     {"state", (PyCFunction)Merger_state, METH_O, state_doc},
+    {"add_interface", (PyCFunction)Merger_add_interface, METH_VARARGS,
+     "add_interface(out_id, linktype): the link type of an output interface (packet ids)."},
     {"run", (PyCFunction)Merger_run, METH_NOARGS, run_doc},
     {NULL, NULL, 0, NULL},
 };

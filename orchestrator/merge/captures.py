@@ -16,6 +16,10 @@ How it stays fast and flat in memory:
 
 Statistics blocks (ISBs) are written after the packets, where capture tools put them.
 
+Given `packet_ids` (journeys.py: the sorted ids of packets the alignment's pass saw at
+two or more capture points), every such packet gets epb_packetid: both paths compute
+each packet's id from its bytes again (packet_ids.py, and the C loop).
+
 The packet loop has a C version, `_fastmerge` (built from orchestrator/_fastmerge.c when
 a compiler is there; `XDPCAP_NO_FASTMERGE=1` turns it off). It merges packet by packet
 with a heap, straight from the readers' chunks, and writes what the path above writes
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -50,6 +55,7 @@ from ...agent.pcapng import (
 )
 from ..errors import MergeError
 from .blocks import Batch, Damage, Interface
+from .packet_ids import id_set, with_packet_id
 from .reader import CaptureReader
 
 if TYPE_CHECKING:
@@ -64,6 +70,7 @@ except ImportError:  # the optional extension was not built: the Python path doe
 # least this many packets (xdpdump's per-CPU buffers disorder a few thousand at most).
 # Before that, the window is the last chunk read (several thousand packets as well).
 REORDER_PACKETS = 100_000
+_U32 = struct.Struct("<I")
 # Output interface options the merge rewrites itself; every other option is kept.
 _REWRITTEN_OPTIONS = (IF_NAME, IF_DESCRIPTION, IF_TSRESOL, IF_TSOFFSET, IF_OS, IF_HARDWARE)
 
@@ -112,6 +119,7 @@ class MergeReport:
     interfaces: list[str]  # output if_name by interface id
     engine: str = "python"  # "c" when the packets went through `_fastmerge`
     alignment: Alignment | None = None  # the clocks as the traffic aligned them
+    journeys: dict | None = None  # run.json's `journeys` (journeys.Journeys.result)
 
     @property
     def damaged(self) -> list[SourceReport]:
@@ -182,9 +190,17 @@ class _Merger:
     engine = "python"
 
     def __init__(
-        self, sources: Sequence[MergeSource], writer: PcapngWriter, clock_correction: bool
+        self,
+        sources: Sequence[MergeSource],
+        writer: PcapngWriter,
+        clock_correction: bool,
+        packet_ids: bytes | None = None,
     ) -> None:
         self.writer = writer
+        self.packet_ids = packet_ids
+        self.ids = id_set(packet_ids) if packet_ids else None
+        self.linktypes: dict[int, int] = {}  # by output interface id: packet ids need them
+        self.core = None  # the C loop, when it runs
         self.interface_names: list[str] = []
         self.inputs: list[_Input] = []
         for index, source in enumerate(sources):
@@ -213,6 +229,9 @@ class _Merger:
                 extra_options=[o for o in iface.options if o[0] not in _REWRITTEN_OPTIONS],
             )
             self.interface_names.append(name)
+            self.linktypes[out_id] = iface.linktype
+            if self.core is not None:
+                self.core.add_interface(out_id, iface.linktype)
             return out_id
 
         return renumber
@@ -247,7 +266,7 @@ class _Merger:
         if len(runs) == 1:
             # Only one input has packets before the horizon: its run goes out as it is.
             inp, cut = runs[0]
-            self.writer.write_blocks(inp.blocks[:cut], cut)
+            self.writer.write_blocks(self._stamped(inp.blocks[:cut]), cut)
             self._consume(inp, cut)
         elif runs:
             ts: list[int] = []
@@ -258,7 +277,18 @@ class _Merger:
                 self._consume(inp, cut)
             # Stable: equal timestamps keep input order, then file order.
             order = sorted(range(len(ts)), key=ts.__getitem__)
-            self.writer.write_blocks(map(blocks.__getitem__, order), len(order))
+            self.writer.write_blocks(self._stamped(map(blocks.__getitem__, order)), len(order))
+
+    def _stamped(self, blocks):
+        """The blocks, with epb_packetid where the pass saw the packet twice or more."""
+        ids = self.ids
+        if not ids:
+            return blocks
+        linktypes = self.linktypes
+        return [
+            with_packet_id(block, linktypes.get(_U32.unpack_from(block, 8)[0]), ids) or block
+            for block in blocks
+        ]
 
     @staticmethod
     def _consume(inp: _Input, cut: int) -> None:
@@ -277,7 +307,9 @@ class _FastMerger(_Merger):
     engine = "c"
 
     def run(self) -> None:
-        core = _fastmerge.Merger(len(self.inputs))
+        core = self.core = _fastmerge.Merger(len(self.inputs), packet_ids=self.packet_ids)
+        for out_id, linktype in self.linktypes.items():
+            core.add_interface(out_id, linktype)
         with contextlib.ExitStack() as files:
             for inp in self.inputs:
                 reader = inp.reader
@@ -339,6 +371,7 @@ def merge_captures(
     *,
     clock_correction: bool = True,
     clock_summary: str | None = None,
+    packet_ids: bytes | None = None,
 ) -> MergeReport:
     """Merge `sources` into one pcapng at `out_path`, ordered by (corrected) time.
 
@@ -373,7 +406,7 @@ def merge_captures(
                     userappl=f"xdpcap {__version__}",
                     comment=section_comment(sources, clock_correction, clock_summary),
                 )
-                merger = engine(sources, writer, clock_correction)
+                merger = engine(sources, writer, clock_correction, packet_ids)
                 try:
                     merger.run()
                 except _OutOfOrder:

@@ -115,6 +115,12 @@ def collect(options: CollectOptions, console: Console) -> RunResult:
     run["merged"] = str(out) if report is not None else None
     alignment = report.alignment if report is not None else None
     run["clock_alignment"] = alignment.to_dict() if alignment else None
+    run["journeys"] = report.journeys if report is not None else None
     write_run_json(options.run_dir, run)
+    from ..report.page import write_beside  # plotly loads only here
+
+    _, problem = write_beside(options.run_dir / "run.json")
+    if problem:
+        console.print(f"[yellow]warning:[/yellow] {problem}")
     result = RunResult(options.run_dir, states, out if report is not None else None, report)
     return result

@@ -70,9 +70,10 @@ def write_run_json(run_dir: Path, data: dict) -> None:
 def merge_states(
     states: Sequence[HostState], out: Path, *, clock_correction: bool
 ) -> MergeReport | None:
-    """Merge every fetched host capture, aligning the hosts' clocks (clock.corrections)."""
-    from ..clock.align import align
+    """Merge every fetched host capture, aligning the hosts' clocks (clock.corrections)
+    and following the packets across them (journeys) in the same pass."""
     from ..merge.captures import MergeSource, merge_captures
+    from ..merge.follow import follow, host_view
 
     fetched = [s for s in states if s.local_file]
     if not fetched:
@@ -80,9 +81,14 @@ def merge_states(
     # The probe's offsets are the prior; the traffic the hosts exchanged refines them.
     shifts = corrections({s.name: s.clock for s in fetched if s.clock})
     priors = [shifts.get(state.name, 0) for state in fetched]
-    alignment = None
-    if clock_correction:
-        alignment = align([s.local_file for s in fetched], [s.name for s in fetched], priors)
+    alignment, journeys = follow(
+        [s.local_file for s in fetched],
+        [s.name for s in fetched],
+        priors,
+        [host_view(s) for s in fetched],
+        clock_correction=clock_correction,
+    )
+    if alignment is not None:
         priors = alignment.shifts_ns
     sources = []
     for index, state in enumerate(fetched):
@@ -105,8 +111,10 @@ def merge_states(
         out,
         clock_correction=clock_correction,
         clock_summary=alignment.summary() if alignment else None,
+        packet_ids=journeys.packet_ids(),
     )
     report.alignment = alignment
+    report.journeys = journeys.result(alignment)
     return report
 
 

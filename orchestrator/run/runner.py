@@ -163,6 +163,7 @@ class Run:
         self.gate = LaunchGate(options.forks)
         self.start_report: dict | None = None  # "start T": when, how far ahead (run.json)
         self._alignment: Alignment | None = None  # the clocks as the traffic aligned them
+        self._journeys: dict | None = None  # where the packets went (merge/journeys.py)
         self.live: LiveMerge | None = None
         self.stream_report: dict | None = None  # for run.json and the final report
 
@@ -226,6 +227,7 @@ class Run:
             raise MergeError(f"{exc}; the host captures are in {self.run_dir / 'hosts'}") from exc
         self._mark("merged")
         self._write_run_json(merged)
+        self._write_page()
         return RunResult(self.run_dir, self.states, merged, report, self.stream_report)
 
     def _open_stream(self) -> None:
@@ -495,6 +497,7 @@ class Run:
         out = self.options.output or self.run_dir / "merged.pcapng"
         report = merge_states(self.states, out, clock_correction=self.options.clock_correction)
         self._alignment = report.alignment if report is not None else None
+        self._journeys = report.journeys if report is not None else None
         return (out, report) if report is not None else (None, None)
 
     def _start_report(self) -> dict | None:
@@ -507,6 +510,14 @@ class Run:
             s.name for s in self.states if s.window_start_ns is not None and s.window_start_ns != at
         ]
         return {**self.start_report, "late": late, "held_by": self.held_by}
+
+    def _write_page(self) -> None:
+        """report.html beside run.json (`xdpcap report` writes it again)."""
+        from ..report.page import write_beside
+
+        _, problem = write_beside(self.run_dir / "run.json")
+        if problem:
+            self.console.print(f"[yellow]warning:[/yellow] {problem}")
 
     def _write_run_json(self, merged: Path | None) -> None:
         data = {
@@ -522,6 +533,7 @@ class Run:
             "merged": str(merged) if merged else None,
             "clock_correction": self.options.clock_correction,
             "clock_alignment": self._alignment.to_dict() if self._alignment else None,
+            "journeys": self._journeys,
             "stream": self.stream_report,
             "hosts": [s.to_dict() for s in self.states],
         }

@@ -114,3 +114,57 @@ def drifting_mesh(
                 seen[b] += [(read(b, there), request, IN), (read(b, back), reply, OUT)]
     paths = [capture(folder / f"h{h}.pcapng", seen[h]) for h in range(hosts)]
     return paths, offsets, drifts
+
+
+# -- journeys: known losses, duplicates, reordering and delays --------------------------
+def udp(sport: int, dport: int, ident: int, src: bytes, dst: bytes, payload: bytes = b"") -> bytes:
+    body = payload or struct.pack("!I", ident) * 4
+    return eth(
+        ipv4(
+            17,
+            struct.pack("!HHHH", sport, dport, 8 + len(body), 0) + body,
+            ident=ident,
+            src=src,
+            dst=dst,
+        )
+    )
+
+
+JOURNEY_SKEW = [0, 250_000 * US, -80_000 * US]  # a, b, c: each clock minus a's
+JOURNEY_C_WINDOW = (T0 - 80_000 * US, T0 + 200_000 * US - 80_000 * US)  # on c's clock
+
+
+def journeys_mesh(folder: Path) -> list[Path]:
+    """Three hosts, b 250 ms ahead of a and c 80 ms behind, with known journeys:
+
+    - a → b: 10 UDP packets 10 ms apart, delays 100 + 10·i µs; #3 and #7 lost; #5
+      arrives twice (1 µs apart); #8 takes 15 ms and arrives after #9 (reordered).
+    - b → a: 10 UDP packets, 50 µs each, none lost.
+    - a → c: 5 to port 9999 (#1 and #4 lost, delays 200 µs), 3 to port 7777 never
+      arriving (c's filter is "udp port 9999": not lost), and 2 to port 9999 after c's
+      window closed (not lost either).
+    Every packet is seen leaving its sender; c captures inbound only.
+    """
+    a, b, c = address(0), address(1), address(2)
+    on = [[], [], []]
+
+    def send(sender: int, receiver: int, frame: bytes, t: int, delays: list[int]) -> None:
+        on[sender].append((t + JOURNEY_SKEW[sender], frame, OUT))
+        for delay in delays:
+            on[receiver].append((t + delay + JOURNEY_SKEW[receiver], frame, IN))
+
+    for i in range(10):
+        t = T0 + i * 10_000 * US
+        frame = udp(4000, 5000, 100 + i, a, b)
+        delay = 15_000 * US if i == 8 else (100 + 10 * i) * US
+        send(0, 1, frame, t, [] if i in (3, 7) else [delay, delay + US] if i == 5 else [delay])
+        send(1, 0, udp(5000, 4000, 200 + i, b, a), t + 3_000 * US, [50 * US])
+    for i in range(5):
+        t = T0 + i * 10_000 * US + 1_000 * US
+        send(0, 2, udp(4001, 9999, 300 + i, a, c), t, [] if i in (1, 4) else [200 * US])
+    for i in range(3):
+        send(0, 2, udp(4001, 7777, 400 + i, a, c), T0 + i * 10_000 * US + 2_000 * US, [])
+    for i in range(2):
+        send(0, 2, udp(4001, 9999, 500 + i, a, c), T0 + 300_000 * US + i * US, [])
+    names = ["a", "b", "c"]
+    return [capture(folder / f"{names[h]}.pcapng", on[h]) for h in range(3)]

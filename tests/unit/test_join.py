@@ -439,9 +439,10 @@ def test_matches_say_where_and_when_each_packet_was_seen(tmp_path: Path, engine:
     first = found[0]
     request = eth(echo(8, 1, 0, ident=0, src=address(0), dst=address(1)))
     assert first.packet_id == key_id(identify(1, request).packet)
+    assert (first.linktype, first.head) == (1, request)  # its first sighting's frame
     assert first.sightings == (
-        Sighting(0, OUTBOUND, T0),
-        Sighting(1, INBOUND, T0 + 40 * US + 250_000 * US),
+        Sighting(0, OUTBOUND, T0, iface=0),
+        Sighting(1, INBOUND, T0 + 40 * US + 250_000 * US, iface=0),
     )
 
 

@@ -1,0 +1,454 @@
+"""Journeys: where each packet went, and how each leg between two hosts fared.
+
+Built inside the clock alignment's one streaming pass (clock/join.py): `Journeys` is
+its `on_match` and sees every packet key's group as it closes, a packet's sightings on
+all hosts with their times on each host's own clock. Nothing reads the inputs again.
+
+What it keeps, and why memory stays bounded:
+
+- **Packet ids.** The id of every packet seen at two or more capture points (hosts or
+  interfaces), 8 bytes each, sorted at the end (`packet_ids()`): the merge, which runs
+  after the alignment, computes each packet's id again from its bytes in its C loop
+  (the same observe.key_id) and writes `epb_packetid` when the id is in this set. The
+  set grows with the matched packets (8 bytes each, ~8 MB per million), not with the
+  window or the capture's bytes; ids are deterministic, so no per-packet state crosses
+  from the pass to the merge but the set. A packet whose bytes repeat within the
+  capture (a retransmission identical in every field the id covers) shares the id.
+- **Per ordered host pair** (sender → receiver), from packets seen leaving the sender
+  (outbound) to one of the receiver's addresses: how many arrived (inbound at the
+  receiver), arrived twice or more (`duplicated`: the extra copies), arrived after a
+  packet that left later (`reordered`, counted in the order the join closes groups:
+  the order of arrival, unless a later sighting on a third host holds a group open);
+  a uniform sample (at most SAMPLES) of raw (t_send, t_recv) pairs and the pair with the
+  largest raw gap, corrected with the solved offsets and drifts after the solve (as
+  constraints.PairSamples): **the delay percentiles come from that bounded uniform
+  sample** (exact while a pair has at most SAMPLES arrivals), the max from every packet.
+- **Lost candidates** (left the sender, not seen arriving): their send times (8 bytes
+  each) until the end, because whether the receiver would have seen them depends on its
+  window in solved clock time, known only after the solve; with the first EXAMPLES of
+  each flow's details. Each is checked when it closes against the receiver's capture
+  filter (cbpf_run on the packet's first bytes) and direction. At most MAX_PENDING
+  per flow are kept; beyond it, a flow's further losses are counted without a time
+  (`lost_unplaced`, treated as inside the window).
+- **Residence time** per host that saw a packet arrive on one interface and leave on
+  another: a count, a uniform sample and the max (one clock: nothing to correct).
+
+A host's addresses come from its agent (the capture's summary, `addresses`), or from its
+file's interface descriptions (if_IPv4addr, if_IPv6addr), or are learned in the pass:
+the source of a packet it sent that it did not forward, and the destination of a packet
+that arrived at it and nowhere else and that it did not forward. A packet to an address
+no host owns is no pair's business.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import struct
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ...agent.filter.cbpf import Program
+from ..clock.constraints import SplitMix
+from ..clock.join import HEAD_BYTES, Match
+from ..clock.observe import INBOUND, OUTBOUND, _ip_payload
+from .cbpf_run import selects
+
+if TYPE_CHECKING:
+    from ..clock.align import Alignment
+    from .blocks import Interface
+
+SAMPLES = 1024  # delay samples kept per ordered host pair (and residence per host)
+EXAMPLES = 20  # lost packets described per pair
+MAX_PENDING = 1_000_000  # lost candidates' times kept per flow
+TIMELINE_BUCKETS = 120  # the loss-over-time series per pair
+SERIES_POINTS = 300  # delay-over-time points per pair in run.json (from the sample)
+IF_IPV4ADDR, IF_IPV6ADDR = 4, 5
+PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
+LINKS = {1: "ether", 101: "raw"}
+
+
+@dataclass
+class HostView:
+    """What journeys know of a host before the pass."""
+
+    name: str
+    addresses: set[bytes] = field(default_factory=set)  # packed, 4 or 16 bytes
+    # The receiver's capture filter, by link ("ether", "raw"): None selects every packet.
+    filters: dict[str, Program] | None = None
+    captures_inbound: bool | None = None  # None: inferred (it saw something arrive)
+    window_ns: tuple[int, int] | None = None  # on its own clock; None: first..last packet
+
+
+@dataclass
+class _Pair:
+    arrived: int = 0
+    duplicated: int = 0
+    samples: list[tuple[int, int]] = field(default_factory=list)
+    widest: tuple[int, int] | None = None  # the (t_send, t_recv) of the largest raw gap
+
+
+@dataclass
+class _Flow:
+    """Packets from one sender to one destination address."""
+
+    latest_sent: int | None = None  # the latest send time of the packets that arrived
+    reordered: int = 0
+    pending: array = field(default_factory=lambda: array("q"))  # lost candidates' t_send
+    examples: list[dict] = field(default_factory=list)  # with "t_send" on the sender clock
+    unplaced: int = 0  # lost past MAX_PENDING
+
+
+@dataclass
+class _Residence:
+    count: int = 0
+    samples: list[int] = field(default_factory=list)
+    max_ns: int = 0
+
+
+class Journeys:
+    """The on_match of the pass: `Journeys(hosts)`, then `packet_ids()` and
+    `result(alignment)` after it."""
+
+    def __init__(self, hosts: Sequence[HostView], priors_ns: Sequence[int] | None = None) -> None:
+        self.hosts = list(hosts)
+        # The clocks when no alignment is solved (the probe's, or none).
+        self.priors = list(priors_ns) if priors_ns is not None else [0] * len(hosts)
+        self.owner: dict[bytes, int] = {}
+        self.declared = [bool(h.addresses) for h in hosts]
+        for index, host in enumerate(hosts):
+            for address in host.addresses:
+                self.owner.setdefault(address, index)
+        self.ids = array("Q")
+        self.pairs: dict[tuple[int, int], _Pair] = {}
+        self.flows: dict[tuple[int, bytes], _Flow] = {}
+        self.residence: dict[int, _Residence] = {}
+        self.first = [None] * len(hosts)  # each host's first and last time seen
+        self.last = [None] * len(hosts)
+        self.inbound = [0] * len(hosts)
+        self.rng = SplitMix(25)
+
+    # ------------------------------------------------------------------ the pass
+    def __call__(self, match: Match) -> None:
+        sightings = match.sightings
+        first, last = self.first, self.last
+        outbound = False
+        for s in sightings:
+            h, t = s.host, s.ts_ns
+            if first[h] is None or t < first[h]:
+                first[h] = t
+            if last[h] is None or t > last[h]:
+                last[h] = t
+            if s.direction == INBOUND:
+                self.inbound[h] += 1
+            elif s.direction == OUTBOUND:
+                outbound = True
+        if len(sightings) > 1 and len({(s.host, s.iface) for s in sightings}) > 1:
+            self.ids.append(match.packet_id)
+            self._residence(sightings)
+        if outbound:
+            self._legs(match)
+
+    def _residence(self, sightings) -> None:
+        """Arrived on one interface of a host and left by another: the host's own time."""
+        for s in sightings:
+            if s.direction != INBOUND:
+                continue
+            leaving = [
+                o.ts_ns
+                for o in sightings
+                if o.host == s.host
+                and o.direction == OUTBOUND
+                and o.iface != s.iface
+                and o.ts_ns >= s.ts_ns
+            ]
+            if leaving:
+                gap = min(leaving) - s.ts_ns
+                held = self.residence.setdefault(s.host, _Residence())
+                held.count += 1
+                held.max_ns = max(held.max_ns, gap)
+                _reservoir(held.samples, held.count, gap, self.rng)
+                return
+
+    def _legs(self, match: Match) -> None:
+        parsed = _parse(match.linktype, match.head)
+        if parsed is None:
+            return
+        src, dst, proto, sport, dport = parsed
+        sightings = match.sightings
+        inbound_hosts = {s.host for s in sightings if s.direction == INBOUND}
+        outbound_hosts = {s.host for s in sightings if s.direction == OUTBOUND}
+        # Learn addresses where no host declared any: a packet a host sent and did not
+        # forward is from it; one that arrived at one host only, not forwarded, is to it.
+        for h in outbound_hosts - inbound_hosts:
+            if not self.declared[h]:
+                self.owner.setdefault(src, h)
+        ends = inbound_hosts - outbound_hosts
+        if len(ends) == 1:
+            (h,) = ends
+            if not self.declared[h]:
+                self.owner.setdefault(dst, h)
+        receiver = self.owner.get(dst)
+        for s in sightings:
+            if s.direction != OUTBOUND or s.host == receiver:
+                continue
+            arrivals = sorted(
+                o.ts_ns for o in sightings if o.host == receiver and o.direction == INBOUND
+            )
+            if arrivals and receiver is not None:
+                self._arrived(s.host, receiver, dst, s.ts_ns, arrivals)
+            elif receiver is None or self._would_capture(receiver, match):
+                self._lost(s.host, dst, s.ts_ns, src, proto, sport, dport)
+
+    def _arrived(
+        self, sender: int, receiver: int, dst: bytes, t_send: int, arrivals: list[int]
+    ) -> None:
+        pair = self.pairs.get((sender, receiver))
+        if pair is None:
+            pair = self.pairs[(sender, receiver)] = _Pair()
+        pair.arrived += 1
+        pair.duplicated += len(arrivals) - 1
+        t_recv = arrivals[0]
+        _reservoir(pair.samples, pair.arrived, (t_send, t_recv), self.rng)
+        if pair.widest is None or t_recv - t_send > pair.widest[1] - pair.widest[0]:
+            pair.widest = (t_send, t_recv)
+        flow = self._flow(sender, dst)
+        if flow.latest_sent is not None and t_send < flow.latest_sent:
+            flow.reordered += 1
+        else:
+            flow.latest_sent = t_send
+
+    def _lost(
+        self, sender: int, dst: bytes, t_send: int, src: bytes, proto: int, sport, dport
+    ) -> None:
+        flow = self._flow(sender, dst)
+        if len(flow.pending) >= MAX_PENDING:
+            flow.unplaced += 1
+            return
+        flow.pending.append(t_send)
+        if len(flow.examples) < 4 * EXAMPLES:  # some fall outside the window at the end
+            flow.examples.append(
+                {
+                    "t_send": t_send,
+                    "src": _text(src),
+                    "dst": _text(dst),
+                    "protocol": PROTOCOLS.get(proto, str(proto)),
+                    "sport": sport,
+                    "dport": dport,
+                }
+            )
+
+    def _flow(self, sender: int, dst: bytes) -> _Flow:
+        flow = self.flows.get((sender, dst))
+        if flow is None:
+            flow = self.flows[(sender, dst)] = _Flow()
+        return flow
+
+    def _would_capture(self, receiver: int, match: Match) -> bool:
+        """The receiver's direction and filter (its window is checked at the end)."""
+        host = self.hosts[receiver]
+        if host.captures_inbound is False:
+            return False
+        if not host.filters:
+            return True
+        program = host.filters.get(LINKS.get(match.linktype, ""))
+        if program is None:
+            return True  # no program for this link: not ours to judge
+        wire = None if len(match.head) < HEAD_BYTES else HEAD_BYTES + 1
+        return selects(program, match.head, wire)
+
+    # ------------------------------------------------------------- after the pass
+    def packet_ids(self) -> bytes:
+        """The sorted ids of packets seen at 2+ capture points (for the merge's C loop)."""
+        return array("Q", sorted(set(self.ids))).tobytes()
+
+    def add_interfaces(self, interfaces: Sequence[Sequence[Interface]]) -> None:
+        """Addresses from each file's interface descriptions (after the pass: the
+        readers met them on the way)."""
+        for host, ifaces in enumerate(interfaces):
+            for iface in ifaces:
+                for code, value in iface.options:
+                    if code == IF_IPV4ADDR and len(value) >= 4:
+                        self.owner[bytes(value[:4])] = host
+                    elif code == IF_IPV6ADDR and len(value) >= 16:
+                        self.owner[bytes(value[:16])] = host
+
+    def result(self, alignment: Alignment | None) -> dict:
+        """run.json's `journeys`, every time on the solved reference clock."""
+        n = len(self.hosts)
+        offsets = alignment.shifts_ns if alignment else self.priors
+        rates = [r / 1e9 for r in alignment.rates_ppb] if alignment else [0.0] * n
+        epoch = alignment.epoch_ns if alignment else 0
+
+        def ref(host: int, t: int) -> int:
+            """A host's time on the reference clock: undrifted, less its offset."""
+            return t - round(rates[host] * (t - epoch)) - offsets[host]
+
+        windows = [self._window(h, ref) for h in range(n)]
+        pairs: dict[tuple[int, int], dict] = {}
+        for (sender, receiver), pair in self.pairs.items():
+            entry = pairs.setdefault((sender, receiver), _empty(self, sender, receiver))
+            entry["arrived"] = pair.arrived
+            entry["duplicated"] = pair.duplicated
+            delays = sorted(ref(receiver, b) - ref(sender, a) for a, b in pair.samples)
+            widest = ref(receiver, pair.widest[1]) - ref(sender, pair.widest[0])
+            entry["delay_ns"] = {
+                "p50": _percentile(delays, 50),
+                "p90": _percentile(delays, 90),
+                "p99": _percentile(delays, 99),
+                "max": max(widest, delays[-1]),
+            }
+            entry["delay_sampled"] = len(delays)
+            series = sorted(
+                (ref(sender, a), ref(receiver, b) - ref(sender, a)) for a, b in pair.samples
+            )
+            step = max(1, math.ceil(len(series) / SERIES_POINTS))
+            entry["delay_series"] = [list(p) for p in series[::step]]
+        lost_times: dict[tuple[int, int], list[int]] = {}
+        for (sender, dst), flow in self.flows.items():
+            receiver = self.owner.get(dst)
+            if receiver is None or receiver == sender:
+                continue
+            window = windows[receiver]
+            inbound = self.hosts[receiver].captures_inbound
+            if (
+                window is None
+                or inbound is False
+                or (inbound is None and not self.inbound[receiver])
+            ):
+                continue
+            entry = pairs.setdefault((sender, receiver), _empty(self, sender, receiver))
+            entry["reordered"] += flow.reordered
+            start, end = window
+            times = [t for t in (ref(sender, t) for t in flow.pending) if start <= t <= end]
+            lost_times.setdefault((sender, receiver), []).extend(times)
+            entry["lost"] += len(times) + flow.unplaced
+            for example in flow.examples:
+                t = ref(sender, example["t_send"])
+                if start <= t <= end and len(entry["lost_examples"]) < 4 * EXAMPLES:
+                    shown = {k: v for k, v in example.items() if k != "t_send"}
+                    entry["lost_examples"].append({"time_ns": t, **shown})
+        out = []
+        for key in sorted(pairs):
+            entry = pairs[key]
+            entry["left"] = entry["arrived"] + entry["lost"]
+            if not entry["left"]:
+                continue  # only packets outside the receiver's window: no exchange
+            entry["lost_examples"] = sorted(entry["lost_examples"], key=lambda e: e["time_ns"])[
+                :EXAMPLES
+            ]
+            entry["timeline"] = self._timeline(key, entry, lost_times.get(key, []), ref, windows)
+            out.append(entry)
+        return {
+            "pairs": out,
+            "residence": [
+                {
+                    "host": self.hosts[h].name,
+                    "packets": held.count,
+                    "delay_ns": _percentiles(sorted(held.samples), held.max_ns),
+                }
+                for h, held in sorted(self.residence.items())
+            ],
+            "addresses": {
+                host.name: sorted(_text(a) for a, h in self.owner.items() if h == index)
+                for index, host in enumerate(self.hosts)
+            },
+            "packet_ids": len(set(self.ids)),
+            "delay_sample_size": SAMPLES,
+            "note": "delay percentiles from a uniform sample of at most "
+            f"{SAMPLES} arrivals per pair (exact below that), max from every packet; "
+            "times on the solved reference clock",
+        }
+
+    def _window(self, host: int, ref) -> tuple[int, int] | None:
+        declared = self.hosts[host].window_ns
+        if declared and declared[1] > declared[0]:
+            return ref(host, declared[0]), ref(host, declared[1])
+        if self.first[host] is None:
+            return None
+        return ref(host, self.first[host]), ref(host, self.last[host])
+
+    def _timeline(self, key, entry, lost: list[int], ref, windows) -> dict:
+        """Lost packets over time, in TIMELINE_BUCKETS buckets over the receiver's window."""
+        window = windows[key[1]]
+        if window is None:
+            return {"start_ns": 0, "width_ns": 0, "lost": []}
+        start, end = window
+        width = max(1, math.ceil((end - start + 1) / TIMELINE_BUCKETS))
+        counts = [0] * TIMELINE_BUCKETS
+        for t in lost:
+            counts[min((t - start) // width, TIMELINE_BUCKETS - 1)] += 1
+        return {"start_ns": start, "width_ns": width, "lost": counts}
+
+
+def _empty(journeys: Journeys, sender: int, receiver: int) -> dict:
+    return {
+        "sender": journeys.hosts[sender].name,
+        "receiver": journeys.hosts[receiver].name,
+        "left": 0,
+        "arrived": 0,
+        "lost": 0,
+        "duplicated": 0,
+        "reordered": 0,
+        "delay_ns": None,
+        "delay_sampled": 0,
+        "delay_series": [],
+        "lost_examples": [],
+    }
+
+
+def _percentile(ordered: list[int], p: int) -> int | None:
+    """Nearest rank: the smallest value with at least p % of them at or below it."""
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(p * len(ordered) / 100) - 1)]
+
+
+def _percentiles(ordered: list[int], maximum: int) -> dict:
+    return {
+        "p50": _percentile(ordered, 50),
+        "p90": _percentile(ordered, 90),
+        "p99": _percentile(ordered, 99),
+        "max": maximum,
+    }
+
+
+def _reservoir(values: list, count: int, value: object, rng: SplitMix) -> None:
+    if len(values) < SAMPLES:
+        values.append(value)
+    else:
+        slot = rng.randrange(count)
+        if slot < SAMPLES:
+            values[slot] = value
+
+
+def _parse(linktype: int, head: bytes) -> tuple[bytes, bytes, int, int | None, int | None] | None:
+    """(source, destination, protocol, source port, destination port) of an IP frame."""
+    ip = _ip_payload(linktype, head)
+    if not ip:
+        return None
+    version = ip[0] >> 4
+    if version == 4 and len(ip) >= 20:
+        ihl = (ip[0] & 0x0F) * 4
+        proto, src, dst, l4 = ip[9], ip[12:16], ip[16:20], ip[ihl:]
+        if struct.unpack_from("!H", ip, 6)[0] & 0x1FFF:
+            l4 = b""  # a later fragment: no ports
+    elif version == 6 and len(ip) >= 40:
+        proto, src, dst, l4 = ip[6], ip[8:24], ip[24:40], ip[40:]
+    else:
+        return None
+    if proto in (6, 17, 132) and len(l4) >= 4:
+        sport, dport = struct.unpack_from("!HH", l4)
+        return bytes(src), bytes(dst), proto, sport, dport
+    return bytes(src), bytes(dst), proto, None, None
+
+
+def _text(address: bytes) -> str:
+    return str(ipaddress.ip_address(address))
+
+
+def parse_address(text: str) -> bytes:
+    """A summary's address ("10.0.0.1" or "10.0.0.1/24") packed."""
+    return ipaddress.ip_interface(text).ip.packed

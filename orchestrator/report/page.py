@@ -1,0 +1,241 @@
+"""report.html: one self-contained page (plotly.js inline: it works offline) with the
+run's tables and plots — per-pair delay distributions, delay over time, loss over time,
+the clock offsets with their feasible intervals, per-host counts.
+
+The plots are plotly figures (plotly.py builds them; its plotly.js is embedded once, in
+the page's head). Every number comes from run.json (`journeys`, `clock_alignment`,
+`hosts`); the delay plots show the uniform sample of each pair kept by the pass.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import os
+from pathlib import Path
+
+from . import tables
+
+PLOT_CLASS = "xdpcap-plot"
+
+
+def write_page(data: dict, path: Path, title: str) -> Path:
+    """Write the page; raises ImportError when plotly is not installed."""
+    text = render(data, title)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.chmod(tmp, 0o600)  # as run folders: captures are other people's traffic
+    tmp.replace(path)
+    return path
+
+
+def render(data: dict, title: str) -> str:
+    import plotly.graph_objects as go
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    figures = [
+        ("Per-host counts", _host_counts(go, data)),
+        ("Clock offsets and their feasible intervals", _clocks(go, data)),
+        ("One-way delay per host pair", _delay_distributions(go, data)),
+        ("One-way delay over time", _delay_over_time(go, data)),
+        ("Lost packets over time", _loss_over_time(go, data)),
+    ]
+    sections = []
+    for heading, figure in figures:
+        if figure is None:
+            continue
+        figure.update_layout(template="plotly_white", margin={"t": 30, "b": 40}, height=380)
+        body = pio.to_html(figure, include_plotlyjs=False, full_html=False)
+        sections.append(f'<h2>{html.escape(heading)}</h2>\n<div class="{PLOT_CLASS}">{body}</div>')
+    return _PAGE.format(
+        title=html.escape(f"xdpcap report: {title}"),
+        plotly=get_plotlyjs(),
+        tables=_tables_html(data),
+        sections="\n".join(sections),
+    )
+
+
+# ---------------------------------------------------------------------------- figures
+def _host_counts(go, data: dict):
+    hosts = data.get("hosts") or []
+    if not hosts:
+        return None
+    names = [str(h.get("name")) for h in hosts]
+    figure = go.Figure()
+    for label, key in (("written", "written"), ("lost", "lost"), ("filtered out", "filtered_out")):
+        values = [
+            (h.get("summary") or {}).get(key, h.get("packets") if key == "written" else 0) or 0
+            for h in hosts
+        ]
+        figure.add_bar(name=label, x=names, y=values)
+    figure.update_layout(barmode="group", yaxis_title="packets")
+    return figure
+
+
+def _clocks(go, data: dict):
+    alignment = data.get("clock_alignment")
+    if not alignment or not alignment.get("hosts"):
+        return None
+    names, offsets, plus, minus = [], [], [], []
+    for name, clock in alignment["hosts"].items():
+        offset = clock["offset_ns"] / 1e6
+        low, high = clock.get("feasible_ns") or [None, None]
+        names.append(name)
+        offsets.append(offset)
+        plus.append(0 if high is None else high / 1e6 - offset)
+        minus.append(0 if low is None else offset - low / 1e6)
+    figure = go.Figure(
+        go.Scatter(
+            x=names,
+            y=offsets,
+            mode="markers",
+            name="offset",
+            error_y={"type": "data", "symmetric": False, "array": plus, "arrayminus": minus},
+        )
+    )
+    figure.update_layout(yaxis_title="offset from the reference (ms)")
+    return figure
+
+
+def _pairs(data: dict) -> list[dict]:
+    return (data.get("journeys") or {}).get("pairs") or []
+
+
+def _label(pair: dict) -> str:
+    return f"{pair['sender']} → {pair['receiver']}"
+
+
+def _delay_distributions(go, data: dict):
+    pairs = [p for p in _pairs(data) if p.get("delay_series")]
+    if not pairs:
+        return None
+    figure = go.Figure()
+    for pair in pairs:
+        figure.add_box(
+            y=[d / 1000 for _, d in pair["delay_series"]], name=_label(pair), boxpoints="outliers"
+        )
+    figure.update_layout(yaxis_title="one-way delay (µs)", showlegend=False)
+    return figure
+
+
+def _delay_over_time(go, data: dict):
+    pairs = [p for p in _pairs(data) if p.get("delay_series")]
+    if not pairs:
+        return None
+    start = min(p["delay_series"][0][0] for p in pairs)
+    figure = go.Figure()
+    for pair in pairs:
+        series = pair["delay_series"]
+        figure.add_scatter(
+            x=[(t - start) / 1e9 for t, _ in series],
+            y=[d / 1000 for _, d in series],
+            mode="markers",
+            name=_label(pair),
+        )
+    figure.update_layout(
+        xaxis_title="time since the first packet (s)", yaxis_title="one-way delay (µs)"
+    )
+    return figure
+
+
+def _loss_over_time(go, data: dict):
+    pairs = [p for p in _pairs(data) if (p.get("timeline") or {}).get("lost")]
+    if not pairs:
+        return None
+    start = min(p["timeline"]["start_ns"] for p in pairs)
+    figure = go.Figure()
+    for pair in pairs:
+        line = pair["timeline"]
+        figure.add_bar(
+            x=[
+                (line["start_ns"] + i * line["width_ns"] - start) / 1e9
+                for i in range(len(line["lost"]))
+            ],
+            y=line["lost"],
+            width=[line["width_ns"] / 1e9] * len(line["lost"]),  # a bucket: visible when few
+            offset=0,
+            name=_label(pair),
+        )
+    figure.update_layout(barmode="stack", xaxis_title="time (s)", yaxis_title="packets lost")
+    return figure
+
+
+# ---------------------------------------------------------------------------- tables
+def _tables_html(data: dict) -> str:
+    """The terminal's tables as HTML (rich renders them; no second layout to keep)."""
+    from rich.console import Console
+
+    console = Console(record=True, width=160, file=io.StringIO())
+    for table in tables.tables(data):
+        console.print(table)
+    lost = _lost_examples(data)
+    return (
+        console.export_html(inline_styles=True, code_format="<pre class=tables>{code}</pre>") + lost
+    )
+
+
+def _lost_examples(data: dict) -> str:
+    rows = []
+    for pair in _pairs(data):
+        for example in pair.get("lost_examples") or []:
+            rows.append(
+                "<tr>"
+                + "".join(
+                    f"<td>{html.escape(str(v))}</td>"
+                    for v in (
+                        _label(pair),
+                        example["time_ns"],
+                        example["src"],
+                        example["dst"],
+                        example["protocol"],
+                        example.get("sport") if example.get("sport") is not None else "",
+                        example.get("dport") if example.get("dport") is not None else "",
+                    )
+                )
+                + "</tr>"
+            )
+    if not rows:
+        return ""
+    head = "".join(
+        f"<th>{h}</th>" for h in ("pair", "sent (ns)", "from", "to", "protocol", "sport", "dport")
+    )
+    table = f"<table class=lost><tr>{head}</tr>{''.join(rows)}</table>"
+    return f"<h2>Lost packets (first 20 per pair)</h2>{table}"
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<script type="text/javascript">{plotly}</script>
+<style>
+body {{ font-family: sans-serif; margin: 1em 2em; }}
+pre.tables {{ font-size: 12px; }}
+table.lost {{ border-collapse: collapse; font-size: 12px; }}
+table.lost td, table.lost th {{ border: 1px solid #ccc; padding: 2px 6px; }}
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+{tables}
+{sections}
+</body>
+</html>
+"""
+
+
+def write_beside(json_path: Path) -> tuple[Path | None, str | None]:
+    """The page for a run.json (report.html beside it) or a merge's `<output>.json`
+    (`<output>.html`), as `run`, `collect` and `merge` finish: (its path, None), or
+    (None, why not) — a missing page never fails a capture."""
+    from .load import load
+
+    source = load(json_path.parent if json_path.name == "run.json" else json_path)
+    try:
+        return write_page(source.data, source.page_path, source.title), None
+    except ImportError:
+        return None, "plotly is not installed (pip install plotly): no report.html"
+    except OSError as exc:
+        return None, f"cannot write {source.page_path}: {exc.strerror or exc}"
