@@ -322,6 +322,10 @@ class Journeys:
             entry = pairs.setdefault((sender, receiver), _empty(self, sender, receiver))
             entry["reordered"] += flow.reordered
             start, end = window
+            # A packet sent just before the receiver's window closed may arrive after it:
+            # the receiver could not have seen it, so it did not "leave" for it. The pair's
+            # largest delay seen is the margin (none known: no margin).
+            end -= entry["delay_ns"]["max"] if entry.get("delay_ns") else 0
             times = [t for t in (ref(sender, t) for t in flow.pending) if start <= t <= end]
             lost_times.setdefault((sender, receiver), []).extend(times)
             entry["lost"] += len(times) + flow.unplaced

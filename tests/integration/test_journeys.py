@@ -87,5 +87,7 @@ def test_loss_on_one_link_and_packet_ids_link_the_sightings(tmp_path: Path) -> N
         (first, out, dst), (second, into, _) = sightings
         assert (first, out) == (h1.name, "0x00000002")  # outbound on the sender first
         assert second == (h2.name if dst == h2.ipv4 else h3.name) and into == "0x00000001"
-    # Only packets seen once go without an id: h1's lost ones to h3.
-    assert unmarked == {h3.ipv4: to_h3["lost"]}
+    # Only packets seen once go without an id: h1's lost ones to h3, and at most one per
+    # receiver sent as its window closed (it arrived after: neither left nor lost).
+    assert 0 <= unmarked.pop(h3.ipv4, 0) - to_h3["lost"] <= 1
+    assert unmarked.pop(h2.ipv4, 0) <= 1 and not unmarked
