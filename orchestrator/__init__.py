@@ -3,8 +3,9 @@ opens one capture window everywhere, fetches the hosts' files and merges them.
 
 Sub-packages, one job each (dependencies point down this list, never up):
   cli/        one thin module per command: flags -> typed options -> library calls
-  run/        a run's phases, the host state machine, the fan-out, run.json, collect
-  remote/     one host over SSH: connection, agent bundle and launch, events, fetch
+  run/        a run's phases, the fan-out and launch gate, run.json, collect
+  report/     a run's tables and its report.html
+  remote/     one host over SSH: its state machine, the agent's launch and events, fetch
   inventory/  Ansible inventories: the built-in reader, ansible-core's, --limit patterns
   merge/      the pcapng reader, the time-ordered merge (and its C loop), the live merge
   clock/      each host's clock: the probe, and the alignment from the traffic itself
