@@ -1,0 +1,128 @@
+"""libvirt's daemons for the Vagrant lab where no init system runs (containers, CI).
+
+`start()` starts virtlogd and libvirtd unless a libvirtd already answers, and records the
+pids it started in a state file; `stop()` ends exactly those pids and nothing else, so a
+libvirtd that systemd (or a user) runs is never touched. The networks the lab uses are
+libvirt's own: vagrant-libvirt creates them at `vagrant up` and removes them at
+`vagrant destroy`; libvirtd starts their dnsmasq.
+
+Also the lab's view of what libvirt holds (domains, networks, volumes), for checking that
+a destroyed lab left nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .system import LabError, kill_pids, pid_alive, run, write_file
+
+URI = "qemu:///system"
+STATE = Path("/run/xdpcap-libvirt/started.json")
+START_TIMEOUT = 60.0  # libvirtd probes QEMU's capabilities before it answers
+# (name, binary, pid file): virtlogd first, libvirtd hands it the guests' consoles.
+DAEMONS = (
+    ("virtlogd", "/usr/sbin/virtlogd", Path("/run/virtlogd.pid")),
+    ("libvirtd", "/usr/sbin/libvirtd", Path("/run/libvirtd.pid")),
+)
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What libvirt holds: names of domains, networks and storage volumes."""
+
+    domains: tuple[str, ...]
+    networks: tuple[str, ...]
+    volumes: tuple[str, ...]
+
+
+def answers(timeout: float = 10.0) -> bool:
+    """True if a libvirtd answers on the system socket."""
+    try:
+        proc = run(["virsh", "-c", URI, "version"], timeout=timeout, check=False)
+    except LabError:  # a libvirtd still starting may not answer in time: not yet
+        return False
+    return proc.returncode == 0
+
+
+def start(state: Path = STATE) -> dict[str, int]:
+    """Start what is not running; return {daemon: pid} of those this call started."""
+    if answers():
+        return {}
+    started: dict[str, int] = {}
+    for name, binary, pid_file in DAEMONS:
+        pid = _running_pid(pid_file)
+        if pid is None:
+            run([binary, "--daemon", "--pid-file", str(pid_file)], timeout=START_TIMEOUT)
+            pid = _wait_pid(name, pid_file)
+            started[name] = pid
+    # Keep what an earlier start() recorded: stop() must find every pid we own.
+    owned = {**_recorded(state), **started}
+    state.parent.mkdir(parents=True, exist_ok=True)
+    write_file(state, json.dumps(owned))
+    _wait_answer()
+    return started
+
+
+def stop(state: Path = STATE) -> list[str]:
+    """End the daemons start() recorded (by pid, never by name); return their names."""
+    owned = _recorded(state)
+    # libvirtd before virtlogd: the reverse of the start.
+    names = sorted(owned, key=lambda name: name != "libvirtd")
+    survivors = kill_pids([owned[name] for name in names])
+    if survivors:
+        raise LabError(f"libvirt daemons did not stop: pids {survivors}")
+    state.unlink(missing_ok=True)
+    return names
+
+
+def holdings() -> Holdings:
+    """Every domain, network and volume of the default pool libvirt knows, by name."""
+    domains = _names(["virsh", "-c", URI, "list", "--all", "--name"])
+    networks = _names(["virsh", "-c", URI, "net-list", "--all", "--name"])
+    volumes: list[str] = []
+    for pool in _names(["virsh", "-c", URI, "pool-list", "--all", "--name"]):
+        proc = run(["virsh", "-c", URI, "vol-list", pool, "--name"], check=False)
+        volumes += [f"{pool}/{v}" for v in proc.stdout.split()] if proc.returncode == 0 else []
+    return Holdings(tuple(domains), tuple(networks), tuple(volumes))
+
+
+def _names(argv: list[str]) -> list[str]:
+    return run(argv, timeout=30).stdout.split()
+
+
+def _recorded(state: Path) -> dict[str, int]:
+    try:
+        data = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {name: int(pid) for name, pid in data.items() if pid_alive(int(pid))}
+
+
+def _running_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def _wait_pid(name: str, pid_file: Path) -> int:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        pid = _running_pid(pid_file)
+        if pid is not None:
+            return pid
+        time.sleep(0.1)
+    raise LabError(f"{name} started but wrote no live pid to {pid_file}")
+
+
+def _wait_answer() -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if answers(timeout=5.0):
+            return
+        time.sleep(0.2)
+    raise LabError(f"libvirtd does not answer on {URI} after {START_TIMEOUT:g} s")
