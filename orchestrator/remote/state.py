@@ -61,6 +61,7 @@ class HostState:
     filter: str | None = None  # the capture filter expression this host ran
     direction: str = "inout"  # -Q: in, out or inout
     xdp_hook: str | None = None  # --xdp-hook: the pinned hook map of the host's XDP program
+    headers: str | None = None  # the kernel headers the sampler was compiled against
 
     def __post_init__(self) -> None:
         self.state = Phase(self.state)  # as read back from run.json: a known phase or an error
