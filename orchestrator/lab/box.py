@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import libvirt
 from .system import LabError, run, write_file
 
 BOX_NAME = "xdpcap/bookworm"
@@ -164,6 +165,7 @@ def build_box(plan: BoxPlan, progress: Callable[[str], None]) -> Path:
         progress(f"box cached: {plan.box_file}")
     else:
         _build(plan, progress)
+        _prune_cache(plan, progress)
     # Vagrant knows a box by name only: the stamp says which recipe it was added from.
     stamp = plan.cache / "in-vagrant"
     if box_in_vagrant(plan.name) and _read(stamp) == plan.key:
@@ -175,7 +177,16 @@ def build_box(plan: BoxPlan, progress: Callable[[str], None]) -> Path:
             timeout=VAGRANT_TIMEOUT,
         )
         write_file(stamp, plan.key)
+        # vagrant-libvirt uploads a box to libvirt's pool on the next `up`, and keeps it
+        # there after the box is replaced: the old upload is dead weight.
+        for volume in libvirt.remove_unused_volumes(box_volume_prefix(plan.name)):
+            progress(f"removed {volume}, the replaced box's disk in libvirt's pool")
     return plan.box_file
+
+
+def box_volume_prefix(name: str) -> str:
+    """How vagrant-libvirt names the pool volume it uploads box NAME to."""
+    return name.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
 
 
 def _read(path: Path) -> str:
@@ -183,6 +194,14 @@ def _read(path: Path) -> str:
         return path.read_text().strip()
     except OSError:
         return ""
+
+
+def _prune_cache(plan: BoxPlan, progress: Callable[[str], None]) -> None:
+    """Boxes of earlier recipes: a gigabyte each, never used again."""
+    for entry in plan.cache.iterdir():
+        if entry.is_dir() and entry != plan.dir and re.fullmatch(r"[0-9a-f]{12}", entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+            progress(f"removed {entry}, a box of an earlier recipe")
 
 
 def _build(plan: BoxPlan, progress: Callable[[str], None]) -> None:

@@ -13,7 +13,9 @@ a destroyed lab left nothing behind.
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,15 +68,21 @@ def start(state: Path = STATE) -> dict[str, int]:
     return started
 
 
-def stop(state: Path = STATE) -> list[str]:
-    """End the daemons start() recorded (by pid, never by name); return their names."""
-    owned = _recorded(state)
+def stop(names: Iterable[str] | None = None, state: Path = STATE) -> list[str]:
+    """End the daemons start() recorded (by pid, never by name), or only NAMES of them
+    (what one start() returned: a test stops what it started); return their names."""
+    recorded = _recorded(state)
+    owned = {n: pid for n, pid in recorded.items() if names is None or n in set(names)}
     # libvirtd before virtlogd: the reverse of the start.
     names = sorted(owned, key=lambda name: name != "libvirtd")
     survivors = kill_pids([owned[name] for name in names])
     if survivors:
         raise LabError(f"libvirt daemons did not stop: pids {survivors}")
-    state.unlink(missing_ok=True)
+    left = {n: pid for n, pid in recorded.items() if n not in owned}
+    if left:
+        write_file(state, json.dumps(left))
+    else:
+        state.unlink(missing_ok=True)
     return names
 
 
@@ -87,6 +95,27 @@ def holdings() -> Holdings:
         proc = run(["virsh", "-c", URI, "vol-list", pool, "--name"], check=False)
         volumes += [f"{pool}/{v}" for v in proc.stdout.split()] if proc.returncode == 0 else []
     return Holdings(tuple(domains), tuple(networks), tuple(volumes))
+
+
+def remove_unused_volumes(prefix: str, keep: str | None = None) -> list[str]:
+    """Delete the default pool's volumes named PREFIX* (a box's disks from earlier adds)
+    that no other volume is backed by, except KEEP; return the names deleted."""
+    if not answers():
+        return []
+    volumes = run(["virsh", "-c", URI, "vol-list", "default", "--name"], check=False).stdout.split()
+    backing = set()
+    for volume in volumes:
+        xml = run(["virsh", "-c", URI, "vol-dumpxml", "--pool", "default", volume]).stdout
+        backing.update(re.findall(r"<backingStore>\s*<path>([^<]+)</path>", xml))
+    deleted = []
+    for volume in volumes:
+        if not volume.startswith(prefix) or volume == keep:
+            continue
+        if any(path.endswith("/" + volume) for path in backing):
+            continue  # a VM still runs on it
+        run(["virsh", "-c", URI, "vol-delete", "--pool", "default", volume])
+        deleted.append(volume)
+    return deleted
 
 
 def _names(argv: list[str]) -> list[str]:

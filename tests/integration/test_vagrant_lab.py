@@ -22,6 +22,8 @@ from .lab_helpers import xdpcap
 from .vm_lab import VmLab, missing_prerequisite, nodes_wanted, pings_between_all, vm_lab
 
 RUN_TIMEOUT = 600
+# bcc compiles the sampler in each VM the first time: tens of seconds without KVM.
+READY = ("--ready-timeout", "300")
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +53,14 @@ def test_run_across_the_vms(vms: VmLab, tmp_path: Path) -> None:
     with pings_between_all(vms, seconds=60):
         time.sleep(5)  # the pings start over SSH: seconds under QEMU without KVM
         result = xdpcap(
-            "run", "-i", str(vms.inventory), "--accept-new-host-keys", "--duration", "10",
+            "run", "-i", str(vms.inventory), "--accept-new-host-keys", "--duration", "10", *READY,
             "--runs-dir", str(tmp_path / "runs"), timeout=RUN_TIMEOUT,
         )  # fmt: skip
     print(result.stderr)
     merged = _merged(result)
     assert "Strict time order:   True" in capinfos(merged)
     ifaces = {f"{n.name}:eth1" for n in vms.nodes}
-    described = dict(
-        tshark_fields(merged, "frame.interface_name", "frame.interface_description")
-    )
+    described = dict(tshark_fields(merged, "frame.interface_name", "frame.interface_description"))
     assert set(described) == ifaces
     for description in described.values():
         # 6.1 has no tcx: the egress hook fell back to clsact without being asked.
@@ -115,7 +115,7 @@ def test_filter_written_to_stdout(vms: VmLab, tmp_path: Path) -> None:
         time.sleep(5)
         proc = subprocess.run(
             [sys.executable, "-m", "xdpcap.orchestrator", "run", "-i", str(vms.inventory),
-             "--duration", "6", "--runs-dir", str(tmp_path / "runs"), "-w", "-",
+             "--duration", "6", *READY, "--runs-dir", str(tmp_path / "runs"), "-w", "-",
              "--", "icmp", "and", "host", first.private_ip],
             stdout=sink, stderr=subprocess.PIPE, text=False, timeout=RUN_TIMEOUT,
             stdin=subprocess.DEVNULL, check=False,
@@ -142,7 +142,7 @@ def test_suspended_vm_is_collected_after_resume(vms: VmLab, tmp_path: Path) -> N
     paused = vms.nodes[-1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "xdpcap.orchestrator", "run", "-i", str(vms.inventory),
-         "--duration", "25", "--reconnect-wait", "5", "--runs-dir", str(tmp_path / "runs")],
+         "--duration", "25", "--reconnect-wait", "5", *READY, "--runs-dir", str(tmp_path / "runs")],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

@@ -29,7 +29,7 @@ TOOLS = ("vagrant", "virsh", "qemu-system-x86_64", "qemu-img", "debootstrap", "/
 UP_TIMEOUT = 1800.0  # three VMs under QEMU without KVM on two busy cores: ~10 min measured
 # vagrant-libvirt keeps each box's disk in libvirt's pool after `vagrant box remove`: the
 # box's cache, not the lab's.
-BOX_VOLUME_PREFIX = box.BOX_NAME.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
+BOX_VOLUME_PREFIX = box.box_volume_prefix(box.BOX_NAME)
 
 
 def nodes_wanted() -> int:
@@ -127,7 +127,7 @@ def vm_lab(tmp_path: Path, nodes: int) -> Iterator[VmLab]:
             destroy(env)
             assert_nothing_left(before, prefix)
     finally:
-        libvirt.stop()
+        libvirt.stop(started)
         _progress(f"stopped the libvirt daemons this test started: {sorted(started)}")
 
 
@@ -163,7 +163,9 @@ def _describe(env: dict[str, str], prefix: str, nodes: int, tmp_path: Path) -> V
     found = []
     for i, (name, host) in enumerate(inventory["vagrant"]["hosts"].items(), start=1):
         common = host.get("ansible_ssh_common_args", "")
-        host["ansible_ssh_common_args"] = f"{common} -o UserKnownHostsFile={shlex.quote(str(known))}"
+        host["ansible_ssh_common_args"] = (
+            f"{common} -o UserKnownHostsFile={shlex.quote(str(known))}"
+        )
         found.append(
             Node(
                 name,
@@ -187,7 +189,7 @@ def pings_between_all(lab: VmLab, seconds: float) -> Iterator[None]:
     for node in lab.nodes:
         targets = " ".join(n.private_ip for n in lab.nodes if n is not node)
         command = (
-            f"for ip in {targets}; do ping -q -c {count} -i 0.2 $ip >/dev/null & done; wait"
+            f"for ip in {targets}; do sudo ping -q -c {count} -i 0.2 $ip >/dev/null & done; wait"
         )
         procs.append(
             subprocess.Popen(
