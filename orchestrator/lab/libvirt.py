@@ -6,19 +6,18 @@ libvirtd that systemd (or a user) runs is never touched. The networks the lab us
 libvirt's own: vagrant-libvirt creates them at `vagrant up` and removes them at
 `vagrant destroy`; libvirtd starts their dnsmasq.
 
-Where /dev/kvm exists but the CPU offers no VMX/SVM (a nested VM without it: KVM_CREATE_VM
-succeeds, guests spin), libvirtd runs in a mount namespace of its own where /dev/kvm is
-an unreadable plain file. Otherwise libvirt's QEMU probe finds KVM, its cache check as
-user libvirt-qemu does not, and it probes QEMU again on every call: 6-8 s each, and
-`vagrant up` of three VMs took ten minutes instead of two.
-
-Also the lab's view of what libvirt holds (domains, networks, volumes), for checking that
-a destroyed lab left nothing behind.
+Where no udev runs, /dev/kvm stays root's alone (0600). libvirt's QEMU probe (as root)
+then finds KVM while its cache check as user libvirt-qemu does not, so it probes QEMU
+again on every call: 7 s each, and `vagrant up` of three VMs took ten minutes instead of
+a few. start() gives /dev/kvm what Debian's udev rule gives it (group kvm, 0660): the two
+checks agree and the cache holds. A domain of type qemu still runs without KVM.
 """
 
 from __future__ import annotations
 
+import grp
 import json
+import os
 import re
 import time
 from collections.abc import Iterable
@@ -30,7 +29,7 @@ from .system import LabError, kill_pids, pid_alive, run, write_file
 URI = "qemu:///system"
 STATE = Path("/run/xdpcap-libvirt/started.json")
 KVM_DEVICE = Path("/dev/kvm")
-NO_KVM = STATE.parent / "no-kvm"  # what libvirtd sees as /dev/kvm when KVM cannot work
+KVM_GROUP = "kvm"  # libvirt-qemu's group on Debian
 START_TIMEOUT = 60.0  # libvirtd probes QEMU's capabilities before it answers
 # (name, binary, pid file): virtlogd first, libvirtd hands it the guests' consoles.
 DAEMONS = (
@@ -65,10 +64,9 @@ def start(state: Path = STATE) -> dict[str, int]:
     for name, binary, pid_file in DAEMONS:
         pid = _running_pid(pid_file)
         if pid is None:
-            argv = [binary, "--daemon", "--pid-file", str(pid_file)]
-            if name == "libvirtd" and KVM_DEVICE.exists() and not kvm_works():
-                argv = _without_kvm(argv)
-            run(argv, timeout=START_TIMEOUT)
+            if name == "libvirtd":
+                kvm_device_as_udev_leaves_it()
+            run([binary, "--daemon", "--pid-file", str(pid_file)], timeout=START_TIMEOUT)
             pid = _wait_pid(name, pid_file)
             started[name] = pid
     # Keep what an earlier start() recorded: stop() must find every pid we own.
@@ -79,22 +77,18 @@ def start(state: Path = STATE) -> dict[str, int]:
     return started
 
 
-def kvm_works(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """The CPU offers hardware virtualisation (the Vagrantfile asks the same question)."""
+def kvm_device_as_udev_leaves_it(device: Path = KVM_DEVICE) -> bool:
+    """Group kvm and mode 0660 on DEVICE if it is root's alone; True if it was changed."""
     try:
-        return re.search(r"\b(vmx|svm)\b", cpuinfo.read_text()) is not None
-    except OSError:
+        group = grp.getgrnam(KVM_GROUP).gr_gid
+        stat = device.stat()
+    except (KeyError, OSError):
+        return False  # no kvm group (libvirt not installed) or no device: nothing to agree on
+    if stat.st_gid == group:
         return False
-
-
-def _without_kvm(argv: list[str]) -> list[str]:
-    """ARGV in a private mount namespace where /dev/kvm is a mode-0 plain file: libvirt
-    sees KVM as unusable, consistently, and keeps its capability cache."""
-    NO_KVM.parent.mkdir(parents=True, exist_ok=True)
-    NO_KVM.touch()
-    NO_KVM.chmod(0)
-    script = f'mount --bind {NO_KVM} {KVM_DEVICE} && exec "$@"'
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+    os.chown(device, -1, group)
+    device.chmod(0o660)
+    return True
 
 
 def stop(names: Iterable[str] | None = None, state: Path = STATE) -> list[str]:
