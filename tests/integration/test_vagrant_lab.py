@@ -130,6 +130,14 @@ def test_filter_written_to_stdout(vms: VmLab, tmp_path: Path) -> None:
         assert kind in ("0", "8") and first.private_ip in (src, dst), (src, dst, kind)
 
 
+def _wait_attached(vms: VmLab, node, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not _attached(vms, node):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"the sampler never reached {node.name}"
+        time.sleep(1)
+
+
 def _attached(vms: VmLab, node) -> bool:
     """The sampler's XDP program is on NODE's capture NIC (`ip -j link` shows it)."""
     out = vms.ssh(node, "ip -j -d link show dev eth1")
@@ -140,24 +148,23 @@ def test_suspended_vm_is_collected_after_resume(vms: VmLab, tmp_path: Path) -> N
     """A VM paused mid-capture (`vagrant suspend`) fails the run; once resumed, its agent
     finishes its window and `xdpcap collect` fetches it and merges every VM."""
     paused = vms.nodes[-1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "xdpcap.orchestrator", "run", "-i", str(vms.inventory),
-         "--duration", "25", "--reconnect-wait", "5", *READY, "--runs-dir", str(tmp_path / "runs")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while not _attached(vms, paused):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(1)
-        time.sleep(3)
-        assert vms.vagrant("suspend", paused.name).returncode == 0
-        out, err = proc.communicate(timeout=RUN_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        resumed = vms.vagrant("resume", paused.name)
+    with pings_between_all(vms, seconds=90):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "xdpcap.orchestrator", "run", "-i", str(vms.inventory),
+             "--duration", "25", "--reconnect-wait", "5", *READY,
+             "--runs-dir", str(tmp_path / "runs")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            _wait_attached(vms, paused, proc)
+            time.sleep(5)  # packets in the VM's file before it stops
+            assert vms.vagrant("suspend", paused.name).returncode == 0
+            out, err = proc.communicate(timeout=RUN_TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            resumed = vms.vagrant("resume", paused.name)
     print(err)
     assert resumed.returncode == 0, resumed.stderr
     assert proc.returncode == 3, err
