@@ -130,6 +130,14 @@ def test_filter_written_to_stdout(vms: VmLab, tmp_path: Path) -> None:
         assert kind in ("0", "8") and first.private_ip in (src, dst), (src, dst, kind)
 
 
+def _cut_ssh_connections(address: str) -> None:
+    cut = subprocess.run(
+        ["ss", "-K", "dst", address, "dport", "=", "22"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert cut.returncode == 0, cut.stderr
+
+
 def _wait_attached(vms: VmLab, node, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not _attached(vms, node):
@@ -145,8 +153,9 @@ def _attached(vms: VmLab, node) -> bool:
 
 
 def test_suspended_vm_is_collected_after_resume(vms: VmLab, tmp_path: Path) -> None:
-    """A VM paused mid-capture (`vagrant suspend`) fails the run; once resumed, its agent
-    finishes its window and `xdpcap collect` fetches it and merges every VM."""
+    """A VM paused mid-capture (`vagrant suspend`), its connections cut, fails the run;
+    once resumed, its agent finishes its window (its clock now behind by the pause) and
+    `xdpcap collect` fetches it and merges every VM."""
     paused = vms.nodes[-1]
     with pings_between_all(vms, seconds=90):
         proc = subprocess.Popen(
@@ -159,6 +168,9 @@ def test_suspended_vm_is_collected_after_resume(vms: VmLab, tmp_path: Path) -> N
             _wait_attached(vms, paused, proc)
             time.sleep(5)  # packets in the VM's file before it stops
             assert vms.vagrant("suspend", paused.name).returncode == 0
+            # A paused VM keeps its TCP connections open and silent: the run would wait
+            # for it to come back. Cut them, as a network that failed with it would.
+            _cut_ssh_connections(paused.address)
             out, err = proc.communicate(timeout=RUN_TIMEOUT)
         finally:
             if proc.poll() is None:
