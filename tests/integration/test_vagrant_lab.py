@@ -189,4 +189,13 @@ def test_suspended_vm_is_collected_after_resume(vms: VmLab, tmp_path: Path) -> N
     assert f"{paused.name}:eth1" in names
     host = next(h for h in _run_json(merged)["hosts"] if h["name"] == paused.name)
     assert host["state"] == "done" and host["summary"]["unaccounted"] == 0
+    # Its clock stood still while paused (no NTP in the VMs): the probe after the resume
+    # finds it behind by the pause, though its packets before the pause were stamped
+    # with the old offset. Reported, not asserted: a clock that steps mid-capture is
+    # beyond an offset-and-drift alignment.
+    complete, inversions = _ping_order(merged, {n.private_ip: f"{n.name}:eth1" for n in vms.nodes})
+    print(
+        f"{paused.name}: clock {host['clock']}; {complete} pings seen on both sides, "
+        f"{inversions} inversions"
+    )
     assert not _attached(vms, paused)  # the agent detached at the end of its window
