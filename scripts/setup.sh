@@ -14,7 +14,12 @@ cd "$(dirname "$0")/.."
 #   tcpdump xdp-tools netsniff-ng   the peers in bench/ (tcpdump, xdpdump, trafgen)
 #   iproute2 iputils-ping           namespaces, veths, bridges; lab traffic
 #   bpftool              the tests list what is attached to an interface (`bpftool net`)
-#   ruby vagrant         `ruby -c` and `vagrant validate` of the Vagrantfile (no VMs boot here)
+#   ruby vagrant         `ruby -c` and `vagrant validate` of the Vagrantfile, and the VM lab
+#   vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base
+#                        the VM lab's VMs: Vagrant's libvirt provider, libvirtd and virsh,
+#                        QEMU (KVM where the CPU allows, else emulated), qcow2 disks, the
+#                        libvirt networks' DHCP
+#   debootstrap          `xdpcap lab vagrant-box` builds the VMs' Debian 12 box from packages
 #   sudo                 the tests log in as a non-root user and capture through sudo
 #   gcc python3-dev      build the merge's C loop (without them it falls back to Python)
 #   clang llvm libbpf-dev   the tests build a cooperating XDP program with bpf/xdpcap_hook.h
@@ -22,7 +27,8 @@ cd "$(dirname "$0")/.."
 #   chromium             headless, it renders report.html in a test (no console errors, plots drawn)
 PACKAGES=(python3-bpfcc linux-headers-amd64 openssh-server tshark tcpdump xdp-tools
           netsniff-ng iproute2 iputils-ping bpftool ruby vagrant python3-venv sudo gcc python3-dev
-          clang llvm libbpf-dev chromium)
+          clang llvm libbpf-dev vagrant-libvirt libvirt-daemon-system libvirt-clients
+          qemu-system-x86 qemu-utils dnsmasq-base debootstrap chromium)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

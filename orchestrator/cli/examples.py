@@ -47,6 +47,12 @@ EXAMPLES: dict[str, str] = {
     "lab vagrant-inventory": """\
   vagrant up && xdpcap lab vagrant-inventory > vagrant.yml
   vagrant ssh-config > ssh.cfg && xdpcap lab vagrant-inventory --ssh-config ssh.cfg""",
+    "lab vagrant-box": """\
+  sudo xdpcap lab libvirt start && sudo xdpcap lab vagrant-box
+  sudo xdpcap lab vagrant-box --mirror http://ftp.de.debian.org/debian""",
+    "lab libvirt": """\
+  sudo xdpcap lab libvirt start     # where no init system runs (containers, CI)
+  sudo xdpcap lab libvirt stop      # only the daemons 'start' started""",
     "demo": """\
   sudo xdpcap demo
   sudo xdpcap demo --hosts 5 --duration 8 --keep-lab""",

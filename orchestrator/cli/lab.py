@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..lab import box, libvirt
 from ..lab.namespaces import Lab
 from ..lab.plan import DEFAULT_HOSTS, DEFAULT_NAME, MAX_HOSTS
 from ..lab.system import render_yaml
@@ -63,10 +64,42 @@ def register(subparsers: Any) -> None:
     )
     vagrant.add_argument("--vagrant-dir", type=Path, help="where the Vagrantfile is")
 
+    vagrant_box = sub.add_parser(
+        "vagrant-box",
+        help="build the VM lab's box from Debian packages and add it to Vagrant",
+        description=(
+            "Build a libvirt box of Debian 12 (6.1 kernel, its headers, python3-bpfcc, sshd, "
+            "sudo, user vagrant) with debootstrap, cache it, and add it to Vagrant as "
+            f"{box.BOX_NAME}. Does nothing when the cached box is already added."
+        ),
+    )
+    vagrant_box.add_argument(
+        "--cache",
+        type=Path,
+        default=box.DEFAULT_CACHE,
+        help=f"where the box and its kernel are kept (default: {box.DEFAULT_CACHE})",
+    )
+    vagrant_box.add_argument(
+        "--mirror", help="Debian mirror for debootstrap (default: the one apt uses here)"
+    )
+    services = sub.add_parser(
+        "libvirt",
+        help="start or stop libvirtd and virtlogd where no init system runs",
+        description=(
+            "start: run virtlogd and libvirtd unless a libvirtd answers, and record their pids; "
+            "stop: end only the pids that start recorded."
+        ),
+    )
+    services.add_argument("action", choices=("start", "stop"))
+
 
 def handler(args: argparse.Namespace) -> int:
     if args.lab_command == "vagrant-inventory":
         return _vagrant_inventory(args)
+    if args.lab_command == "vagrant-box":
+        return _vagrant_box(args)
+    if args.lab_command == "libvirt":
+        return _libvirt(args)
     lab = Lab(
         name=args.name,
         hosts=getattr(args, "hosts", DEFAULT_HOSTS),
@@ -146,6 +179,23 @@ def _vagrant_inventory(args: argparse.Namespace) -> int:
     else:
         text = read_vagrant_ssh_config(args.vagrant_dir)
     sys.stdout.write(render_yaml(vagrant_inventory(text)))
+    return 0
+
+
+def _vagrant_box(args: argparse.Namespace) -> int:
+    plan = box.BoxPlan(cache=args.cache, mirror=args.mirror or box.apt_mirror())
+    print(box.build_box(plan, _progress))
+    return 0
+
+
+def _libvirt(args: argparse.Namespace) -> int:
+    if args.action == "start":
+        started = libvirt.start()
+        done = ", ".join(f"{name} (pid {pid})" for name, pid in started.items())
+        _progress(f"started {done}" if started else "libvirtd already answers: nothing started")
+    else:
+        stopped = libvirt.stop()
+        _progress(f"stopped {', '.join(stopped)}" if stopped else "nothing this lab started runs")
     return 0
 
 

@@ -8,5 +8,7 @@ Modules, one job each:
   traffic     ping, TCP and UDP between every pair of hosts, and the report
   programs/   the echo server and client traffic runs inside the namespaces (Python files)
   vagrant     `vagrant ssh-config` parsing and the Vagrant lab's inventory
+  box         the Vagrant lab's box, built from Debian packages with debootstrap
+  libvirt     libvirtd/virtlogd started and stopped by pid where no init runs; what it holds
   system      shared helpers: LabError, commands, `ip -j`, pids, the lock, files, YAML
 """

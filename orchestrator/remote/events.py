@@ -19,6 +19,8 @@ Event = dict[str, Any]
 def _ready(remote: RemoteHost, event: Event, received_ns: int) -> None:
     remote.state.move(Phase.READY)
     remote.state.t_ready_s = time.monotonic() - remote.started
+    # Kept for run.json: a host whose headers are not its kernel's is worth knowing about.
+    remote.state.headers = event.get("headers")
     remote.ready_event.set()
 
 

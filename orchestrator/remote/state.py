@@ -65,6 +65,7 @@ class HostState:
     pid: int | None = None  # keep only this process's packets (--pid, xdpcap_pid)
     comm: str | None = None  # ... processes of this name (--comm, xdpcap_comm)
     container: str | None = None  # ... in this container (--container, xdpcap_container)
+    headers: str | None = None  # the kernel headers the sampler was compiled against
 
     def __post_init__(self) -> None:
         self.state = Phase(self.state)  # as read back from run.json: a known phase or an error

@@ -91,8 +91,14 @@ def test_vagrantfile_describes_the_lab_vms() -> None:
         "linux-headers-$(uname -r)",
         "vb.memory = 1024",
         "vb.cpus = 1",
-        "NODES = 3",
+        '"XDPCAP_VAGRANT_NODES", "3"',
         "xdpcap lab vagrant-inventory",
+        # libvirt: the locally built box, QEMU unless KVM really works, virtio-rng
+        'override.vm.box = "xdpcap/bookworm"',
+        "lv.driver = LIBVIRT_DRIVER",
+        "(vmx|svm)",
+        'lv.random model: "random"',
+        'libvirt__forward_mode: "none"',
     ):
         assert expected in text, expected
 
