@@ -411,7 +411,14 @@ class Journeys:
             entry = pairs.setdefault((sender, receiver), _empty(self, sender, receiver))
             entry["arrived"] = pair.arrived
             entry["duplicated"] = pair.duplicated
-            delays = sorted(ref(receiver, b) - ref(sender, a) for a, b in pair.samples)
+            # ref() inlined: 1024 samples x 600 pairs on the fleet profile.
+            rate_s, rate_r = rates[sender], rates[receiver]
+            off_s, off_r = offsets[sender], offsets[receiver]
+            points = [
+                (a - round(rate_s * (a - epoch)) - off_s, b - round(rate_r * (b - epoch)) - off_r)
+                for a, b in pair.samples
+            ]
+            delays = sorted([y - x for x, y in points])
             widest = ref(receiver, pair.widest[1]) - ref(sender, pair.widest[0])
             entry["delay_ns"] = {
                 "p50": _percentile(delays, 50),
@@ -420,9 +427,7 @@ class Journeys:
                 "max": max(widest, delays[-1]),
             }
             entry["delay_sampled"] = len(delays)
-            series = sorted(
-                (ref(sender, a), ref(receiver, b) - ref(sender, a)) for a, b in pair.samples
-            )
+            series = sorted([(x, y - x) for x, y in points])
             step = max(1, math.ceil(len(series) / SERIES_POINTS))
             entry["delay_series"] = [list(p) for p in series[::step]]
         lost_times: dict[tuple[int, int], list[int]] = {}
