@@ -529,6 +529,20 @@ typedef struct {
     uint32_t entry; /* group index + 1; 0 = empty */
 } Slot;
 
+/* An address as journeys key it (packed, 4 or 16 bytes). */
+typedef struct {
+    uint8_t len; /* 4 or 16 */
+    uint8_t bytes[16];
+} JAddr;
+
+/* What journeys read of a packet's head (journeys._parse), per group: 44 bytes where
+ * the head itself is 132 (kept too only when a receiver's filter must run on it). */
+typedef struct {
+    JAddr src, dst;
+    uint8_t parsed, proto;
+    int32_t sport, dport; /* -1: none */
+} JHead;
+
 #define PIPELINE 16
 #define HEAD_SLOT (4 + HEAD_BYTES)
 typedef struct {
@@ -544,6 +558,7 @@ typedef struct {
     uint16_t head_len; /* bytes of head (copied only when matches are kept) */
     uint32_t linktype;
     uint8_t head[HEAD_BYTES]; /* copied: the block's chunk may be gone when it is processed */
+    JHead jhead;              /* parsed here, with journeys */
 } Pending;
 
 typedef struct {
@@ -593,6 +608,8 @@ typedef struct Join {
     uint32_t samples, floor_buckets;
     int64_t floor_start;
     struct JState *journeys; /* journeys_setup(): the journeys' state, kept in C */
+    JHead *jheads;           /* per group, with journeys */
+    int keep_heads;          /* heads per group: matches kept, or a journeys filter to run */
     uint16_t *file_index;    /* by output interface id: its index in its host's file */
     Py_ssize_t nfile_index;
 } Join;
@@ -822,11 +839,6 @@ static void keep_match(Join *j, Group *g, uint32_t index)
  *   - per host, residence: a count, a sample and the max.
  * Addresses (packed, 4 or 16 bytes) map to hosts in a small hash table, as journeys.py's
  * `owner` dict (declared ones first, then learned ones, in insertion order). */
-
-typedef struct {
-    uint8_t len; /* 4 or 16 */
-    uint8_t bytes[16];
-} JAddr;
 
 typedef struct {
     int64_t t_send;
@@ -1316,14 +1328,16 @@ static int jr_close(Join *j, Group *g, uint32_t index)
     if (!outbound)
         return 0;
     /* The legs. */
-    const uint8_t *slot = j->heads + (size_t)index * HEAD_SLOT;
-    uint32_t head_len = slot[0] | (uint32_t)slot[1] << 8;
-    uint32_t linktype = slot[2] | (uint32_t)slot[3] << 8;
-    JAddr src, dst;
-    uint8_t proto;
-    int32_t sport, dport;
-    if (!jr_parse(linktype, slot + 4, head_len, &src, &dst, &proto, &sport, &dport))
+    const JHead *head = &j->jheads[index];
+    if (!head->parsed)
         return 0;
+    JAddr src = head->src, dst = head->dst;
+    uint8_t proto = head->proto;
+    int32_t sport = head->sport, dport = head->dport;
+    /* The head's bytes (a receiver's filter runs on them): kept when a filter may. */
+    const uint8_t *slot = j->keep_heads ? j->heads + (size_t)index * HEAD_SLOT : NULL;
+    uint32_t head_len = slot ? (slot[0] | (uint32_t)slot[1] << 8) : 0;
+    uint32_t linktype = slot ? (slot[2] | (uint32_t)slot[3] << 8) : 0;
     /* Hosts by direction, ascending (the Python engine sorts them too). */
     uint32_t in_hosts[2 * MAX_COPIES_LIMIT], out_hosts[2 * MAX_COPIES_LIMIT];
     int nin = 0, nout = 0;
@@ -1412,7 +1426,8 @@ static int jr_close(Join *j, Group *g, uint32_t index)
         if (receiver >= 0) {
             if (capture < 0) {
                 int flag = r->inbound_flag[receiver];
-                const JProgram *prog = linktype == 1     ? &r->ether[receiver]
+                const JProgram *prog = !slot             ? NULL
+                                       : linktype == 1   ? &r->ether[receiver]
                                        : linktype == 101 ? &r->raw[receiver]
                                                          : NULL;
                 if (flag == 0)
@@ -1550,11 +1565,17 @@ static int32_t new_group(Join *j)
         if (!grown)
             return -1;
         j->groups = grown;
-        if (j->keep_matches) {
+        if (j->keep_heads) {
             uint8_t *heads = PyMem_Realloc(j->heads, (size_t)cap * HEAD_SLOT);
             if (!heads)
                 return -1;
             j->heads = heads;
+        }
+        if (j->journeys) {
+            JHead *jheads = PyMem_Realloc(j->jheads, (size_t)cap * sizeof *jheads);
+            if (!jheads)
+                return -1;
+            j->jheads = jheads;
         }
         j->groups_cap = cap;
     }
@@ -1626,7 +1647,9 @@ static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sigh
         memset(fresh, 0, sizeof *fresh);
         fresh->id = id;
         fresh->kind = kind;
-        if (j->keep_matches && kind == KIND_PACKET) {
+        if (j->journeys && kind == KIND_PACKET)
+            j->jheads[index] = p->jhead;
+        if (j->keep_heads && kind == KIND_PACKET) {
             uint8_t *slot = j->heads + (size_t)index * HEAD_SLOT;
             slot[0] = (uint8_t)p->head_len;
             slot[1] = (uint8_t)(p->head_len >> 8);
@@ -1751,7 +1774,13 @@ static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t b
         if (j->keep_matches) {
             p->linktype = j->linktypes[out_id];
             p->head_len = (uint16_t)(cap < HEAD_BYTES ? cap : HEAD_BYTES);
-            memcpy(p->head, block + 28, p->head_len);
+            if (j->keep_heads)
+                memcpy(p->head, block + 28, p->head_len);
+            if (j->journeys) {
+                JHead *h = &p->jhead;
+                h->parsed = (uint8_t)jr_parse(p->linktype, block + 28, p->head_len, &h->src,
+                                              &h->dst, &h->proto, &h->sport, &h->dport);
+            }
         }
         p->packet_id = key_id(id.packet, id.packet_len);
         p->packet_hash = id_hash(p->packet_id, KIND_PACKET);
@@ -1819,6 +1848,7 @@ static int Join_init(Join *self, PyObject *args, PyObject *kwds)
     self->hosts = n;
     self->free_group = -1;
     self->keep_matches = keep;
+    self->keep_heads = keep;
     self->window = window;
     self->max_copies = max_copies;
     self->max_held = 2 * max_copies;
@@ -1840,6 +1870,7 @@ static void Join_dealloc(Join *self)
     PyMem_Free(self->linktypes);
     PyMem_Free(self->groups);
     PyMem_Free(self->heads);
+    PyMem_Free(self->jheads);
     PyMem_Free(self->table);
     PyMem_Free(self->fifo);
     PyMem_Free(self->matches);
@@ -2044,7 +2075,7 @@ static PyObject *Join_journeys_setup(Join *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$IIIIK", kwlist, &hosts, &samples,
                                      &examples, &exact, &buckets, &seed))
         return NULL;
-    if (!self->keep_matches || self->journeys || samples < 1 || exact < 1 || buckets < 2 ||
+    if (!self->keep_matches || self->journeys || self->ngroups || samples < 1 || exact < 1 || buckets < 2 ||
         buckets % 2) {
         PyErr_SetString(PyExc_ValueError, "journeys_setup: once, on a Join that keeps "
                                           "matches; samples, exact >= 1, buckets even");
@@ -2116,6 +2147,10 @@ static PyObject *Join_journeys_setup(Join *self, PyObject *args, PyObject *kwds)
     }
     Py_DECREF(seq);
     self->journeys = r;
+    /* The heads' bytes only when a receiver has a filter to run on them. */
+    self->keep_heads = 0;
+    for (Py_ssize_t h = 0; h < n; h++)
+        self->keep_heads |= r->ether[h].code || r->raw[h].code;
     Py_RETURN_NONE;
 fail:
     Py_DECREF(seq);
@@ -2195,7 +2230,9 @@ static PyObject *Join_journeys_state(Join *self, PyObject *Py_UNUSED(ignored))
         JPair *p = r->pairs[slot];
         if (!p)
             continue;
-        PyObject *samples = time_pairs(p->samples, NULL, p->nsamples);
+        /* (t_send, t_recv) int64 pairs as bytes: 16 bytes a sample, not two Python ints. */
+        PyObject *samples = PyBytes_FromStringAndSize((const char *)p->samples,
+                                                      (Py_ssize_t)p->nsamples * 16);
         if (!samples)
             goto fail;
         if (append_new(pairs, Py_BuildValue("(nnKKN(LL))", slot / n, slot % n,

@@ -96,7 +96,8 @@ class HostView:
 class _Pair:
     arrived: int = 0
     duplicated: int = 0
-    samples: list[tuple[int, int]] = field(default_factory=list)
+    # (t_send, t_recv); from the C join an array("q") of them, flat
+    samples: list[tuple[int, int]] | array = field(default_factory=list)
     widest: tuple[int, int] | None = None  # the (t_send, t_recv) of the largest raw gap
 
 
@@ -354,7 +355,10 @@ class Journeys:
         self.first, self.last, self.inbound = state["first"], state["last"], state["inbound"]
         self.owner = {address: host for address, host in state["owner"]}
         for sender, receiver, arrived, duplicated, samples, widest in state["pairs"]:
-            self.pairs[(sender, receiver)] = _Pair(arrived, duplicated, samples, widest)
+            # The sample stays int64 pairs (16 bytes each) until result() reads it.
+            self.pairs[(sender, receiver)] = _Pair(
+                arrived, duplicated, array("q", samples), tuple(widest)
+            )
         for sender, dst, latest, reordered, exact, histogram, examples in state["flows"]:
             self.flows[(sender, dst)] = _Flow(
                 latest,
@@ -414,9 +418,12 @@ class Journeys:
             # ref() inlined: 1024 samples x 600 pairs on the fleet profile.
             rate_s, rate_r = rates[sender], rates[receiver]
             off_s, off_r = offsets[sender], offsets[receiver]
+            samples = pair.samples
+            if isinstance(samples, array):  # from the C join: t_send, t_recv, t_send, ...
+                samples = zip(samples[0::2], samples[1::2])
             points = [
                 (a - round(rate_s * (a - epoch)) - off_s, b - round(rate_r * (b - epoch)) - off_r)
-                for a, b in pair.samples
+                for a, b in samples
             ]
             delays = sorted([y - x for x, y in points])
             widest = ref(receiver, pair.widest[1]) - ref(sender, pair.widest[0])
