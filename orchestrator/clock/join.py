@@ -152,7 +152,7 @@ def _readers(
     def renumberer(host: int) -> Callable[[Interface], int]:
         def renumber(iface: Interface) -> int:
             out_id = next(next_id)
-            add_interface(out_id, iface.linktype)
+            add_interface(out_id, iface.linktype, iface.index)
             file_index[out_id] = iface.index
             interfaces[host].append(iface)
             return out_id
@@ -184,6 +184,11 @@ def _join_c(
         floor_buckets=FLOOR_BUCKETS,
         floor_start_ns=FLOOR_START_NS,
     )
+    # Journeys that can run in C (merge/journeys.py: `setup_c`) get aggregates at the
+    # end, not one call per packet group.
+    in_c = on_match is not None and hasattr(on_match, "setup_c")
+    if in_c:
+        on_match.setup_c(join)
     readers, file_index = _readers(paths, priors, join.add_interface, interfaces)
     core = _fastmerge.Merger(len(readers), join=join)
     statistics: list[bytes] = []  # what feed_input finds on the way: not the join's business
@@ -195,7 +200,7 @@ def _join_c(
                 core.set_input(index, None, 0, None)
         while True:
             _, _, status, who = core.run()
-            if on_match is not None:
+            if on_match is not None and not in_c:
                 _deliver(join.matches(), on_match, file_index)
             if status == _fastmerge.NEED:
                 feed_input(core, who, readers[who], statistics)
@@ -203,7 +208,9 @@ def _join_c(
             elif status == _fastmerge.DONE:
                 break
     join.finish()
-    if on_match is not None:
+    if in_c:
+        on_match.load_c(join.journeys_state())
+    elif on_match is not None:
         _deliver(join.matches(), on_match, file_index)
     pairs: dict[tuple[int, int], PairSamples] = {}
     for sender, receiver, kind, count, samples, floor in join.pairs():
@@ -279,7 +286,7 @@ class _PythonJoin:
         self.pairs: dict[tuple[int, int], PairSamples] = {}
         self.held_high_water = 0
 
-    def add_interface(self, out_id: int, linktype: int) -> None:
+    def add_interface(self, out_id: int, linktype: int, file_index: int = -1) -> None:
         self.linktypes[out_id] = linktype
 
     def take(self, host: int, aligned: int, block: memoryview) -> None:

@@ -529,6 +529,20 @@ typedef struct {
     uint32_t entry; /* group index + 1; 0 = empty */
 } Slot;
 
+/* An address as journeys key it (packed, 4 or 16 bytes). */
+typedef struct {
+    uint8_t len; /* 4 or 16 */
+    uint8_t bytes[16];
+} JAddr;
+
+/* What journeys read of a packet's head (journeys._parse), per group: 44 bytes where
+ * the head itself is 132 (kept too only when a receiver's filter must run on it). */
+typedef struct {
+    JAddr src, dst;
+    uint8_t parsed, proto;
+    int32_t sport, dport; /* -1: none */
+} JHead;
+
 #define PIPELINE 16
 #define HEAD_SLOT (4 + HEAD_BYTES)
 typedef struct {
@@ -544,6 +558,7 @@ typedef struct {
     uint16_t head_len; /* bytes of head (copied only when matches are kept) */
     uint32_t linktype;
     uint8_t head[HEAD_BYTES]; /* copied: the block's chunk may be gone when it is processed */
+    JHead jhead;              /* parsed here, with journeys */
 } Pending;
 
 typedef struct {
@@ -592,6 +607,11 @@ typedef struct Join {
     uint32_t max_copies, max_held; /* constraints.MAX_COPIES; questions and answers */
     uint32_t samples, floor_buckets;
     int64_t floor_start;
+    struct JState *journeys; /* journeys_setup(): the journeys' state, kept in C */
+    JHead *jheads;           /* per group, with journeys */
+    int keep_heads;          /* heads per group: matches kept, or a journeys filter to run */
+    uint16_t *file_index;    /* by output interface id: its index in its host's file */
+    Py_ssize_t nfile_index;
 } Join;
 
 static PyTypeObject JoinType;
@@ -801,6 +821,644 @@ static void keep_match(Join *j, Group *g, uint32_t index)
     j->matches_len += need;
 }
 
+
+/* ============================================================ journeys in C
+ * merge/journeys.py's per-packet work, done when a packet group closes (the Python
+ * engine calls `Journeys.__call__` at the same moment: the two give identical state).
+ * What it keeps (journeys.py says why each is bounded):
+ *   - per host: first and last time seen, sightings inbound;
+ *   - the ids of packets seen at two capture points or more: a uint64 array (8 bytes per
+ *     matched packet), sorted and made unique at the end, held in a bytearray handed to
+ *     the merge as is;
+ *   - per ordered host pair (sender, receiver): arrived, duplicated, a uniform sample of
+ *     (t_send, t_recv) and the widest gap;
+ *   - per flow (sender, destination address): reordered, the latest send time arrived,
+ *     the first examples of lost packets, and the lost packets' send times: exactly up to
+ *     `exact` of them, then all of them in a histogram of `buckets` time buckets whose
+ *     width doubles as the flow's span grows (journeys.LostTimes);
+ *   - per host, residence: a count, a sample and the max.
+ * Addresses (packed, 4 or 16 bytes) map to hosts in a small hash table, as journeys.py's
+ * `owner` dict (declared ones first, then learned ones, in insertion order). */
+
+typedef struct {
+    int64_t t_send;
+    JAddr src;
+    uint8_t proto;
+    int32_t sport, dport; /* -1: none */
+} JExample;
+
+typedef struct {
+    uint32_t sender;
+    JAddr dst;
+    int has_latest;
+    int64_t latest_sent;
+    uint64_t reordered;
+    int64_t *exact; /* lost send times while `nexact` <= exact (then NULL: the histogram) */
+    uint32_t nexact, exact_cap;
+    uint64_t *counts; /* the histogram, once the exact times outgrew their room */
+    int64_t origin, width;
+    JExample *examples;
+    uint32_t nexamples;
+} JFlow;
+
+typedef struct {
+    uint64_t arrived, duplicated;
+    uint32_t nsamples;
+    int has_widest;
+    TimePair widest;
+    TimePair samples[]; /* JState.samples */
+} JPair;
+
+typedef struct {
+    uint64_t count;
+    int64_t max;
+    uint32_t nsamples;
+    int64_t samples[]; /* JState.samples */
+} JResidence;
+
+typedef struct {
+    uint8_t *code; /* sock_filter: u16 code, u8 jt, u8 jf, u32 k (little-endian) */
+    uint32_t len;
+} JProgram;
+
+typedef struct JState {
+    Py_ssize_t hosts;
+    uint32_t samples, examples, exact, buckets;
+    uint64_t rng;
+    /* per host */
+    uint8_t *declared;
+    int8_t *inbound_flag; /* -1: inferred, 0: does not capture inbound, 1: does */
+    JProgram *ether, *raw;
+    int64_t *first, *last;
+    uint8_t *seen;
+    uint64_t *inbound;
+    JResidence **residence;
+    JPair **pairs; /* [sender * hosts + receiver] */
+    /* addresses -> host, in insertion order */
+    JAddr *addrs;
+    int32_t *addr_host;
+    uint32_t naddrs, addrs_cap;
+    uint32_t *addr_table; /* index + 1; 0 empty */
+    uint32_t addr_table_cap;
+    /* flows, in creation order */
+    JFlow *flows;
+    uint32_t nflows, flows_cap;
+    uint32_t *flow_table;
+    uint32_t flow_table_cap;
+    /* ids */
+    PyObject *ids; /* bytearray of uint64 */
+    size_t nids;
+} JState;
+
+static void jr_free(JState *r);
+
+static uint64_t jr_random(JState *r)
+{
+    uint64_t z = (r->rng += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static uint32_t addr_hash(const JAddr *a, uint32_t extra)
+{
+    uint64_t h = 0xcbf29ce484222325ULL ^ extra;
+    for (int i = 0; i < a->len; i++)
+        h = (h ^ a->bytes[i]) * 0x100000001b3ULL;
+    h ^= a->len;
+    h *= 0x9E3779B97F4A7C15ULL;
+    return (uint32_t)(h >> 32);
+}
+
+static int addr_eq(const JAddr *a, const JAddr *b)
+{
+    return a->len == b->len && memcmp(a->bytes, b->bytes, a->len) == 0;
+}
+
+static int addr_table_grow(JState *r)
+{
+    uint32_t cap = r->addr_table_cap ? r->addr_table_cap * 2 : 64;
+    uint32_t *table = PyMem_Calloc(cap, sizeof *table);
+    if (!table)
+        return -1;
+    for (uint32_t i = 0; i < r->naddrs; i++) {
+        uint32_t at = addr_hash(&r->addrs[i], 0) & (cap - 1);
+        while (table[at])
+            at = (at + 1) & (cap - 1);
+        table[at] = i + 1;
+    }
+    PyMem_Free(r->addr_table);
+    r->addr_table = table;
+    r->addr_table_cap = cap;
+    return 0;
+}
+
+/* The owner of an address: -1 when none. */
+static int32_t owner_of(const JState *r, const JAddr *a)
+{
+    uint32_t mask = r->addr_table_cap - 1, at = addr_hash(a, 0) & mask;
+    for (;;) {
+        uint32_t e = r->addr_table[at];
+        if (!e)
+            return -1;
+        if (addr_eq(&r->addrs[e - 1], a))
+            return r->addr_host[e - 1];
+        at = (at + 1) & mask;
+    }
+}
+
+/* owner.setdefault(a, host) (replace: owner[a] = host). */
+static int owner_set(JState *r, const JAddr *a, int32_t host, int replace)
+{
+    if ((r->naddrs + 1) * 2 > r->addr_table_cap && addr_table_grow(r) < 0)
+        return -1;
+    uint32_t mask = r->addr_table_cap - 1, at = addr_hash(a, 0) & mask;
+    for (;;) {
+        uint32_t e = r->addr_table[at];
+        if (!e)
+            break;
+        if (addr_eq(&r->addrs[e - 1], a)) {
+            if (replace)
+                r->addr_host[e - 1] = host;
+            return 0;
+        }
+        at = (at + 1) & mask;
+    }
+    if (r->naddrs == r->addrs_cap) {
+        uint32_t cap = r->addrs_cap ? r->addrs_cap * 2 : 64;
+        JAddr *addrs = PyMem_Realloc(r->addrs, cap * sizeof *addrs);
+        if (!addrs)
+            return -1;
+        r->addrs = addrs;
+        int32_t *hosts = PyMem_Realloc(r->addr_host, cap * sizeof *hosts);
+        if (!hosts)
+            return -1;
+        r->addr_host = hosts;
+        r->addrs_cap = cap;
+    }
+    r->addrs[r->naddrs] = *a;
+    r->addr_host[r->naddrs] = host;
+    r->addr_table[at] = ++r->naddrs;
+    return 0;
+}
+
+static int flow_table_grow(JState *r)
+{
+    uint32_t cap = r->flow_table_cap ? r->flow_table_cap * 2 : 256;
+    uint32_t *table = PyMem_Calloc(cap, sizeof *table);
+    if (!table)
+        return -1;
+    for (uint32_t i = 0; i < r->nflows; i++) {
+        uint32_t at = addr_hash(&r->flows[i].dst, r->flows[i].sender) & (cap - 1);
+        while (table[at])
+            at = (at + 1) & (cap - 1);
+        table[at] = i + 1;
+    }
+    PyMem_Free(r->flow_table);
+    r->flow_table = table;
+    r->flow_table_cap = cap;
+    return 0;
+}
+
+static JFlow *flow_of(JState *r, uint32_t sender, const JAddr *dst)
+{
+    if ((r->nflows + 1) * 2 > r->flow_table_cap && flow_table_grow(r) < 0)
+        return NULL;
+    uint32_t mask = r->flow_table_cap - 1, at = addr_hash(dst, sender) & mask;
+    for (;;) {
+        uint32_t e = r->flow_table[at];
+        if (!e)
+            break;
+        JFlow *f = &r->flows[e - 1];
+        if (f->sender == sender && addr_eq(&f->dst, dst))
+            return f;
+        at = (at + 1) & mask;
+    }
+    if (r->nflows == r->flows_cap) {
+        uint32_t cap = r->flows_cap ? r->flows_cap * 2 : 64;
+        JFlow *flows = PyMem_Realloc(r->flows, cap * sizeof *flows);
+        if (!flows)
+            return NULL;
+        r->flows = flows;
+        r->flows_cap = cap;
+    }
+    JFlow *f = &r->flows[r->nflows];
+    memset(f, 0, sizeof *f);
+    f->sender = sender;
+    f->dst = *dst;
+    r->flow_table[at] = ++r->nflows;
+    return f;
+}
+
+/* journeys.LostTimes.add: exact while there is room, then the histogram. */
+static void hist_fold(JState *r, JFlow *f, int64_t t)
+{
+    int64_t since = t > f->origin ? t - f->origin : 0;
+    while (since / f->width >= (int64_t)r->buckets) {
+        for (uint32_t i = 0; i < r->buckets / 2; i++)
+            f->counts[i] = f->counts[2 * i] + f->counts[2 * i + 1];
+        memset(f->counts + r->buckets / 2, 0, (r->buckets / 2) * sizeof *f->counts);
+        f->width *= 2;
+    }
+    f->counts[since / f->width]++;
+}
+
+static int lost_time(JState *r, JFlow *f, int64_t t)
+{
+    if (!f->counts && f->nexact < r->exact) {
+        if (f->nexact == f->exact_cap) {
+            uint32_t cap = f->exact_cap ? f->exact_cap * 2 : 16;
+            if (cap > r->exact)
+                cap = r->exact;
+            int64_t *grown = PyMem_Realloc(f->exact, cap * sizeof *grown);
+            if (!grown)
+                return -1;
+            f->exact = grown;
+            f->exact_cap = cap;
+        }
+        f->exact[f->nexact++] = t;
+        return 0;
+    }
+    if (!f->counts) {
+        f->counts = PyMem_Calloc(r->buckets, sizeof *f->counts);
+        if (!f->counts)
+            return -1;
+        int64_t lo = f->exact[0], hi = f->exact[0];
+        for (uint32_t i = 1; i < f->nexact; i++) {
+            lo = f->exact[i] < lo ? f->exact[i] : lo;
+            hi = f->exact[i] > hi ? f->exact[i] : hi;
+        }
+        f->origin = lo;
+        f->width = 1;
+        while (hi - lo >= f->width * (int64_t)r->buckets)
+            f->width *= 2;
+        for (uint32_t i = 0; i < f->nexact; i++)
+            hist_fold(r, f, f->exact[i]);
+        PyMem_Free(f->exact);
+        f->exact = NULL;
+        f->nexact = f->exact_cap = 0;
+    }
+    hist_fold(r, f, t);
+    return 0;
+}
+
+/* ------------------------------------------------ cBPF (merge/cbpf_run.py) */
+#define CBPF_MAX_STEPS (1 << 16)
+#define CBPF_UNKNOWN (-1)
+
+/* The value of the first `size` bytes at `offset` (big-endian); 0 past the frame (reject),
+ * CBPF_UNKNOWN past the bytes held of a longer frame. */
+static int cbpf_load(const uint8_t *frame, uint64_t len, uint64_t wire, uint64_t offset,
+                     unsigned size, uint32_t *value)
+{
+    if (offset + size > len)
+        return wire > len && offset + size <= wire ? CBPF_UNKNOWN : 0;
+    uint32_t v = 0;
+    for (unsigned i = 0; i < size; i++)
+        v = v << 8 | frame[offset + i];
+    *value = v;
+    return 1;
+}
+
+/* 1: the program accepts the frame, 0: it does not (unknowns accept: cbpf_run.selects). */
+static int cbpf_selects(const JProgram *prog, const uint8_t *frame, uint32_t len, uint32_t wire)
+{
+    uint32_t a = 0, x = 0, mem[16] = {0};
+    uint32_t pc = 0;
+    for (int step = 0; step < CBPF_MAX_STEPS; step++) {
+        if (pc >= prog->len)
+            return 1; /* cannot happen with a checked program: not ours to judge */
+        const uint8_t *insn = prog->code + 8 * (size_t)pc;
+        uint16_t code = (uint16_t)(insn[0] | insn[1] << 8);
+        uint8_t jt = insn[2], jf = insn[3];
+        uint32_t k = get_le32(insn + 4);
+        unsigned klass = code & 0x07, mode = code & 0xE0, size = code & 0x18, op = code & 0xF0;
+        pc++;
+        if (klass == 6) /* RET */
+            return ((mode == 0x10) ? a : k) != 0;
+        if (klass == 0 || klass == 1) { /* LD, LDX */
+            uint32_t value;
+            if (mode == 0x00) {
+                value = k;
+            } else if (mode == 0x80) {
+                value = wire;
+            } else if (mode == 0x60) {
+                value = mem[k & 15];
+            } else if (mode == 0xA0) {
+                uint32_t byte;
+                int got = cbpf_load(frame, len, wire, k, 1, &byte);
+                if (got != 1)
+                    return got == CBPF_UNKNOWN;
+                value = (byte & 0x0F) * 4;
+            } else {
+                uint64_t offset = mode == 0x20 ? k : (uint32_t)(x + k);
+                unsigned bytes = size == 0x00 ? 4 : size == 0x08 ? 2 : 1;
+                int got = cbpf_load(frame, len, wire, offset, bytes, &value);
+                if (got != 1)
+                    return got == CBPF_UNKNOWN;
+            }
+            if (klass == 0)
+                a = value;
+            else
+                x = value;
+        } else if (klass == 2) { /* ST */
+            mem[k & 15] = a;
+        } else if (klass == 3) { /* STX */
+            mem[k & 15] = x;
+        } else if (klass == 4) { /* ALU */
+            uint32_t v = (code & 0x08) ? x : k;
+            switch (op) {
+            case 0x00: a += v; break;
+            case 0x10: a -= v; break;
+            case 0x20: a *= v; break;
+            case 0x30: if (!v) return 0; a /= v; break;
+            case 0x90: if (!v) return 0; a %= v; break;
+            case 0x40: a |= v; break;
+            case 0x50: a &= v; break;
+            case 0x60: a = v < 32 ? a << v : 0; break;
+            case 0x70: a = v < 32 ? a >> v : 0; break;
+            case 0x80: a = (uint32_t)-a; break;
+            case 0xA0: a ^= v; break;
+            default: return 1;
+            }
+        } else if (klass == 5) { /* JMP */
+            if (op == 0x00) {
+                pc = pc + k; /* signed k: wraps as libpcap's does */
+                continue;
+            }
+            uint32_t v = (code & 0x08) ? x : k;
+            int taken = op == 0x10 ? a == v : op == 0x20 ? a > v : op == 0x30 ? a >= v
+                      : op == 0x40 ? (a & v) != 0 : 0;
+            pc += taken ? jt : jf;
+        } else if (klass == 7) { /* MISC */
+            if ((code & 0xF8) == 0x00)
+                x = a;
+            else
+                a = x;
+        }
+    }
+    return 1; /* past the step budget: unknown */
+}
+
+/* journeys._parse: (source, destination, protocol, ports) of the head's IP packet. */
+static int jr_parse(uint32_t linktype, const uint8_t *head, size_t len, JAddr *src, JAddr *dst,
+                    uint8_t *proto, int32_t *sport, int32_t *dport)
+{
+    size_t iplen, l4len;
+    const uint8_t *ip = ip_payload(linktype, head, len, &iplen), *l4;
+    if (!ip || iplen < 1)
+        return 0;
+    if (ip[0] >> 4 == 4 && iplen >= 20) {
+        size_t ihl = (size_t)(ip[0] & 0x0F) * 4;
+        *proto = ip[9];
+        src->len = dst->len = 4;
+        memcpy(src->bytes, ip + 12, 4);
+        memcpy(dst->bytes, ip + 16, 4);
+        l4 = ip + (ihl < iplen ? ihl : iplen);
+        l4len = ihl < iplen ? iplen - ihl : 0;
+        if (be16(ip + 6) & 0x1FFF)
+            l4len = 0; /* a later fragment: no ports */
+    } else if (ip[0] >> 4 == 6 && iplen >= 40) {
+        *proto = ip[6];
+        src->len = dst->len = 16;
+        memcpy(src->bytes, ip + 8, 16);
+        memcpy(dst->bytes, ip + 24, 16);
+        l4 = ip + 40;
+        l4len = iplen - 40;
+    } else {
+        return 0;
+    }
+    if ((*proto == 6 || *proto == 17 || *proto == 132) && l4len >= 4) {
+        *sport = be16(l4);
+        *dport = be16(l4 + 2);
+    } else {
+        *sport = *dport = -1;
+    }
+    return 1;
+}
+
+static inline uint16_t jr_iface(const Join *j, uint16_t out_id)
+{
+    return out_id < j->nfile_index ? j->file_index[out_id] : out_id;
+}
+
+static int jr_append_id(JState *r, uint64_t id)
+{
+    size_t have = (size_t)PyByteArray_GET_SIZE(r->ids);
+    if ((r->nids + 1) * 8 > have) {
+        size_t want = have ? have * 2 : 1 << 16;
+        if (PyByteArray_Resize(r->ids, (Py_ssize_t)want) < 0) {
+            PyErr_Clear();
+            return -1;
+        }
+    }
+    memcpy(PyByteArray_AS_STRING(r->ids) + 8 * r->nids++, &id, 8);
+    return 0;
+}
+
+static JPair *jr_pair(JState *r, uint32_t sender, uint32_t receiver)
+{
+    JPair **slot = &r->pairs[(size_t)sender * (size_t)r->hosts + receiver];
+    if (!*slot)
+        *slot = PyMem_Calloc(1, sizeof(JPair) + r->samples * sizeof(TimePair));
+    return *slot;
+}
+
+/* Journeys.__call__ for one closed packet group (sightings in the join's order). */
+static int jr_close(Join *j, Group *g, uint32_t index)
+{
+    JState *r = j->journeys;
+    Sighting *s = sightings_of(g);
+    int n = g->held, outbound = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t h = s[i].host;
+        int64_t t = host_time(j, &s[i]);
+        if (!r->seen[h] || t < r->first[h])
+            r->first[h] = t;
+        if (!r->seen[h] || t > r->last[h])
+            r->last[h] = t;
+        r->seen[h] = 1;
+        if (s[i].dir == DIR_IN)
+            r->inbound[h]++;
+        else if (s[i].dir == DIR_OUT)
+            outbound = 1;
+    }
+    int points = 0;
+    for (int i = 1; i < n && !points; i++)
+        points = s[i].host != s[0].host || jr_iface(j, s[i].iface) != jr_iface(j, s[0].iface);
+    if (n > 1 && points) {
+        if (jr_append_id(r, g->id) < 0)
+            return -1;
+        /* Residence: arrived on one interface of a host, left by another. */
+        for (int i = 0; i < n; i++) {
+            if (s[i].dir != DIR_IN)
+                continue;
+            int64_t t_in = host_time(j, &s[i]), leaving = 0;
+            int found = 0;
+            for (int o = 0; o < n; o++) {
+                if (s[o].host != s[i].host || s[o].dir != DIR_OUT ||
+                    jr_iface(j, s[o].iface) == jr_iface(j, s[i].iface))
+                    continue;
+                int64_t t = host_time(j, &s[o]);
+                if (t >= t_in && (!found || t < leaving)) {
+                    leaving = t;
+                    found = 1;
+                }
+            }
+            if (!found)
+                continue;
+            int64_t gap = leaving - t_in;
+            JResidence **slot = &r->residence[s[i].host];
+            if (!*slot && !(*slot = PyMem_Calloc(1, sizeof(JResidence) +
+                                                        r->samples * sizeof(int64_t))))
+                return -1;
+            JResidence *held = *slot;
+            held->count++;
+            held->max = gap > held->max ? gap : held->max;
+            if (held->nsamples < r->samples) {
+                held->samples[held->nsamples++] = gap;
+            } else {
+                uint64_t at = jr_random(r) % held->count;
+                if (at < r->samples)
+                    held->samples[at] = gap;
+            }
+            break;
+        }
+    }
+    if (!outbound)
+        return 0;
+    /* The legs. */
+    const JHead *head = &j->jheads[index];
+    if (!head->parsed)
+        return 0;
+    JAddr src = head->src, dst = head->dst;
+    uint8_t proto = head->proto;
+    int32_t sport = head->sport, dport = head->dport;
+    /* The head's bytes (a receiver's filter runs on them): kept when a filter may. */
+    const uint8_t *slot = j->keep_heads ? j->heads + (size_t)index * HEAD_SLOT : NULL;
+    uint32_t head_len = slot ? (slot[0] | (uint32_t)slot[1] << 8) : 0;
+    uint32_t linktype = slot ? (slot[2] | (uint32_t)slot[3] << 8) : 0;
+    /* Hosts by direction, ascending (the Python engine sorts them too). */
+    uint32_t in_hosts[2 * MAX_COPIES_LIMIT], out_hosts[2 * MAX_COPIES_LIMIT];
+    int nin = 0, nout = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t *list = s[i].dir == DIR_IN ? in_hosts : s[i].dir == DIR_OUT ? out_hosts : NULL;
+        int *count = s[i].dir == DIR_IN ? &nin : &nout;
+        if (!list)
+            continue;
+        int known = 0;
+        for (int k = 0; k < *count; k++)
+            known |= list[k] == s[i].host;
+        if (known)
+            continue;
+        int at = (*count)++;
+        while (at > 0 && list[at - 1] > s[i].host) {
+            list[at] = list[at - 1];
+            at--;
+        }
+        list[at] = s[i].host;
+    }
+    int ends = 0;
+    uint32_t end = 0;
+    for (int a = 0; a < nout; a++) {
+        int forwarded = 0;
+        for (int b = 0; b < nin; b++)
+            forwarded |= in_hosts[b] == out_hosts[a];
+        if (!forwarded && !r->declared[out_hosts[a]] && owner_set(r, &src, (int32_t)out_hosts[a], 0) < 0)
+            return -1;
+    }
+    for (int b = 0; b < nin; b++) {
+        int forwarded = 0;
+        for (int a = 0; a < nout; a++)
+            forwarded |= in_hosts[b] == out_hosts[a];
+        if (!forwarded) {
+            ends++;
+            end = in_hosts[b];
+        }
+    }
+    if (ends == 1 && !r->declared[end] && owner_set(r, &dst, (int32_t)end, 0) < 0)
+        return -1;
+    int32_t receiver = owner_of(r, &dst);
+    /* What the receiver saw arrive: its count and the earliest. */
+    int narrivals = 0;
+    int64_t t_recv = 0;
+    if (receiver >= 0)
+        for (int k = 0; k < n; k++)
+            if (s[k].host == (uint32_t)receiver && s[k].dir == DIR_IN) {
+                int64_t t = host_time(j, &s[k]);
+                t_recv = !narrivals++ || t < t_recv ? t : t_recv;
+            }
+    int capture = -1; /* whether the receiver would have captured it: asked once */
+    for (int i = 0; i < n; i++) {
+        if (s[i].dir != DIR_OUT || (int32_t)s[i].host == receiver)
+            continue;
+        uint32_t sender = s[i].host;
+        int64_t t_send = host_time(j, &s[i]);
+        if (narrivals) {
+            JPair *pair = jr_pair(r, sender, (uint32_t)receiver);
+            if (!pair)
+                return -1;
+            pair->arrived++;
+            pair->duplicated += (uint64_t)(narrivals - 1);
+            TimePair value = {t_send, t_recv};
+            if (pair->nsamples < r->samples) {
+                pair->samples[pair->nsamples++] = value;
+            } else {
+                uint64_t at = jr_random(r) % pair->arrived;
+                if (at < r->samples)
+                    pair->samples[at] = value;
+            }
+            if (!pair->has_widest || t_recv - t_send > pair->widest.to - pair->widest.from) {
+                pair->widest = value;
+                pair->has_widest = 1;
+            }
+            JFlow *flow = flow_of(r, sender, &dst);
+            if (!flow)
+                return -1;
+            if (flow->has_latest && t_send < flow->latest_sent) {
+                flow->reordered++;
+            } else {
+                flow->latest_sent = t_send;
+                flow->has_latest = 1;
+            }
+            continue;
+        }
+        if (receiver >= 0) {
+            if (capture < 0) {
+                int flag = r->inbound_flag[receiver];
+                const JProgram *prog = !slot             ? NULL
+                                       : linktype == 1   ? &r->ether[receiver]
+                                       : linktype == 101 ? &r->raw[receiver]
+                                                         : NULL;
+                if (flag == 0)
+                    capture = 0;
+                else if (!prog || !prog->code)
+                    capture = 1;
+                else
+                    capture = cbpf_selects(prog, slot + 4, head_len,
+                                           head_len < HEAD_BYTES ? head_len : HEAD_BYTES + 1);
+            }
+            if (!capture)
+                continue;
+        }
+        JFlow *flow = flow_of(r, sender, &dst);
+        if (!flow || lost_time(r, flow, t_send) < 0)
+            return -1;
+        if (flow->nexamples < r->examples) {
+            if (!flow->examples &&
+                !(flow->examples = PyMem_Malloc(r->examples * sizeof(JExample))))
+                return -1;
+            JExample *e = &flow->examples[flow->nexamples++];
+            e->t_send = t_send;
+            e->src = src;
+            e->proto = proto;
+            e->sport = sport;
+            e->dport = dport;
+        }
+    }
+    return 0;
+}
+
 static void table_remove(Join *j, uint32_t index);
 
 static void close_group(Join *j, uint32_t index)
@@ -810,8 +1468,14 @@ static void close_group(Join *j, uint32_t index)
     if (g->kind == KIND_PACKET) {
         if (g->copies >= 2 && g->copies <= j->max_copies)
             same_packet_bounds(j, s, g->held);
-        if (j->keep_matches && g->copies <= j->max_copies)
-            keep_match(j, g, index);
+        if (j->keep_matches && g->copies <= j->max_copies) {
+            if (j->journeys) {
+                if (jr_close(j, g, index) < 0)
+                    j->failed = 1;
+            } else {
+                keep_match(j, g, index);
+            }
+        }
     } else if (g->questions && g->answers && g->questions <= j->max_copies &&
                g->answers <= j->max_copies) {
         answer_bounds(j, s, g->held);
@@ -901,11 +1565,17 @@ static int32_t new_group(Join *j)
         if (!grown)
             return -1;
         j->groups = grown;
-        if (j->keep_matches) {
+        if (j->keep_heads) {
             uint8_t *heads = PyMem_Realloc(j->heads, (size_t)cap * HEAD_SLOT);
             if (!heads)
                 return -1;
             j->heads = heads;
+        }
+        if (j->journeys) {
+            JHead *jheads = PyMem_Realloc(j->jheads, (size_t)cap * sizeof *jheads);
+            if (!jheads)
+                return -1;
+            j->jheads = jheads;
         }
         j->groups_cap = cap;
     }
@@ -977,7 +1647,9 @@ static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sigh
         memset(fresh, 0, sizeof *fresh);
         fresh->id = id;
         fresh->kind = kind;
-        if (j->keep_matches && kind == KIND_PACKET) {
+        if (j->journeys && kind == KIND_PACKET)
+            j->jheads[index] = p->jhead;
+        if (j->keep_heads && kind == KIND_PACKET) {
             uint8_t *slot = j->heads + (size_t)index * HEAD_SLOT;
             slot[0] = (uint8_t)p->head_len;
             slot[1] = (uint8_t)(p->head_len >> 8);
@@ -1102,7 +1774,13 @@ static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t b
         if (j->keep_matches) {
             p->linktype = j->linktypes[out_id];
             p->head_len = (uint16_t)(cap < HEAD_BYTES ? cap : HEAD_BYTES);
-            memcpy(p->head, block + 28, p->head_len);
+            if (j->keep_heads)
+                memcpy(p->head, block + 28, p->head_len);
+            if (j->journeys) {
+                JHead *h = &p->jhead;
+                h->parsed = (uint8_t)jr_parse(p->linktype, block + 28, p->head_len, &h->src,
+                                              &h->dst, &h->proto, &h->sport, &h->dport);
+            }
         }
         p->packet_id = key_id(id.packet, id.packet_len);
         p->packet_hash = id_hash(p->packet_id, KIND_PACKET);
@@ -1170,6 +1848,7 @@ static int Join_init(Join *self, PyObject *args, PyObject *kwds)
     self->hosts = n;
     self->free_group = -1;
     self->keep_matches = keep;
+    self->keep_heads = keep;
     self->window = window;
     self->max_copies = max_copies;
     self->max_held = 2 * max_copies;
@@ -1191,9 +1870,12 @@ static void Join_dealloc(Join *self)
     PyMem_Free(self->linktypes);
     PyMem_Free(self->groups);
     PyMem_Free(self->heads);
+    PyMem_Free(self->jheads);
     PyMem_Free(self->table);
     PyMem_Free(self->fifo);
     PyMem_Free(self->matches);
+    jr_free(self->journeys);
+    PyMem_Free(self->file_index);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1201,7 +1883,8 @@ static PyObject *Join_add_interface(Join *self, PyObject *args)
 {
     Py_ssize_t out_id;
     unsigned int linktype;
-    if (!PyArg_ParseTuple(args, "nI", &out_id, &linktype))
+    int file_index = -1;
+    if (!PyArg_ParseTuple(args, "nI|i", &out_id, &linktype, &file_index))
         return NULL;
     if (out_id < 0 || out_id > UINT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "interface id out of range");
@@ -1217,6 +1900,19 @@ static PyObject *Join_add_interface(Join *self, PyObject *args)
         self->nlinktypes = out_id + 1;
     }
     self->linktypes[out_id] = linktype;
+    if (file_index >= 0 && out_id <= UINT16_MAX) {
+        if (out_id >= self->nfile_index) {
+            uint16_t *grown =
+                PyMem_Realloc(self->file_index, ((size_t)out_id + 1) * sizeof *grown);
+            if (!grown)
+                return PyErr_NoMemory();
+            for (Py_ssize_t i = self->nfile_index; i <= out_id; i++)
+                grown[i] = (uint16_t)i; /* unnamed: itself, as join.py's file_index.get */
+            self->file_index = grown;
+            self->nfile_index = out_id + 1;
+        }
+        self->file_index[out_id] = (uint16_t)(file_index > UINT16_MAX ? UINT16_MAX : file_index);
+    }
     Py_RETURN_NONE;
 }
 
@@ -1294,6 +1990,332 @@ static PyObject *Join_pairs(Join *self, PyObject *Py_UNUSED(ignored))
     return result;
 }
 
+
+static void jr_free(JState *r)
+{
+    if (!r)
+        return;
+    for (uint32_t i = 0; i < r->nflows; i++) {
+        PyMem_Free(r->flows[i].exact);
+        PyMem_Free(r->flows[i].counts);
+        PyMem_Free(r->flows[i].examples);
+    }
+    for (Py_ssize_t i = 0; i < r->hosts; i++) {
+        PyMem_Free(r->residence[i]);
+        PyMem_Free(r->ether[i].code);
+        PyMem_Free(r->raw[i].code);
+    }
+    for (Py_ssize_t i = 0; i < r->hosts * r->hosts; i++)
+        PyMem_Free(r->pairs[i]);
+    PyMem_Free(r->flows);
+    PyMem_Free(r->flow_table);
+    PyMem_Free(r->addrs);
+    PyMem_Free(r->addr_host);
+    PyMem_Free(r->addr_table);
+    PyMem_Free(r->declared);
+    PyMem_Free(r->inbound_flag);
+    PyMem_Free(r->ether);
+    PyMem_Free(r->raw);
+    PyMem_Free(r->first);
+    PyMem_Free(r->last);
+    PyMem_Free(r->seen);
+    PyMem_Free(r->inbound);
+    PyMem_Free(r->residence);
+    PyMem_Free(r->pairs);
+    Py_XDECREF(r->ids);
+    PyMem_Free(r);
+}
+
+static int jr_program(PyObject *obj, JProgram *prog)
+{
+    if (obj == Py_None)
+        return 0;
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (view.len % 8 || !view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "a filter program is 8-byte instructions");
+        return -1;
+    }
+    prog->code = PyMem_Malloc((size_t)view.len);
+    if (!prog->code) {
+        PyBuffer_Release(&view);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(prog->code, view.buf, (size_t)view.len);
+    prog->len = (uint32_t)(view.len / 8);
+    PyBuffer_Release(&view);
+    return 0;
+}
+
+static int jr_addr(PyObject *obj, JAddr *a)
+{
+    char *buf;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(obj, &buf, &len) < 0)
+        return -1;
+    if (len != 4 && len != 16) {
+        PyErr_SetString(PyExc_ValueError, "an address is 4 or 16 bytes");
+        return -1;
+    }
+    memset(a, 0, sizeof *a);
+    a->len = (uint8_t)len;
+    memcpy(a->bytes, buf, (size_t)len);
+    return 0;
+}
+
+static PyObject *Join_journeys_setup(Join *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"hosts", "samples", "examples", "exact", "buckets", "seed", NULL};
+    PyObject *hosts;
+    unsigned int samples = 0, examples = 0, exact = 0, buckets = 0;
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$IIIIK", kwlist, &hosts, &samples,
+                                     &examples, &exact, &buckets, &seed))
+        return NULL;
+    if (!self->keep_matches || self->journeys || self->ngroups || samples < 1 || exact < 1 || buckets < 2 ||
+        buckets % 2) {
+        PyErr_SetString(PyExc_ValueError, "journeys_setup: once, on a Join that keeps "
+                                          "matches; samples, exact >= 1, buckets even");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(hosts, "hosts must be a sequence");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n != self->hosts) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "journeys_setup: one entry per host");
+        return NULL;
+    }
+    JState *r = PyMem_Calloc(1, sizeof *r);
+    if (!r) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    size_t hn = (size_t)n + 1;
+    r->hosts = n;
+    r->samples = samples;
+    r->examples = examples;
+    r->exact = exact;
+    r->buckets = buckets;
+    r->rng = seed;
+    r->declared = PyMem_Calloc(hn, 1);
+    r->inbound_flag = PyMem_Calloc(hn, 1);
+    r->ether = PyMem_Calloc(hn, sizeof(JProgram));
+    r->raw = PyMem_Calloc(hn, sizeof(JProgram));
+    r->first = PyMem_Calloc(hn, sizeof(int64_t));
+    r->last = PyMem_Calloc(hn, sizeof(int64_t));
+    r->seen = PyMem_Calloc(hn, 1);
+    r->inbound = PyMem_Calloc(hn, sizeof(uint64_t));
+    r->residence = PyMem_Calloc(hn, sizeof(JResidence *));
+    r->pairs = PyMem_Calloc(hn * hn, sizeof(JPair *));
+    r->ids = PyByteArray_FromStringAndSize(NULL, 0);
+    if (!r->declared || !r->inbound_flag || !r->ether || !r->raw || !r->first || !r->last ||
+        !r->seen || !r->inbound || !r->residence || !r->pairs || !r->ids ||
+        addr_table_grow(r) < 0 || flow_table_grow(r) < 0) {
+        Py_DECREF(seq);
+        jr_free(r);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t h = 0; h < n; h++) {
+        PyObject *addresses, *ether, *raw;
+        int flag;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, h), "OiOO", &addresses, &flag,
+                              &ether, &raw))
+            goto fail;
+        r->inbound_flag[h] = (int8_t)(flag < 0 ? -1 : flag != 0);
+        if (jr_program(ether, &r->ether[h]) < 0 || jr_program(raw, &r->raw[h]) < 0)
+            goto fail;
+        PyObject *list = PySequence_Fast(addresses, "addresses must be a sequence");
+        if (!list)
+            goto fail;
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(list); i++) {
+            JAddr a;
+            if (jr_addr(PySequence_Fast_GET_ITEM(list, i), &a) < 0 ||
+                owner_set(r, &a, (int32_t)h, 0) < 0) {
+                Py_DECREF(list);
+                if (!PyErr_Occurred())
+                    PyErr_NoMemory();
+                goto fail;
+            }
+            r->declared[h] = 1;
+        }
+        Py_DECREF(list);
+    }
+    Py_DECREF(seq);
+    self->journeys = r;
+    /* The heads' bytes only when a receiver has a filter to run on them. */
+    self->keep_heads = 0;
+    for (Py_ssize_t h = 0; h < n; h++)
+        self->keep_heads |= r->ether[h].code || r->raw[h].code;
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(seq);
+    jr_free(r);
+    return NULL;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static PyObject *opt_time(int has, int64_t t)
+{
+    return has ? PyLong_FromLongLong(t) : Py_NewRef(Py_None);
+}
+
+static PyObject *port(int32_t p) { return p < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(p); }
+
+/* Append Py_BuildValue(...) to list, stealing; -1 on failure. */
+static int append_new(PyObject *list, PyObject *item)
+{
+    if (!item)
+        return -1;
+    int rc = PyList_Append(list, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+/* Everything journeys.py's result() needs, after finish(); the ids leave the join. */
+static PyObject *Join_journeys_state(Join *self, PyObject *Py_UNUSED(ignored))
+{
+    JState *r = self->journeys;
+    if (!r) {
+        PyErr_SetString(PyExc_RuntimeError, "no journeys_setup");
+        return NULL;
+    }
+    Py_ssize_t n = r->hosts;
+    PyObject *out = PyDict_New(), *first = PyList_New(0), *last = PyList_New(0),
+             *inbound = PyList_New(0), *owner = PyList_New(0), *pairs = PyList_New(0),
+             *flows = PyList_New(0), *residence = PyList_New(0);
+    if (!out || !first || !last || !inbound || !owner || !pairs || !flows || !residence)
+        goto fail;
+    /* The ids: sorted, each once, in the bytearray that held them. */
+    char *ids = PyByteArray_AS_STRING(r->ids);
+    qsort(ids, r->nids, 8, cmp_u64);
+    size_t unique = 0;
+    for (size_t i = 0; i < r->nids; i++)
+        if (!unique || memcmp(ids + 8 * i, ids + 8 * (unique - 1), 8))
+            memmove(ids + 8 * unique++, ids + 8 * i, 8);
+    if (PyByteArray_Resize(r->ids, (Py_ssize_t)(unique * 8)) < 0)
+        goto fail;
+    r->nids = unique;
+    for (Py_ssize_t h = 0; h < n; h++) {
+        if (append_new(first, opt_time(r->seen[h], r->first[h])) < 0 ||
+            append_new(last, opt_time(r->seen[h], r->last[h])) < 0 ||
+            append_new(inbound, PyLong_FromUnsignedLongLong(r->inbound[h])) < 0)
+            goto fail;
+        JResidence *held = r->residence[h];
+        if (held) {
+            PyObject *samples = PyList_New(held->nsamples);
+            if (!samples)
+                goto fail;
+            for (uint32_t i = 0; i < held->nsamples; i++)
+                PyList_SET_ITEM(samples, i, PyLong_FromLongLong(held->samples[i]));
+            if (append_new(residence, Py_BuildValue("(nKNL)", h, (unsigned long long)held->count,
+                                                    samples, (long long)held->max)) < 0)
+                goto fail;
+        }
+    }
+    for (uint32_t i = 0; i < r->naddrs; i++)
+        if (append_new(owner, Py_BuildValue("(y#i)", r->addrs[i].bytes,
+                                            (Py_ssize_t)r->addrs[i].len, r->addr_host[i])) < 0)
+            goto fail;
+    for (Py_ssize_t slot = 0; slot < n * n; slot++) {
+        JPair *p = r->pairs[slot];
+        if (!p)
+            continue;
+        /* (t_send, t_recv) int64 pairs as bytes: 16 bytes a sample, not two Python ints. */
+        PyObject *samples = PyBytes_FromStringAndSize((const char *)p->samples,
+                                                      (Py_ssize_t)p->nsamples * 16);
+        if (!samples)
+            goto fail;
+        if (append_new(pairs, Py_BuildValue("(nnKKN(LL))", slot / n, slot % n,
+                                            (unsigned long long)p->arrived,
+                                            (unsigned long long)p->duplicated, samples,
+                                            (long long)p->widest.from,
+                                            (long long)p->widest.to)) < 0)
+            goto fail;
+    }
+    for (uint32_t i = 0; i < r->nflows; i++) {
+        JFlow *f = &r->flows[i];
+        PyObject *exact = PyList_New(f->nexact), *hist, *examples = PyList_New(0);
+        if (!exact || !examples) {
+            Py_XDECREF(exact);
+            Py_XDECREF(examples);
+            goto fail;
+        }
+        for (uint32_t k = 0; k < f->nexact; k++)
+            PyList_SET_ITEM(exact, k, PyLong_FromLongLong(f->exact[k]));
+        if (f->counts) {
+            PyObject *counts = PyList_New(r->buckets);
+            if (!counts) {
+                Py_DECREF(exact);
+                Py_DECREF(examples);
+                goto fail;
+            }
+            for (uint32_t k = 0; k < r->buckets; k++)
+                PyList_SET_ITEM(counts, k, PyLong_FromUnsignedLongLong(f->counts[k]));
+            hist = Py_BuildValue("(LLN)", (long long)f->origin, (long long)f->width, counts);
+        } else {
+            hist = Py_NewRef(Py_None);
+        }
+        for (uint32_t k = 0; k < f->nexamples && hist; k++) {
+            JExample *e = &f->examples[k];
+            if (append_new(examples, Py_BuildValue("(Ly#iNN)", (long long)e->t_send, e->src.bytes,
+                                                   (Py_ssize_t)e->src.len, (int)e->proto,
+                                                   port(e->sport), port(e->dport))) < 0) {
+                Py_CLEAR(hist);
+            }
+        }
+        if (!hist) {
+            Py_DECREF(exact);
+            Py_DECREF(examples);
+            goto fail;
+        }
+        if (append_new(flows, Py_BuildValue("(ny#NKNNN)", (Py_ssize_t)f->sender, f->dst.bytes,
+                                            (Py_ssize_t)f->dst.len,
+                                            opt_time(f->has_latest, f->latest_sent),
+                                            (unsigned long long)f->reordered, exact, hist,
+                                            examples)) < 0)
+            goto fail;
+    }
+    if (PyDict_SetItemString(out, "ids", r->ids) < 0 ||
+        PyDict_SetItemString(out, "first", first) < 0 ||
+        PyDict_SetItemString(out, "last", last) < 0 ||
+        PyDict_SetItemString(out, "inbound", inbound) < 0 ||
+        PyDict_SetItemString(out, "owner", owner) < 0 ||
+        PyDict_SetItemString(out, "pairs", pairs) < 0 ||
+        PyDict_SetItemString(out, "flows", flows) < 0 ||
+        PyDict_SetItemString(out, "residence", residence) < 0)
+        goto fail;
+    Py_DECREF(first);
+    Py_DECREF(last);
+    Py_DECREF(inbound);
+    Py_DECREF(owner);
+    Py_DECREF(pairs);
+    Py_DECREF(flows);
+    Py_DECREF(residence);
+    return out;
+fail:
+    Py_XDECREF(out);
+    Py_XDECREF(first);
+    Py_XDECREF(last);
+    Py_XDECREF(inbound);
+    Py_XDECREF(owner);
+    Py_XDECREF(pairs);
+    Py_XDECREF(flows);
+    Py_XDECREF(residence);
+    if (!PyErr_Occurred())
+        PyErr_NoMemory();
+    return NULL;
+}
+
 static PyObject *Join_stats(Join *self, PyObject *Py_UNUSED(ignored))
 {
     return Py_BuildValue("{s:K,s:K,s:n,s:n}", "sightings", self->sightings, "identified",
@@ -1313,6 +2335,13 @@ static PyMethodDef Join_methods[] = {
      "summary; kind 0 same packet, 1 answer; samples and floor are (t_from, t_to) lists."},
     {"stats", (PyCFunction)Join_stats, METH_NOARGS,
      "stats() -> dict: sightings, identified, held, held_high_water."},
+    {"journeys_setup", (PyCFunction)(void (*)(void))Join_journeys_setup,
+     METH_VARARGS | METH_KEYWORDS,
+     "journeys_setup(hosts, *, samples, examples, exact, buckets, seed): keep the journeys "
+     "in C (merge/journeys.py) instead of match records; hosts: per host (declared "
+     "addresses, captures inbound -1/0/1, ether program, raw program)."},
+    {"journeys_state", (PyCFunction)Join_journeys_state, METH_NOARGS,
+     "journeys_state() -> dict: what the journeys kept (after finish())."},
     {NULL, NULL, 0, NULL},
 };
 

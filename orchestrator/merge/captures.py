@@ -198,7 +198,9 @@ class _Merger:
     ) -> None:
         self.writer = writer
         self.packet_ids = packet_ids
-        self.ids = id_set(packet_ids) if packet_ids else None
+        # The Python path's set of them, built when it writes (the C loop searches the
+        # sorted array itself: a set of 5 million ints is ~300 MiB).
+        self.ids: set[int] | None = None
         self.linktypes: dict[int, int] = {}  # by output interface id: packet ids need them
         self.core = None  # the C loop, when it runs
         self.interface_names: list[str] = []
@@ -281,9 +283,11 @@ class _Merger:
 
     def _stamped(self, blocks):
         """The blocks, with epb_packetid where the pass saw the packet twice or more."""
-        ids = self.ids
-        if not ids:
+        if not self.packet_ids:
             return blocks
+        if self.ids is None:
+            self.ids = id_set(self.packet_ids)
+        ids = self.ids
         linktypes = self.linktypes
         return [
             with_packet_id(block, linktypes.get(_U32.unpack_from(block, 8)[0]), ids) or block

@@ -91,6 +91,27 @@ def write_merge_summary(report, names: Sequence[str], paths: Sequence[str]) -> P
     }
     target = out.with_name(out.name + ".json")
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    tmp.write_text(readable_json(data))
     tmp.replace(target)
     return target
+
+
+def readable_json(data, *, default=None, depth: int = 3) -> str:
+    """JSON indented for its first `depth` levels, compact below: json.dumps(indent=2)
+    runs the pure-Python encoder, seconds for a fleet's journeys (600 pairs' series);
+    compact values go through the C one."""
+
+    def encode(value, level: int) -> str:
+        if level >= depth or not isinstance(value, (dict, list)) or not value:
+            return json.dumps(value, default=default)
+        pad, end = "  " * (level + 1), "  " * level
+        if isinstance(value, dict):
+            items = [
+                f"{pad}{json.dumps(k if isinstance(k, str) else str(k))}: {encode(v, level + 1)}"
+                for k, v in value.items()
+            ]
+            return "{\n" + ",\n".join(items) + "\n" + end + "}"
+        items = [pad + encode(v, level + 1) for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + end + "]"
+
+    return encode(data, 0)

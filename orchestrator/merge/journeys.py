@@ -3,11 +3,15 @@
 Built inside the clock alignment's one streaming pass (clock/join.py): `Journeys` is
 its `on_match` and sees every packet key's group as it closes, a packet's sightings on
 all hosts with their times on each host's own clock. Nothing reads the inputs again.
+With the C join (`_fastmerge.Join`) the per-group work below runs in C (`jr_close`,
+the same steps and the same dice): Python is told the hosts before the pass
+(`setup_c`) and reads the aggregates after it (`load_c`), never a group.
 
 What it keeps, and why memory stays bounded:
 
 - **Packet ids.** The id of every packet seen at two or more capture points (hosts or
-  interfaces), 8 bytes each, sorted at the end (`packet_ids()`): the merge, which runs
+  interfaces), 8 bytes each (a uint64 array in the C join), sorted at the end
+  (`packet_ids()`): the merge, which runs
   after the alignment, computes each packet's id again from its bytes in its C loop
   (the same observe.key_id) and writes `epb_packetid` when the id is in this set. The
   set grows with the matched packets (8 bytes each, ~8 MB per million), not with the
@@ -23,13 +27,18 @@ What it keeps, and why memory stays bounded:
   largest raw gap, corrected with the solved offsets and drifts after the solve (as
   constraints.PairSamples): **the delay percentiles come from that bounded uniform
   sample** (exact while a pair has at most SAMPLES arrivals), the max from every packet.
-- **Lost candidates** (left the sender, not seen arriving): their send times (8 bytes
-  each) until the end, because whether the receiver would have seen them depends on its
-  window in solved clock time, known only after the solve; with the first EXAMPLES of
-  each flow's details. Each is checked when it closes against the receiver's capture
-  filter (cbpf_run on the packet's first bytes) and direction. At most MAX_PENDING
-  per flow are kept; beyond it, a flow's further losses are counted without a time
-  (`lost_unplaced`, treated as inside the window).
+- **Lost candidates** (left the sender, not seen arriving): their send times, because
+  whether the receiver would have seen them depends on its window in solved clock time,
+  known only after the solve; with the first EXAMPLES of each flow's details. Each is
+  checked when it closes against the receiver's capture filter (cbpf_run on the packet's
+  first bytes) and direction. A flow keeps its first LOST_EXACT send times exactly (8
+  bytes each: the window edge is applied to each after the solve, exactly); past that,
+  all its send times go into LOST_BUCKETS time buckets (8 bytes each) whose width
+  doubles as the flow's span grows (`LostTimes`), and the window edge is applied to
+  each bucket's middle: a count exact but for the two buckets the edges cut (each at
+  most 1/LOST_BUCKETS of the flow's span, ~1/512 of it once bucketed). At most
+  8 × max(LOST_EXACT, LOST_BUCKETS) = 32 KiB per flow that lost packets, for any
+  capture length.
 - **Residence time** per host that saw a packet arrive on one interface and leave on
   another: a count, a uniform sample and the max (one clock: nothing to correct).
 
@@ -62,7 +71,8 @@ if TYPE_CHECKING:
 
 SAMPLES = 1024  # delay samples kept per ordered host pair (and residence per host)
 EXAMPLES = 20  # lost packets described per pair
-MAX_PENDING = 1_000_000  # lost candidates' times kept per flow
+LOST_EXACT = 4096  # lost send times kept exactly per flow; then LOST_BUCKETS buckets
+LOST_BUCKETS = 1024
 TIMELINE_BUCKETS = 120  # the loss-over-time series per pair
 SERIES_POINTS = 300  # delay-over-time points per pair in run.json (from the sample)
 IF_IPV4ADDR, IF_IPV6ADDR = 4, 5
@@ -86,7 +96,8 @@ class HostView:
 class _Pair:
     arrived: int = 0
     duplicated: int = 0
-    samples: list[tuple[int, int]] = field(default_factory=list)
+    # (t_send, t_recv); from the C join an array("q") of them, flat
+    samples: list[tuple[int, int]] | array = field(default_factory=list)
     widest: tuple[int, int] | None = None  # the (t_send, t_recv) of the largest raw gap
 
 
@@ -96,9 +107,66 @@ class _Flow:
 
     latest_sent: int | None = None  # the latest send time of the packets that arrived
     reordered: int = 0
-    pending: array = field(default_factory=lambda: array("q"))  # lost candidates' t_send
+    pending: LostTimes = field(default_factory=lambda: LostTimes())  # lost candidates' t_send
     examples: list[dict] = field(default_factory=list)  # with "t_send" on the sender clock
-    unplaced: int = 0  # lost past MAX_PENDING
+
+
+class LostTimes:
+    """A flow's lost send times (sender clock): exact up to LOST_EXACT, then all of them
+    in LOST_BUCKETS buckets from the earliest, the width a power of two that doubles
+    (neighbours merged) when a time falls past the last. _fastmerge.c's `lost_time`."""
+
+    __slots__ = ("counts", "exact", "origin", "width")
+
+    def __init__(self) -> None:
+        self.exact: array | None = array("q")
+        self.counts: list[int] | None = None
+        self.origin = 0
+        self.width = 1
+
+    def add(self, t: int) -> None:
+        if self.exact is not None and len(self.exact) < LOST_EXACT:
+            self.exact.append(t)
+            return
+        if self.exact is not None:
+            self.counts = [0] * LOST_BUCKETS
+            self.origin = min(self.exact)
+            while max(self.exact) - self.origin >= self.width * LOST_BUCKETS:
+                self.width *= 2
+            for held in self.exact:
+                self._fold(held)
+            self.exact = None
+        self._fold(t)
+
+    def _fold(self, t: int) -> None:
+        counts = self.counts
+        since = max(0, t - self.origin)
+        while since // self.width >= LOST_BUCKETS:
+            half = LOST_BUCKETS // 2
+            counts[:half] = [counts[2 * i] + counts[2 * i + 1] for i in range(half)]
+            counts[half:] = [0] * half
+            self.width *= 2
+        counts[since // self.width] += 1
+
+    def times(self) -> list[tuple[int, int]]:
+        """(send time, packets): each exact time once, or each bucket's middle."""
+        if self.counts is None:
+            return [(t, 1) for t in self.exact]
+        return [
+            (self.origin + k * self.width + self.width // 2, count)
+            for k, count in enumerate(self.counts)
+            if count
+        ]
+
+    @classmethod
+    def of(cls, exact: list[int], histogram: tuple[int, int, list[int]] | None) -> LostTimes:
+        held = cls()
+        if histogram is None:
+            held.exact = array("q", exact)
+        else:
+            held.exact = None
+            held.origin, held.width, held.counts = histogram[0], histogram[1], list(histogram[2])
+        return held
 
 
 @dataclass
@@ -122,6 +190,7 @@ class Journeys:
             for address in host.addresses:
                 self.owner.setdefault(address, index)
         self.ids = array("Q")
+        self.sorted_ids: bytes | bytearray | None = None  # from the C join: sorted, unique
         self.pairs: dict[tuple[int, int], _Pair] = {}
         self.flows: dict[tuple[int, bytes], _Flow] = {}
         self.residence: dict[int, _Residence] = {}
@@ -182,7 +251,7 @@ class Journeys:
         outbound_hosts = {s.host for s in sightings if s.direction == OUTBOUND}
         # Learn addresses where no host declared any: a packet a host sent and did not
         # forward is from it; one that arrived at one host only, not forwarded, is to it.
-        for h in outbound_hosts - inbound_hosts:
+        for h in sorted(outbound_hosts - inbound_hosts):  # in host order, as in C
             if not self.declared[h]:
                 self.owner.setdefault(src, h)
         ends = inbound_hosts - outbound_hosts
@@ -224,10 +293,7 @@ class Journeys:
         self, sender: int, dst: bytes, t_send: int, src: bytes, proto: int, sport, dport
     ) -> None:
         flow = self._flow(sender, dst)
-        if len(flow.pending) >= MAX_PENDING:
-            flow.unplaced += 1
-            return
-        flow.pending.append(t_send)
+        flow.pending.add(t_send)
         if len(flow.examples) < 4 * EXAMPLES:  # some fall outside the window at the end
             flow.examples.append(
                 {
@@ -259,10 +325,67 @@ class Journeys:
         wire = None if len(match.head) < HEAD_BYTES else HEAD_BYTES + 1
         return selects(program, match.head, wire)
 
+    # ------------------------------------------------------------ the C join's way
+    def setup_c(self, join) -> None:
+        """Hand the C join what the per-group work needs to know of the hosts."""
+        hosts = []
+        for host in self.hosts:
+            filters = host.filters or {}
+            inbound = -1 if host.captures_inbound is None else int(host.captures_inbound)
+            hosts.append(
+                (
+                    sorted(host.addresses) if host.addresses else [],
+                    inbound,
+                    _program_bytes(filters.get("ether")),
+                    _program_bytes(filters.get("raw")),
+                )
+            )
+        join.journeys_setup(
+            hosts,
+            samples=SAMPLES,
+            examples=4 * EXAMPLES,
+            exact=LOST_EXACT,
+            buckets=LOST_BUCKETS,
+            seed=self.rng.state,
+        )
+
+    def load_c(self, state: dict) -> None:
+        """What the C join kept, as the Python engine would have kept it."""
+        self.sorted_ids = state["ids"]
+        self.first, self.last, self.inbound = state["first"], state["last"], state["inbound"]
+        self.owner = {address: host for address, host in state["owner"]}
+        for sender, receiver, arrived, duplicated, samples, widest in state["pairs"]:
+            # The sample stays int64 pairs (16 bytes each) until result() reads it.
+            self.pairs[(sender, receiver)] = _Pair(
+                arrived, duplicated, array("q", samples), tuple(widest)
+            )
+        for sender, dst, latest, reordered, exact, histogram, examples in state["flows"]:
+            self.flows[(sender, dst)] = _Flow(
+                latest,
+                reordered,
+                LostTimes.of(exact, histogram),
+                [
+                    {
+                        "t_send": t,
+                        "src": _text(src),
+                        "dst": _text(dst),
+                        "protocol": PROTOCOLS.get(proto, str(proto)),
+                        "sport": sport,
+                        "dport": dport,
+                    }
+                    for t, src, proto, sport, dport in examples
+                ],
+            )
+        for host, count, samples, maximum in state["residence"]:
+            self.residence[host] = _Residence(count, samples, maximum)
+
     # ------------------------------------------------------------- after the pass
-    def packet_ids(self) -> bytes:
+    def packet_ids(self) -> bytes | bytearray:
         """The sorted ids of packets seen at 2+ capture points (for the merge's C loop)."""
-        return array("Q", sorted(set(self.ids))).tobytes()
+        if self.sorted_ids is None:
+            self.sorted_ids = array("Q", sorted(set(self.ids))).tobytes()
+            self.ids = array("Q")
+        return self.sorted_ids
 
     def add_interfaces(self, interfaces: Sequence[Sequence[Interface]]) -> None:
         """Addresses from each file's interface descriptions (after the pass: the
@@ -292,7 +415,17 @@ class Journeys:
             entry = pairs.setdefault((sender, receiver), _empty(self, sender, receiver))
             entry["arrived"] = pair.arrived
             entry["duplicated"] = pair.duplicated
-            delays = sorted(ref(receiver, b) - ref(sender, a) for a, b in pair.samples)
+            # ref() inlined: 1024 samples x 600 pairs on the fleet profile.
+            rate_s, rate_r = rates[sender], rates[receiver]
+            off_s, off_r = offsets[sender], offsets[receiver]
+            samples = pair.samples
+            if isinstance(samples, array):  # from the C join: t_send, t_recv, t_send, ...
+                samples = zip(samples[0::2], samples[1::2])
+            points = [
+                (a - round(rate_s * (a - epoch)) - off_s, b - round(rate_r * (b - epoch)) - off_r)
+                for a, b in samples
+            ]
+            delays = sorted([y - x for x, y in points])
             widest = ref(receiver, pair.widest[1]) - ref(sender, pair.widest[0])
             entry["delay_ns"] = {
                 "p50": _percentile(delays, 50),
@@ -301,9 +434,7 @@ class Journeys:
                 "max": max(widest, delays[-1]),
             }
             entry["delay_sampled"] = len(delays)
-            series = sorted(
-                (ref(sender, a), ref(receiver, b) - ref(sender, a)) for a, b in pair.samples
-            )
+            series = sorted([(x, y - x) for x, y in points])
             step = max(1, math.ceil(len(series) / SERIES_POINTS))
             entry["delay_series"] = [list(p) for p in series[::step]]
         lost_times: dict[tuple[int, int], list[int]] = {}
@@ -326,9 +457,13 @@ class Journeys:
             # the receiver could not have seen it, so it did not "leave" for it. The pair's
             # largest delay seen is the margin (none known: no margin).
             end -= entry["delay_ns"]["max"] if entry.get("delay_ns") else 0
-            times = [t for t in (ref(sender, t) for t in flow.pending) if start <= t <= end]
+            times = [
+                (r, count)
+                for r, count in ((ref(sender, t), count) for t, count in flow.pending.times())
+                if start <= r <= end
+            ]
             lost_times.setdefault((sender, receiver), []).extend(times)
-            entry["lost"] += len(times) + flow.unplaced
+            entry["lost"] += sum(count for _, count in times)
             for example in flow.examples:
                 t = ref(sender, example["t_send"])
                 if start <= t <= end and len(entry["lost_examples"]) < 4 * EXAMPLES:
@@ -359,7 +494,7 @@ class Journeys:
                 host.name: sorted(_text(a) for a, h in self.owner.items() if h == index)
                 for index, host in enumerate(self.hosts)
             },
-            "packet_ids": len(set(self.ids)),
+            "packet_ids": len(self.packet_ids()) // 8,
             "delay_sample_size": SAMPLES,
             "note": "delay percentiles from a uniform sample of at most "
             f"{SAMPLES} arrivals per pair (exact below that), max from every packet; "
@@ -374,7 +509,7 @@ class Journeys:
             return None
         return ref(host, self.first[host]), ref(host, self.last[host])
 
-    def _timeline(self, key, entry, lost: list[int], ref, windows) -> dict:
+    def _timeline(self, key, entry, lost: list[tuple[int, int]], ref, windows) -> dict:
         """Lost packets over time, in TIMELINE_BUCKETS buckets over the receiver's window."""
         window = windows[key[1]]
         if window is None:
@@ -382,8 +517,8 @@ class Journeys:
         start, end = window
         width = max(1, math.ceil((end - start + 1) / TIMELINE_BUCKETS))
         counts = [0] * TIMELINE_BUCKETS
-        for t in lost:
-            counts[min((t - start) // width, TIMELINE_BUCKETS - 1)] += 1
+        for t, count in lost:
+            counts[min((t - start) // width, TIMELINE_BUCKETS - 1)] += count
         return {"start_ns": start, "width_ns": width, "lost": counts}
 
 
@@ -447,6 +582,13 @@ def _parse(linktype: int, head: bytes) -> tuple[bytes, bytes, int, int | None, i
         sport, dport = struct.unpack_from("!HH", l4)
         return bytes(src), bytes(dst), proto, sport, dport
     return bytes(src), bytes(dst), proto, None, None
+
+
+def _program_bytes(program: Program | None) -> bytes | None:
+    """A checked cBPF program as struct sock_filter, little-endian (_fastmerge.c runs it)."""
+    if not program:
+        return None
+    return b"".join(struct.pack("<HBBI", i.code, i.jt, i.jf, i.k) for i in program)
 
 
 def _text(address: bytes) -> str:

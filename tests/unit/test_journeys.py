@@ -23,6 +23,9 @@ from .scenarios_clock import (
     US,
     address,
     capture,
+    echo,
+    eth,
+    ipv4,
     journeys_mesh,
     udp,
 )
@@ -226,3 +229,76 @@ def test_residence_time_of_a_forwarding_host(tmp_path: Path) -> None:
 def test_parse_address() -> None:
     assert parse_address("10.0.0.1/24") == bytes([10, 0, 0, 1])
     assert len(parse_address("fd00::1")) == 16
+
+
+# -- the C join's journeys are the Python engine's -----------------------------------------
+def _random_mesh(folder: Path, seed: int) -> list[Path]:
+    """Four hosts, random UDP, TCP and ICMP between them and to an address nobody owns:
+    losses, duplicates, delays that reorder, and packets seen leaving two hosts."""
+    import random
+
+    rng = random.Random(seed)
+    on: list[list] = [[], [], [], []]
+    nobody = bytes([10, 0, 0, 99])
+    for i in range(1500):
+        sender = rng.randrange(4)
+        receiver = rng.choice([h for h in range(4) if h != sender] + [9])
+        dst = nobody if receiver == 9 else address(receiver)
+        t = T0 + i * 50 * US + rng.randrange(40 * US)
+        kind = rng.random()
+        if kind < 0.6:
+            frame = udp(
+                rng.choice((53, 4000, 9999)), rng.choice((9999, 7777)), i, address(sender), dst
+            )
+        elif kind < 0.8:
+            tcp = struct.pack("!HHIIBBHHH", 1000 + i % 7, 80, i, 0, 0x50, 0x10, 512, 0, 0)
+            frame = eth(ipv4(6, tcp + b"x" * (i % 5), ident=i, src=address(sender), dst=dst))
+        else:
+            frame = eth(echo(8, 7, i, ident=i, src=address(sender), dst=dst))
+        on[sender].append((t, frame, 2))
+        if receiver == 9:
+            continue
+        roll = rng.random()
+        copies = 0 if roll < 0.15 else 2 if roll < 0.2 else 1
+        for copy in range(copies):
+            on[receiver].append((t + rng.randrange(20 * US, 3_000 * US) + copy * US, frame, 1))
+        if rng.random() < 0.05:  # seen leaving a third host too (a forwarder)
+            third = rng.choice([h for h in range(4) if h not in (sender, receiver)])
+            on[third].append((t + 5 * US, frame, 2))
+    return [capture(folder / f"h{h}.pcapng", on[h]) for h in range(4)]
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_c_and_python_journeys_agree(tmp_path: Path, monkeypatch, declared: bool) -> None:
+    if captures_module._fastmerge is None:
+        pytest.skip("the C extension is not built")
+    from xdpcap.orchestrator.merge import journeys as journeys_module
+
+    # Small reservoirs and lost-time room: the dice and the buckets are exercised too.
+    monkeypatch.setattr(journeys_module, "SAMPLES", 16)
+    monkeypatch.setattr(journeys_module, "LOST_EXACT", 8)
+    monkeypatch.setattr(journeys_module, "LOST_BUCKETS", 8)
+    paths = _random_mesh(tmp_path, 7)
+    names = ["h0", "h1", "h2", "h3"]
+    if declared:
+        hosts = [HostView(n, {address(i)}) for i, n in enumerate(names)]
+        hosts[2].filters = dict(spec.compile_filter("udp port 9999 or icmp").programs)
+        hosts[3].captures_inbound = True
+    else:
+        hosts = [HostView(n) for n in names]
+    results = {}
+    for engine in ("c", "python"):
+        monkeypatch.setenv("XDPCAP_NO_FASTMERGE", "1" if engine == "python" else "0")
+        _, journeys = follow(paths, names, [0, 0, 0, 0], hosts, clock_correction=False)
+        results[engine] = (journeys.result(None), bytes(journeys.packet_ids()))
+    assert results["c"] == results["python"]
+    result = results["c"][0]
+    assert sum(p["lost"] for p in result["pairs"]) > 0
+    assert sum(p["duplicated"] for p in result["pairs"]) > 0
+    assert sum(p["reordered"] for p in result["pairs"]) > 0
+
+
+def test_residence_time_on_the_python_engine(tmp_path: Path, monkeypatch) -> None:
+    """The test above runs on the C join when it is built: the same on the Python one."""
+    monkeypatch.setenv("XDPCAP_NO_FASTMERGE", "1")
+    test_residence_time_of_a_forwarding_host(tmp_path)
