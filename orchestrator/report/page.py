@@ -10,7 +10,6 @@ the page's head). Every number comes from run.json (`journeys`, `clock_alignment
 from __future__ import annotations
 
 import html
-import io
 import os
 from pathlib import Path
 
@@ -179,16 +178,8 @@ def _loss_over_time(data: dict):
 
 # ---------------------------------------------------------------------------- tables
 def _tables_html(data: dict) -> str:
-    """The terminal's tables as HTML (rich renders them; no second layout to keep)."""
-    from rich.console import Console
-
-    console = Console(record=True, width=160, file=io.StringIO())
-    for table in tables.tables(data):
-        console.print(table)
-    lost = _lost_examples(data)
-    return (
-        console.export_html(inline_styles=True, code_format="<pre class=tables>{code}</pre>") + lost
-    )
+    """The terminal's tables (the same sheets, tables.py), as HTML tables."""
+    return "".join(tables.to_html(sheet) for sheet in tables.sheets(data)) + _lost_examples(data)
 
 
 def _lost_examples(data: dict) -> str:
@@ -228,7 +219,10 @@ _PAGE = """<!DOCTYPE html>
 <script type="text/javascript">{plotly}</script>
 <style>
 body {{ font-family: sans-serif; margin: 1em 2em; }}
-pre.tables {{ font-size: 12px; }}
+table.sheet {{ border-collapse: collapse; font-size: 12px; margin: 12px 0; }}
+table.sheet caption {{ text-align: left; font-weight: bold; padding: 4px 0; }}
+table.sheet td, table.sheet th {{ border: 1px solid #ccc; padding: 2px 6px; white-space: nowrap; }}
+td.r, th.r {{ text-align: right; }} td.l, th.l {{ text-align: left; }}
 table.lost {{ border-collapse: collapse; font-size: 12px; }}
 table.lost td, table.lost th {{ border: 1px solid #ccc; padding: 2px 6px; }}
 </style>
