@@ -68,7 +68,8 @@ def _killed_after(procs: list[subprocess.Popen]) -> Iterator[None]:
 
 @contextmanager
 def pings_between_all(lab: Lab, seconds: float) -> Iterator[None]:
-    """Every host pings every other host's IPv4 address, 10 per second, in the background."""
+    """Every host pings every other host's IPv4 address, 10 per second, in the background,
+    for at most `seconds` (the block's end stops them: give a launch slowed by load room)."""
     procs = []
     for src in lab.hosts:
         for dst in lab.hosts:

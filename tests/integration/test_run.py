@@ -62,7 +62,7 @@ def _run_in_process(lab, tmp_path: Path) -> RunResult:
 
 
 def test_run_merges_every_host_in_order(lab, tmp_path: Path) -> None:
-    with pings_between_all(lab, seconds=12):
+    with pings_between_all(lab, seconds=40):
         result = xdpcap(
             "run",
             "-i",
@@ -116,7 +116,7 @@ def test_each_ping_is_seen_leaving_and_arriving(lab, tmp_path: Path) -> None:
     """The default direction is inout: every echo request and reply between two lab
     hosts is in the merged file twice — outbound on its sender, then inbound on its
     receiver (the lab's hosts share one clock, so that order is the truth)."""
-    with pings_between_all(lab, seconds=8):
+    with pings_between_all(lab, seconds=40):
         result = xdpcap(
             "run", "-i", str(lab.inventory_path), "--duration", "4",
             "--runs-dir", str(tmp_path / "runs"), "icmp",
@@ -323,7 +323,7 @@ def test_filters_from_the_command_line_and_a_host_variable(lab, tmp_path: Path) 
     replies_host = lab.hosts[2].name
     replies_only = "icmp[icmptype] == icmp-echoreply"
     inventory = inventory_with(lab, tmp_path, {replies_host: {"xdpcap_filter": replies_only}})
-    with pings_between_all(lab, seconds=10):
+    with pings_between_all(lab, seconds=40):
         result = xdpcap(
             "run",
             "-i",
