@@ -7,8 +7,10 @@ Sub-packages, one job each (dependencies point down this list, never up):
   report/     a run's tables and its report.html
   remote/     one host over SSH: its state machine, the agent's launch and events, fetch
   inventory/  Ansible inventories: the built-in reader, ansible-core's, --limit patterns
-  merge/      the pcapng reader, the time-ordered merge (and its C loop), the live merge
   clock/      each host's clock: the probe, and the alignment from the traffic itself
+  follow/     one streaming pass over all captures: each packet's sightings, journeys
+  merge/      the pcapng reader, packet identity, the time-ordered merge (and its C loop),
+              packet ids, the live merge
   lab/        test hosts made of network namespaces, and the Vagrant lab's inventory
 `errors` holds the controller's exceptions on top of the agent's hierarchy.
 """

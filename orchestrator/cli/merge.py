@@ -14,9 +14,9 @@ from pathlib import Path
 
 from ...agent.errors import exit_status
 from ..errors import UsageError
+from ..follow.journeys import HostView
 from ..merge.captures import MergeSource, merge_captures
-from ..merge.follow import follow, write_merge_summary
-from ..merge.journeys import HostView
+from ..run.follow import follow, write_merge_summary
 
 
 def register(subparsers) -> None:

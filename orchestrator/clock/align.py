@@ -19,8 +19,8 @@ from .drift import rates
 from .solver import HostClock, Solution, solve
 
 if TYPE_CHECKING:
+    from ..follow.join import OnMatch
     from ..merge.blocks import Interface
-    from .join import OnMatch
 
 __all__ = ["Alignment", "PairDelay", "align"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 
-from .constraints import PairSamples
+from ..follow.summaries import PairSamples
 
 SEGMENTS = 8
 MIN_SEGMENTS = 3  # points a slope needs, or it is not trusted

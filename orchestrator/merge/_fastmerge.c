@@ -270,11 +270,11 @@ static void heap_pop_root(Merger *m)
 
 
 /* ===================================================================== the join
- * The clock alignment's streaming pass (orchestrator/clock/join.py says what it does;
+ * The clock alignment's streaming pass (orchestrator/follow/join.py says what it does;
  * its pure-Python twin there gives identical results). The Merger above, given a Join,
  * hands it every packet in order of (prior-corrected) time instead of writing it:
  *   identity - the bytes that identify a packet on every host, and the key of the
- *              exchange it asks or answers: the same bytes as clock/observe.py's,
+ *              exchange it asks or answers: the same bytes as merge/identity.py's,
  *              named by a 61-bit id (observe.key_id);
  *   groups   - the sightings of one key whose times chain within the matching window,
  *              held in a hash table while the window can still add to them;
@@ -351,7 +351,7 @@ static const uint8_t *ip_payload(uint32_t linktype, const uint8_t *f, size_t len
     } while (0)
 
 /* A key's 61-bit id: the key and its length byte after it, read as a little-endian
- * number, modulo the prime 2^61 - 1 (clock/observe.py: key_id). Horner's rule from the
+ * number, modulo the prime 2^61 - 1 (merge/identity.py: key_id). Horner's rule from the
  * top word down, with 2^64 = 8 (mod 2^61 - 1). */
 #define ID_PRIME ((1ULL << 61) - 1)
 
@@ -616,7 +616,7 @@ typedef struct Join {
 
 static PyTypeObject JoinType;
 
-/* splitmix64: the reservoirs' dice; clock/join.py rolls the same ones. */
+/* splitmix64: the reservoirs' dice; follow/join.py rolls the same ones. */
 static uint64_t next_random(Join *j)
 {
     uint64_t z = (j->rng += 0x9E3779B97F4A7C15ULL);
@@ -823,7 +823,7 @@ static void keep_match(Join *j, Group *g, uint32_t index)
 
 
 /* ============================================================ journeys in C
- * merge/journeys.py's per-packet work, done when a packet group closes (the Python
+ * follow/journeys.py's per-packet work, done when a packet group closes (the Python
  * engine calls `Journeys.__call__` at the same moment: the two give identical state).
  * What it keeps (journeys.py says why each is bounded):
  *   - per host: first and last time seen, sightings inbound;
@@ -2338,7 +2338,7 @@ static PyMethodDef Join_methods[] = {
     {"journeys_setup", (PyCFunction)(void (*)(void))Join_journeys_setup,
      METH_VARARGS | METH_KEYWORDS,
      "journeys_setup(hosts, *, samples, examples, exact, buckets, seed): keep the journeys "
-     "in C (merge/journeys.py) instead of match records; hosts: per host (declared "
+     "in C (follow/journeys.py) instead of match records; hosts: per host (declared "
      "addresses, captures inbound -1/0/1, ether program, raw program)."},
     {"journeys_state", (PyCFunction)Join_journeys_state, METH_NOARGS,
      "journeys_state() -> dict: what the journeys kept (after finish())."},
@@ -2353,7 +2353,7 @@ static PyTypeObject JoinType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Join(priors, keep_matches, *, window_ns, max_copies, samples, floor_buckets, "
               "floor_start_ns): the clock alignment's streaming join; a Merger given it "
-              "feeds it (see orchestrator/clock/join.py).",
+              "feeds it (see orchestrator/follow/join.py).",
     .tp_methods = Join_methods,
     .tp_init = (initproc)Join_init,
     .tp_new = PyType_GenericNew,
@@ -2361,7 +2361,7 @@ static PyTypeObject JoinType = {
 
 PyDoc_STRVAR(identify_doc,
 "identify(linktype, frame) -> (packet, question, answer) | None\n--\n\n"
-"clock.observe.identify's keys, computed in C (tests compare the two).");
+"merge.identity.identify's keys, computed in C (tests compare the two).");
 
 static PyObject *py_identify(PyObject *Py_UNUSED(module), PyObject *args)
 {
@@ -2876,7 +2876,7 @@ static PyObject *py_key_id(PyObject *Py_UNUSED(module), PyObject *args)
 static PyMethodDef module_methods[] = {
     {"identify", py_identify, METH_VARARGS, identify_doc},
     {"key_id", py_key_id, METH_VARARGS,
-     "key_id(key) -> int: clock.observe.key_id, computed in C (tests compare the two)."},
+     "key_id(key) -> int: merge.identity.key_id, computed in C (tests compare the two)."},
     {NULL, NULL, 0, NULL},
 };
 

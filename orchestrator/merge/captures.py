@@ -40,7 +40,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ...agent import __version__
 from ...agent.pcapng import (
@@ -57,9 +57,6 @@ from ..errors import MergeError
 from .blocks import Batch, Damage, Interface
 from .packet_ids import id_set, with_packet_id
 from .reader import CaptureReader
-
-if TYPE_CHECKING:
-    from ..clock.align import Alignment
 
 try:
     from . import _fastmerge
@@ -118,7 +115,9 @@ class MergeReport:
     packets: int
     interfaces: list[str]  # output if_name by interface id
     engine: str = "python"  # "c" when the packets went through `_fastmerge`
-    alignment: Alignment | None = None  # the clocks as the traffic aligned them
+    # The clocks as the traffic aligned them (clock.align.Alignment), set by whoever
+    # aligned them: the merge itself knows only each input's shift and drift.
+    alignment: Any = None
     journeys: dict | None = None  # run.json's `journeys` (journeys.Journeys.result)
 
     @property

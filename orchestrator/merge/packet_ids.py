@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from array import array
 
-from ..clock.observe import identify, key_id
+from .identity import identify, key_id
 
 OPT_PACKETID = 5
 _U32 = struct.Struct("<I")

@@ -73,7 +73,7 @@ def merge_states(
     """Merge every fetched host capture, aligning the hosts' clocks (clock.corrections)
     and following the packets across them (journeys) in the same pass."""
     from ..merge.captures import MergeSource, merge_captures
-    from ..merge.follow import follow, host_view
+    from .follow import follow, host_view
 
     fetched = [s for s in states if s.local_file]
     if not fetched:

@@ -163,7 +163,7 @@ class Run:
         self.gate = LaunchGate(options.forks)
         self.start_report: dict | None = None  # "start T": when, how far ahead (run.json)
         self._alignment: Alignment | None = None  # the clocks as the traffic aligned them
-        self._journeys: dict | None = None  # where the packets went (merge/journeys.py)
+        self._journeys: dict | None = None  # where the packets went (follow/journeys.py)
         self.live: LiveMerge | None = None
         self.stream_report: dict | None = None  # for run.json and the final report
 

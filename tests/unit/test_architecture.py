@@ -140,3 +140,20 @@ def test_help_ends_with_examples(command: str) -> None:
     text = parser.format_help().rstrip()
     assert "\nexamples:\n" in text
     assert text.endswith(EXAMPLES[command].rstrip())
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject.toml lists the packages one by one: a new folder must be in the list,
+    or an installed xdpcap (not an editable one) goes without it."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]  # the checkout
+    listed = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        "xdpcap." + ".".join(init.parent.relative_to(root).parts)
+        for top in ("agent", "orchestrator", "bpf")
+        for init in (root / top).rglob("__init__.py")
+    }
+    assert found - listed == set()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from xdpcap.agent.pcapng import PcapngWriter
 from xdpcap.orchestrator.clock.align import align
-from xdpcap.orchestrator.clock.observe import identify
 from xdpcap.orchestrator.clock.solver import shortest_paths, solve
+from xdpcap.orchestrator.merge.identity import identify
 
 US = 1_000
 
@@ -246,8 +246,8 @@ def test_files_without_shared_traffic_keep_their_priors(tmp_path: Path, count: i
 
 
 def test_drift_is_recovered_from_bounds_both_ways() -> None:
-    from xdpcap.orchestrator.clock.constraints import PairSamples
     from xdpcap.orchestrator.clock.drift import pair_slope, rates
+    from xdpcap.orchestrator.follow.summaries import PairSamples
 
     rate = 100e-6  # B runs 100 ppm fast against A
     rng = random.Random(3)

@@ -1,4 +1,4 @@
-"""The clock alignment's streaming join (clock/join.py): the same results as the pass it
+"""The clock alignment's streaming join (follow/join.py): the same results as the pass it
 replaced, in bounded memory, over the whole capture, and the same from its C and its
 Python engine."""
 
@@ -9,11 +9,11 @@ import struct
 from pathlib import Path
 
 import pytest
-from xdpcap.orchestrator.clock import join as join_module
 from xdpcap.orchestrator.clock.align import align
-from xdpcap.orchestrator.clock.constraints import SAMPLES, Floor, PairSamples
-from xdpcap.orchestrator.clock.join import Match, Sighting, join_captures
-from xdpcap.orchestrator.clock.observe import INBOUND, OUTBOUND, identify, key_id
+from xdpcap.orchestrator.follow import join as join_module
+from xdpcap.orchestrator.follow.join import Match, Sighting, join_captures
+from xdpcap.orchestrator.follow.summaries import SAMPLES, Floor, PairSamples
+from xdpcap.orchestrator.merge.identity import INBOUND, OUTBOUND, identify, key_id
 
 from .scenarios_clock import (
     IN,

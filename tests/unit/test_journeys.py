@@ -1,4 +1,4 @@
-"""Journeys (orchestrator/merge/journeys.py): packet ids in the merged file, and per pair
+"""Journeys (orchestrator/follow/journeys.py): packet ids in the merged file, and per pair
 what left, arrived, was lost, duplicated or reordered, and how long it took — on
 synthetic captures with every number known (scenarios_clock.journeys_mesh)."""
 
@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from xdpcap.agent.filter import spec
-from xdpcap.orchestrator.clock.observe import identify, key_id
+from xdpcap.orchestrator.follow.journeys import HostView, parse_address
 from xdpcap.orchestrator.merge import captures as captures_module
 from xdpcap.orchestrator.merge.captures import MergeSource, merge_captures
-from xdpcap.orchestrator.merge.follow import follow
-from xdpcap.orchestrator.merge.journeys import HostView, parse_address
+from xdpcap.orchestrator.merge.identity import identify, key_id
 from xdpcap.orchestrator.merge.reader import CaptureReader
+from xdpcap.orchestrator.run.follow import follow
 
 from .scenarios_clock import (
     JOURNEY_C_WINDOW,
@@ -272,7 +272,7 @@ def _random_mesh(folder: Path, seed: int) -> list[Path]:
 def test_c_and_python_journeys_agree(tmp_path: Path, monkeypatch, declared: bool) -> None:
     if captures_module._fastmerge is None:
         pytest.skip("the C extension is not built")
-    from xdpcap.orchestrator.merge import journeys as journeys_module
+    from xdpcap.orchestrator.follow import journeys as journeys_module
 
     # Small reservoirs and lost-time room: the dice and the buckets are exercised too.
     monkeypatch.setattr(journeys_module, "SAMPLES", 16)

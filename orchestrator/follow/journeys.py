@@ -1,6 +1,6 @@
 """Journeys: where each packet went, and how each leg between two hosts fared.
 
-Built inside the clock alignment's one streaming pass (clock/join.py): `Journeys` is
+Built inside the clock alignment's one streaming pass (follow/join.py): `Journeys` is
 its `on_match` and sees every packet key's group as it closes, a packet's sightings on
 all hosts with their times on each host's own clock. Nothing reads the inputs again.
 With the C join (`_fastmerge.Join`) the per-group work below runs in C (`jr_close`,
@@ -57,17 +57,26 @@ import struct
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ...agent.filter.cbpf import Program
-from ..clock.constraints import SplitMix
-from ..clock.join import HEAD_BYTES, Match
-from ..clock.observe import INBOUND, OUTBOUND, _ip_payload
+from ..merge.identity import INBOUND, OUTBOUND, _ip_payload
 from .cbpf_run import selects
+from .join import HEAD_BYTES, Match
+from .summaries import SplitMix
 
 if TYPE_CHECKING:
-    from ..clock.align import Alignment
-    from .blocks import Interface
+    from ..merge.blocks import Interface
+
+
+class SolvedClocks(Protocol):
+    """What the journeys need of the clock alignment (clock.align.Alignment): each
+    host's offset and drift against the reference, from an epoch."""
+
+    shifts_ns: list[int]
+    rates_ppb: list[int]
+    epoch_ns: int
+
 
 SAMPLES = 1024  # delay samples kept per ordered host pair (and residence per host)
 EXAMPLES = 20  # lost packets described per pair
@@ -398,7 +407,7 @@ class Journeys:
                     elif code == IF_IPV6ADDR and len(value) >= 16:
                         self.owner[bytes(value[:16])] = host
 
-    def result(self, alignment: Alignment | None) -> dict:
+    def result(self, alignment: SolvedClocks | None) -> dict:
         """run.json's `journeys`, every time on the solved reference clock."""
         n = len(self.hosts)
         offsets = alignment.shifts_ns if alignment else self.priors

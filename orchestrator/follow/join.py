@@ -46,8 +46,9 @@ from dataclasses import dataclass, field
 
 from ..merge.blocks import Interface
 from ..merge.captures import feed_input
+from ..merge.identity import INBOUND, OUTBOUND, identify, key_id
 from ..merge.reader import CaptureReader
-from .constraints import (
+from .summaries import (
     FLOOR_BUCKETS,
     FLOOR_START_NS,
     MATCH_WINDOW_NS,
@@ -57,7 +58,6 @@ from .constraints import (
     PairSamples,
     SplitMix,
 )
-from .observe import INBOUND, OUTBOUND, identify, key_id
 
 try:
     from ..merge import _fastmerge
@@ -184,7 +184,7 @@ def _join_c(
         floor_buckets=FLOOR_BUCKETS,
         floor_start_ns=FLOOR_START_NS,
     )
-    # Journeys that can run in C (merge/journeys.py: `setup_c`) get aggregates at the
+    # Journeys that can run in C (follow/journeys.py: `setup_c`) get aggregates at the
     # end, not one call per packet group.
     in_c = on_match is not None and hasattr(on_match, "setup_c")
     if in_c:

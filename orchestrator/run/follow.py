@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..clock.join import join_captures
-from .journeys import HostView, Journeys, parse_address
+from ..follow.join import join_captures
+from ..follow.journeys import HostView, Journeys, parse_address
 
 if TYPE_CHECKING:
     from ..clock.align import Alignment
