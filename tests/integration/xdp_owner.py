@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 COOP_SOURCE = Path(__file__).with_name("programs") / "coop_xdp.c"
 # coop_xdp.c's verdict for each UDP destination port (XDP_ABORTED 0 ... XDP_TX 3).
 COOP_PORTS = {7001: 1, 7002: 2, 7003: 3, 7004: 0}
+COOP_ABORT_PORT = 7004
+COOP_REDIRECT_PORT = 7006  # bpf_redirect back out of the interface: XDP_REDIRECT
 
 
 @dataclass(frozen=True)
