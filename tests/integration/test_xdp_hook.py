@@ -34,6 +34,7 @@ from .xdp_owner import (
     build_coop,
     hook_slots,
     load_coop,
+    xdp_filter_dropping,
 )
 
 PER_PORT = 5
@@ -231,9 +232,12 @@ def test_after_xdp_filter_at_tc_ingress(space, pair, tmp_path, tc_attach) -> Non
     """xdp-filter (libxdp) drops UDP 7001: the default capture works, inbound holds what
     it passed, egress as before; it keeps its id."""
     ns = pair.capture_ns
-    libxdp = f"LIBXDP_BPFFS={space.bpffs}"  # libxdp looks on /sys/fs/bpf otherwise
-    space.run(ns, "env", libxdp, "xdp-filter", "load", pair.capture_if, "-m", "native")
-    space.run(ns, "env", libxdp, "xdp-filter", "port", "7001", "-p", "udp")
+    with xdp_filter_dropping(space, ns, pair.capture_if, 7001):
+        _capture_after_xdp_filter(space, pair, tmp_path, tc_attach)
+
+
+def _capture_after_xdp_filter(space, pair: VethPair, tmp_path: Path, tc_attach: str) -> None:
+    ns = pair.capture_ns
     owner = xdp_program(ns, pair.capture_if)
     assert owner is not None
     out = tmp_path / "after.pcapng"
@@ -256,6 +260,8 @@ def test_after_xdp_filter_at_tc_ingress(space, pair, tmp_path, tc_attach) -> Non
     assert icmp == Counter({("0x00000001", "8"): 3, ("0x00000002", "0"): 3})  # egress as before
     assert done["unaccounted"] == 0
     assert done["inbound"] == f"inbound after XDP program {owner['name']} (id {owner['id']})"
+    # xdp-filter drops: nothing aborted or redirected (its tracepoints were watched).
+    assert set(done["owner_events"].values()) == {0}
     method = "tcx" if tc_attach == "auto" else "clsact"
     _, idbs = read_headers(out)
     description = idbs[0][1]["if_description"]
