@@ -29,6 +29,7 @@ from .filter import spec as filter_spec
 from .filter.cbpf import Program
 from .filter.to_c import MATCH_ALL
 from .hooks.inbound import plan_inbound
+from .hooks.owner_events import OwnerEvents, OwnerEventsError
 from .lock import InterfaceLock
 from .pcapng import IF_FILTER, PcapngWriter
 from .perf_ring import buffer_pages_for
@@ -152,6 +153,7 @@ class Capture:
         self._stream: StreamSender | None = None
         self._tally: VerdictTally | None = None  # through a hook: per-verdict shares
         self._attribution = ProcessAttribution(options.selection)
+        self._owner: OwnerEvents | None = None  # after another XDP program: its tracepoints
 
     def run(self) -> CaptureSummary:
         options = self.options
@@ -230,7 +232,11 @@ class Capture:
         except OSError as exc:
             raise AgentError(f"cannot write {options.output}: {exc.strerror or exc}") from exc
         give_to_sudo_user(fd)
-        with os.fdopen(fd, "wb", buffering=0) as stream, self._attribution:
+        with (
+            os.fdopen(fd, "wb", buffering=0) as stream,
+            self._attribution,
+            contextlib.ExitStack() as owner_links,
+        ):
             sampler.compile()
             if options.process:
                 self._attribution.start(sampler)  # or says why not, and we go on
@@ -238,6 +244,8 @@ class Capture:
             consumer = SampleConsumer(attribution.comments if attribution.active else None)
             sampler.open_buffers(page_count=self.buffer_pages, wakeup_events=options.wakeup_events)
             sampler.attach()
+            if sampler.inbound.kind == "after-xdp" and contract.INBOUND in sampler.directions:
+                self._watch_owner(sampler, owner_links)
             self.summary.mode = sampler.mode or ""
             self.summary.hooks = sampler.describe_hooks()
             assert sampler.headers is not None
@@ -265,6 +273,23 @@ class Capture:
             writer = self._open_writer(stream, sampler, iface)
             self._window(sampler, consumer, writer, commands, start_mono)
             self._finish(sampler, consumer, writer)
+
+    def _watch_owner(self, sampler: Sampler, links: contextlib.ExitStack) -> None:
+        """Count the owner's aborted and redirected packets, where its tracepoints load;
+        where they do not, say so in one line and capture without them."""
+        owner = OwnerEvents(netdev.ifindex(self.options.iface))
+        try:
+            owner.attach(sampler.bytecode, sampler.license(), sampler.map_fd)
+        except OwnerEventsError as exc:
+            self.summary.owner_events_note = (
+                f"the owner's aborted and redirected packets are not counted: {exc}"
+            )
+            print(
+                f"xdpcap: {self.options.iface}: {self.summary.owner_events_note}", file=sys.stderr
+            )
+            return
+        links.callback(owner.close)
+        self._owner = owner
 
     def _window_start(self, commands: ControllerCommands | None) -> int:
         start_at = commands.start_at_ns if commands is not None else None
@@ -446,6 +471,8 @@ class Capture:
         )
         if self._tally is not None:
             summary.verdicts = self._tally.split(sampler.counters_by_verdict())
+        if self._owner is not None:  # counted inside the window only (its program checks)
+            summary.owner_events = self._owner.counts()
         summary.bytes_written = self._bytes
         try:
             writer.write_statistics(

@@ -35,7 +35,16 @@ from .hooks.xdp import XdpHook
 from .hooks.xdp_hook import XdpHookSlots
 
 CFLAGS = ("-Wno-unused-value",)
-MAP_NAMES = ("samples", "counters", "config", "procs", "execs", "select_cgroups")
+MAP_NAMES = (
+    "samples",
+    "counters",
+    "config",
+    "procs",
+    "execs",
+    "select_cgroups",
+    "owner_watch",
+    "owner_events",
+)
 _KEY0 = struct.pack("<I", 0)
 # Every program of the one compile and its BPF program type (as bcc and the kernel number
 # them); a capture loads those its hooks attach.
@@ -51,6 +60,8 @@ PROGRAMS = {
     contract.SOCKOPS_PROGRAM: libbpf.BPF_PROG_TYPE_SOCK_OPS,
     contract.ACCEPT_PROGRAM: libbpf.BPF_PROG_TYPE_KPROBE,
     contract.EXEC_PROGRAM: libbpf.BPF_PROG_TYPE_RAW_TRACEPOINT,
+    # After another XDP program: loaded by agent/hooks/owner_events.py.
+    **{name: libbpf.BPF_PROG_TYPE_RAW_TRACEPOINT for name in contract.OWNER_EVENT_PROGRAMS},
 }
 
 

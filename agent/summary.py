@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import contract
+from .hooks.owner_events import describe as describe_owner_events
 from .verdicts import describe as describe_verdicts
 
 if TYPE_CHECKING:
@@ -74,6 +75,11 @@ class CaptureSummary:
     # Through the owner's hook: each verdict's figures ("DROP": seen, written, ...), whose
     # sums close like the totals'.
     verdicts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # After another XDP program (no hook): what it did with packets tc ingress never sees,
+    # from its tracepoints during the window ("aborted", "exceptions", "redirected",
+    # "redirect_failed"); empty, with the reason in the note, where they did not load.
+    owner_events: dict[str, int] = field(default_factory=dict)
+    owner_events_note: str = ""
 
     @property
     def unaccounted(self) -> int:
@@ -97,6 +103,7 @@ class CaptureSummary:
             f"lost: {self.lost_detail}; osdrop: missed by the interface before XDP"
             + "".join(f"; {name}: {asdict(d)}" for name, d in self.directions.items())
             + "".join(f"; verdict {name}: {v}" for name, v in self.verdicts.items())
+            + (f"; {self.inbound}: {self.owner_events}" if self.owner_events else "")
         )
 
     def line(self) -> str:
@@ -121,6 +128,8 @@ class CaptureSummary:
             )
         if self.verdicts:
             text += f"; verdicts: {describe_verdicts(self.verdicts)}"
+        if self.owner_events:
+            text += f"; {self.inbound}: {describe_owner_events(self.owner_events)}"
         if self.filter is not None:
             text += f"; filter {self.filter!r}"
         if self.mode:

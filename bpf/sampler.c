@@ -10,6 +10,9 @@
  *                   one per slot of the owner's xdpcap hook map (bpf/xdpcap_hook.h): the
  *                   owner tail-calls the slot of its verdict at its exit; each returns
  *                   that verdict unchanged, and its samples carry it (inbound)
+ *   xdpcap_xdp_exception, xdpcap_xdp_redirect, xdpcap_xdp_redirect_err
+ *                   raw tracepoints, after another XDP program: count what it aborted and
+ *                   redirected on the capture's interface (packets tc ingress never sees)
  *
  * Every packet a program sees is counted, per direction, and run through the capture
  * filter (the generated xdpcap_filter.h: xdpcap_filter on XDP, xdpcap_filter_skb on tc,
@@ -52,6 +55,9 @@ BPF_ARRAY(config, struct xdpcap_config, 1);
 BPF_TABLE("lru_hash", __u64, struct xdpcap_proc, procs, 65536);
 BPF_TABLE("lru_hash", __u32, struct xdpcap_exec, execs, 4096);
 BPF_HASH(select_cgroups, __u64, __u8, 1024);  /* --container: its cgroups' ids */
+/* After another XDP program: which device to watch, and what its program did there. */
+BPF_ARRAY(owner_watch, struct xdpcap_owner_watch, 1);
+BPF_PERCPU_ARRAY(owner_events, __u64, XDPCAP_OWNER_EVENTS);
 
 /* The cookie of a socket the kernel handed us: read at its offset in sock_common on the
  * running kernel (the config's, from BTF). The whole head is read at a constant size and
@@ -331,6 +337,63 @@ int xdpcap_ingress(struct __sk_buff *skb)
 	 * What arrives here is what the interface's XDP program passed to the stack. */
 	xdpcap_take(skb, skb, data, data_end, skb->len, skb->len, XDPCAP_INBOUND, 0, queue, 0);
 	return XDPCAP_TC_NEXT;
+}
+
+/* ---- After another XDP program: what it did with the packets tc ingress never sees ---
+ * Raw tracepoints (not BTF-typed tp_btf, which is a tracing program and refused where
+ * fentry is): their first argument is the receiving net_device for each of them. */
+
+/* Counts one owner event on the watched device, inside the capture window only. */
+static __always_inline int xdpcap_owner_event(void *dev, __u32 event)
+{
+	int zero = 0;
+	struct xdpcap_config *cfg = config.lookup(&zero);
+	struct xdpcap_owner_watch *watch = owner_watch.lookup(&zero);
+	__u64 now, cookie = 0;
+	__u32 ifindex = 0;
+	void *net = NULL;
+	__u64 *value;
+
+	if (!cfg || !cfg->enabled || !watch || !watch->ifindex)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (now < cfg->window_start_ns || (cfg->window_end_ns && now >= cfg->window_end_ns))
+		return 0;
+	if (watch->ifindex_offset > 4096 || watch->net_offset > 4096 || watch->cookie_offset > 8192)
+		return 0;
+	if (bpf_probe_read_kernel(&ifindex, sizeof(ifindex), dev + watch->ifindex_offset) ||
+	    ifindex != watch->ifindex)
+		return 0;
+	/* An ifindex is only unique within its namespace: the lab's hosts all have an eth0. */
+	if (bpf_probe_read_kernel(&net, sizeof(net), dev + watch->net_offset) || !net ||
+	    bpf_probe_read_kernel(&cookie, sizeof(cookie), net + watch->cookie_offset) ||
+	    cookie != watch->netns_cookie)
+		return 0;
+	value = owner_events.lookup(&event);
+	if (value)
+		*value += 1;  /* per-CPU slot: no atomic needed */
+	return 0;
+}
+
+/* xdp:xdp_exception (dev, xdp prog, act) */
+int xdpcap_xdp_exception(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 act = ctx->args[2];
+
+	return xdpcap_owner_event((void *)ctx->args[0],
+				  act == XDP_ABORTED ? XDPCAP_OWNER_ABORTED : XDPCAP_OWNER_EXCEPTION);
+}
+
+/* xdp:xdp_redirect and xdp:xdp_redirect_map (dev, xdp prog, target, err, ...) */
+int xdpcap_xdp_redirect(struct bpf_raw_tracepoint_args *ctx)
+{
+	return xdpcap_owner_event((void *)ctx->args[0], XDPCAP_OWNER_REDIRECTED);
+}
+
+/* xdp:xdp_redirect_err and xdp:xdp_redirect_map_err */
+int xdpcap_xdp_redirect_err(struct bpf_raw_tracepoint_args *ctx)
+{
+	return xdpcap_owner_event((void *)ctx->args[0], XDPCAP_OWNER_REDIRECT_FAILED);
 }
 
 /* ---- Process attribution: the programs that fill `procs` and `execs` ----------------

@@ -127,6 +127,30 @@ enum xdpcap_counter {
 	XDPCAP_COUNTER_MAX = 5,
 };
 
+/* After another XDP program (no hook; inbound at tc ingress), what the owner did with the
+ * packets we cannot see is counted from its tracepoints (xdp:xdp_exception,
+ * xdp:xdp_redirect*), for the capture's interface only: the tracepoints fire for every
+ * device of every namespace, so the program matches the device's ifindex and its
+ * namespace's cookie, read at their offsets on the running kernel (from its BTF). Set by
+ * user space in the single-entry `owner_watch` map; ifindex 0: nothing is counted. */
+struct xdpcap_owner_watch {
+	__u32 ifindex;
+	__u32 ifindex_offset;  /* offsetof(struct net_device, ifindex) */
+	__u32 net_offset;      /* offsetof(struct net_device, nd_net): the struct net pointer */
+	__u32 cookie_offset;   /* offsetof(struct net, net_cookie) */
+	__u64 netns_cookie;    /* the capture's namespace (SO_NETNS_COOKIE) */
+} __attribute__((packed));
+
+/* Indexes of the per-CPU `owner_events` array. */
+enum xdpcap_owner_event {
+	XDPCAP_OWNER_ABORTED = 0,          /* xdp_exception with XDP_ABORTED */
+	XDPCAP_OWNER_EXCEPTION = 1,        /* xdp_exception with another action: a failed
+					    * XDP_TX or redirect, or an invalid action */
+	XDPCAP_OWNER_REDIRECTED = 2,       /* xdp_redirect (and xdp_redirect_map, older kernels) */
+	XDPCAP_OWNER_REDIRECT_FAILED = 3,  /* xdp_redirect_err (and xdp_redirect_map_err) */
+	XDPCAP_OWNER_EVENTS = 4,
+};
+
 /* The sampler includes "xdpcap_filter.h", which the agent generates: from a checked
  * cBPF program (agent/filter/to_c.py), or match-all functions when the capture has no
  * filter. It defines

@@ -110,6 +110,18 @@ def read_isbs(path: Path) -> list[dict]:
     return stats
 
 
+def read_isb_comments(path: Path) -> list[str]:
+    """Each interface statistics block's comment, through python-pcapng."""
+    import pcapng
+
+    with path.open("rb") as f:
+        return [
+            block.options.get("opt_comment")
+            for block in pcapng.FileScanner(f)
+            if isinstance(block, pcapng.blocks.InterfaceStatistics)
+        ]
+
+
 def read_headers(path: Path) -> tuple[dict, list[tuple[int, dict]]]:
     """The section header's options and each interface's (snaplen, options), read by
     python-pcapng."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -19,16 +20,18 @@ from xdpcap.orchestrator.remote.standby import Standby
 from xdpcap.orchestrator.run.results import RunResult
 from xdpcap.orchestrator.run.runner import Run, RunOptions
 
-from .agent_helpers import capinfos, read_headers, tshark_fields
+from .agent_helpers import capinfos, read_headers, tshark_fields, xdp_program
 from .lab_helpers import (
     delayed_udp_echo,
     echo_pairs,
     inventory_with,
     pings_between_all,
     private_lab,
+    udp_between_all,
     udp_echo_pairs,
     xdpcap,
 )
+from .xdp_owner import bpffs_in, build_coop, coop_attached, xdp_filter_dropping
 
 SKEW_NS = 250_000_000
 
@@ -395,3 +398,69 @@ def test_unreachable_host_gives_exit_3(tmp_path: Path) -> None:
         states = {h["name"]: h["state"] for h in run["hosts"]}
         assert states[dead] == "failed"
         assert sum(1 for s in states.values() if s == "done") == 2
+
+
+DROPPED_PORT = 7001  # dropped by both owners: coop_xdp.c's XDP_DROP, and xdp-filter's rule
+
+
+def test_a_run_beside_a_cooperating_program_and_xdp_filter(tmp_path: Path) -> None:
+    """One host runs a cooperating program (its hook named by the host variable), one
+    xdp-filter, one nothing: one merged file, each host's IDB saying how it was captured.
+    Every program, pin and bpffs goes before the lab does, whatever the outcome."""
+    obj = build_coop(tmp_path)
+    with private_lab("own", tmp_path) as lab, contextlib.ExitStack() as owners:
+        coop_host, filter_host, plain_host = lab.hosts
+        spaces = {}
+        for host in (coop_host, filter_host):
+            # The agents run in the mount namespace of the host's sshd: the bpffs goes
+            # there, so the hook's pin is found, and libxdp has its bpffs.
+            sshd_mounts = Path(f"/proc/{lab.sshd_pid(host.name)}/ns/mnt")
+            spaces[host.name] = owners.enter_context(bpffs_in(sshd_mounts, f"lab{host.name}"))
+        coop = owners.enter_context(
+            coop_attached(spaces[coop_host.name], coop_host.namespace, "eth0", obj)
+        )
+        owners.enter_context(
+            xdp_filter_dropping(
+                spaces[filter_host.name], filter_host.namespace, "eth0", DROPPED_PORT
+            )
+        )
+        dispatcher = xdp_program(filter_host.namespace, "eth0")
+        assert dispatcher is not None
+        inventory = inventory_with(
+            lab, tmp_path, {coop_host.name: {"xdpcap_xdp_hook": str(coop.hook_pin)}}
+        )
+        with (
+            pings_between_all(lab, seconds=12),
+            udp_between_all(lab, rate=20, seconds=12, port=DROPPED_PORT),
+        ):
+            result = xdpcap("run", "-i", str(inventory), "--duration", "6",
+                            "--runs-dir", str(tmp_path / "runs"))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        merged = _merged_path(result)
+        # Each host's interface in the one file says how its inbound was captured.
+        _, idbs = read_headers(merged)
+        described = {options["if_name"]: options["if_description"] for _, options in idbs}
+        assert set(described) == {f"{h.name}:eth0" for h in lab.hosts}
+        coop_idb = described[f"{coop_host.name}:eth0"]
+        assert f"through hook {coop.hook_pin} of XDP program {coop.prog_id} 'coop'" in coop_idb
+        filter_idb = described[f"{filter_host.name}:eth0"]
+        owner = f"XDP program {dispatcher['name']} (id {dispatcher['id']})"
+        assert f"after {owner}" in filter_idb and "are not seen" in filter_idb
+        assert ", XDP ingress native (bpf_link) + " in described[f"{plain_host.name}:eth0"]
+        inbound = {h["name"]: h["summary"]["inbound"] for h in _run_json(merged)["hosts"]}
+        assert inbound == {
+            coop_host.name: f"through hook {coop.hook_pin}",
+            filter_host.name: f"inbound after {owner}",
+            plain_host.name: "our XDP program",
+        }
+        # The dropped port: seen with its DROP verdict through the hook, not at all after
+        # xdp-filter, and arriving where nothing runs (not icmp: the port unreachable
+        # errors that come back quote it).
+        rows = tshark_fields(merged, "frame.interface_name", "frame.verdict.ebpf_xdp",
+                             display_filter=f"udp.dstport == {DROPPED_PORT} and not icmp "
+                             "and frame.packet_flags_direction == 1")  # fmt: skip
+        arrived = {(name, verdict) for name, verdict in rows}
+        assert arrived == {(f"{coop_host.name}:eth0", "1"), (f"{plain_host.name}:eth0", "")}
+        # The owners were never touched.
+        assert xdp_program(coop_host.namespace, "eth0")["id"] == coop.prog_id
+        assert xdp_program(filter_host.namespace, "eth0")["id"] == dispatcher["id"]

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,15 +16,25 @@ from pathlib import Path
 import pytest
 from xdpcap.orchestrator.merge.reader import load
 
-from .agent_helpers import read_headers, tshark_fields, wait_for_event, xdp_program
+from .agent_helpers import (
+    attach_foreign_program,
+    read_headers,
+    read_isb_comments,
+    tshark_fields,
+    wait_for_event,
+    xdp_program,
+)
 from .veth import VethPair, in_ns, veth_pair
 from .xdp_owner import (
+    COOP_ABORT_PORT,
     COOP_PORTS,
+    COOP_REDIRECT_PORT,
     BpffsNamespace,
     bpffs_namespace,
     build_coop,
     hook_slots,
     load_coop,
+    xdp_filter_dropping,
 )
 
 PER_PORT = 5
@@ -221,9 +232,12 @@ def test_after_xdp_filter_at_tc_ingress(space, pair, tmp_path, tc_attach) -> Non
     """xdp-filter (libxdp) drops UDP 7001: the default capture works, inbound holds what
     it passed, egress as before; it keeps its id."""
     ns = pair.capture_ns
-    libxdp = f"LIBXDP_BPFFS={space.bpffs}"  # libxdp looks on /sys/fs/bpf otherwise
-    space.run(ns, "env", libxdp, "xdp-filter", "load", pair.capture_if, "-m", "native")
-    space.run(ns, "env", libxdp, "xdp-filter", "port", "7001", "-p", "udp")
+    with xdp_filter_dropping(space, ns, pair.capture_if, 7001):
+        _capture_after_xdp_filter(space, pair, tmp_path, tc_attach)
+
+
+def _capture_after_xdp_filter(space, pair: VethPair, tmp_path: Path, tc_attach: str) -> None:
+    ns = pair.capture_ns
     owner = xdp_program(ns, pair.capture_if)
     assert owner is not None
     out = tmp_path / "after.pcapng"
@@ -246,6 +260,8 @@ def test_after_xdp_filter_at_tc_ingress(space, pair, tmp_path, tc_attach) -> Non
     assert icmp == Counter({("0x00000001", "8"): 3, ("0x00000002", "0"): 3})  # egress as before
     assert done["unaccounted"] == 0
     assert done["inbound"] == f"inbound after XDP program {owner['name']} (id {owner['id']})"
+    # xdp-filter drops: nothing aborted or redirected (its tracepoints were watched).
+    assert set(done["owner_events"].values()) == {0}
     method = "tcx" if tc_attach == "auto" else "clsact"
     _, idbs = read_headers(out)
     description = idbs[0][1]["if_description"]
@@ -323,3 +339,53 @@ def test_a_frags_owner_gets_slot_programs_loaded_to_match(space, pair, tmp_path)
     assert (dropped, passed) == (0, PER_PORT)
     assert done["verdicts"]["DROP"]["written"] == PER_PORT == done["verdicts"]["PASS"]["written"]
     assert hook_slots(space, pair.capture_ns, owner.hook_pin) == {}
+
+
+# Room for the agent to load the sampler before the window opens (a compile, at worst).
+WINDOW_LEAD_NS = 25_000_000_000
+
+
+def test_after_xdp_counts_the_owners_aborted_and_redirected_packets(
+    space, pair, coop, tmp_path
+) -> None:
+    """Behind the owner at tc ingress (forced, though it has a hook), its XDP_ABORTED and
+    XDP_REDIRECT packets are counted from its tracepoints, inside the window only."""
+    # A veth can send redirected frames only where its peer can take them (an XDP program
+    # there, or GRO); otherwise each redirect fails (xdp:xdp_redirect_err).
+    attach_foreign_program(pair.peer_ns, pair.peer_if)
+    out = tmp_path / "owner.pcapng"
+    start_at = time.time_ns() + WINDOW_LEAD_NS
+    agent = _agent(space, pair, "-i", pair.capture_if, "-w", str(out), "-Q", "in",
+                   "--rx-capture", "after-xdp", "--start-at", str(start_at), "--duration", "3",
+                   "udp")  # fmt: skip
+    try:
+        wait_for_event(agent, "ready")
+        # Attached, window not yet open: these are the owner's, but not the window's.
+        _send(pair, (COOP_ABORT_PORT, COOP_REDIRECT_PORT))
+        assert time.time_ns() < start_at, "the agent was not ready before the window opened"
+        capturing = wait_for_event(agent, "capturing", timeout=WINDOW_LEAD_NS / 1e9 + 30)
+        # Armed ahead of time: the window opens at its start, a little after this event.
+        time.sleep(max(0, capturing["window_start_ns"] - time.time_ns()) / 1e9 + 0.2)
+        _send(pair, (7001, 7002, COOP_ABORT_PORT, COOP_REDIRECT_PORT))
+        done = wait_for_event(agent, "done", timeout=60)
+        _, err = agent.communicate(timeout=30)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=10)
+    events = done["owner_events"]
+    assert events["aborted"] == PER_PORT, events
+    assert events["redirected"] == PER_PORT, events
+    assert events["redirect_failed"] == 0
+    # What tc ingress saw is only what the owner passed.
+    assert Counter(port for (port,) in tshark_fields(out, "udp.dstport")) == Counter(
+        {"7002": PER_PORT}
+    )
+    assert done["unaccounted"] == 0
+    owner = f"inbound after XDP program coop (id {coop.prog_id})"
+    assert done["inbound"] == owner
+    line = [line for line in err.splitlines() if "packets written" in line]
+    assert f"{owner}: aborted {PER_PORT}, redirected {PER_PORT}" in line[0], err
+    (comment,) = read_isb_comments(out)
+    assert f"{owner}: {events}" in comment
+    assert xdp_program(pair.capture_ns, pair.capture_if)["id"] == coop.prog_id

@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 COOP_SOURCE = Path(__file__).with_name("programs") / "coop_xdp.c"
 # coop_xdp.c's verdict for each UDP destination port (XDP_ABORTED 0 ... XDP_TX 3).
 COOP_PORTS = {7001: 1, 7002: 2, 7003: 3, 7004: 0}
+COOP_ABORT_PORT = 7004
+COOP_REDIRECT_PORT = 7006  # bpf_redirect back out of the interface: XDP_REDIRECT
 
 
 @dataclass(frozen=True)
@@ -43,29 +45,46 @@ class BpffsNamespace:
 
 @contextmanager
 def bpffs_namespace(tag: str) -> Iterator[BpffsNamespace]:
+    """A mount namespace of the test's own, with a bpffs in it."""
     suffix = f"{tag}{os.getpid()}"
     holder = Path(f"/run/xdpcap_t{suffix}")
-    space = BpffsNamespace(holder / "mnt", Path(f"/tmp/xdpcap_bpffs_{suffix}"))
+    ns_file = holder / "mnt"
     steps: list[list[str]] = []  # undo, in reverse order
     try:
         holder.mkdir()
-        space.bpffs.mkdir()
         # The nsfs bind mount needs a private parent mount.
         sh("mount", "--bind", str(holder), str(holder))
         steps.append(["umount", str(holder)])
         sh("mount", "--make-private", str(holder))
-        space.ns_file.touch()
-        sh("unshare", f"--mount={space.ns_file}", "--propagation", "slave", "true")
-        steps.append(["umount", str(space.ns_file)])
-        sh("nsenter", f"--mount={space.ns_file}", "mount", "-t", "bpf", "bpf", str(space.bpffs))
-        steps.append(["nsenter", f"--mount={space.ns_file}", "umount", str(space.bpffs)])
-        yield space
+        ns_file.touch()
+        sh("unshare", f"--mount={ns_file}", "--propagation", "slave", "true")
+        steps.append(["umount", str(ns_file)])
+        with bpffs_in(ns_file, tag) as space:
+            yield space
     finally:
         for step in reversed(steps):
             sh(*step, check=False)
-        for path in (space.ns_file, space.bpffs, holder):
+        for path in (ns_file, holder):
             with contextlib.suppress(OSError):
                 path.unlink() if path.is_file() else path.rmdir()
+
+
+@contextmanager
+def bpffs_in(ns_file: Path, tag: str) -> Iterator[BpffsNamespace]:
+    """A bpffs mounted inside an existing mount namespace (ours, or a lab host's sshd's:
+    `/proc/PID/ns/mnt`), unmounted at the end: its pins go with it."""
+    space = BpffsNamespace(ns_file, Path(f"/tmp/xdpcap_bpffs_{tag}{os.getpid()}"))
+    space.bpffs.mkdir()
+    mounted = False
+    try:
+        sh("nsenter", f"--mount={ns_file}", "mount", "-t", "bpf", "bpf", str(space.bpffs))
+        mounted = True
+        yield space
+    finally:
+        if mounted:
+            sh("nsenter", f"--mount={ns_file}", "umount", str(space.bpffs), check=False)
+        with contextlib.suppress(OSError):
+            space.bpffs.rmdir()
 
 
 def build_coop(out_dir: Path, *defines: str) -> Path:
@@ -120,3 +139,28 @@ def hook_slots(space: BpffsNamespace, netns: str, hook: Path) -> dict[int, str]:
         )
         slots[key] = show["name"]
     return slots
+
+
+@contextmanager
+def coop_attached(
+    space: BpffsNamespace, netns: str, ifname: str, obj: Path
+) -> Iterator[CoopProgram]:
+    """load_coop, and the program detached at the end (its pins go with the bpffs)."""
+    try:
+        yield load_coop(space, netns, ifname, obj)
+    finally:
+        space.run(netns, "bpftool", "net", "detach", "xdpdrv", "dev", ifname, check=False)
+
+
+@contextmanager
+def xdp_filter_dropping(
+    space: BpffsNamespace, netns: str, ifname: str, udp_port: int
+) -> Iterator[None]:
+    """xdp-filter (libxdp) in native mode dropping one UDP port, unloaded at the end."""
+    libxdp = f"LIBXDP_BPFFS={space.bpffs}"  # libxdp looks on /sys/fs/bpf otherwise
+    try:
+        space.run(netns, "env", libxdp, "xdp-filter", "load", ifname, "-m", "native")
+        space.run(netns, "env", libxdp, "xdp-filter", "port", str(udp_port), "-p", "udp")
+        yield
+    finally:
+        space.run(netns, "env", libxdp, "xdp-filter", "unload", ifname, check=False)

@@ -19,6 +19,7 @@ PROGRAM = r"""
 #define S struct xdpcap_sample
 #define E struct xdpcap_epb_head
 #define C struct xdpcap_config
+#define W struct xdpcap_owner_watch
 int main(void) {
     printf("%zu %zu %zu %zu %zu %zu %zu\n", sizeof(S), offsetof(S, ts_ns), offsetof(S, cap_len),
            offsetof(S, queue), offsetof(S, direction), offsetof(S, cookie), offsetof(S, epb));
@@ -41,6 +42,10 @@ int main(void) {
            (unsigned)XDPCAP_MAX_CAP_LEN);
     printf("%zu %zu %d %d %d %d\n", offsetof(S, verdict), sizeof(((S *)0)->direction),
            XDPCAP_SET_VERDICT, XDPCAP_XDP_ACTIONS, XDPCAP_COUNTER_SETS, XDPCAP_EPB_VERDICT_LEN);
+    printf("%zu %zu %zu %zu %zu %zu %d %d %d %d %d\n", sizeof(W), offsetof(W, ifindex),
+           offsetof(W, ifindex_offset), offsetof(W, net_offset), offsetof(W, cookie_offset),
+           offsetof(W, netns_cookie), XDPCAP_OWNER_ABORTED, XDPCAP_OWNER_EXCEPTION,
+           XDPCAP_OWNER_REDIRECTED, XDPCAP_OWNER_REDIRECT_FAILED, XDPCAP_OWNER_EVENTS);
     return 0;
 }
 """
@@ -59,7 +64,7 @@ def test_header_and_python_mirror_agree(tmp_path: Path) -> None:
     binary = tmp_path / "sizes"
     subprocess.run(["gcc", "-I", str(BPF_DIR), "-o", str(binary), str(source)], check=True)
     lines = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
-    sample, epb, config, process, constants, directions, verdicts = (
+    sample, epb, config, process, constants, directions, verdicts, owner = (
         [int(v) for v in line.split()] for line in lines.splitlines()
     )
     # The Python mirror: each field's offset is the size of the fields before it.
@@ -99,3 +104,6 @@ def test_header_and_python_mirror_agree(tmp_path: Path) -> None:
         contract.COUNTER_SETS,
         contract.EPB_VERDICT_LEN,
     ]
+    assert owner[0] == contract.OWNER_WATCH.size
+    assert owner[1:6] == _offsets(contract.OWNER_WATCH)
+    assert owner[6:] == [*range(len(contract.OWNER_EVENTS)), len(contract.OWNER_EVENTS)]

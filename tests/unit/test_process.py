@@ -135,13 +135,18 @@ def test_annotated_block_carries_the_comments(tmp_path) -> None:
 def test_btf_member_offsets_from_a_tiny_btf() -> None:
     strings = b"\0sock_common\0skc_cookie\0other\0"
     # One struct with two members: other at bit 0, skc_cookie at bit 704 (byte 88).
-    members = struct.pack("<III", 25, 0, 0) + struct.pack("<III", 13, 0, 704)
+    members = struct.pack("<III", 24, 0, 0) + struct.pack("<III", 13, 0, 704)
     types = struct.pack("<III", 1, (4 << 24) | 2, 136) + members
     header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
     data = header + types + strings
     assert btf.parse_member_offsets(data, {"sock_common": "skc_cookie"}) == {"sock_common": 88}
     with pytest.raises(btf.BtfError):
         btf.parse_member_offsets(data, {"linux_binprm": "filename"})
+    # Two members of one struct (net_device's ifindex and nd_net, for the owner's events).
+    assert btf.parse_members(data, [("sock_common", "other"), ("sock_common", "skc_cookie")]) == {
+        ("sock_common", "other"): 0,
+        ("sock_common", "skc_cookie"): 88,
+    }
 
 
 def test_host_variables_for_process_selection() -> None:

@@ -3,6 +3,7 @@ shape, the plan, epb_verdict in the file and the per-verdict accounting."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 
@@ -15,6 +16,7 @@ from xdpcap.agent.hooks import inbound
 from xdpcap.agent.hooks.discovery import bpffs_mounts, is_hook_shape
 from xdpcap.agent.pcapng import PcapngWriter
 from xdpcap.agent.sampler import Counters
+from xdpcap.agent.summary import CaptureSummary
 from xdpcap.agent.verdicts import VerdictTally
 
 MOUNTINFO = """\
@@ -142,3 +144,62 @@ def test_xdp_hook_host_variable_reaches_the_agent_command() -> None:
     assert "--xdp-hook" not in capture_argv(CaptureArgs("eth0", "o.pcapng", direction="in"))
     with pytest.raises(InventoryError, match="xdpcap_xdp_hook: 'lb hook' is not a plain absolute"):
         parse_inventory_text("all:\n  hosts:\n    a:\n      xdpcap_xdp_hook: lb hook\n", "i.yml")
+
+
+def _after_xdp_summary(**fields) -> CaptureSummary:
+    return CaptureSummary(
+        iface="eth0",
+        file="o.pcapng",
+        hooks="inbound after XDP program lb (id 42) at tcx ingress",
+        inbound="inbound after XDP program lb (id 42)",
+        **fields,
+    )
+
+
+def test_the_owners_aborted_and_redirected_packets_are_reported() -> None:
+    events = {"aborted": 3, "exceptions": 0, "redirected": 7, "redirect_failed": 1}
+    summary = _after_xdp_summary(owner_events=events)
+    assert "; inbound after XDP program lb (id 42): aborted 3, redirected 7, redirect failed 1" in (
+        summary.line()
+    )
+    assert f"; inbound after XDP program lb (id 42): {events}" in summary.statistics_comment()
+    assert summary.to_dict()["owner_events"] == events  # run.json carries the agent's summary
+    quiet = _after_xdp_summary(owner_events=dict.fromkeys(events, 0))
+    assert quiet.line().endswith("(id 42): aborted 0, redirected 0")
+
+
+def test_without_the_owners_tracepoints_one_line_says_so_and_the_capture_goes_on(
+    monkeypatch, capsys
+) -> None:
+    from xdpcap.agent.capture import Capture, CaptureOptions
+    from xdpcap.agent.hooks import owner_events
+    from xdpcap.agent.process import btf
+
+    def no_btf(_wanted):
+        raise btf.BtfError("cannot read /sys/kernel/btf/vmlinux: No such file or directory")
+
+    monkeypatch.setattr(btf, "members", no_btf)
+    capture = Capture(CaptureOptions(iface="lo", output="o.pcapng"), events=None)
+    with contextlib.ExitStack() as links:
+        capture._watch_owner(FakeSampler(), links)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "xdpcap: lo: the owner's aborted and redirected packets are not counted: "
+        "cannot read /sys/kernel/btf/vmlinux: No such file or directory"
+    ]
+    assert capture._owner is None and capture.summary.owner_events == {}
+    assert capture.summary.owner_events_note in lines[0]
+    assert owner_events.describe({"aborted": 0, "exceptions": 2, "redirected": 0}) == (
+        "aborted 0, exceptions 2, redirected 0"
+    )
+
+
+class FakeSampler:
+    def bytecode(self, name: str) -> bytes:
+        raise AssertionError("nothing is loaded without the kernel's offsets")
+
+    def license(self) -> str:
+        return "GPL"
+
+    def map_fd(self, name: str) -> int:
+        raise AssertionError("no map is written without the kernel's offsets")

@@ -1,6 +1,7 @@
 /* A cooperating XDP program for the tests, built the way users build theirs (clang,
  * libbpf's headers, bpf/xdpcap_hook.h): UDP to port 7001 is dropped, 7002 passed,
- * 7003 sent back out (XDP_TX), 7004 aborted; everything else passes. Every exit goes
+ * 7003 sent back out (XDP_TX), 7004 aborted, 7006 redirected back out of the interface
+ * it came in on (bpf_redirect: XDP_REDIRECT); everything else passes. Every exit goes
  * through the xdpcap hook. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -32,6 +33,8 @@ static __always_inline int verdict_for(struct xdp_md *ctx)
 		return XDP_TX;
 	case 7004:
 		return XDP_ABORTED;
+	case 7006:
+		return bpf_redirect(ctx->ingress_ifindex, 0);
 	default:
 		return XDP_PASS;
 	}
