@@ -63,7 +63,7 @@ from ...agent.filter.cbpf import Program
 from ..merge.identity import INBOUND, OUTBOUND, _ip_payload
 from .cbpf_run import selects
 from .join import HEAD_BYTES, Match
-from .summaries import SplitMix
+from .summaries import SplitMix, reservoir
 
 if TYPE_CHECKING:
     from ..merge.blocks import Interface
@@ -247,7 +247,7 @@ class Journeys:
                 held = self.residence.setdefault(s.host, _Residence())
                 held.count += 1
                 held.max_ns = max(held.max_ns, gap)
-                _reservoir(held.samples, held.count, gap, self.rng)
+                reservoir(held.samples, held.count, gap, self.rng, SAMPLES)
                 return
 
     def _legs(self, match: Match) -> None:
@@ -289,7 +289,7 @@ class Journeys:
         pair.arrived += 1
         pair.duplicated += len(arrivals) - 1
         t_recv = arrivals[0]
-        _reservoir(pair.samples, pair.arrived, (t_send, t_recv), self.rng)
+        reservoir(pair.samples, pair.arrived, (t_send, t_recv), self.rng, SAMPLES)
         if pair.widest is None or t_recv - t_send > pair.widest[1] - pair.widest[0]:
             pair.widest = (t_send, t_recv)
         flow = self._flow(sender, dst)
@@ -561,15 +561,6 @@ def _percentiles(ordered: list[int], maximum: int) -> dict:
         "p99": _percentile(ordered, 99),
         "max": maximum,
     }
-
-
-def _reservoir(values: list, count: int, value: object, rng: SplitMix) -> None:
-    if len(values) < SAMPLES:
-        values.append(value)
-    else:
-        slot = rng.randrange(count)
-        if slot < SAMPLES:
-            values[slot] = value
 
 
 def _parse(linktype: int, head: bytes) -> tuple[bytes, bytes, int, int | None, int | None] | None:

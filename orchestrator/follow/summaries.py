@@ -105,19 +105,20 @@ class PairSamples:
     def add(self, t_from: int, t_to: int, same: bool, rng: Dice) -> None:
         if same:
             self.same_count += 1
-            _reservoir(self.same, self.same_count, (t_from, t_to), rng)
+            reservoir(self.same, self.same_count, (t_from, t_to), rng)
             self.same_floor.add(t_from, t_to)
         else:
             self.answer_count += 1
-            _reservoir(self.answers, self.answer_count, (t_from, t_to), rng)
+            reservoir(self.answers, self.answer_count, (t_from, t_to), rng)
             self.answer_floor.add(t_from, t_to)
 
 
-def _reservoir(values: list, count: int, value: object, rng: Dice) -> None:
-    """Keep a uniform sample of at most SAMPLES values; `count` includes this one."""
-    if len(values) < SAMPLES:
+def reservoir(values: list, count: int, value: object, rng: Dice, size: int = SAMPLES) -> None:
+    """Keep a uniform sample of at most `size` values; `count` includes this one. (The C
+    engine rolls the same dice in the same order: both keep the same sample.)"""
+    if len(values) < size:
         values.append(value)
     else:
         slot = rng.randrange(count)
-        if slot < SAMPLES:
+        if slot < size:
             values[slot] = value
