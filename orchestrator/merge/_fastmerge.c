@@ -1879,6 +1879,30 @@ static void Join_dealloc(Join *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Output interface `out_id` has `linktype`: the table (one entry per output interface,
+ * UINT32_MAX for none yet: not identified) grows as needed. -1 with an exception set. */
+static int set_linktype(uint32_t **linktypes, Py_ssize_t *n, Py_ssize_t out_id,
+                        unsigned int linktype)
+{
+    if (out_id < 0 || out_id > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "interface id out of range");
+        return -1;
+    }
+    if (out_id >= *n) {
+        uint32_t *grown = PyMem_Realloc(*linktypes, ((size_t)out_id + 1) * sizeof *grown);
+        if (!grown) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = *n; i <= out_id; i++)
+            grown[i] = UINT32_MAX;
+        *linktypes = grown;
+        *n = out_id + 1;
+    }
+    (*linktypes)[out_id] = linktype;
+    return 0;
+}
+
 static PyObject *Join_add_interface(Join *self, PyObject *args)
 {
     Py_ssize_t out_id;
@@ -1886,20 +1910,8 @@ static PyObject *Join_add_interface(Join *self, PyObject *args)
     int file_index = -1;
     if (!PyArg_ParseTuple(args, "nI|i", &out_id, &linktype, &file_index))
         return NULL;
-    if (out_id < 0 || out_id > UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "interface id out of range");
+    if (set_linktype(&self->linktypes, &self->nlinktypes, out_id, linktype) < 0)
         return NULL;
-    }
-    if (out_id >= self->nlinktypes) {
-        uint32_t *grown = PyMem_Realloc(self->linktypes, ((size_t)out_id + 1) * sizeof *grown);
-        if (!grown)
-            return PyErr_NoMemory();
-        for (Py_ssize_t i = self->nlinktypes; i <= out_id; i++)
-            grown[i] = UINT32_MAX; /* no such link type: not identified */
-        self->linktypes = grown;
-        self->nlinktypes = out_id + 1;
-    }
-    self->linktypes[out_id] = linktype;
     if (file_index >= 0 && out_id <= UINT16_MAX) {
         if (out_id >= self->nfile_index) {
             uint16_t *grown =
@@ -2454,20 +2466,8 @@ static PyObject *Merger_add_interface(Merger *self, PyObject *args)
     unsigned int linktype;
     if (!PyArg_ParseTuple(args, "nI", &out_id, &linktype))
         return NULL;
-    if (out_id < 0 || out_id > UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "interface id out of range");
+    if (set_linktype(&self->linktypes, &self->nlinktypes, out_id, linktype) < 0)
         return NULL;
-    }
-    if (out_id >= self->nlinktypes) {
-        uint32_t *grown = PyMem_Realloc(self->linktypes, ((size_t)out_id + 1) * sizeof *grown);
-        if (!grown)
-            return PyErr_NoMemory();
-        for (Py_ssize_t i = self->nlinktypes; i <= out_id; i++)
-            grown[i] = UINT32_MAX;
-        self->linktypes = grown;
-        self->nlinktypes = out_id + 1;
-    }
-    self->linktypes[out_id] = linktype;
     Py_RETURN_NONE;
 }
 
