@@ -40,7 +40,8 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
         args.buffer_pages < 1 or args.buffer_pages & (args.buffer_pages - 1)
     ):
         raise UsageError(f"--buffer-pages must be a power of two, not {args.buffer_pages}")
-    if not args.process and (args.pid is not None or args.comm or args.container):
+    selects = args.pid is not None or bool(args.comm) or bool(args.container)
+    if args.process is False and selects:
         raise UsageError("--pid, --comm and --container select by process: not with --no-process")
     if args.start_at is not None and args.wait_start:
         raise UsageError("--start-at and --wait-start are two ways to start: give one")
@@ -70,7 +71,7 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
         filter_expression=expression,
         filter_programs=spec.parse_program_args(args.filter_cbpf),
         stream=args.stream,
-        process=args.process,
+        process=bool(args.process) or selects,
         selection=Selection(
             pid=validate.pid(args.pid),
             comm=validate.comm(args.comm),

@@ -102,7 +102,7 @@ class CaptureOptions:
     xdp_hook: str | None = None
     # Process attribution (agent/process/): EPB comments naming each packet's process,
     # and the selection of packets by process (--pid, --comm, --container).
-    process: bool = True
+    process: bool = False
     selection: Selection = field(default_factory=Selection)
 
 

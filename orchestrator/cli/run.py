@@ -231,7 +231,7 @@ def run_command(
     validate.positive_number("--ready-timeout", args.ready_timeout, 3600)
     if args.xdp_hook is not None:
         pin_path("--xdp-hook", args.xdp_hook)
-    if not args.process and (args.pid is not None or args.comm or args.container):
+    if args.process is False and (args.pid is not None or args.comm or args.container):
         raise UsageError("--pid, --comm and --container select by process: not with --no-process")
     validate.positive_number("--reconnect-wait", args.reconnect_wait, 3600)
     validate.positive_number("--stream-idle", args.stream_idle, 3600)

@@ -61,7 +61,7 @@ class HostState:
     filter: str | None = None  # the capture filter expression this host ran
     direction: str = "inout"  # -Q: in, out or inout
     xdp_hook: str | None = None  # --xdp-hook: the pinned hook map of the host's XDP program
-    process: bool = True  # process attribution (--no-process, xdpcap_process: false)
+    process: bool | None = None  # attribution: --process, xdpcap_process (None: default, off)
     pid: int | None = None  # keep only this process's packets (--pid, xdpcap_pid)
     comm: str | None = None  # ... processes of this name (--comm, xdpcap_comm)
     container: str | None = None  # ... in this container (--container, xdpcap_container)

@@ -98,7 +98,7 @@ class RunOptions:
     xdp_hook: str | None = None  # --xdp-hook for every host without xdpcap_xdp_hook
     # Process attribution and selection, for every host without its own xdpcap_process,
     # xdpcap_pid, xdpcap_comm, xdpcap_container.
-    process: bool = True
+    process: bool | None = None  # --process / --no-process (None: the agent's default)
     pid: int | None = None
     comm: str | None = None
     container: str | None = None

@@ -148,7 +148,7 @@ def _sightings(merged: Path) -> list[tuple[str, str, str, str, str]]:
 def test_each_packet_names_its_process_on_both_ends(lab, tmp_path: Path) -> None:
     sender_host, listener_host = lab.hosts[0], lab.hosts[1]
     with sender_and_listener(lab) as (sender, listener, cgroup):
-        merged, run = _run(lab, tmp_path)
+        merged, run = _run(lab, tmp_path, "--process")
     for host in run["hosts"]:
         assert host["summary"]["unaccounted"] == 0
     sightings = _sightings(merged)

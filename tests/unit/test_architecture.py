@@ -104,7 +104,7 @@ def test_capture_argv_round_trips_process_selection() -> None:
     )  # fmt: skip
     parsed = build_parser().parse_args(capture_argv(args))
     assert (parsed.pid, parsed.comm, parsed.container) == (4121, "-bash", "web1")
-    assert parsed.process and parsed.expression == ["udp"]
+    assert parsed.process is None and parsed.expression == ["udp"]  # selection turns it on
     off = build_parser().parse_args(capture_argv(CaptureArgs("eth0", "o", process=False)))
     assert not off.process and off.pid is None and off.comm is None
 
@@ -114,7 +114,7 @@ def test_capture_argv_leaves_the_agents_defaults_alone() -> None:
     parsed = build_parser().parse_args(argv)
     assert "--snaplen" not in argv and parsed.snaplen == 262144
     assert parsed.start_at == 5 and not parsed.wait_start
-    assert parsed.process and "--no-process" not in argv and "--pid" not in argv
+    assert parsed.process is None and "--process" not in argv and "--pid" not in argv
 
 
 def _commands(parser, words: str = "") -> dict[str, object]:

@@ -8,6 +8,7 @@ import struct
 
 import pytest
 from xdpcap.agent import contract, validate
+from xdpcap.agent.command_line import CaptureArgs, build_parser, capture_argv
 from xdpcap.agent.consumer import SampleConsumer
 from xdpcap.agent.errors import UsageError
 from xdpcap.agent.pcapng import PcapngWriter
@@ -162,7 +163,9 @@ def test_host_variables_for_process_selection() -> None:
     a, b, c = (inventory.hosts[name] for name in "abc")
     assert (a.process, a.pid, a.comm) == (True, 4121, None)
     assert (b.process, b.comm, b.container) == (False, "nginx", "web1")
-    assert (c.process, c.pid, c.container) == (False, None, None)
+    assert (c.process, c.pid, c.container) == (False, None, None)  # the group's 'no'
+    on = build_parser().parse_args(capture_argv(CaptureArgs("eth0", "o", process=True)))
+    assert on.process is True
 
 
 @pytest.mark.parametrize(

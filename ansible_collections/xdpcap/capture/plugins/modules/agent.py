@@ -57,10 +57,10 @@ options:
     type: str
   process:
     description:
-      - Process attribution (EPB comments naming each packet's process and container);
-        C(false) is the agent's C(--no-process).
+      - Process attribution (EPB comments naming each packet's process and container):
+        C(true) is the agent's C(--process), C(false) its C(--no-process); unset, it is
+        off unless O(pid), O(comm) or O(container) select by process.
     type: bool
-    default: true
   pid:
     description: Keep only this process's packets (its PID on the host).
     type: int
@@ -144,7 +144,7 @@ def agent_command(params, python):
         direction=params["direction"],
         start_at_ns=int(params["start_at_ns"]),
         xdp_hook=params["xdp_hook"] or None,
-        process=params.get("process", True),
+        process=params.get("process"),
         pid=params.get("pid"),
         comm=params.get("comm") or None,
         container=params.get("container") or None,
@@ -185,7 +185,7 @@ def main():
             direction=dict(type="str", choices=["in", "out", "inout"], default="inout"),
             filter_args=dict(type="list", elements="str", default=[]),
             xdp_hook=dict(type="str"),
-            process=dict(type="bool", default=True),
+            process=dict(type="bool"),
             pid=dict(type="int"),
             comm=dict(type="str"),
             container=dict(type="str"),
