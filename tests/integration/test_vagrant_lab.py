@@ -50,7 +50,7 @@ def test_run_across_the_vms(vms: VmLab, tmp_path: Path) -> None:
     """One interface per VM, both directions, clsact egress chosen by itself on 6.1, the
     sampler compiled against the VM's own headers, native XDP on virtio_net, and clocks
     aligned from the traffic: every ping leaves its sender before it reaches its receiver."""
-    with pings_between_all(vms, seconds=60):
+    with pings_between_all(vms, seconds=600):
         time.sleep(5)  # the pings start over SSH: seconds under QEMU without KVM
         result = xdpcap(
             "run", "-i", str(vms.inventory), "--accept-new-host-keys", "--duration", "10", *READY,
@@ -111,7 +111,7 @@ def test_filter_written_to_stdout(vms: VmLab, tmp_path: Path) -> None:
     """A capture filter runs in every VM's sampler, and `-w -` streams the merge."""
     first = vms.nodes[0]
     out = tmp_path / "stdout.pcapng"
-    with pings_between_all(vms, seconds=40), out.open("wb") as sink:
+    with pings_between_all(vms, seconds=600), out.open("wb") as sink:
         time.sleep(5)
         proc = subprocess.run(
             [sys.executable, "-m", "xdpcap.orchestrator", "run", "-i", str(vms.inventory),
@@ -157,7 +157,7 @@ def test_suspended_vm_is_collected_after_resume(vms: VmLab, tmp_path: Path) -> N
     once resumed, its agent finishes its window (its clock now behind by the pause) and
     `xdpcap collect` fetches it and merges every VM."""
     paused = vms.nodes[-1]
-    with pings_between_all(vms, seconds=90):
+    with pings_between_all(vms, seconds=600):
         proc = subprocess.Popen(
             [sys.executable, "-m", "xdpcap.orchestrator", "run", "-i", str(vms.inventory),
              "--duration", "25", "--reconnect-wait", "5", *READY,

@@ -26,6 +26,7 @@ from xdpcap.orchestrator.lab import box, libvirt
 REPO = Path(__file__).resolve().parents[2]
 # What the VM tests need beyond the other integration tests (scripts/setup.sh installs it).
 TOOLS = ("vagrant", "virsh", "qemu-system-x86_64", "qemu-img", "debootstrap", "/usr/sbin/libvirtd")
+PRIVATE_NETWORK_WAIT_S = 180.0
 UP_TIMEOUT = 1800.0  # three VMs under QEMU without KVM on two busy cores: ~10 min measured
 # vagrant-libvirt keeps each box's disk in libvirt's pool after `vagrant box remove`: the
 # box's cache, not the lab's.
@@ -122,7 +123,9 @@ def vm_lab(tmp_path: Path, nodes: int) -> Iterator[VmLab]:
             up = vagrant(env, "up", "--provider", "libvirt", timeout=UP_TIMEOUT)
             assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
             _progress(f"vagrant up of {nodes} VMs took {time.monotonic() - t0:.0f} s")
-            yield _describe(env, prefix, nodes, tmp_path)
+            lab = _describe(env, prefix, nodes, tmp_path)
+            wait_for_private_network(lab)
+            yield lab
         finally:
             destroy(env)
             assert_nothing_left(before, prefix)
@@ -181,9 +184,35 @@ def _describe(env: dict[str, str], prefix: str, nodes: int, tmp_path: Path) -> V
     return VmLab(found, path, env, prefix)
 
 
+def wait_for_private_network(lab: VmLab, timeout: float = PRIVATE_NETWORK_WAIT_S) -> None:
+    """Until every VM reaches every other over the private network. `vagrant up` returns
+    once SSH answers on the management NIC; under QEMU without KVM the private NIC may be
+    configured later, and a ping started before that exits at once (unreachable)."""
+    deadline = time.monotonic() + timeout
+    t0 = time.monotonic()
+    for node in lab.nodes:
+        for other in lab.nodes:
+            if other is node:
+                continue
+            while True:
+                try:
+                    lab.ssh(node, f"ping -q -c 1 -W 1 {other.private_ip} >/dev/null", timeout=30)
+                    break
+                except (AssertionError, subprocess.SubprocessError) as exc:
+                    if time.monotonic() > deadline:
+                        raise AssertionError(
+                            f"{node.name} cannot reach {other.name} ({other.private_ip}) "
+                            f"over the private network within {timeout:.0f} s"
+                        ) from exc
+                    time.sleep(2)
+    _progress(f"private network up in {time.monotonic() - t0:.0f} s")
+
+
 @contextlib.contextmanager
 def pings_between_all(lab: VmLab, seconds: float) -> Iterator[None]:
-    """Every VM pings every other VM's private address, 5 per second, in the background."""
+    """Every VM pings every other VM's private address, 5 per second, in the background,
+    for at most `seconds`: until the block ends, which stops them. Give a run room: under
+    QEMU without KVM a first compile takes a minute or more on each VM."""
     count = int(seconds * 5)
     procs = []
     for node in lab.nodes:
@@ -205,3 +234,6 @@ def pings_between_all(lab: VmLab, seconds: float) -> Iterator[None]:
         for proc in procs:
             proc.kill()
             proc.wait(timeout=30)
+        for node in lab.nodes:  # the pings outlive their SSH session: stop them there too
+            with contextlib.suppress(AssertionError, subprocess.SubprocessError):
+                lab.ssh(node, "sudo pkill -x ping; true", timeout=30)
