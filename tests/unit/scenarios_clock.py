@@ -18,7 +18,10 @@ def address(host: int) -> bytes:
     return bytes([10, 0, 0, host + 1])
 
 
-def ipv4(proto: int, body: bytes, ttl: int = 64, ident: int = 7, src=b"", dst=b"") -> bytes:
+A, B = b"\x0a\0\0\x01", b"\x0a\0\0\x02"  # two hosts' addresses, unless told otherwise
+
+
+def ipv4(proto: int, body: bytes, ttl: int = 64, ident: int = 7, src=A, dst=B) -> bytes:
     length = 20 + len(body)
     return struct.pack("!BBHHHBBH4s4s", 0x45, 0, length, ident, 0, ttl, proto, 0, src, dst) + body
 

@@ -9,10 +9,14 @@ import struct
 from pathlib import Path
 
 import pytest
-from xdpcap.agent.pcapng import PcapngWriter
 from xdpcap.orchestrator.clock.align import align
 from xdpcap.orchestrator.clock.solver import shortest_paths, solve
 from xdpcap.orchestrator.merge.identity import identify
+
+from .scenarios_clock import capture as _capture
+from .scenarios_clock import echo as _echo
+from .scenarios_clock import eth as _eth
+from .scenarios_clock import ipv4 as _ipv4
 
 US = 1_000
 
@@ -97,25 +101,7 @@ def test_shortest_paths_find_indirect_bounds() -> None:
     assert dist[0][2] == 12 and dist[1][0] == 8
 
 
-A, B = b"\x0a\0\0\x01", b"\x0a\0\0\x02"  # two hosts' addresses
-
-
 # -- packet identities ---------------------------------------------------------------------
-
-
-def _ipv4(proto: int, body: bytes, ttl: int = 64, ident: int = 7, src=A, dst=B) -> bytes:
-    length = 20 + len(body)
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, length, ident, 0, ttl, proto, 0, src, dst) + body
-
-
-def _eth(ip: bytes, vlan: bool = False) -> bytes:
-    tag = b"\x81\x00\x00\x05" if vlan else b""
-    return b"\x02" * 6 + b"\x04" * 6 + tag + b"\x08\x00" + ip
-
-
-def _echo(kind: int, echo_id: int, seq: int, **kw) -> bytes:
-    """An ICMP echo; keywords go to the IPv4 header (ttl, ident, src, dst)."""
-    return _ipv4(1, struct.pack("!BBHHH", kind, 0, 0xBEEF, echo_id, seq) + b"payload", **kw)
 
 
 def test_same_packet_whatever_the_hop_changed() -> None:
@@ -165,16 +151,6 @@ def test_not_ip_is_not_identified() -> None:
 
 
 # -- the whole pass on files ---------------------------------------------------------------
-
-
-def _capture(path: Path, packets: list[tuple[int, bytes, int]]) -> None:
-    """A pcapng of (time ns, frame, epb_flags direction) packets."""
-    with path.open("wb") as f:
-        writer = PcapngWriter(f)
-        writer.add_interface("eth0", snaplen=65535)
-        for ts, frame, direction in packets:
-            writer.write_packet(0, ts, frame, len(frame), flags=direction)
-        writer.flush()
 
 
 def test_align_recovers_skews_from_files(tmp_path: Path) -> None:
