@@ -190,8 +190,7 @@ class RemoteHost:
 
     @property
     def run_dir(self) -> str:
-        capture_dir = capture_dir_of(self.host) or f"{self.home}/{CACHE_DIR}/runs"
-        return f"{capture_dir}/{self.run_id}"
+        return f"{self.capture_root}/{self.run_id}"
 
     def _install_agent(self, bundle: AgentBundle, present_sha256: str | None) -> None:
         """Upload the agent only where that exact content is missing; verify before use."""

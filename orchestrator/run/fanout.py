@@ -74,18 +74,18 @@ def each_host(
     return results
 
 
-def failure_reason(name: str, exc: Exception) -> str:
+def failure_reason(exc: Exception) -> str:
     """One line for a host's failure: our errors say it themselves, anything else (a bug,
     a library's surprise) is named by its type."""
-    reason = str(exc) if isinstance(exc, XdpcapError) else f"{type(exc).__name__}: {exc}"
-    return reason.removeprefix(f"{name}: ")
+    return str(exc) if isinstance(exc, XdpcapError) else f"{type(exc).__name__}: {exc}"
 
 
 def fail_remote(remote: RemoteHost, exc: Exception | str) -> None:
-    """Mark a host failed (with its one-line reason); its live stream stops waiting."""
+    """Mark a host failed (with its one-line reason, without the host's name the table
+    shows anyway); its live stream stops waiting."""
     if remote.live is not None:
         remote.live.done(None)  # nothing more comes from it
-    reason = exc if isinstance(exc, str) else failure_reason(remote.host.name, exc)
+    reason = exc if isinstance(exc, str) else failure_reason(exc)
     remote.state.move(Phase.FAILED, reason.removeprefix(f"{remote.host.name}: "))
 
 
