@@ -9,10 +9,10 @@ import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import Protocol
 
 from . import clock
 from .protocol import ControllerCommands, EventSink
+from .signals import StopFlag
 
 # A scheduled start ("start T") further ahead than this by our clock means our clock and
 # the controller's disagree: the window opens at once instead, as with a plain "start".
@@ -22,14 +22,6 @@ START_AT_SLACK_NS = 1_000_000  # ready later than --start-at by more: reported a
 # the exact instant (see window_start_mono), well within MAX_START_LEAD_NS.
 START_AT_LEAD_NS = 50_000_000
 HAND_OVER_TIMEOUT_S = 600.0  # how long a finished agent waits for the controller's fetch
-
-
-class StopFlag(Protocol):
-    """What the signal handlers set (capture.py's _StopFlag)."""
-
-    reason: str | None
-
-    def set(self, reason: str) -> None: ...
 
 
 def window_start_mono(start_at_ns: int | None, offset_ns: int, test_drift: bool) -> int:
