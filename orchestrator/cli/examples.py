@@ -26,7 +26,8 @@ EXAMPLES: dict[str, str] = {
   ssh web1 sudo python3 xdpcap-agent.pyz capture -i eth0 -w eth0.pcapng --duration 5""",
     "merge": """\
   xdpcap merge -w merged.pcapng web1.pcapng web2.pcapng lb.pcap
-  xdpcap merge --no-clock-correction -w merged.pcapng hosts/*.pcapng""",
+  xdpcap merge --no-clock-correction -w merged.pcapng hosts/*.pcapng
+  xdpcap merge --plain -w merged.pcapng a.pcapng b.pcapng   # as mergecap: no pass""",
     "report": """\
   xdpcap report xdpcap-runs/20261206T041500Z          # tables; writes its report.html
   xdpcap report merged.pcapng.json                    # what `xdpcap merge` wrote

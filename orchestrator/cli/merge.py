@@ -11,12 +11,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...agent.errors import exit_status
 from ..errors import UsageError
-from ..follow.journeys import HostView
-from ..merge.captures import MergeSource, merge_captures
-from ..run.follow import follow, write_merge_summary
+from ..follow.journeys import HostView, Journeys
+from ..merge.captures import MergeReport, MergeSource, merge_captures
+from ..run.follow import follow_and_merge, write_merge_summary
+
+if TYPE_CHECKING:
+    from ..clock.align import Alignment
 
 
 def register(subparsers) -> None:
@@ -45,6 +49,19 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="clock_correction",
         action="store_false",
         help="keep timestamps as captured (offsets are still recorded)",
+    )
+    parser.add_argument(
+        "--no-journeys",
+        dest="journeys",
+        action="store_false",
+        help="align the clocks only: no packet ids or journeys (with "
+        "--no-clock-correction: --plain)",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="merge by timestamp only, as mergecap does: no pass over the inputs, so no "
+        "clock alignment, packet ids, journeys, summary or report page",
     )
 
 
@@ -85,20 +102,17 @@ def handler(args: argparse.Namespace) -> int:
     names = _names(args.name, args.inputs)
     _check_readable(args.inputs)
     _check_output_is_not_an_input(args.inputs, args.output)
-    sources = [MergeSource(path, name=names.get(path)) for path in args.inputs]
-    # Each input is a host as far as clocks go: the traffic they share aligns them. The
-    # same pass follows the packets (their addresses: the files' interface descriptions,
-    # else learned from the traffic).
-    labels = [names.get(path) or Path(path).stem for path in args.inputs]
-    alignment, journeys = follow(
-        args.inputs,
-        labels,
-        [0] * len(sources),
-        [HostView(label) for label in labels],
-        clock_correction=args.clock_correction,
-    )
-    if alignment is not None:
-        sources = [
+    plain = [MergeSource(path, name=names.get(path)) for path in args.inputs]
+    if args.plain or not (args.journeys or args.clock_correction):
+        report = merge_captures(plain, args.output, clock_correction=False)
+        _print_warnings(report.warnings)
+        _print_merged(report, len(plain))
+        return 0
+
+    def sources_for(alignment: Alignment | None) -> list[MergeSource]:
+        if alignment is None:
+            return plain
+        return [
             replace(
                 source,
                 clock_offset_ns=alignment.shifts_ns[i],
@@ -106,37 +120,69 @@ def handler(args: argparse.Namespace) -> int:
                 clock_drift_ppb=alignment.rates_ppb[i],
                 clock_epoch_ns=alignment.epoch_ns,
             )
-            for i, source in enumerate(sources)
+            for i, source in enumerate(plain)
         ]
-    # A MergeError (no usable input) is one line, printed by main().
-    report = merge_captures(
-        sources,
-        args.output,
-        clock_correction=args.clock_correction,
-        clock_summary=alignment.summary() if alignment else None,
-        packet_ids=journeys.packet_ids(),
-    )
-    report.alignment = alignment
-    report.journeys = journeys.result(alignment)
-    summary_path = write_merge_summary(report, labels, args.inputs)
-    for warning in report.warnings:
-        print(f"xdpcap merge: warning: {warning}", file=sys.stderr)
+
+    # Each input is a host as far as clocks go: the traffic they share aligns them. The
+    # same pass follows the packets (their addresses: the files' interface descriptions,
+    # else learned from the traffic). A MergeError (no usable input) is one line,
+    # printed by main().
+    labels = [names.get(path) or Path(path).stem for path in args.inputs]
+    written: dict[str, tuple[Path | None, str | None]] = {}
+
+    def meanwhile(alignment: Alignment | None, journeys: Journeys, followed: dict | None) -> None:
+        """The summary and the page, from the pass's results while the merge writes."""
+        from ..report.page import write_beside  # plotly loads only here
+
+        summary = write_merge_summary(
+            Path(args.output), alignment, followed, labels, args.inputs, journeys.packets
+        )
+        written["summary"] = (summary, None)
+        written["page"] = write_beside(summary)
+
+    try:
+        report, _ = follow_and_merge(
+            args.inputs,
+            labels,
+            [0] * len(plain),
+            [HostView(label) for label in labels],
+            Path(args.output).resolve(),
+            sources_for,
+            clock_correction=args.clock_correction,
+            meanwhile=meanwhile,
+            journeys_wanted=args.journeys,
+        )
+    except BaseException:
+        for path, _ in written.values():  # of a merge that did not happen
+            if path is not None:
+                path.unlink(missing_ok=True)
+        raise
+    alignment = report.alignment
+    summary_path = written["summary"][0]
+    _print_warnings(report.warnings)
     if alignment is not None:
         print(f"xdpcap merge: {alignment.summary()}", file=sys.stderr)
-    print(
-        f"xdpcap merge: {report.packets} packets from {len(sources)} inputs, "
-        f"{len(report.interfaces)} interfaces -> {report.out_path}",
-        file=sys.stderr,
-    )
+    _print_merged(report, len(plain))
     print(f"xdpcap merge: journeys and clocks in {summary_path}", file=sys.stderr)
-    from ..report.page import write_beside  # plotly loads only here
-
-    page, problem = write_beside(summary_path)
+    page, problem = written["page"]
     if problem:
         print(f"xdpcap merge: warning: {problem}", file=sys.stderr)
     else:
         print(f"xdpcap merge: report page {page}", file=sys.stderr)
     return 0
+
+
+def _print_warnings(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        print(f"xdpcap merge: warning: {warning}", file=sys.stderr)
+
+
+def _print_merged(report: MergeReport, inputs: int) -> None:
+    print(
+        f"xdpcap merge: {report.packets} packets from {inputs} inputs, "
+        f"{len(report.interfaces)} interfaces -> {report.out_path}",
+        file=sys.stderr,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,8 +19,11 @@ from .drift import rates
 from .solver import HostClock, Solution, solve
 
 if TYPE_CHECKING:
+    import threading
+
     from ..follow.join import OnMatch
     from ..merge.blocks import Interface
+    from ..merge.packet_ids import PacketMarks
 
 __all__ = ["Alignment", "PairDelay", "align"]
 
@@ -51,6 +54,7 @@ class Alignment:
     # packet is read; the key stays in run.json)
     # Each host's interfaces as its file describes them (the pass met them): not in run.json.
     interfaces: list[list[Interface]] = field(default_factory=list)
+    packets_read: list[int] = field(default_factory=list)  # per host, by the pass
 
     @property
     def shifts_ns(self) -> list[int]:
@@ -111,13 +115,28 @@ def align(
     priors_ns: Sequence[int] | None = None,
     *,
     on_match: OnMatch | None = None,
+    marks: PacketMarks | None = None,
+    shared: threading.Event | None = None,
 ) -> Alignment:
     """Every host's offset from its capture's traffic; priors_ns (the SSH probe's shifts,
     or zeros) fill in where the traffic says too little. `on_match` sees every packet
-    the pass joins (join.join_captures): journeys are built in the same pass."""
+    the pass joins (join.join_captures): journeys are built in the same pass, and
+    `marks` gets the packets seen at two capture points or more (and `shared` is set
+    once there are bounds or marks: join.join_captures)."""
     priors = list(priors_ns) if priors_ns is not None else [0] * len(paths)
-    found = gather(paths, names, priors, on_match=on_match)
-    n = len(paths)
+    found = gather(paths, names, priors, on_match=on_match, marks=marks, shared=shared)
+    return solve_alignment(found, priors)
+
+
+def without_traffic(names: Sequence[str], priors_ns: Sequence[int]) -> Alignment:
+    """The alignment of hosts that shared no traffic: what `align` gives when its pass
+    bounds nothing (the probe's offsets). A merge can start from it before the pass ends."""
+    return solve_alignment(Constraints(list(names)), list(priors_ns))
+
+
+def solve_alignment(found: Constraints, priors: list[int]) -> Alignment:
+    """Offsets and drifts from what the pass gathered; `priors` fill in the rest."""
+    n = len(found.hosts)
     # The reference: the host whose prior is the median, so the merged timeline keeps
     # the fleet's consensus clock (as the probe's corrections do).
     order = sorted(range(n), key=lambda h: priors[h])
@@ -221,6 +240,7 @@ def _alignment(
         inconsistent=[names[h] for h in solution.inconsistent],
         truncated=found.truncated,
         interfaces=found.interfaces,
+        packets_read=list(found.packets_read),
     )
 
 

@@ -28,7 +28,10 @@ from typing import TYPE_CHECKING, Any
 from ..follow.summaries import PairSamples
 
 if TYPE_CHECKING:
+    import threading
+
     from ..follow.join import OnMatch
+    from ..merge.packet_ids import PacketMarks
 
 
 @dataclass
@@ -46,9 +49,11 @@ def gather(
     priors_ns: Sequence[int],
     *,
     on_match: OnMatch | None = None,
+    marks: PacketMarks | None = None,
+    shared: threading.Event | None = None,
 ) -> Constraints:
     """Read every file (host i = paths[i], its prior offset priors_ns[i]) in one pass."""
     from ..follow.join import join_captures
 
-    joined = join_captures(paths, priors_ns, on_match=on_match)
+    joined = join_captures(paths, priors_ns, on_match=on_match, marks=marks, shared=shared)
     return Constraints(list(names), joined.pairs, joined.packets, interfaces=joined.interfaces)

@@ -97,17 +97,8 @@ def solve(
 
 def _fix(dist: list[list[float]], ref: int, h: int, value: int) -> None:
     """Add o_h − o_ref = value (two edges) and keep the path lengths shortest."""
-    n = len(dist)
-    d_ref, d_h = dist[ref], dist[h]
-    for i in range(n):
-        di = dist[i]
-        to_ref, to_h = di[ref], di[h]
-        for j in range(n):
-            best = di[j]
-            via_ref = to_ref + value + d_h[j]
-            if via_ref < best:
-                best = via_ref
-            via_h = to_h - value + d_ref[j]
-            if via_h < best:
-                best = via_h
-            di[j] = best
+    d_ref, d_h = list(dist[ref]), list(dist[h])
+    for di in dist:
+        # (One row at a time, the inner loop in C: this is O(n^2) per host.)
+        via_ref, via_h = di[ref] + value, di[h] - value
+        di[:] = map(min, di, [via_ref + d for d in d_h], [via_h + d for d in d_ref])

@@ -32,6 +32,12 @@ link type (what journeys read addresses and ports from and run the receivers' fi
 on: held per group only while matches are kept). A packet seen on
 one host only is a match of one sighting (what a loss count needs); groups of a key
 seen more than MAX_COPIES times are left out, and so are times past LATEST_NS (damage).
+
+`join_captures(..., marks=PacketMarks)` also writes which packets the merge gives
+epb_packetid (merge/packet_ids.py): every sighting of a packet group seen at two capture
+points or more, by its ordinal in its host's file. The C join writes them as the pass
+goes (its memory: the packets of the last MAX_COPIES + 1 windows, 8 bytes each); the
+Python engine keeps them to the end.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import contextlib
 import heapq
 import os
 import struct
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +54,7 @@ from dataclasses import dataclass, field
 from ..merge.blocks import Interface
 from ..merge.captures import feed_input
 from ..merge.identity import INBOUND, OUTBOUND, identify, key_id
+from ..merge.packet_ids import PacketMarks
 from ..merge.reader import CaptureReader
 from .summaries import (
     FLOOR_BUCKETS,
@@ -67,10 +75,10 @@ except ImportError:  # the optional extension was not built: the Python engine j
 __all__ = ["JoinResult", "Match", "Sighting", "join_captures"]
 
 # A match record from the C join: the packet id, the number of sightings, the head's
-# link type and length; then per sighting its time, host, direction and interface; then
-# the head, padded to 8 bytes.
+# link type and length; then per sighting its time, host, direction, interface and
+# ordinal; then the head, padded to 8 bytes.
 MATCH_HEAD = struct.Struct("<QIHH")
-MATCH_SIGHTING = struct.Struct("<qIBxH")
+MATCH_SIGHTING = struct.Struct("<qIBxHQ")
 HEAD_BYTES = 128  # _fastmerge.c's HEAD_BYTES
 _EPB_CAP = struct.Struct("<I")
 _OPTION = struct.Struct("<HH")
@@ -90,6 +98,7 @@ class Sighting:
     direction: int  # observe.INBOUND, OUTBOUND or UNKNOWN (epb_flags)
     ts_ns: int  # on that host's own clock
     iface: int = 0  # the interface's index in its host's file (blocks.Interface.index)
+    ordinal: int = 0  # the packet's index among its host's packets, in file order
 
 
 @dataclass(frozen=True)
@@ -122,14 +131,21 @@ def join_captures(
     *,
     on_match: OnMatch | None = None,
     engine: str | None = None,
+    marks: PacketMarks | None = None,
+    shared: threading.Event | None = None,
 ) -> JoinResult:
     """Join every host's capture (host i = paths[i], prior offset priors_ns[i]) in one
-    pass; `engine` "c" or "python" (default: C when it is built and not turned off)."""
+    pass; `engine` "c" or "python" (default: C when it is built and not turned off);
+    `marks` gets the packets seen at two capture points or more; `shared` is set as soon
+    as the pass bounds a pair of clocks or marks a packet (what a merge started before
+    the pass ended did not know)."""
     if engine is None:
         engine = "c" if _c_available() else "python"
     run = _join_c if engine == "c" else _join_python
     interfaces: list[list[Interface]] = [[] for _ in paths]
-    pairs, packets, high_water = run(paths, list(priors_ns), on_match, interfaces)
+    pairs, packets, high_water = run(
+        paths, list(priors_ns), on_match, interfaces, marks, shared or threading.Event()
+    )
     return JoinResult(dict(sorted(pairs.items())), packets, high_water, engine, interfaces)
 
 
@@ -174,6 +190,8 @@ def _join_c(
     priors: list[int],
     on_match: OnMatch | None,
     interfaces: list[list[Interface]],
+    marks: PacketMarks | None,
+    shared: threading.Event,
 ) -> tuple[dict[tuple[int, int], PairSamples], list[int], int]:
     join = _fastmerge.Join(
         priors,
@@ -183,6 +201,7 @@ def _join_c(
         samples=SAMPLES,
         floor_buckets=FLOOR_BUCKETS,
         floor_start_ns=FLOOR_START_NS,
+        marks=marks.paths if marks is not None else None,
     )
     # Journeys that can run in C (follow/journeys.py: `setup_c`) get aggregates at the
     # end, not one call per packet group.
@@ -200,6 +219,8 @@ def _join_c(
                 core.set_input(index, None, 0, None)
         while True:
             _, _, status, who = core.run()
+            if not shared.is_set() and join.stats()["shared_seen"]:
+                shared.set()  # a key met on two hosts: the early merge is off
             if on_match is not None and not in_c:
                 _deliver(join.matches(), on_match, file_index)
             if status == _fastmerge.NEED:
@@ -220,7 +241,14 @@ def _join_c(
         else:
             pair.answers, pair.answer_count, pair.answer_floor = samples, count, Floor.of(floor)
     packets = [core.state(index)[2] for index in range(len(readers))]
-    return pairs, packets, join.stats()["held_high_water"]
+    stats = join.stats()
+    if stats["shared_groups"]:
+        shared.set()
+    if marks is not None:
+        marks.packets = stats["marked_packets"]
+        marks.late = stats["late_marks"]
+        marks.held_high_water = stats["marks_high_water"]
+    return pairs, packets, stats["held_high_water"]
 
 
 def _deliver(records: bytes, on_match: OnMatch, file_index: dict[int, int]) -> None:
@@ -230,8 +258,8 @@ def _deliver(records: bytes, on_match: OnMatch, file_index: dict[int, int]) -> N
         at += MATCH_HEAD.size
         sightings = []
         for _ in range(count):
-            ts, host, direction, iface = MATCH_SIGHTING.unpack_from(records, at)
-            sightings.append(Sighting(host, direction, ts, file_index.get(iface, iface)))
+            ts, host, direction, iface, ordinal = MATCH_SIGHTING.unpack_from(records, at)
+            sightings.append(Sighting(host, direction, ts, file_index.get(iface, iface), ordinal))
             at += MATCH_SIGHTING.size
         head = records[at : at + head_len]
         at += head_len + 7 & ~7
@@ -239,6 +267,9 @@ def _deliver(records: bytes, on_match: OnMatch, file_index: dict[int, int]) -> N
 
 
 # -------------------------------------------------------------------- the Python engine
+Seen = tuple[int, int, int, int, int, int]  # a held sighting, as _Group.held says
+
+
 class _Group:
     """The sightings of one key within the window: (aligned time, host, direction, role)."""
 
@@ -258,8 +289,8 @@ class _Group:
         self.key = key  # its id
         self.same_packet = same_packet
         self.copies = self.questions = self.answers = 0
-        # (aligned time, host, direction, role, interface)
-        self.held: list[tuple[int, int, int, int, int]] = []
+        # (aligned time, host, direction, role, interface, ordinal)
+        self.held: list[Seen] = []
         self.last_seq = 0
         self.linktype = 0
         self.head = b""
@@ -273,9 +304,16 @@ class _Group:
 class _PythonJoin:
     """What `_fastmerge.Join` does, step for step (the same order, the same dice)."""
 
-    def __init__(self, priors: list[int], on_match: OnMatch | None) -> None:
+    def __init__(
+        self, priors: list[int], on_match: OnMatch | None, marks: PacketMarks | None = None
+    ) -> None:
         self.priors = priors
         self.on_match = on_match
+        # Per host, (ordinal, id) of its sightings seen at two capture points or more.
+        self.marks: list[list[tuple[int, int]]] | None = (
+            [[] for _ in priors] if marks is not None else None
+        )
+        self.marked_packets = 0
         self.linktypes: dict[int, int] = {}
         self.file_index: dict[int, int] = {}  # by output interface id
         self.groups: dict[tuple[bool, int], _Group] = {}
@@ -289,7 +327,7 @@ class _PythonJoin:
     def add_interface(self, out_id: int, linktype: int, file_index: int = -1) -> None:
         self.linktypes[out_id] = linktype
 
-    def take(self, host: int, aligned: int, block: memoryview) -> None:
+    def take(self, host: int, aligned: int, block: memoryview, ordinal: int = 0) -> None:
         if aligned > LATEST_NS:
             return
         if self.now is None or aligned > self.now:
@@ -304,16 +342,17 @@ class _PythonJoin:
         identity = identify(linktype, frame)
         if identity is None:
             return
-        seen = (aligned, host, _direction(block, cap), 0, self.file_index.get(out_id, 0))
+        iface = self.file_index.get(out_id, 0)
+        seen = (aligned, host, _direction(block, cap), 0, iface, ordinal)
         group = self.add(key_id(identity.packet), True, seen)
         if group.copies == 1 and self.on_match is not None:
             group.linktype, group.head = linktype, frame[:HEAD_BYTES]
         if identity.question is not None:
-            self.add(key_id(identity.question), False, (*seen[:3], QUESTION, seen[4]))
+            self.add(key_id(identity.question), False, (*seen[:3], QUESTION, *seen[4:]))
         elif identity.answer is not None:
-            self.add(key_id(identity.answer), False, (*seen[:3], ANSWER, seen[4]))
+            self.add(key_id(identity.answer), False, (*seen[:3], ANSWER, *seen[4:]))
 
-    def add(self, key: int, same_packet: bool, seen: tuple[int, int, int, int, int]) -> _Group:
+    def add(self, key: int, same_packet: bool, seen: Seen) -> _Group:
         group = self.groups.get((same_packet, key))
         if group is None:
             group = self.groups[(same_packet, key)] = _Group(key, same_packet)
@@ -341,6 +380,10 @@ class _PythonJoin:
         if group.same_packet:
             if 2 <= group.copies <= MAX_COPIES:
                 self._same_packet(group.held)
+                if self.marks is not None and len({(s[1], s[4]) for s in group.held}) > 1:
+                    self.marked_packets += 1
+                    for s in group.held:
+                        self.marks[s[1]].append((s[5], group.key))
             if self.on_match is not None and group.copies <= MAX_COPIES:
                 self.on_match(self._match(group))
         elif group.questions and group.answers and not group.ambiguous():
@@ -350,8 +393,8 @@ class _PythonJoin:
         return Match(
             group.key,
             tuple(
-                Sighting(h, d, aligned + self.priors[h], iface)
-                for aligned, h, d, _, iface in group.held
+                Sighting(h, d, aligned + self.priors[h], iface, ordinal)
+                for aligned, h, d, _, iface, ordinal in group.held
             ),
             group.linktype,
             group.head,
@@ -363,9 +406,9 @@ class _PythonJoin:
             pair = self.pairs[(sender, receiver)] = PairSamples()
         pair.add(t_from, t_to, same, self.rng)
 
-    def _same_packet(self, held: list[tuple[int, int, int, int, int]]) -> None:
+    def _same_packet(self, held: list[Seen]) -> None:
         priors = self.priors
-        for aligned_sent, sender, direction, _, _ in held:
+        for aligned_sent, sender, direction, *_ in held:
             if direction != OUTBOUND:
                 continue
             arrivals = [
@@ -389,12 +432,12 @@ class _PythonJoin:
                     arrived[0] + priors[receiver],
                 )
 
-    def _answers(self, held: list[tuple[int, int, int, int, int]]) -> None:
+    def _answers(self, held: list[Seen]) -> None:
         priors = self.priors
-        for aligned_answer, answer_host, _, role, _ in held:
+        for aligned_answer, answer_host, _, role, *_ in held:
             if role != ANSWER:
                 continue
-            for aligned_question, question_host, _, other, _ in held:
+            for aligned_question, question_host, _, other, *_ in held:
                 if other != QUESTION or question_host == answer_host:
                     continue
                 if abs(aligned_answer - aligned_question) <= MATCH_WINDOW_NS:
@@ -427,20 +470,33 @@ def _join_python(
     priors: list[int],
     on_match: OnMatch | None,
     interfaces: list[list[Interface]],
+    marks: PacketMarks | None,
+    shared: threading.Event,
 ) -> tuple[dict[tuple[int, int], PairSamples], list[int], int]:
-    join = _PythonJoin(priors, on_match)
+    join = _PythonJoin(priors, on_match, marks)
     readers, join.file_index = _readers(paths, priors, join.add_interface, interfaces)
     packets = [0] * len(readers)
 
-    def stream(host: int, reader: CaptureReader) -> Iterator[tuple[int, int, memoryview]]:
+    def stream(host: int, reader: CaptureReader) -> Iterator[tuple[int, int, memoryview, int]]:
         for batch in reader.batches():
+            first = packets[host]
             packets[host] += len(batch.ts)
-            for ts, block in zip(batch.ts, batch.blocks):
-                yield ts, host, block
+            for ordinal, (ts, block) in enumerate(zip(batch.ts, batch.blocks), first):
+                yield ts, host, block, ordinal
 
     # Ties go to the host listed first, as in the C engine's heap.
     streams = [stream(host, reader) for host, reader in enumerate(readers)]
-    for ts, host, block in heapq.merge(*streams, key=lambda item: item[0]):
-        join.take(host, ts, block)
+    for taken, (ts, host, block, ordinal) in enumerate(
+        heapq.merge(*streams, key=lambda item: item[0])
+    ):
+        join.take(host, ts, block, ordinal)
+        if not taken % 4096 and (join.pairs or join.marked_packets):
+            shared.set()
     join.expire(None)
+    if join.pairs or join.marked_packets:
+        shared.set()
+    if marks is not None and join.marks is not None:
+        for host, host_marks in enumerate(join.marks):
+            marks.write(host, sorted(host_marks))
+        marks.packets = join.marked_packets
     return join.pairs, packets, join.held_high_water

@@ -9,15 +9,9 @@ the same steps and the same dice): Python is told the hosts before the pass
 
 What it keeps, and why memory stays bounded:
 
-- **Packet ids.** The id of every packet seen at two or more capture points (hosts or
-  interfaces), 8 bytes each (a uint64 array in the C join), sorted at the end
-  (`packet_ids()`): the merge, which runs
-  after the alignment, computes each packet's id again from its bytes in its C loop
-  (the same observe.key_id) and writes `epb_packetid` when the id is in this set. The
-  set grows with the matched packets (8 bytes each, ~8 MB per million), not with the
-  window or the capture's bytes; ids are deterministic, so no per-packet state crosses
-  from the pass to the merge but the set. A packet whose bytes repeat within the
-  capture (a retransmission identical in every field the id covers) shares the id.
+- **Packet ids** are not kept here: the pass writes which sightings get one
+  (`marks`, merge/packet_ids.py: a file per host, read by the merge in file order), so
+  neither side holds anything per packet; `marks.packets` counts them for run.json.
 - **Per ordered host pair** (sender → receiver), from packets seen leaving the sender
   (outbound) to one of the receiver's addresses: how many arrived (inbound at the
   receiver), arrived twice or more (`duplicated`: the extra copies), arrived after a
@@ -67,6 +61,7 @@ from .summaries import SplitMix, reservoir
 
 if TYPE_CHECKING:
     from ..merge.blocks import Interface
+    from ..merge.packet_ids import PacketMarks
 
 
 class SolvedClocks(Protocol):
@@ -186,8 +181,8 @@ class _Residence:
 
 
 class Journeys:
-    """The on_match of the pass: `Journeys(hosts)`, then `packet_ids()` and
-    `result(alignment)` after it."""
+    """The on_match of the pass: `Journeys(hosts)`, then `result(alignment)` after it.
+    `marks`: what the pass wrote for the merge's packet ids (run/follow.py sets it)."""
 
     def __init__(self, hosts: Sequence[HostView], priors_ns: Sequence[int] | None = None) -> None:
         self.hosts = list(hosts)
@@ -198,8 +193,8 @@ class Journeys:
         for index, host in enumerate(hosts):
             for address in host.addresses:
                 self.owner.setdefault(address, index)
-        self.ids = array("Q")
-        self.sorted_ids: bytes | bytearray | None = None  # from the C join: sorted, unique
+        self.marks: PacketMarks | None = None
+        self.packets: list[int] = []  # per host, read by the pass (run/follow.py sets it)
         self.pairs: dict[tuple[int, int], _Pair] = {}
         self.flows: dict[tuple[int, bytes], _Flow] = {}
         self.residence: dict[int, _Residence] = {}
@@ -224,7 +219,6 @@ class Journeys:
             elif s.direction == OUTBOUND:
                 outbound = True
         if len(sightings) > 1 and len({(s.host, s.iface) for s in sightings}) > 1:
-            self.ids.append(match.packet_id)
             self._residence(sightings)
         if outbound:
             self._legs(match)
@@ -360,7 +354,6 @@ class Journeys:
 
     def load_c(self, state: dict) -> None:
         """What the C join kept, as the Python engine would have kept it."""
-        self.sorted_ids = state["ids"]
         self.first, self.last, self.inbound = state["first"], state["last"], state["inbound"]
         self.owner = {address: host for address, host in state["owner"]}
         for sender, receiver, arrived, duplicated, samples, widest in state["pairs"]:
@@ -389,13 +382,6 @@ class Journeys:
             self.residence[host] = _Residence(count, samples, maximum)
 
     # ------------------------------------------------------------- after the pass
-    def packet_ids(self) -> bytes | bytearray:
-        """The sorted ids of packets seen at 2+ capture points (for the merge's C loop)."""
-        if self.sorted_ids is None:
-            self.sorted_ids = array("Q", sorted(set(self.ids))).tobytes()
-            self.ids = array("Q")
-        return self.sorted_ids
-
     def add_interfaces(self, interfaces: Sequence[Sequence[Interface]]) -> None:
         """Addresses from each file's interface descriptions (after the pass: the
         readers met them on the way)."""
@@ -503,7 +489,7 @@ class Journeys:
                 host.name: sorted(_text(a) for a, h in self.owner.items() if h == index)
                 for index, host in enumerate(self.hosts)
             },
-            "packet_ids": len(self.packet_ids()) // 8,
+            "packet_ids": self.marks.packets if self.marks else 0,
             "delay_sample_size": SAMPLES,
             "note": "delay percentiles from a uniform sample of at most "
             f"{SAMPLES} arrivals per pair (exact below that), max from every packet; "

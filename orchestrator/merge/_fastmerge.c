@@ -29,6 +29,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -73,6 +75,12 @@ typedef struct {
     uint64_t last_ts; /* the largest (= last) timestamp loaded */
     unsigned long long packets;
     int tolerant; /* a join's input: packets out of time order are taken as they come */
+    /* Its packet marks (the join wrote them: packet_ids.py): the next (ordinal, id),
+     * read a buffer at a time. */
+    FILE *marks;
+    uint64_t mark_ordinal, mark_id;
+    uint64_t *mark_buf;
+    size_t mark_at, mark_len;
 } Input;
 
 typedef struct {
@@ -83,12 +91,6 @@ typedef struct {
     Py_ssize_t heap_len;
     Py_ssize_t out_bytes;
     struct Join *join; /* set: packets go to the clock alignment's join, nothing is written */
-    /* Journeys: the sorted ids of packets seen at 2+ capture points (the join found them);
-     * a written packet whose id is one of them gets epb_packetid. */
-    Py_buffer packet_ids;
-    int has_packet_ids;
-    uint32_t *linktypes; /* by output interface id, for identify() */
-    Py_ssize_t nlinktypes;
 } Merger;
 
 static inline uint32_t get_le32(const uint8_t *p)
@@ -170,7 +172,7 @@ static void release_raw(Input *in)
         in->has_raw = 0;
     }
     in->raw_pos = 0;
-    PyMem_Free(in->table);
+    PyMem_RawFree(in->table);
     in->table = NULL;
     in->ntable = 0;
 }
@@ -556,6 +558,7 @@ typedef struct {
     uint64_t packet_id, exchange_id;
     uint16_t iface;
     uint16_t head_len; /* bytes of head (copied only when matches are kept) */
+    uint64_t ordinal;  /* its index among its host's packets: the file's order */
     uint32_t linktype;
     uint8_t head[HEAD_BYTES]; /* copied: the block's chunk may be gone when it is processed */
     JHead jhead;              /* parsed here, with journeys */
@@ -574,6 +577,52 @@ typedef struct {
     TimePair *floor;    /* Join.floor_buckets */
     uint8_t *floor_used;
 } PairSummary;
+
+/* Packet marks: which of a host's packets the merge gives epb_packetid (seen at two
+ * capture points or more), in the host's file order, written to a file as the pass goes.
+ * A packet's slot waits in a ring until no group can claim it any more: a group that is
+ * not ambiguous holds at most max_copies sightings chained within the window, so it
+ * closes within max_copies windows of the pass's time when its first sighting came
+ * (`marks_horizon`, with a window to spare). Checkpoints say from which ordinal on the
+ * packets came at which pass time. Memory: the horizon's packets, 8 bytes each. */
+typedef struct {
+    uint64_t base;         /* the ordinal of slots[head]: everything before it is written */
+    uint64_t *slots;       /* id + 1 of a sighting seen at two points or more; 0: none */
+    size_t head, len, cap; /* a ring; cap a power of two */
+    uint64_t *cp_ordinal;  /* checkpoints: from cp_ordinal[k] on, packets came at */
+    int64_t *cp_now;       /* pass time cp_now[k] or later (a ring of cp_cap) */
+    size_t cp_head, cp_len, cp_cap;
+    FILE *out;
+} HostMarks;
+
+/* The closer: a second thread that does what a closed group leaves to do, the clock
+ * bounds it gives (pair summaries) and its journey (jr_close), in the order the groups
+ * closed (so with the same dice as one thread: results are identical). The join's own
+ * thread copies each job (the group's sightings, interfaces already as file indexes,
+ * its journey head) into a ring of fixed slots and goes on reading; the pair summaries
+ * and the journeys' state belong to the closer until finish() stops it. */
+typedef struct {
+    uint8_t kind;     /* KIND_PACKET or KIND_EXCHANGE */
+    uint8_t n;        /* sightings, after the job's head */
+    uint8_t bounds;   /* same_packet_bounds or answer_bounds */
+    uint8_t journeys; /* jr_close */
+    uint8_t has_head; /* the head slot (HEAD_SLOT bytes) follows the sightings */
+    JHead jhead;
+} CloseJob;
+
+#define CLOSER_SLOTS 512
+
+typedef struct {
+    uint8_t *ring;
+    size_t slot_bytes;
+    size_t next;                     /* the join's: the next slot it fills */
+    _Atomic size_t produced, consumed; /* jobs handed over, and done */
+    _Atomic int closer_waits, join_waits, stop;
+    pthread_mutex_t lock;
+    pthread_cond_t more, room;
+    pthread_t thread;
+    int started, sync_ready;
+} Closer;
 
 typedef struct Join {
     PyObject_HEAD
@@ -599,7 +648,9 @@ typedef struct Join {
     uint8_t *matches;
     size_t matches_len, matches_cap;
     unsigned long long sightings, identified;
-    int failed; /* out of memory inside the loop: raised by the Merger's run() */
+    /* Inside the loop: 1 out of memory, 2 a marks file not written (raised by the Merger's
+     * run() and finish()); the closer thread sets it too. */
+    _Atomic int failed;
     Pending pending[PIPELINE];
     unsigned pending_head, pending_len;
     int closing_all; /* finish(): every group closes, the table is emptied at once */
@@ -612,6 +663,19 @@ typedef struct Join {
     int keep_heads;          /* heads per group: matches kept, or a journeys filter to run */
     uint16_t *file_index;    /* by output interface id: its index in its host's file */
     Py_ssize_t nfile_index;
+    /* Each held sighting's ordinal (mod 2^32) when matches or marks are kept: two per group
+     * here while its sightings are inline, then after its `more` sightings. */
+    uint32_t *ordinals;
+    uint64_t *taken, *processed; /* per host: packets taken, and processed, so far */
+    HostMarks *marks;            /* per host, when the merge's packet ids are wanted */
+    int64_t marks_horizon;
+    unsigned marks_since_flush;
+    unsigned long long marked_packets, marked_sightings, late_marks;
+    size_t marks_high_water; /* the most slots one host's ring held */
+    _Atomic unsigned long long bounds; /* pair_add calls (the closer's) */
+    unsigned long long shared_groups;  /* groups closed seen on two hosts or interfaces */
+    int shared_seen; /* a key met on a second host: the hint, long before a group closes */
+    Closer closer;
 } Join;
 
 static PyTypeObject JoinType;
@@ -672,7 +736,7 @@ static PairSummary *new_summary(const Join *j)
 {
     size_t samples = (size_t)j->samples * sizeof(TimePair);
     size_t floor = (size_t)j->floor_buckets * sizeof(TimePair);
-    PairSummary *s = PyMem_Calloc(1, sizeof *s + samples + floor + j->floor_buckets);
+    PairSummary *s = PyMem_RawCalloc(1, sizeof *s + samples + floor + j->floor_buckets);
     if (s) {
         s->samples = (TimePair *)(s + 1);
         s->floor = (TimePair *)((char *)s->samples + samples);
@@ -695,6 +759,7 @@ static void pair_add(Join *j, uint32_t from_host, uint32_t to_host, int bound, i
         j->pairs[slot] = s;
     }
     s->count++;
+    atomic_fetch_add_explicit(&j->bounds, 1, memory_order_relaxed);
     TimePair value = {from, to};
     if (s->nsamples < j->samples) {
         s->samples[s->nsamples++] = value;
@@ -704,6 +769,159 @@ static void pair_add(Join *j, uint32_t from_host, uint32_t to_host, int bound, i
             s->samples[at] = value;
     }
     floor_add(j, s, from, to);
+}
+
+/* ------------------------------------------------ packet marks */
+static inline uint16_t file_iface(const Join *j, uint16_t out_id)
+{
+    return out_id < j->nfile_index ? j->file_index[out_id] : out_id;
+}
+
+/* Where a group's held sightings keep their ordinals (j->ordinals is set). */
+static inline uint32_t *ordinals_of(const Join *j, Group *g, uint32_t index)
+{
+    return g->more ? (uint32_t *)(g->more + j->max_held)
+                   : j->ordinals + (size_t)index * INLINE_SIGHTINGS;
+}
+
+/* A held sighting's whole ordinal from its low 32 bits: the latest one its host's
+ * packets reached with those bits (a held sighting is never 2^32 packets old). */
+static inline uint64_t full_ordinal(const Join *j, uint32_t host, uint32_t low)
+{
+    uint64_t processed = j->processed[host];
+    return processed - (uint32_t)((uint32_t)processed - low);
+}
+
+/* Two capture points (hosts, or interfaces of one host) saw the packet (`s`' interfaces
+ * are file indexes: file_iface). */
+static int two_points(const Sighting *s, int n)
+{
+    for (int i = 1; i < n; i++)
+        if (s[i].host != s[0].host || s[i].iface != s[0].iface)
+            return 1;
+    return 0;
+}
+
+/* The same, of a group's own sightings (interfaces as output ids). */
+static int seen_at_two_points(const Join *j, const Sighting *s, int n)
+{
+    for (int i = 1; i < n; i++)
+        if (s[i].host != s[0].host || file_iface(j, s[i].iface) != file_iface(j, s[0].iface))
+            return 1;
+    return 0;
+}
+
+static int ring_grow(void **ring, size_t head, size_t len, size_t *cap, size_t size)
+{
+    size_t grown_cap = *cap ? *cap * 2 : 1024;
+    uint8_t *grown = PyMem_RawMalloc(grown_cap * size);
+    if (!grown)
+        return -1;
+    for (size_t k = 0; k < len; k++)
+        memcpy(grown + k * size, (uint8_t *)*ring + ((head + k) & (*cap - 1)) * size, size);
+    PyMem_RawFree(*ring);
+    *ring = grown;
+    *cap = grown_cap;
+    return 0;
+}
+
+/* Write host `m`'s slots before `limit` out: (ordinal, id) for each marked one. */
+static int marks_write(Join *j, HostMarks *m, uint64_t limit)
+{
+    uint64_t record[2 * 256];
+    size_t n = 0;
+    while (m->base < limit && m->len) {
+        uint64_t slot = m->slots[m->head];
+        if (slot) {
+            record[2 * n] = m->base;
+            record[2 * n + 1] = slot - 1;
+            if (++n == 256) {
+                if (fwrite(record, 16, n, m->out) != n)
+                    return -1;
+                n = 0;
+            }
+        }
+        m->head = (m->head + 1) & (m->cap - 1);
+        m->len--;
+        m->base++;
+    }
+    if (n && fwrite(record, 16, n, m->out) != n)
+        return -1;
+    (void)j;
+    return 0;
+}
+
+/* Every slot no group can claim any more goes out (all of them with `all`). */
+static void marks_flush(Join *j, int all)
+{
+    for (Py_ssize_t h = 0; h < j->hosts; h++) {
+        HostMarks *m = &j->marks[h];
+        uint64_t limit = m->base + m->len;
+        if (!all) {
+            while (m->cp_len >= 2 &&
+                   m->cp_now[(m->cp_head + 1) & (m->cp_cap - 1)] + j->marks_horizon < j->now) {
+                m->cp_head = (m->cp_head + 1) & (m->cp_cap - 1);
+                m->cp_len--;
+            }
+            limit = m->cp_len ? m->cp_ordinal[m->cp_head] : m->base;
+        }
+        if (marks_write(j, m, limit) < 0) {
+            j->failed = 2;
+            return;
+        }
+    }
+}
+
+/* A packet of `host` reaches the join's time (join_process): its slot, and a checkpoint
+ * when the pass's time moved on by an eighth of a window since the last one. */
+static void marks_take(Join *j, uint32_t host, uint64_t ordinal)
+{
+    HostMarks *m = &j->marks[host];
+    if (ordinal != m->base + m->len) /* the Merger hands each input's packets in order */
+        return;
+    if (m->len == m->cap) {
+        if (ring_grow((void **)&m->slots, m->head, m->len, &m->cap, sizeof *m->slots) < 0) {
+            j->failed = 1;
+            return;
+        }
+        m->head = 0;
+    }
+    m->slots[(m->head + m->len++) & (m->cap - 1)] = 0;
+    if (m->len > j->marks_high_water)
+        j->marks_high_water = m->len;
+    if (m->cp_len &&
+        j->now - m->cp_now[(m->cp_head + m->cp_len - 1) & (m->cp_cap - 1)] < j->window / 8)
+        return;
+    if (m->cp_len == m->cp_cap) {
+        size_t cap = m->cp_cap;
+        if (ring_grow((void **)&m->cp_ordinal, m->cp_head, m->cp_len, &cap, 8) < 0 ||
+            ring_grow((void **)&m->cp_now, m->cp_head, m->cp_len, &m->cp_cap, 8) < 0) {
+            j->failed = 1;
+            return;
+        }
+        m->cp_head = 0;
+    }
+    size_t at = (m->cp_head + m->cp_len++) & (m->cp_cap - 1);
+    m->cp_ordinal[at] = ordinal;
+    m->cp_now[at] = j->now;
+}
+
+/* A closed packet group seen at two points or more: each held sighting gets its id. */
+static void mark_group(Join *j, Group *g, uint32_t index)
+{
+    Sighting *s = sightings_of(g);
+    const uint32_t *low = ordinals_of(j, g, index);
+    j->marked_packets++;
+    for (int i = 0; i < g->held; i++) {
+        HostMarks *m = &j->marks[s[i].host];
+        uint64_t ordinal = full_ordinal(j, s[i].host, low[i]);
+        if (ordinal < m->base || ordinal >= m->base + m->len) {
+            j->late_marks++; /* written out already: the horizon was wrong (never seen) */
+            continue;
+        }
+        m->slots[(m->head + (ordinal - m->base)) & (m->cap - 1)] = g->id + 1;
+        j->marked_sightings++;
+    }
 }
 
 /* ------------------------------------------------ closing a group: bounds */
@@ -780,18 +998,19 @@ static void answer_bounds(Join *j, Sighting *s, int n)
 
 /* A match record for join.py's iterator (join.MATCH_HEAD, MATCH_SIGHTING): the packet
  * id, the number of sightings, the link type and length of its head; then (time on the
- * host, host, direction, interface) of each sighting; then the head's bytes, padded to 8:
- * the start of the frame of its first sighting. */
+ * host, host, direction, interface, ordinal) of each sighting; then the head's bytes,
+ * padded to 8: the start of the frame of its first sighting. */
+#define MATCH_SIGHTING_BYTES 24
 static void keep_match(Join *j, Group *g, uint32_t index)
 {
     const uint8_t *slot = j->heads + (size_t)index * HEAD_SLOT;
     uint32_t head_len = slot[0] | (uint32_t)slot[1] << 8;
-    size_t need = 16 + (size_t)g->held * 16 + ((head_len + 7u) & ~7u);
+    size_t need = 16 + (size_t)g->held * MATCH_SIGHTING_BYTES + ((head_len + 7u) & ~7u);
     if (j->matches_len + need > j->matches_cap) {
         size_t cap = j->matches_cap ? j->matches_cap * 2 : 1 << 16;
         while (cap < j->matches_len + need)
             cap *= 2;
-        uint8_t *grown = PyMem_Realloc(j->matches, cap);
+        uint8_t *grown = PyMem_RawRealloc(j->matches, cap);
         if (!grown) {
             j->failed = 1;
             return;
@@ -807,17 +1026,21 @@ static void keep_match(Join *j, Group *g, uint32_t index)
     memcpy(p + 12, slot + 2, 2); /* link type */
     memcpy(p + 14, slot, 2);     /* head length */
     Sighting *s = sightings_of(g);
+    const uint32_t *low = ordinals_of(j, g, index);
     for (int i = 0; i < g->held; i++) {
-        uint8_t *r = p + 16 + 16 * i;
+        uint8_t *r = p + 16 + MATCH_SIGHTING_BYTES * i;
         uint64_t t = (uint64_t)host_time(j, &s[i]);
+        uint64_t ordinal = full_ordinal(j, s[i].host, low[i]);
         put_le32(r, (uint32_t)t);
         put_le32(r + 4, (uint32_t)(t >> 32));
         put_le32(r + 8, s[i].host);
         r[12] = s[i].dir;
         r[14] = (uint8_t)s[i].iface;
         r[15] = (uint8_t)(s[i].iface >> 8);
+        put_le32(r + 16, (uint32_t)ordinal);
+        put_le32(r + 20, (uint32_t)(ordinal >> 32));
     }
-    memcpy(p + 16 + 16 * (size_t)g->held, slot + 4, head_len);
+    memcpy(p + 16 + MATCH_SIGHTING_BYTES * (size_t)g->held, slot + 4, head_len);
     j->matches_len += need;
 }
 
@@ -827,9 +1050,6 @@ static void keep_match(Join *j, Group *g, uint32_t index)
  * engine calls `Journeys.__call__` at the same moment: the two give identical state).
  * What it keeps (journeys.py says why each is bounded):
  *   - per host: first and last time seen, sightings inbound;
- *   - the ids of packets seen at two capture points or more: a uint64 array (8 bytes per
- *     matched packet), sorted and made unique at the end, held in a bytearray handed to
- *     the merge as is;
  *   - per ordered host pair (sender, receiver): arrived, duplicated, a uniform sample of
  *     (t_send, t_recv) and the widest gap;
  *   - per flow (sender, destination address): reordered, the latest send time arrived,
@@ -905,9 +1125,6 @@ typedef struct JState {
     uint32_t nflows, flows_cap;
     uint32_t *flow_table;
     uint32_t flow_table_cap;
-    /* ids */
-    PyObject *ids; /* bytearray of uint64 */
-    size_t nids;
 } JState;
 
 static void jr_free(JState *r);
@@ -938,7 +1155,7 @@ static int addr_eq(const JAddr *a, const JAddr *b)
 static int addr_table_grow(JState *r)
 {
     uint32_t cap = r->addr_table_cap ? r->addr_table_cap * 2 : 64;
-    uint32_t *table = PyMem_Calloc(cap, sizeof *table);
+    uint32_t *table = PyMem_RawCalloc(cap, sizeof *table);
     if (!table)
         return -1;
     for (uint32_t i = 0; i < r->naddrs; i++) {
@@ -947,7 +1164,7 @@ static int addr_table_grow(JState *r)
             at = (at + 1) & (cap - 1);
         table[at] = i + 1;
     }
-    PyMem_Free(r->addr_table);
+    PyMem_RawFree(r->addr_table);
     r->addr_table = table;
     r->addr_table_cap = cap;
     return 0;
@@ -986,11 +1203,11 @@ static int owner_set(JState *r, const JAddr *a, int32_t host, int replace)
     }
     if (r->naddrs == r->addrs_cap) {
         uint32_t cap = r->addrs_cap ? r->addrs_cap * 2 : 64;
-        JAddr *addrs = PyMem_Realloc(r->addrs, cap * sizeof *addrs);
+        JAddr *addrs = PyMem_RawRealloc(r->addrs, cap * sizeof *addrs);
         if (!addrs)
             return -1;
         r->addrs = addrs;
-        int32_t *hosts = PyMem_Realloc(r->addr_host, cap * sizeof *hosts);
+        int32_t *hosts = PyMem_RawRealloc(r->addr_host, cap * sizeof *hosts);
         if (!hosts)
             return -1;
         r->addr_host = hosts;
@@ -1005,7 +1222,7 @@ static int owner_set(JState *r, const JAddr *a, int32_t host, int replace)
 static int flow_table_grow(JState *r)
 {
     uint32_t cap = r->flow_table_cap ? r->flow_table_cap * 2 : 256;
-    uint32_t *table = PyMem_Calloc(cap, sizeof *table);
+    uint32_t *table = PyMem_RawCalloc(cap, sizeof *table);
     if (!table)
         return -1;
     for (uint32_t i = 0; i < r->nflows; i++) {
@@ -1014,7 +1231,7 @@ static int flow_table_grow(JState *r)
             at = (at + 1) & (cap - 1);
         table[at] = i + 1;
     }
-    PyMem_Free(r->flow_table);
+    PyMem_RawFree(r->flow_table);
     r->flow_table = table;
     r->flow_table_cap = cap;
     return 0;
@@ -1036,7 +1253,7 @@ static JFlow *flow_of(JState *r, uint32_t sender, const JAddr *dst)
     }
     if (r->nflows == r->flows_cap) {
         uint32_t cap = r->flows_cap ? r->flows_cap * 2 : 64;
-        JFlow *flows = PyMem_Realloc(r->flows, cap * sizeof *flows);
+        JFlow *flows = PyMem_RawRealloc(r->flows, cap * sizeof *flows);
         if (!flows)
             return NULL;
         r->flows = flows;
@@ -1070,7 +1287,7 @@ static int lost_time(JState *r, JFlow *f, int64_t t)
             uint32_t cap = f->exact_cap ? f->exact_cap * 2 : 16;
             if (cap > r->exact)
                 cap = r->exact;
-            int64_t *grown = PyMem_Realloc(f->exact, cap * sizeof *grown);
+            int64_t *grown = PyMem_RawRealloc(f->exact, cap * sizeof *grown);
             if (!grown)
                 return -1;
             f->exact = grown;
@@ -1080,7 +1297,7 @@ static int lost_time(JState *r, JFlow *f, int64_t t)
         return 0;
     }
     if (!f->counts) {
-        f->counts = PyMem_Calloc(r->buckets, sizeof *f->counts);
+        f->counts = PyMem_RawCalloc(r->buckets, sizeof *f->counts);
         if (!f->counts)
             return -1;
         int64_t lo = f->exact[0], hi = f->exact[0];
@@ -1094,7 +1311,7 @@ static int lost_time(JState *r, JFlow *f, int64_t t)
             f->width *= 2;
         for (uint32_t i = 0; i < f->nexact; i++)
             hist_fold(r, f, f->exact[i]);
-        PyMem_Free(f->exact);
+        PyMem_RawFree(f->exact);
         f->exact = NULL;
         f->nexact = f->exact_cap = 0;
     }
@@ -1237,39 +1454,21 @@ static int jr_parse(uint32_t linktype, const uint8_t *head, size_t len, JAddr *s
     return 1;
 }
 
-static inline uint16_t jr_iface(const Join *j, uint16_t out_id)
-{
-    return out_id < j->nfile_index ? j->file_index[out_id] : out_id;
-}
-
-static int jr_append_id(JState *r, uint64_t id)
-{
-    size_t have = (size_t)PyByteArray_GET_SIZE(r->ids);
-    if ((r->nids + 1) * 8 > have) {
-        size_t want = have ? have * 2 : 1 << 16;
-        if (PyByteArray_Resize(r->ids, (Py_ssize_t)want) < 0) {
-            PyErr_Clear();
-            return -1;
-        }
-    }
-    memcpy(PyByteArray_AS_STRING(r->ids) + 8 * r->nids++, &id, 8);
-    return 0;
-}
 
 static JPair *jr_pair(JState *r, uint32_t sender, uint32_t receiver)
 {
     JPair **slot = &r->pairs[(size_t)sender * (size_t)r->hosts + receiver];
     if (!*slot)
-        *slot = PyMem_Calloc(1, sizeof(JPair) + r->samples * sizeof(TimePair));
+        *slot = PyMem_RawCalloc(1, sizeof(JPair) + r->samples * sizeof(TimePair));
     return *slot;
 }
 
-/* Journeys.__call__ for one closed packet group (sightings in the join's order). */
-static int jr_close(Join *j, Group *g, uint32_t index)
+/* Journeys.__call__ for one closed packet group (sightings in the join's order, their
+ * interfaces as file indexes; `slot` its head when kept): on the closer thread. */
+static int jr_close(Join *j, const Sighting *s, int n, const JHead *head, const uint8_t *slot)
 {
     JState *r = j->journeys;
-    Sighting *s = sightings_of(g);
-    int n = g->held, outbound = 0;
+    int outbound = 0;
     for (int i = 0; i < n; i++) {
         uint32_t h = s[i].host;
         int64_t t = host_time(j, &s[i]);
@@ -1283,12 +1482,7 @@ static int jr_close(Join *j, Group *g, uint32_t index)
         else if (s[i].dir == DIR_OUT)
             outbound = 1;
     }
-    int points = 0;
-    for (int i = 1; i < n && !points; i++)
-        points = s[i].host != s[0].host || jr_iface(j, s[i].iface) != jr_iface(j, s[0].iface);
-    if (n > 1 && points) {
-        if (jr_append_id(r, g->id) < 0)
-            return -1;
+    if (n > 1 && two_points(s, n)) {
         /* Residence: arrived on one interface of a host, left by another. */
         for (int i = 0; i < n; i++) {
             if (s[i].dir != DIR_IN)
@@ -1296,8 +1490,7 @@ static int jr_close(Join *j, Group *g, uint32_t index)
             int64_t t_in = host_time(j, &s[i]), leaving = 0;
             int found = 0;
             for (int o = 0; o < n; o++) {
-                if (s[o].host != s[i].host || s[o].dir != DIR_OUT ||
-                    jr_iface(j, s[o].iface) == jr_iface(j, s[i].iface))
+                if (s[o].host != s[i].host || s[o].dir != DIR_OUT || s[o].iface == s[i].iface)
                     continue;
                 int64_t t = host_time(j, &s[o]);
                 if (t >= t_in && (!found || t < leaving)) {
@@ -1309,7 +1502,7 @@ static int jr_close(Join *j, Group *g, uint32_t index)
                 continue;
             int64_t gap = leaving - t_in;
             JResidence **slot = &r->residence[s[i].host];
-            if (!*slot && !(*slot = PyMem_Calloc(1, sizeof(JResidence) +
+            if (!*slot && !(*slot = PyMem_RawCalloc(1, sizeof(JResidence) +
                                                         r->samples * sizeof(int64_t))))
                 return -1;
             JResidence *held = *slot;
@@ -1328,14 +1521,12 @@ static int jr_close(Join *j, Group *g, uint32_t index)
     if (!outbound)
         return 0;
     /* The legs. */
-    const JHead *head = &j->jheads[index];
     if (!head->parsed)
         return 0;
     JAddr src = head->src, dst = head->dst;
     uint8_t proto = head->proto;
     int32_t sport = head->sport, dport = head->dport;
     /* The head's bytes (a receiver's filter runs on them): kept when a filter may. */
-    const uint8_t *slot = j->keep_heads ? j->heads + (size_t)index * HEAD_SLOT : NULL;
     uint32_t head_len = slot ? (slot[0] | (uint32_t)slot[1] << 8) : 0;
     uint32_t linktype = slot ? (slot[2] | (uint32_t)slot[3] << 8) : 0;
     /* Hosts by direction, ascending (the Python engine sorts them too). */
@@ -1446,7 +1637,7 @@ static int jr_close(Join *j, Group *g, uint32_t index)
             return -1;
         if (flow->nexamples < r->examples) {
             if (!flow->examples &&
-                !(flow->examples = PyMem_Malloc(r->examples * sizeof(JExample))))
+                !(flow->examples = PyMem_RawMalloc(r->examples * sizeof(JExample))))
                 return -1;
             JExample *e = &flow->examples[flow->nexamples++];
             e->t_send = t_send;
@@ -1461,28 +1652,211 @@ static int jr_close(Join *j, Group *g, uint32_t index)
 
 static void table_remove(Join *j, uint32_t index);
 
+/* ------------------------------------------------------------ the closer */
+#define CLOSE_JOB_BYTES ((sizeof(CloseJob) + 7) & ~(size_t)7)
+
+static inline Sighting *job_sightings(CloseJob *job)
+{
+    return (Sighting *)((uint8_t *)job + CLOSE_JOB_BYTES);
+}
+
+static void closer_do(Join *j, CloseJob *job)
+{
+    Sighting *s = job_sightings(job);
+    if (job->bounds) {
+        if (job->kind == KIND_PACKET)
+            same_packet_bounds(j, s, job->n);
+        else
+            answer_bounds(j, s, job->n);
+    }
+    if (job->journeys) {
+        const uint8_t *head = job->has_head ? (const uint8_t *)(s + job->n) : NULL;
+        if (jr_close(j, s, job->n, &job->jhead, head) < 0)
+            j->failed = 1;
+    }
+}
+
+#define CLOSER_SPIN 2000
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Jobs up to `done` are done: the join may reuse their slots. */
+static void closer_release(Closer *c, size_t done)
+{
+    atomic_store(&c->consumed, done);
+    if (atomic_load(&c->join_waits)) {
+        pthread_mutex_lock(&c->lock);
+        pthread_cond_signal(&c->room);
+        pthread_mutex_unlock(&c->lock);
+    }
+}
+
+/* The closer thread: each job in turn until stopped with none left. A side that waits
+ * says so (closer_waits, join_waits) before it looks again under the lock; the other
+ * side publishes, then looks whether to signal: neither misses the other. */
+static void *closer_main(void *arg)
+{
+    Join *j = arg;
+    Closer *c = &j->closer;
+    size_t done = atomic_load(&c->consumed);
+    for (;;) {
+        size_t ready = atomic_load(&c->produced);
+        /* The next batch is usually microseconds away: look a while before sleeping. */
+        for (int spin = 0; done == ready && spin < CLOSER_SPIN; spin++) {
+            cpu_relax();
+            ready = atomic_load_explicit(&c->produced, memory_order_acquire);
+        }
+        if (done == ready) {
+            pthread_mutex_lock(&c->lock);
+            atomic_store(&c->closer_waits, 1);
+            while (done == (ready = atomic_load(&c->produced)) && !atomic_load(&c->stop))
+                pthread_cond_wait(&c->more, &c->lock);
+            atomic_store(&c->closer_waits, 0);
+            pthread_mutex_unlock(&c->lock);
+            if (done == ready)
+                return NULL; /* stopped, nothing left */
+        }
+        while (done != ready) {
+            closer_do(j, (CloseJob *)(c->ring + (done % CLOSER_SLOTS) * c->slot_bytes));
+            if (!(++done & 255))
+                closer_release(c, done);
+        }
+        closer_release(c, done);
+    }
+}
+
+static int closer_start(Join *j)
+{
+    Closer *c = &j->closer;
+    size_t bytes = CLOSE_JOB_BYTES + j->max_held * sizeof(Sighting) + HEAD_SLOT;
+    c->slot_bytes = (bytes + 63) & ~(size_t)63;
+    c->ring = PyMem_RawMalloc(CLOSER_SLOTS * c->slot_bytes);
+    if (!c->ring)
+        return -1;
+    if (pthread_create(&c->thread, NULL, closer_main, j) != 0) {
+        PyMem_RawFree(c->ring);
+        c->ring = NULL;
+        return -1;
+    }
+    c->started = 1;
+    return 0;
+}
+
+/* The jobs filled so far are the closer's (every CLOSER_BATCH jobs, and when the join
+ * returns to Python: a wake-up per job would cost more than the job). */
+#define CLOSER_BATCH 64
+
+static void closer_publish(Join *j)
+{
+    Closer *c = &j->closer;
+    if (!c->started || atomic_load(&c->produced) == c->next)
+        return;
+    atomic_store(&c->produced, c->next);
+    if (atomic_load(&c->closer_waits)) {
+        pthread_mutex_lock(&c->lock);
+        pthread_cond_signal(&c->more);
+        pthread_mutex_unlock(&c->lock);
+    }
+}
+
+/* Every job handed over is done, and the thread is gone (before anyone reads what it
+ * kept: pairs(), journeys_state(), stats()'s bounds). */
+static void closer_stop(Join *j)
+{
+    Closer *c = &j->closer;
+    if (!c->started)
+        return;
+    closer_publish(j);
+    pthread_mutex_lock(&c->lock);
+    atomic_store(&c->stop, 1);
+    pthread_cond_signal(&c->more);
+    pthread_mutex_unlock(&c->lock);
+    pthread_join(c->thread, NULL);
+    c->started = 0;
+    atomic_store(&c->stop, 0);
+}
+
+/* Hand a closed group's remaining work to the closer (waiting while its ring is full). */
+static void closer_submit(Join *j, Group *g, uint32_t index, int bounds, int journeys)
+{
+    Closer *c = &j->closer;
+    if (!c->started && closer_start(j) < 0) {
+        j->failed = 1;
+        return;
+    }
+    if (c->next - atomic_load(&c->consumed) == CLOSER_SLOTS) {
+        closer_publish(j);
+        pthread_mutex_lock(&c->lock);
+        atomic_store(&c->join_waits, 1);
+        while (c->next - atomic_load(&c->consumed) == CLOSER_SLOTS)
+            pthread_cond_wait(&c->room, &c->lock);
+        atomic_store(&c->join_waits, 0);
+        pthread_mutex_unlock(&c->lock);
+    }
+    CloseJob *job = (CloseJob *)(c->ring + (c->next % CLOSER_SLOTS) * c->slot_bytes);
+    Sighting *from = sightings_of(g), *to = job_sightings(job);
+    job->kind = g->kind;
+    job->n = g->held;
+    job->bounds = (uint8_t)bounds;
+    job->journeys = (uint8_t)journeys;
+    job->has_head = 0;
+    for (int i = 0; i < g->held; i++) {
+        to[i] = from[i];
+        to[i].iface = file_iface(j, from[i].iface); /* the closer reads no join table */
+    }
+    if (journeys) {
+        job->jhead = j->jheads[index];
+        if (j->keep_heads) {
+            memcpy(to + g->held, j->heads + (size_t)index * HEAD_SLOT, HEAD_SLOT);
+            job->has_head = 1;
+        }
+    }
+    if (!(++c->next % CLOSER_BATCH))
+        closer_publish(j);
+}
+
+static int hosts_differ(const Sighting *s, int n)
+{
+    for (int i = 1; i < n; i++)
+        if (s[i].host != s[0].host)
+            return 1;
+    return 0;
+}
+
 static void close_group(Join *j, uint32_t index)
 {
     Group *g = &j->groups[index];
     Sighting *s = sightings_of(g);
+    int bounds = 0, journeys = 0;
     if (g->kind == KIND_PACKET) {
-        if (g->copies >= 2 && g->copies <= j->max_copies)
-            same_packet_bounds(j, s, g->held);
-        if (j->keep_matches && g->copies <= j->max_copies) {
-            if (j->journeys) {
-                if (jr_close(j, g, index) < 0)
-                    j->failed = 1;
-            } else {
-                keep_match(j, g, index);
-            }
+        int clear = g->copies <= j->max_copies; /* past it the key is ambiguous */
+        bounds = g->copies >= 2 && clear;
+        if (clear && g->held > 1 && seen_at_two_points(j, s, g->held)) {
+            j->shared_groups++;
+            if (j->marks)
+                mark_group(j, g, index);
         }
-    } else if (g->questions && g->answers && g->questions <= j->max_copies &&
-               g->answers <= j->max_copies) {
-        answer_bounds(j, s, g->held);
+        if (j->keep_matches && clear) {
+            if (j->journeys)
+                journeys = 1;
+            else
+                keep_match(j, g, index);
+        }
+    } else {
+        bounds = g->questions && g->answers && g->questions <= j->max_copies &&
+                 g->answers <= j->max_copies;
+        j->shared_groups += bounds && hosts_differ(s, g->held);
     }
+    if (bounds || journeys)
+        closer_submit(j, g, index, bounds, journeys);
     if (!j->closing_all) /* at the end the table goes as a whole */
         table_remove(j, index);
-    PyMem_Free(g->more);
+    PyMem_RawFree(g->more);
     g->more = NULL;
     g->last_seq = (uint32_t)j->free_group; /* no FIFO entry refers to it any more */
     j->free_group = (int32_t)index;
@@ -1494,7 +1868,7 @@ static void close_group(Join *j, uint32_t index)
 static int table_grow(Join *j)
 {
     uint32_t cap = j->table_cap ? j->table_cap * 2 : 1024;
-    Slot *table = PyMem_Calloc(cap, sizeof *table);
+    Slot *table = PyMem_RawCalloc(cap, sizeof *table);
     if (!table)
         return -1;
     for (uint32_t i = 0; i < j->table_cap; i++) {
@@ -1506,7 +1880,7 @@ static int table_grow(Join *j)
             at = (at + 1) & (cap - 1);
         table[at] = slot;
     }
-    PyMem_Free(j->table);
+    PyMem_RawFree(j->table);
     j->table = table;
     j->table_cap = cap;
     return 0;
@@ -1561,21 +1935,28 @@ static int32_t new_group(Join *j)
     }
     if (j->ngroups == j->groups_cap) {
         uint32_t cap = j->groups_cap ? j->groups_cap * 2 : 1024;
-        Group *grown = PyMem_Realloc(j->groups, (size_t)cap * sizeof *grown);
+        Group *grown = PyMem_RawRealloc(j->groups, (size_t)cap * sizeof *grown);
         if (!grown)
             return -1;
         j->groups = grown;
         if (j->keep_heads) {
-            uint8_t *heads = PyMem_Realloc(j->heads, (size_t)cap * HEAD_SLOT);
+            uint8_t *heads = PyMem_RawRealloc(j->heads, (size_t)cap * HEAD_SLOT);
             if (!heads)
                 return -1;
             j->heads = heads;
         }
         if (j->journeys) {
-            JHead *jheads = PyMem_Realloc(j->jheads, (size_t)cap * sizeof *jheads);
+            JHead *jheads = PyMem_RawRealloc(j->jheads, (size_t)cap * sizeof *jheads);
             if (!jheads)
                 return -1;
             j->jheads = jheads;
+        }
+        if (j->ordinals) {
+            uint32_t *ordinals =
+                PyMem_RawRealloc(j->ordinals, (size_t)cap * INLINE_SIGHTINGS * sizeof *ordinals);
+            if (!ordinals)
+                return -1;
+            j->ordinals = ordinals;
         }
         j->groups_cap = cap;
     }
@@ -1587,12 +1968,12 @@ static int fifo_push(Join *j, Entry entry)
 {
     if (j->fifo_len == j->fifo_cap) {
         size_t cap = j->fifo_cap ? j->fifo_cap * 2 : 4096;
-        Entry *grown = PyMem_Malloc(cap * sizeof *grown);
+        Entry *grown = PyMem_RawMalloc(cap * sizeof *grown);
         if (!grown)
             return -1;
         for (size_t i = 0; i < j->fifo_len; i++)
             grown[i] = j->fifo[(j->fifo_head + i) % j->fifo_cap];
-        PyMem_Free(j->fifo);
+        PyMem_RawFree(j->fifo);
         j->fifo = grown;
         j->fifo_cap = cap;
         j->fifo_head = 0;
@@ -1620,6 +2001,8 @@ static void expire(Join *j, int64_t before, int all)
             /* The group this loop reaches a few turns later: two seconds old, not cached. */
             const Entry *ahead = &j->fifo[(j->fifo_head + EXPIRE_AHEAD) % j->fifo_cap];
             __builtin_prefetch(&j->groups[ahead->group]);
+            if (j->jheads) /* what journeys read of it when it closes */
+                __builtin_prefetch(&j->jheads[ahead->group]);
         }
         if (j->groups[entry.group].last_seq == entry.seq)
             close_group(j, entry.group);
@@ -1670,15 +2053,23 @@ static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sigh
     int ambiguous = kind == KIND_PACKET
                         ? g->copies > j->max_copies
                         : g->questions > j->max_copies || g->answers > j->max_copies;
+    if (g->held && sightings_of(g)[0].host != seen.host)
+        j->shared_seen = 1;
     if (!ambiguous && g->held < j->max_held) {
         if (g->held == INLINE_SIGHTINGS && !g->more) {
-            g->more = PyMem_Malloc(j->max_held * sizeof(Sighting));
+            /* The sightings, then their ordinals (ordinals_of). */
+            g->more = PyMem_RawMalloc(j->max_held * (sizeof(Sighting) + 4));
             if (!g->more) {
                 j->failed = 1;
                 return;
             }
             memcpy(g->more, g->inline_, sizeof g->inline_);
+            if (j->ordinals)
+                memcpy(g->more + j->max_held, j->ordinals + (size_t)index * INLINE_SIGHTINGS,
+                       INLINE_SIGHTINGS * 4);
         }
+        if (j->ordinals)
+            ordinals_of(j, g, (uint32_t)index)[g->held] = (uint32_t)p->ordinal;
         sightings_of(g)[g->held++] = seen;
     }
     g->last_seq = ++j->seq;
@@ -1704,14 +2095,25 @@ static void prefetch_group(Join *j, uint32_t hash)
     }
 }
 
+#define MARKS_FLUSH_EVERY 4096 /* packets between two looks at what can be written */
+
 static void join_process(Join *j, const Pending *p)
 {
+    j->processed[p->host] = p->ordinal + 1;
+    if (p->in_time) {
+        if (!j->any || p->aligned > j->now)
+            j->now = p->aligned;
+        j->any = 1;
+    }
+    if (j->marks)
+        marks_take(j, p->host, p->ordinal);
     if (!p->in_time)
         return;
-    if (!j->any || p->aligned > j->now)
-        j->now = p->aligned;
-    j->any = 1;
     expire(j, j->now - j->window, 0);
+    if (j->marks && ++j->marks_since_flush >= MARKS_FLUSH_EVERY) {
+        j->marks_since_flush = 0;
+        marks_flush(j, 0);
+    }
     if (!p->identified)
         return;
     Sighting seen = {p->aligned, p->host, p->dir, ROLE_NONE, p->iface};
@@ -1763,6 +2165,7 @@ static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t b
     p->in_time = aligned <= LATEST_NS;
     p->aligned = (int64_t)aligned;
     p->host = (uint32_t)host;
+    p->ordinal = j->taken[host]++;
     uint32_t cap = get_le32(block + 20);
     Identity id;
     p->identified = p->in_time && (Py_ssize_t)out_id < j->nlinktypes &&
@@ -1804,17 +2207,79 @@ static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t b
 }
 
 /* ------------------------------------------------------------ its methods */
+/* `marks`: one path per host, where its packet marks go (merge/packet_ids.py reads them). */
+static int open_marks(Join *self, PyObject *marks)
+{
+    PyObject *seq = PySequence_Fast(marks, "marks must be a sequence of paths");
+    if (!seq)
+        return -1;
+    if (PySequence_Fast_GET_SIZE(seq) != self->hosts) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "marks needs one path per host");
+        return -1;
+    }
+    self->marks = PyMem_RawCalloc((size_t)self->hosts + 1, sizeof(HostMarks));
+    if (!self->marks) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->marks_horizon = (int64_t)(self->max_copies + 1) * self->window;
+    for (Py_ssize_t h = 0; h < self->hosts; h++) {
+        PyObject *path = NULL;
+        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(seq, h), &path)) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        FILE *out = fopen(PyBytes_AS_STRING(path), "wb");
+        if (!out) {
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, PySequence_Fast_GET_ITEM(seq, h));
+            Py_DECREF(path);
+            Py_DECREF(seq);
+            return -1;
+        }
+        Py_DECREF(path);
+        setvbuf(out, NULL, _IOFBF, 1 << 16);
+        self->marks[h].out = out;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+/* Every mark written, every marks file closed: 0, or -1 when one was not written. */
+static int close_marks(Join *self)
+{
+    int failed = 0;
+    if (!self->marks)
+        return 0;
+    for (Py_ssize_t h = 0; h < self->hosts; h++) {
+        HostMarks *m = &self->marks[h];
+        if (m->out && fclose(m->out) != 0)
+            failed = 1;
+        m->out = NULL;
+        PyMem_RawFree(m->slots);
+        PyMem_RawFree(m->cp_ordinal);
+        PyMem_RawFree(m->cp_now);
+        m->slots = NULL;
+        m->cp_ordinal = NULL;
+        m->cp_now = NULL;
+        m->len = m->cap = m->cp_len = m->cp_cap = 0;
+    }
+    return failed ? -1 : 0;
+}
+
 static int Join_init(Join *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"priors",  "keep_matches",  "window_ns",      "max_copies",
-                             "samples", "floor_buckets", "floor_start_ns", NULL};
-    PyObject *priors;
+    static char *kwlist[] = {"priors",        "keep_matches",   "window_ns",
+                             "max_copies",    "samples",        "floor_buckets",
+                             "floor_start_ns", "marks",         NULL};
+    PyObject *priors, *marks = Py_None;
     int keep = 0;
     /* Out of range until given: all five are required (constraints.py has the values). */
     long long window = -1, floor_start = 0;
     unsigned int max_copies = 0, samples = 0, buckets = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p$LIIIL", kwlist, &priors, &keep, &window,
-                                     &max_copies, &samples, &buckets, &floor_start))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p$LIIILO", kwlist, &priors, &keep, &window,
+                                     &max_copies, &samples, &buckets, &floor_start, &marks))
         return -1;
     if (window < 0 || max_copies < 1 || max_copies > MAX_COPIES_LIMIT || samples < 1 ||
         buckets < 2 || buckets % 2 || floor_start < 1) {
@@ -1830,8 +2295,8 @@ static int Join_init(Join *self, PyObject *args, PyObject *kwds)
     if (!seq)
         return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    self->priors = PyMem_Calloc((size_t)n + 1, sizeof(int64_t));
-    self->pairs = PyMem_Calloc((size_t)n * (size_t)n * 2 + 1, sizeof(PairSummary *));
+    self->priors = PyMem_RawCalloc((size_t)n + 1, sizeof(int64_t));
+    self->pairs = PyMem_RawCalloc((size_t)n * (size_t)n * 2 + 1, sizeof(PairSummary *));
     if (!self->priors || !self->pairs) {
         Py_DECREF(seq);
         PyErr_NoMemory();
@@ -1855,27 +2320,61 @@ static int Join_init(Join *self, PyObject *args, PyObject *kwds)
     self->samples = samples;
     self->floor_buckets = buckets;
     self->floor_start = floor_start;
+    if (pthread_mutex_init(&self->closer.lock, NULL) != 0 ||
+        pthread_cond_init(&self->closer.more, NULL) != 0 ||
+        pthread_cond_init(&self->closer.room, NULL) != 0) {
+        PyErr_SetString(PyExc_OSError, "Join: no thread synchronisation");
+        return -1;
+    }
+    self->closer.sync_ready = 1;
+    self->taken = PyMem_RawCalloc((size_t)n + 1, sizeof(uint64_t));
+    self->processed = PyMem_RawCalloc((size_t)n + 1, sizeof(uint64_t));
+    if (!self->taken || !self->processed) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (marks != Py_None && open_marks(self, marks) < 0)
+        return -1;
+    if (keep || self->marks) {
+        self->ordinals = PyMem_RawMalloc(INLINE_SIGHTINGS * sizeof(uint32_t));
+        if (!self->ordinals) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
     return table_grow(self) < 0 ? (PyErr_NoMemory(), -1) : 0;
 }
 
 static void Join_dealloc(Join *self)
 {
+    closer_stop(self);
+    PyMem_RawFree(self->closer.ring);
+    if (self->closer.sync_ready) {
+        pthread_mutex_destroy(&self->closer.lock);
+        pthread_cond_destroy(&self->closer.more);
+        pthread_cond_destroy(&self->closer.room);
+    }
     if (self->pairs)
         for (Py_ssize_t i = 0; i < self->hosts * self->hosts * 2; i++)
-            PyMem_Free(self->pairs[i]);
+            PyMem_RawFree(self->pairs[i]);
     for (uint32_t i = 0; i < self->ngroups; i++)
-        PyMem_Free(self->groups[i].more);
-    PyMem_Free(self->pairs);
-    PyMem_Free(self->priors);
-    PyMem_Free(self->linktypes);
-    PyMem_Free(self->groups);
-    PyMem_Free(self->heads);
-    PyMem_Free(self->jheads);
-    PyMem_Free(self->table);
-    PyMem_Free(self->fifo);
-    PyMem_Free(self->matches);
+        PyMem_RawFree(self->groups[i].more);
+    PyMem_RawFree(self->pairs);
+    PyMem_RawFree(self->priors);
+    PyMem_RawFree(self->linktypes);
+    PyMem_RawFree(self->groups);
+    PyMem_RawFree(self->heads);
+    PyMem_RawFree(self->jheads);
+    PyMem_RawFree(self->table);
+    PyMem_RawFree(self->fifo);
+    PyMem_RawFree(self->matches);
     jr_free(self->journeys);
-    PyMem_Free(self->file_index);
+    PyMem_RawFree(self->file_index);
+    close_marks(self);
+    PyMem_RawFree(self->marks);
+    PyMem_RawFree(self->ordinals);
+    PyMem_RawFree(self->taken);
+    PyMem_RawFree(self->processed);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1889,7 +2388,7 @@ static int set_linktype(uint32_t **linktypes, Py_ssize_t *n, Py_ssize_t out_id,
         return -1;
     }
     if (out_id >= *n) {
-        uint32_t *grown = PyMem_Realloc(*linktypes, ((size_t)out_id + 1) * sizeof *grown);
+        uint32_t *grown = PyMem_RawRealloc(*linktypes, ((size_t)out_id + 1) * sizeof *grown);
         if (!grown) {
             PyErr_NoMemory();
             return -1;
@@ -1915,7 +2414,7 @@ static PyObject *Join_add_interface(Join *self, PyObject *args)
     if (file_index >= 0 && out_id <= UINT16_MAX) {
         if (out_id >= self->nfile_index) {
             uint16_t *grown =
-                PyMem_Realloc(self->file_index, ((size_t)out_id + 1) * sizeof *grown);
+                PyMem_RawRealloc(self->file_index, ((size_t)out_id + 1) * sizeof *grown);
             if (!grown)
                 return PyErr_NoMemory();
             for (Py_ssize_t i = self->nfile_index; i <= out_id; i++)
@@ -1934,8 +2433,15 @@ static PyObject *Join_finish(Join *self, PyObject *Py_UNUSED(ignored))
     self->closing_all = 1;
     expire(self, 0, 1);
     self->closing_all = 0;
+    closer_stop(self);
     memset(self->table, 0, (size_t)self->table_cap * sizeof *self->table);
     self->table_used = 0;
+    if (self->marks && !self->failed)
+        marks_flush(self, 1);
+    if (close_marks(self) < 0 && !self->failed)
+        self->failed = 2;
+    if (self->failed == 2)
+        return PyErr_Format(PyExc_OSError, "packet marks: a file could not be written");
     if (self->failed)
         return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -1971,6 +2477,7 @@ static PyObject *time_pairs(const TimePair *values, const uint8_t *used, size_t 
 
 static PyObject *Join_pairs(Join *self, PyObject *Py_UNUSED(ignored))
 {
+    closer_stop(self); /* (finish() did: what the closer keeps is read after it) */
     PyObject *result = PyList_New(0);
     if (!result)
         return NULL;
@@ -2008,34 +2515,33 @@ static void jr_free(JState *r)
     if (!r)
         return;
     for (uint32_t i = 0; i < r->nflows; i++) {
-        PyMem_Free(r->flows[i].exact);
-        PyMem_Free(r->flows[i].counts);
-        PyMem_Free(r->flows[i].examples);
+        PyMem_RawFree(r->flows[i].exact);
+        PyMem_RawFree(r->flows[i].counts);
+        PyMem_RawFree(r->flows[i].examples);
     }
     for (Py_ssize_t i = 0; i < r->hosts; i++) {
-        PyMem_Free(r->residence[i]);
-        PyMem_Free(r->ether[i].code);
-        PyMem_Free(r->raw[i].code);
+        PyMem_RawFree(r->residence[i]);
+        PyMem_RawFree(r->ether[i].code);
+        PyMem_RawFree(r->raw[i].code);
     }
     for (Py_ssize_t i = 0; i < r->hosts * r->hosts; i++)
-        PyMem_Free(r->pairs[i]);
-    PyMem_Free(r->flows);
-    PyMem_Free(r->flow_table);
-    PyMem_Free(r->addrs);
-    PyMem_Free(r->addr_host);
-    PyMem_Free(r->addr_table);
-    PyMem_Free(r->declared);
-    PyMem_Free(r->inbound_flag);
-    PyMem_Free(r->ether);
-    PyMem_Free(r->raw);
-    PyMem_Free(r->first);
-    PyMem_Free(r->last);
-    PyMem_Free(r->seen);
-    PyMem_Free(r->inbound);
-    PyMem_Free(r->residence);
-    PyMem_Free(r->pairs);
-    Py_XDECREF(r->ids);
-    PyMem_Free(r);
+        PyMem_RawFree(r->pairs[i]);
+    PyMem_RawFree(r->flows);
+    PyMem_RawFree(r->flow_table);
+    PyMem_RawFree(r->addrs);
+    PyMem_RawFree(r->addr_host);
+    PyMem_RawFree(r->addr_table);
+    PyMem_RawFree(r->declared);
+    PyMem_RawFree(r->inbound_flag);
+    PyMem_RawFree(r->ether);
+    PyMem_RawFree(r->raw);
+    PyMem_RawFree(r->first);
+    PyMem_RawFree(r->last);
+    PyMem_RawFree(r->seen);
+    PyMem_RawFree(r->inbound);
+    PyMem_RawFree(r->residence);
+    PyMem_RawFree(r->pairs);
+    PyMem_RawFree(r);
 }
 
 static int jr_program(PyObject *obj, JProgram *prog)
@@ -2050,7 +2556,7 @@ static int jr_program(PyObject *obj, JProgram *prog)
         PyErr_SetString(PyExc_ValueError, "a filter program is 8-byte instructions");
         return -1;
     }
-    prog->code = PyMem_Malloc((size_t)view.len);
+    prog->code = PyMem_RawMalloc((size_t)view.len);
     if (!prog->code) {
         PyBuffer_Release(&view);
         PyErr_NoMemory();
@@ -2102,7 +2608,7 @@ static PyObject *Join_journeys_setup(Join *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "journeys_setup: one entry per host");
         return NULL;
     }
-    JState *r = PyMem_Calloc(1, sizeof *r);
+    JState *r = PyMem_RawCalloc(1, sizeof *r);
     if (!r) {
         Py_DECREF(seq);
         return PyErr_NoMemory();
@@ -2114,19 +2620,18 @@ static PyObject *Join_journeys_setup(Join *self, PyObject *args, PyObject *kwds)
     r->exact = exact;
     r->buckets = buckets;
     r->rng = seed;
-    r->declared = PyMem_Calloc(hn, 1);
-    r->inbound_flag = PyMem_Calloc(hn, 1);
-    r->ether = PyMem_Calloc(hn, sizeof(JProgram));
-    r->raw = PyMem_Calloc(hn, sizeof(JProgram));
-    r->first = PyMem_Calloc(hn, sizeof(int64_t));
-    r->last = PyMem_Calloc(hn, sizeof(int64_t));
-    r->seen = PyMem_Calloc(hn, 1);
-    r->inbound = PyMem_Calloc(hn, sizeof(uint64_t));
-    r->residence = PyMem_Calloc(hn, sizeof(JResidence *));
-    r->pairs = PyMem_Calloc(hn * hn, sizeof(JPair *));
-    r->ids = PyByteArray_FromStringAndSize(NULL, 0);
+    r->declared = PyMem_RawCalloc(hn, 1);
+    r->inbound_flag = PyMem_RawCalloc(hn, 1);
+    r->ether = PyMem_RawCalloc(hn, sizeof(JProgram));
+    r->raw = PyMem_RawCalloc(hn, sizeof(JProgram));
+    r->first = PyMem_RawCalloc(hn, sizeof(int64_t));
+    r->last = PyMem_RawCalloc(hn, sizeof(int64_t));
+    r->seen = PyMem_RawCalloc(hn, 1);
+    r->inbound = PyMem_RawCalloc(hn, sizeof(uint64_t));
+    r->residence = PyMem_RawCalloc(hn, sizeof(JResidence *));
+    r->pairs = PyMem_RawCalloc(hn * hn, sizeof(JPair *));
     if (!r->declared || !r->inbound_flag || !r->ether || !r->raw || !r->first || !r->last ||
-        !r->seen || !r->inbound || !r->residence || !r->pairs || !r->ids ||
+        !r->seen || !r->inbound || !r->residence || !r->pairs ||
         addr_table_grow(r) < 0 || flow_table_grow(r) < 0) {
         Py_DECREF(seq);
         jr_free(r);
@@ -2170,12 +2675,6 @@ fail:
     return NULL;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 static PyObject *opt_time(int has, int64_t t)
 {
     return has ? PyLong_FromLongLong(t) : Py_NewRef(Py_None);
@@ -2193,9 +2692,10 @@ static int append_new(PyObject *list, PyObject *item)
     return rc;
 }
 
-/* Everything journeys.py's result() needs, after finish(); the ids leave the join. */
+/* Everything journeys.py's result() needs, after finish(). */
 static PyObject *Join_journeys_state(Join *self, PyObject *Py_UNUSED(ignored))
 {
+    closer_stop(self);
     JState *r = self->journeys;
     if (!r) {
         PyErr_SetString(PyExc_RuntimeError, "no journeys_setup");
@@ -2207,16 +2707,6 @@ static PyObject *Join_journeys_state(Join *self, PyObject *Py_UNUSED(ignored))
              *flows = PyList_New(0), *residence = PyList_New(0);
     if (!out || !first || !last || !inbound || !owner || !pairs || !flows || !residence)
         goto fail;
-    /* The ids: sorted, each once, in the bytearray that held them. */
-    char *ids = PyByteArray_AS_STRING(r->ids);
-    qsort(ids, r->nids, 8, cmp_u64);
-    size_t unique = 0;
-    for (size_t i = 0; i < r->nids; i++)
-        if (!unique || memcmp(ids + 8 * i, ids + 8 * (unique - 1), 8))
-            memmove(ids + 8 * unique++, ids + 8 * i, 8);
-    if (PyByteArray_Resize(r->ids, (Py_ssize_t)(unique * 8)) < 0)
-        goto fail;
-    r->nids = unique;
     for (Py_ssize_t h = 0; h < n; h++) {
         if (append_new(first, opt_time(r->seen[h], r->first[h])) < 0 ||
             append_new(last, opt_time(r->seen[h], r->last[h])) < 0 ||
@@ -2297,8 +2787,7 @@ static PyObject *Join_journeys_state(Join *self, PyObject *Py_UNUSED(ignored))
                                             examples)) < 0)
             goto fail;
     }
-    if (PyDict_SetItemString(out, "ids", r->ids) < 0 ||
-        PyDict_SetItemString(out, "first", first) < 0 ||
+    if (PyDict_SetItemString(out, "first", first) < 0 ||
         PyDict_SetItemString(out, "last", last) < 0 ||
         PyDict_SetItemString(out, "inbound", inbound) < 0 ||
         PyDict_SetItemString(out, "owner", owner) < 0 ||
@@ -2330,9 +2819,15 @@ fail:
 
 static PyObject *Join_stats(Join *self, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("{s:K,s:K,s:n,s:n}", "sightings", self->sightings, "identified",
-                         self->identified, "held_high_water", (Py_ssize_t)self->held_high_water,
-                         "held", (Py_ssize_t)self->fifo_len);
+    return Py_BuildValue("{s:K,s:K,s:n,s:n,s:K,s:K,s:K,s:n,s:K,s:K,s:i}", "sightings",
+                         self->sightings,
+                         "identified", self->identified, "held_high_water",
+                         (Py_ssize_t)self->held_high_water, "held", (Py_ssize_t)self->fifo_len,
+                         "marked_packets", self->marked_packets, "marked_sightings",
+                         self->marked_sightings, "late_marks", self->late_marks,
+                         "marks_high_water", (Py_ssize_t)self->marks_high_water, "bounds",
+                         (unsigned long long)atomic_load(&self->bounds), "shared_groups",
+                         self->shared_groups, "shared_seen", self->shared_seen);
 }
 
 static PyMethodDef Join_methods[] = {
@@ -2346,7 +2841,9 @@ static PyMethodDef Join_methods[] = {
      "pairs() -> [(from, to, kind, count, samples, floor)]: each ordered host pair's "
      "summary; kind 0 same packet, 1 answer; samples and floor are (t_from, t_to) lists."},
     {"stats", (PyCFunction)Join_stats, METH_NOARGS,
-     "stats() -> dict: sightings, identified, held, held_high_water."},
+     "stats() -> dict: sightings, identified, held, held_high_water, marked_packets, "
+     "marked_sightings, late_marks, marks_high_water, bounds (after finish()), "
+     "shared_groups, shared_seen."},
     {"journeys_setup", (PyCFunction)(void (*)(void))Join_journeys_setup,
      METH_VARARGS | METH_KEYWORDS,
      "journeys_setup(hosts, *, samples, examples, exact, buckets, seed): keep the journeys "
@@ -2399,39 +2896,31 @@ static PyObject *py_identify(PyObject *Py_UNUSED(module), PyObject *args)
 #define OPT_PACKETID 5
 #define PACKETID_GROWTH 20 /* the option (4 + 8), opt_endofopt (4) and the trailer (4) */
 
-static int has_packet_id(const Merger *m, uint64_t id)
+#define MARK_RECORDS 4096 /* read at a time: 64 KiB */
+
+/* Input `in`'s next mark, or none (the end of its marks file: `marks` is NULL). */
+static void next_mark(Input *in)
 {
-    const uint8_t *ids = m->packet_ids.buf;
-    Py_ssize_t lo = 0, hi = m->packet_ids.len / 8;
-    while (lo < hi) {
-        Py_ssize_t mid = lo + (hi - lo) / 2;
-        const uint8_t *at = ids + mid * 8;
-        uint64_t value = (uint64_t)get_le32(at) | (uint64_t)get_le32(at + 4) << 32;
-        if (value == id)
-            return 1;
-        if (value < id)
-            lo = mid + 1;
-        else
-            hi = mid;
+    if (in->mark_at == in->mark_len) {
+        in->mark_at = 0;
+        in->mark_len = in->marks ? fread(in->mark_buf, 16, MARK_RECORDS, in->marks) : 0;
+        if (!in->mark_len) {
+            if (in->marks)
+                fclose(in->marks);
+            in->marks = NULL;
+            return;
+        }
     }
-    return 0;
+    in->mark_ordinal = in->mark_buf[2 * in->mark_at];
+    in->mark_id = in->mark_buf[2 * in->mark_at + 1];
+    in->mark_at++;
 }
 
 /* Where epb_packetid goes in `block` (the offset of opt_endofopt, or the end of the
- * options), and the packet's id; 0 when it gets none: not a packet seen twice, not
- * identified, options damaged, or an epb_packetid of its own. */
-static size_t packet_id_at(const Merger *m, const uint8_t *block, uint32_t blen, uint32_t out_id,
-                           uint64_t *id)
+ * options); 0 when it cannot: options damaged, or an epb_packetid of its own. */
+static size_t packet_id_at(const uint8_t *block, uint32_t blen)
 {
-    if ((Py_ssize_t)out_id >= m->nlinktypes)
-        return 0;
     uint32_t cap = get_le32(block + 20);
-    Identity ident;
-    if (!identify(m->linktypes[out_id], block + 28, cap, &ident))
-        return 0;
-    *id = key_id(ident.packet, ident.packet_len);
-    if (!has_packet_id(m, *id))
-        return 0;
     size_t at = 28 + (((size_t)cap + 3) & ~(size_t)3), end = (size_t)blen - 4;
     while (at + 4 <= end) {
         unsigned code = block[at] | block[at + 1] << 8, len = block[at + 2] | block[at + 3] << 8;
@@ -2460,25 +2949,55 @@ static uint32_t write_with_packet_id(uint8_t *dst, const uint8_t *src, size_t at
     return blen;
 }
 
-static PyObject *Merger_add_interface(Merger *self, PyObject *args)
+/* ------------------------------------------------------------------- methods */
+/* `marks`: per input, the path of its packet marks (packet_ids.py) or None. */
+static int open_input_marks(Merger *self, PyObject *marks)
 {
-    Py_ssize_t out_id;
-    unsigned int linktype;
-    if (!PyArg_ParseTuple(args, "nI", &out_id, &linktype))
-        return NULL;
-    if (set_linktype(&self->linktypes, &self->nlinktypes, out_id, linktype) < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    PyObject *seq = PySequence_Fast(marks, "marks must be a sequence of paths or None");
+    if (!seq)
+        return -1;
+    if (PySequence_Fast_GET_SIZE(seq) != self->n) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "marks needs one entry per input");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < self->n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i), *path = NULL;
+        if (item == Py_None)
+            continue;
+        if (!PyUnicode_FSConverter(item, &path)) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        FILE *f = fopen(PyBytes_AS_STRING(path), "rb");
+        Py_DECREF(path);
+        if (!f) {
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, item);
+            Py_DECREF(seq);
+            return -1;
+        }
+        self->inputs[i].mark_buf = PyMem_RawMalloc(MARK_RECORDS * 16);
+        if (!self->inputs[i].mark_buf) {
+            fclose(f);
+            Py_DECREF(seq);
+            PyErr_NoMemory();
+            return -1;
+        }
+        setvbuf(f, NULL, _IONBF, 0); /* mark_buf is its buffer */
+        self->inputs[i].marks = f;
+        next_mark(&self->inputs[i]);
+    }
+    Py_DECREF(seq);
+    return 0;
 }
 
-/* ------------------------------------------------------------------- methods */
 static int Merger_init(Merger *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"inputs", "out_bytes", "join", "packet_ids", NULL};
+    static char *kwlist[] = {"inputs", "out_bytes", "join", "marks", NULL};
     Py_ssize_t n, out_bytes = DEFAULT_OUT_BYTES;
-    PyObject *join = Py_None, *packet_ids = Py_None;
+    PyObject *join = Py_None, *marks = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|nOO", kwlist, &n, &out_bytes, &join,
-                                     &packet_ids))
+                                     &marks))
         return -1;
     if (join != Py_None && !PyObject_TypeCheck(join, &JoinType)) {
         PyErr_SetString(PyExc_TypeError, "join must be a Join or None");
@@ -2496,8 +3015,8 @@ static int Merger_init(Merger *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "Merger already initialised");
         return -1;
     }
-    self->inputs = PyMem_Calloc((size_t)n ? (size_t)n : 1, sizeof(Input));
-    self->heap = PyMem_Calloc((size_t)n ? (size_t)n : 1, sizeof(Py_ssize_t));
+    self->inputs = PyMem_RawCalloc((size_t)n ? (size_t)n : 1, sizeof(Input));
+    self->heap = PyMem_RawCalloc((size_t)n ? (size_t)n : 1, sizeof(Py_ssize_t));
     if (!self->inputs || !self->heap) {
         PyErr_NoMemory();
         return -1;
@@ -2505,15 +3024,8 @@ static int Merger_init(Merger *self, PyObject *args, PyObject *kwds)
     self->n = n;
     self->heap_len = 0;
     self->out_bytes = out_bytes;
-    if (packet_ids != Py_None) {
-        if (PyObject_GetBuffer(packet_ids, &self->packet_ids, PyBUF_SIMPLE) < 0)
-            return -1;
-        self->has_packet_ids = 1;
-        if (self->packet_ids.len % 8) {
-            PyErr_SetString(PyExc_ValueError, "packet_ids holds 8-byte ids");
-            return -1;
-        }
-    }
+    if (marks != Py_None && open_input_marks(self, marks) < 0)
+        return -1;
     if (join != Py_None) {
         self->join = (Join *)Py_NewRef(join);
         for (Py_ssize_t i = 0; i < n; i++)
@@ -2528,13 +3040,13 @@ static void Merger_dealloc(Merger *self)
         for (Py_ssize_t i = 0; i < self->n; i++) {
             release_side(&self->inputs[i]);
             release_raw(&self->inputs[i]);
+            if (self->inputs[i].marks)
+                fclose(self->inputs[i].marks);
+            PyMem_RawFree(self->inputs[i].mark_buf);
         }
     }
-    PyMem_Free(self->inputs);
-    PyMem_Free(self->heap);
-    PyMem_Free(self->linktypes);
-    if (self->has_packet_ids)
-        PyBuffer_Release(&self->packet_ids);
+    PyMem_RawFree(self->inputs);
+    PyMem_RawFree(self->heap);
     Py_XDECREF((PyObject *)self->join);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -2645,7 +3157,7 @@ static PyObject *Merger_set_input(Merger *self, PyObject *args, PyObject *kwds)
             if (!seq)
                 goto fail;
             ntable = PySequence_Fast_GET_SIZE(seq);
-            parsed = PyMem_Calloc((size_t)ntable ? (size_t)ntable : 1, sizeof(Iface));
+            parsed = PyMem_RawCalloc((size_t)ntable ? (size_t)ntable : 1, sizeof(Iface));
             if (!parsed) {
                 Py_DECREF(seq);
                 PyErr_NoMemory();
@@ -2681,7 +3193,7 @@ static PyObject *Merger_set_input(Merger *self, PyObject *args, PyObject *kwds)
     }
     Py_RETURN_NONE;
 fail:
-    PyMem_Free(parsed);
+    PyMem_RawFree(parsed);
     if (has_raw)
         PyBuffer_Release(&raw_view);
     return NULL;
@@ -2721,6 +3233,11 @@ static PyObject *finish_run(PyObject *out, Py_ssize_t out_len, unsigned long lon
     return result;
 }
 
+/* Why the packet loop stopped, beyond run()'s statuses: it runs without the GIL (another
+ * thread may work meanwhile: the journeys' results while the merge writes), so what needs
+ * Python is done after it. */
+enum stop { STOP_STATUS, STOP_GROW, STOP_BADSIDE, STOP_JOIN };
+
 static PyObject *Merger_run(Merger *self, PyObject *Py_UNUSED(ignored))
 {
     if (!self->inputs) {
@@ -2758,93 +3275,144 @@ static PyObject *Merger_run(Merger *self, PyObject *Py_UNUSED(ignored))
         }
     }
 
-    while (self->heap_len) {
-        Py_ssize_t i = self->heap[0];
-        Input *in = &self->inputs[i];
-        uint32_t blen = in->blen;
-        if (self->join) {
-            uint32_t out_id = in->from_side ? get_le32(in->src + 8) : in->out_id;
-            join_take(self->join, i, in->src, blen, out_id, in->ts);
-            if (self->join->failed) {
-                Py_DECREF(out);
-                return PyErr_NoMemory();
+    int status = ST_DONE;
+    Py_ssize_t who = -1;
+    enum stop stop = STOP_STATUS;
+    for (;;) {
+        uint8_t *base = (uint8_t *)PyBytes_AS_STRING(out);
+        uint32_t grow = 0;
+        Py_BEGIN_ALLOW_THREADS
+        while (self->heap_len) {
+            Py_ssize_t i = self->heap[0];
+            Input *in = &self->inputs[i];
+            uint32_t blen = in->blen;
+            if (self->join) {
+                uint32_t out_id = in->from_side ? get_le32(in->src + 8) : in->out_id;
+                join_take(self->join, i, in->src, blen, out_id, in->ts);
+                if (self->join->failed) {
+                    stop = STOP_JOIN;
+                    break;
+                }
+                *(in->from_side ? &in->side_pos : &in->raw_pos) += blen;
+                in->packets++;
+                packets++;
+            } else {
+                uint64_t packet_id = 0;
+                size_t id_at = 0;
+                while (in->marks && in->mark_ordinal < in->packets)
+                    next_mark(in); /* never: marks come in file order, one per packet */
+                if (in->marks && in->mark_ordinal == in->packets) {
+                    id_at = packet_id_at(in->src, blen);
+                    packet_id = in->mark_id;
+                }
+                uint32_t wlen = id_at ? (uint32_t)(id_at + PACKETID_GROWTH) : blen;
+                if ((Py_ssize_t)wlen > cap - out_len) {
+                    if (out_len) {
+                        status = ST_FULL;
+                        break;
+                    }
+                    /* One block larger than the whole output: room of its own (the GIL). */
+                    stop = STOP_GROW;
+                    grow = wlen;
+                    break;
+                }
+                if (in->marks && in->mark_ordinal == in->packets)
+                    next_mark(in);
+                uint8_t *dst = base + out_len;
+                if (id_at)
+                    write_with_packet_id(dst, in->src, id_at, packet_id);
+                else
+                    memcpy(dst, in->src, blen);
+                if (!in->from_side) {
+                    put_le32(dst + 8, in->out_id);
+                    put_le32(dst + 12, (uint32_t)(in->ts >> 32));
+                    put_le32(dst + 16, (uint32_t)in->ts);
+                    in->raw_pos += blen;
+                } else {
+                    in->side_pos += blen;
+                }
+                out_len += wlen;
+                in->packets++;
+                packets++;
             }
-            *(in->from_side ? &in->side_pos : &in->raw_pos) += blen;
-            in->packets++;
-            packets++;
-            goto next_head;
+            int stopped = 0;
+            switch (load_head(in)) {
+            case H_OK:
+                sift_down(self, 0);
+                break;
+            case H_END:
+                heap_pop_root(self);
+                in->done = 1;
+                break;
+            case H_NEED:
+                heap_pop_root(self);
+                status = ST_NEED;
+                who = i;
+                stopped = 1;
+                break;
+            case H_DISORDER:
+                heap_pop_root(self);
+                status = ST_DISORDER;
+                who = i;
+                stopped = 1;
+                break;
+            case H_BADSIDE:
+                stop = STOP_BADSIDE;
+                who = i;
+                stopped = 1;
+                break;
+            }
+            if (stopped)
+                break;
+            if (out_len >= self->out_bytes || (self->join && packets >= JOIN_BATCH)) {
+                status = ST_FULL;
+                break;
+            }
         }
-        uint32_t out_id = in->from_side ? get_le32(in->src + 8) : in->out_id;
-        uint64_t packet_id = 0;
-        size_t id_at = self->has_packet_ids
-                           ? packet_id_at(self, in->src, blen, out_id, &packet_id)
-                           : 0;
-        uint32_t wlen = id_at ? (uint32_t)(id_at + PACKETID_GROWTH) : blen;
-        if ((Py_ssize_t)wlen > cap - out_len) {
-            if (out_len)
-                return finish_run(out, out_len, packets, ST_FULL, -1);
-            /* One block larger than the whole output: give it room of its own. */
-            if (_PyBytes_Resize(&out, (Py_ssize_t)wlen) < 0)
-                return NULL;
-            cap = (Py_ssize_t)wlen;
+        if (self->join)
+            closer_publish(self->join);
+        Py_END_ALLOW_THREADS
+        /* Inputs that ended let go of their buffers (Python objects: with the GIL). */
+        for (Py_ssize_t k = 0; k < self->n; k++) {
+            Input *in = &self->inputs[k];
+            if (in->done && (in->has_raw || in->has_side)) {
+                release_side(in);
+                release_raw(in);
+            }
         }
-        uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out) + out_len;
-        if (id_at)
-            write_with_packet_id(dst, in->src, id_at, packet_id);
-        else
-            memcpy(dst, in->src, blen);
-        if (!in->from_side) {
-            put_le32(dst + 8, in->out_id);
-            put_le32(dst + 12, (uint32_t)(in->ts >> 32));
-            put_le32(dst + 16, (uint32_t)in->ts);
-            in->raw_pos += blen;
-        } else {
-            in->side_pos += blen;
-        }
-        out_len += wlen;
-        in->packets++;
-        packets++;
-
-    next_head:
-        switch (load_head(in)) {
-        case H_OK:
-            sift_down(self, 0);
+        if (stop != STOP_GROW)
             break;
-        case H_END:
-            heap_pop_root(self);
-            in->done = 1;
-            release_side(in);
-            release_raw(in);
-            break;
-        case H_NEED:
-            heap_pop_root(self);
-            return finish_run(out, out_len, packets, ST_NEED, i);
-        case H_DISORDER:
-            heap_pop_root(self);
-            return finish_run(out, out_len, packets, ST_DISORDER, i);
-        case H_BADSIDE:
-            Py_DECREF(out);
-            PyErr_Format(PyExc_ValueError, "input %zd: side buffer holds a bad block", i);
+        if (_PyBytes_Resize(&out, (Py_ssize_t)grow) < 0)
             return NULL;
-        }
-        if (out_len >= self->out_bytes || (self->join && packets >= JOIN_BATCH))
-            return finish_run(out, out_len, packets, ST_FULL, -1);
+        cap = (Py_ssize_t)grow;
+        stop = STOP_STATUS;
     }
-    return finish_run(out, out_len, packets, ST_DONE, -1);
+    switch (stop) {
+    case STOP_JOIN:
+        Py_DECREF(out);
+        if (self->join->failed == 2)
+            return PyErr_Format(PyExc_OSError, "packet marks: a file could not be written");
+        return PyErr_NoMemory();
+    case STOP_BADSIDE:
+        Py_DECREF(out);
+        return PyErr_Format(PyExc_ValueError, "input %zd: side buffer holds a bad block", who);
+    default:
+        return finish_run(out, out_len, packets, status, who);
+    }
 }
 
 static PyMethodDef Merger_methods[] = {
     {"set_input", (PyCFunction)(void (*)(void))Merger_set_input, METH_VARARGS | METH_KEYWORDS,
      set_input_doc},
     {"state", (PyCFunction)Merger_state, METH_O, state_doc},
-    {"add_interface", (PyCFunction)Merger_add_interface, METH_VARARGS,
-     "add_interface(out_id, linktype): the link type of an output interface (packet ids)."},
     {"run", (PyCFunction)Merger_run, METH_NOARGS, run_doc},
     {NULL, NULL, 0, NULL},
 };
 
 PyDoc_STRVAR(Merger_doc,
-"Merger(inputs, out_bytes=1 MiB): k-way merge of normalised enhanced packet blocks.");
+"Merger(inputs, out_bytes=1 MiB, join=None, marks=None): k-way merge of normalised\n"
+"enhanced packet blocks; to a Join (nothing written), or with epb_packetid where the\n"
+"marks files (packet_ids.py, one path or None per input) say.");
 
 static PyTypeObject MergerType = {
     PyVarObject_HEAD_INIT(NULL, 0)

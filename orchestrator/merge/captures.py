@@ -16,9 +16,9 @@ How it stays fast and flat in memory:
 
 Statistics blocks (ISBs) are written after the packets, where capture tools put them.
 
-Given `packet_ids` (journeys.py: the sorted ids of packets the alignment's pass saw at
-two or more capture points), every such packet gets epb_packetid: both paths compute
-each packet's id from its bytes again (packet_ids.py, and the C loop).
+Given `packet_marks` (packet_ids.py: per input, which of its packets the alignment's
+pass saw at two or more capture points, and their ids), each such packet gets
+epb_packetid: both paths read an input's marks front to back as they read the input.
 
 The packet loop has a C version, `_fastmerge` (built from orchestrator/_fastmerge.c when
 a compiler is there; `XDPCAP_NO_FASTMERGE=1` turns it off). It merges packet by packet
@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import threading
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -55,8 +56,8 @@ from ...agent.pcapng import (
 )
 from ..errors import MergeError
 from .blocks import Batch, Damage, Interface
-from .packet_ids import id_set, with_packet_id
-from .reader import CaptureReader
+from .packet_ids import MarkCursor, PacketMarks
+from .reader import CHUNK_BYTES, CaptureReader
 
 try:
     from . import _fastmerge
@@ -67,6 +68,7 @@ except ImportError:  # the optional extension was not built: the Python path doe
 # least this many packets (xdpdump's per-CPU buffers disorder a few thousand at most).
 # Before that, the window is the last chunk read (several thousand packets as well).
 REORDER_PACKETS = 100_000
+MANY_INPUTS = 16  # past this many inputs, smaller reader chunks (_chunk_bytes)
 _U32 = struct.Struct("<I")
 # Output interface options the merge rewrites itself; every other option is kept.
 _REWRITTEN_OPTIONS = (IF_NAME, IF_DESCRIPTION, IF_TSRESOL, IF_TSOFFSET, IF_OS, IF_HARDWARE)
@@ -119,6 +121,9 @@ class MergeReport:
     # aligned them: the merge itself knows only each input's shift and drift.
     alignment: Any = None
     journeys: dict | None = None  # run.json's `journeys` (journeys.Journeys.result)
+    # Written while the clock alignment's pass read the inputs, which found no shared
+    # traffic (run/follow.py: follow_and_merge).
+    during_pass: bool = False
 
     @property
     def damaged(self) -> list[SourceReport]:
@@ -128,10 +133,14 @@ class MergeReport:
 class _Input:
     """One input's reader, its pending (sorted) packets and its promise about the future."""
 
-    def __init__(self, index: int, source: MergeSource, reader: CaptureReader) -> None:
+    def __init__(
+        self, index: int, source: MergeSource, reader: CaptureReader, marks: str | None = None
+    ) -> None:
         self.index = index
         self.source = source
         self.reader = reader
+        self.marks_path = marks  # its packet marks file (packet_ids.py), if any
+        self._marks: MarkCursor | None = None  # opened by the Python path's first read
         self.report = SourceReport(os.fspath(source.path))
         self._batches: Iterator[Batch] = reader.batches()
         self.ts: list[int] = []
@@ -156,6 +165,10 @@ class _Input:
         ts = batch.ts
         if not ts:
             return
+        if self.marks_path:  # in file order, before any sorting
+            if self._marks is None:
+                self._marks = MarkCursor(self.marks_path)
+            self._marks.stamp(batch.blocks)
         ordered = sorted(ts)
         if ordered != ts or ordered[0] < self.read_max:
             self._reorder(batch, ordered)
@@ -193,15 +206,11 @@ class _Merger:
         sources: Sequence[MergeSource],
         writer: PcapngWriter,
         clock_correction: bool,
-        packet_ids: bytes | None = None,
+        packet_marks: PacketMarks | None = None,
     ) -> None:
         self.writer = writer
-        self.packet_ids = packet_ids
-        # The Python path's set of them, built when it writes (the C loop searches the
-        # sorted array itself: a set of 5 million ints is ~300 MiB).
-        self.ids: set[int] | None = None
-        self.linktypes: dict[int, int] = {}  # by output interface id: packet ids need them
         self.core = None  # the C loop, when it runs
+        self.cancel: threading.Event | None = None  # set: stop, the output is not wanted
         self.interface_names: list[str] = []
         self.inputs: list[_Input] = []
         for index, source in enumerate(sources):
@@ -213,8 +222,10 @@ class _Merger:
                 drift_ppb=source.clock_drift_ppb if clock_correction else 0,
                 drift_epoch_ns=source.clock_epoch_ns,
                 strict=False,
+                chunk_size=_chunk_bytes(len(sources)),
             )
-            self.inputs.append(_Input(index, source, reader))
+            marks = packet_marks.path_for(source.path) if packet_marks else None
+            self.inputs.append(_Input(index, source, reader, marks))
 
     def _interface_writer(self, source: MergeSource):
         def renumber(iface: Interface) -> int:
@@ -230,18 +241,20 @@ class _Merger:
                 extra_options=[o for o in iface.options if o[0] not in _REWRITTEN_OPTIONS],
             )
             self.interface_names.append(name)
-            self.linktypes[out_id] = iface.linktype
-            if self.core is not None:
-                self.core.add_interface(out_id, iface.linktype)
             return out_id
 
         return renumber
+
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise MergeCancelled
 
     def run(self) -> None:
         inputs = self.inputs
         for inp in inputs:
             inp.pull()
         while True:
+            self._check_cancel()
             live = [inp for inp in inputs if not inp.eof]
             horizon = min(inp.safe for inp in live) if live else None
             self._emit(horizon)
@@ -267,7 +280,7 @@ class _Merger:
         if len(runs) == 1:
             # Only one input has packets before the horizon: its run goes out as it is.
             inp, cut = runs[0]
-            self.writer.write_blocks(self._stamped(inp.blocks[:cut]), cut)
+            self.writer.write_blocks(inp.blocks[:cut], cut)
             self._consume(inp, cut)
         elif runs:
             ts: list[int] = []
@@ -278,26 +291,17 @@ class _Merger:
                 self._consume(inp, cut)
             # Stable: equal timestamps keep input order, then file order.
             order = sorted(range(len(ts)), key=ts.__getitem__)
-            self.writer.write_blocks(self._stamped(map(blocks.__getitem__, order)), len(order))
-
-    def _stamped(self, blocks):
-        """The blocks, with epb_packetid where the pass saw the packet twice or more."""
-        if not self.packet_ids:
-            return blocks
-        if self.ids is None:
-            self.ids = id_set(self.packet_ids)
-        ids = self.ids
-        linktypes = self.linktypes
-        return [
-            with_packet_id(block, linktypes.get(_U32.unpack_from(block, 8)[0]), ids) or block
-            for block in blocks
-        ]
+            self.writer.write_blocks(map(blocks.__getitem__, order), len(order))
 
     @staticmethod
     def _consume(inp: _Input, cut: int) -> None:
         del inp.ts[:cut]
         del inp.blocks[:cut]
         inp.report.packets += cut
+
+
+class MergeCancelled(Exception):
+    """The merge was called off (`merge_captures(cancel=...)`): its output is gone."""
 
 
 class _OutOfOrder(Exception):
@@ -310,9 +314,8 @@ class _FastMerger(_Merger):
     engine = "c"
 
     def run(self) -> None:
-        core = self.core = _fastmerge.Merger(len(self.inputs), packet_ids=self.packet_ids)
-        for out_id, linktype in self.linktypes.items():
-            core.add_interface(out_id, linktype)
+        marks = [inp.marks_path for inp in self.inputs]
+        core = self.core = _fastmerge.Merger(len(self.inputs), marks=marks if any(marks) else None)
         with contextlib.ExitStack() as files:
             for inp in self.inputs:
                 reader = inp.reader
@@ -321,6 +324,7 @@ class _FastMerger(_Merger):
                 else:
                     core.set_input(inp.index, None, 0, None)
             while True:
+                self._check_cancel()
                 out, packets, status, who = core.run()
                 if packets:
                     self.writer.write_blocks((out,), packets)
@@ -364,6 +368,13 @@ def feed_input(core, index: int, reader: CaptureReader, statistics: list[bytes])
         core.set_input(index, None, 0, None)
 
 
+def _chunk_bytes(inputs: int) -> int:
+    """Each input's reader holds a chunk or two: 1 MiB chunks for a few inputs, a quarter
+    of that for many (100 inputs: 200 MiB of chunks otherwise; it reads as fast, as the
+    clock alignment's join measured)."""
+    return CHUNK_BYTES if inputs <= MANY_INPUTS else CHUNK_BYTES // 4
+
+
 def _fast_path_enabled() -> bool:
     return _fastmerge is not None and os.environ.get("XDPCAP_NO_FASTMERGE", "") in ("", "0")
 
@@ -374,13 +385,14 @@ def merge_captures(
     *,
     clock_correction: bool = True,
     clock_summary: str | None = None,
-    packet_ids: bytes | None = None,
+    packet_marks: PacketMarks | None = None,
+    cancel: threading.Event | None = None,
 ) -> MergeReport:
     """Merge `sources` into one pcapng at `out_path`, ordered by (corrected) time.
 
     Damaged inputs keep their blocks before the damage and are reported; unreadable ones
     are reported and skipped. Raises `MergeError` when no input is usable (and leaves no
-    output file behind).
+    output file behind), `MergeCancelled` (and leaves none) when `cancel` is set.
     """
     if not sources:
         raise MergeError("nothing to merge: no input files")
@@ -409,7 +421,8 @@ def merge_captures(
                     userappl=f"xdpcap {__version__}",
                     comment=section_comment(sources, clock_correction, clock_summary),
                 )
-                merger = engine(sources, writer, clock_correction, packet_ids)
+                merger = engine(sources, writer, clock_correction, packet_marks)
+                merger.cancel = cancel
                 try:
                     merger.run()
                 except _OutOfOrder:
@@ -421,6 +434,9 @@ def merge_captures(
                 break
     except OSError as exc:
         raise MergeError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
+    except MergeCancelled:
+        os.unlink(out_path)
+        raise
     report = _report(merger, out_path)
     report.warnings[:0] = unreadable
     if not any(source.usable for source in report.sources):

@@ -1,16 +1,30 @@
-"""The pass that aligns the clocks also follows the packets (journeys.py): one place that
-runs it for `run`, `collect` and `merge`, and what each knows of its hosts beforehand."""
+"""The pass that aligns the clocks also follows the packets (journeys.py), and the merge
+after it: one place that runs them for `run`, `collect` and `merge` (`follow_and_merge`),
+and what each knows of its hosts beforehand.
+
+Two cores are put to work. While the pass reads every file, a merge starts with the clocks
+the pass would leave if the hosts shared no traffic; when the pass ends finding none
+(nothing bounded, nothing seen twice) that merge is the answer, written meanwhile. Else it
+is called off the moment the pass finds shared traffic, and the merge runs after the pass
+with the solved clocks and the packet ids, the journeys' results computed beside it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..follow.join import join_captures
 from ..follow.journeys import HostView, Journeys, parse_address
+from ..merge.captures import MergeCancelled, MergeReport, MergeSource, merge_captures
+from ..merge.packet_ids import PacketMarks
 
 if TYPE_CHECKING:
     from ..clock.align import Alignment
@@ -24,20 +38,181 @@ def follow(
     hosts: Sequence[HostView],
     *,
     clock_correction: bool,
+    marks_folder: str | os.PathLike[str] | None = None,
+    shared: threading.Event | None = None,
+    journeys_wanted: bool = True,
 ) -> tuple[Alignment | None, Journeys]:
     """One streaming pass over the hosts' files: the clock alignment (when asked for and
     there are several hosts) and the journeys. Without an alignment the pass still runs
-    for the journeys, with the priors as the clocks."""
+    for the journeys, with the priors as the clocks. `journeys.marks` holds the merge's
+    packet ids, in a folder made in `marks_folder` (beside the output: the caller
+    closes them once merged). `shared` is set once the hosts are seen sharing traffic.
+    Without `journeys_wanted` the pass aligns the clocks only (no marks: `journeys` stays
+    empty), and does not run at all without an alignment to find."""
     from ..clock.align import align
 
     journeys = Journeys(hosts, priors)
-    if clock_correction and len(paths) > 1:
-        alignment = align(paths, names, priors, on_match=journeys)
-        journeys.add_interfaces(alignment.interfaces)
+    if not journeys_wanted:
+        if not (clock_correction and len(paths) > 1):
+            return None, journeys
+        alignment = align(paths, names, priors, shared=shared)
+        journeys.packets = alignment.packets_read
         return alignment, journeys
-    joined = join_captures(paths, priors, on_match=journeys)
+    marks = journeys.marks = PacketMarks(paths, marks_folder)
+    try:
+        if clock_correction and len(paths) > 1:
+            alignment = align(paths, names, priors, on_match=journeys, marks=marks, shared=shared)
+            journeys.add_interfaces(alignment.interfaces)
+            journeys.packets = alignment.packets_read
+            return alignment, journeys
+        joined = join_captures(paths, priors, on_match=journeys, marks=marks, shared=shared)
+    except BaseException:
+        marks.close()
+        raise
     journeys.add_interfaces(joined.interfaces)
+    journeys.packets = joined.packets
     return None, journeys
+
+
+SWITCH_INTERVAL_S = 0.0005
+SourcesFor = Callable[["Alignment | None"], list[MergeSource]]
+# What else can be done while the merge writes, given the pass's results and journeys'.
+Meanwhile = Callable[["Alignment | None", Journeys, "dict | None"], None]
+
+
+def follow_and_merge(
+    paths: Sequence[str | os.PathLike[str]],
+    names: Sequence[str],
+    priors: Sequence[int],
+    hosts: Sequence[HostView],
+    out: str | os.PathLike[str],
+    sources_for: SourcesFor,
+    *,
+    clock_correction: bool,
+    meanwhile: Meanwhile | None = None,
+    journeys_wanted: bool = True,
+) -> tuple[MergeReport, Journeys]:
+    """The pass, then the merge into `out` of `sources_for(alignment)` (no side effects:
+    it is called for the clocks guessed at the start too); see the module's text.
+    `meanwhile(alignment, journeys, their result)` runs while the merge writes."""
+    from ..clock.align import without_traffic
+
+    out = Path(out)
+    guess = without_traffic(names, priors) if clock_correction and len(paths) > 1 else None
+    guess_sources = sources_for(guess)
+    guess_summary = guess.summary() if guess else None
+    shared = threading.Event()  # also what calls the early merge off
+    early_out = out.with_name(f".{out.name}.{os.getpid()}.early")
+    with ThreadPoolExecutor(1, thread_name_prefix="xdpcap-merge") as pool:
+        early = pool.submit(
+            merge_captures,
+            guess_sources,
+            early_out,
+            clock_correction=clock_correction,
+            clock_summary=guess_summary,
+            cancel=shared,
+        )
+        try:
+            alignment, journeys = follow(
+                paths,
+                names,
+                priors,
+                hosts,
+                clock_correction=clock_correction,
+                marks_folder=out.parent,
+                shared=shared,
+                journeys_wanted=journeys_wanted,
+            )
+        except BaseException:
+            shared.set()
+            _discard(early, early_out)
+            raise
+        sources = sources_for(alignment)
+        summary = alignment.summary() if alignment else None
+        # The early merge is the merge when nothing it assumed changed: the same sources
+        # (offsets, drifts, notes), the same section comment, no packet ids to write.
+        if not shared.is_set() and (sources, summary) == (guess_sources, guess_summary):
+            report = _early_result(early, early_out, out)
+            if report is not None:
+                if journeys.marks is not None:
+                    journeys.marks.close()
+                report.during_pass = True
+                report.alignment = alignment
+                report.journeys = journeys.result(alignment) if journeys_wanted else None
+                if meanwhile is not None:
+                    meanwhile(alignment, journeys, report.journeys)
+                return report, journeys
+        shared.set()
+        _discard(early, early_out)
+    report = merge_followed(
+        sources,
+        out,
+        alignment,
+        journeys,
+        clock_correction=clock_correction,
+        meanwhile=meanwhile,
+        journeys_wanted=journeys_wanted,
+    )
+    return report, journeys
+
+
+def _early_result(early: Future, early_out: Path, out: Path) -> MergeReport | None:
+    """The early merge's report, its file in place; None when it did not finish (the
+    merge after the pass says why)."""
+    try:
+        report = early.result()
+    except (MergeCancelled, Exception):
+        early_out.unlink(missing_ok=True)
+        return None
+    os.replace(early_out, out)
+    report.out_path = os.fspath(out)
+    return report
+
+
+def _discard(early: Future, early_out: Path) -> None:
+    # Called off, or failed: either way not wanted (the merge after the pass reports).
+    with contextlib.suppress(Exception):
+        early.result()
+    early_out.unlink(missing_ok=True)
+
+
+def merge_followed(
+    sources: Sequence[MergeSource],
+    out: str | os.PathLike[str],
+    alignment: Alignment | None,
+    journeys: Journeys,
+    *,
+    clock_correction: bool,
+    meanwhile: Meanwhile | None = None,
+    journeys_wanted: bool = True,
+) -> MergeReport:
+    """Merge what `follow` read, with its packet ids; its journeys' results are computed
+    meanwhile, and `meanwhile` called (the merge's packet loop is C that lets go of the
+    GIL: on a second core). The packet marks go once merged."""
+    marks = journeys.marks
+    with marks or contextlib.nullcontext(), ThreadPoolExecutor(1) as pool:
+        merging = pool.submit(
+            merge_captures,
+            sources,
+            out,
+            clock_correction=clock_correction,
+            clock_summary=alignment.summary() if alignment else None,
+            packet_marks=marks,
+        )
+        # The merge thread needs the GIL between its C runs: hand it over sooner than
+        # every 5 ms while this thread computes (measured: 0.2 s of a fleet's merge).
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        try:
+            followed = journeys.result(alignment) if journeys_wanted else None
+            if meanwhile is not None:
+                meanwhile(alignment, journeys, followed)
+        finally:
+            sys.setswitchinterval(interval)
+            report = merging.result()  # (its exception first: the merge failed)
+    report.alignment = alignment
+    report.journeys = followed
+    return report
 
 
 def host_view(state: HostState) -> HostView:
@@ -76,17 +251,24 @@ def _programs(expression: str | None) -> dict | None:
         return None
 
 
-def write_merge_summary(report, names: Sequence[str], paths: Sequence[str]) -> Path:
+def write_merge_summary(
+    out: Path,
+    alignment: Alignment | None,
+    followed: dict | None,
+    names: Sequence[str],
+    paths: Sequence[str],
+    packets: Sequence[int],
+) -> Path:
     """`xdpcap merge`'s run.json: beside the output, `<output>.json` (what `xdpcap report`
-    reads, as a run folder's run.json), with report.html beside it as `<output>.html`."""
-    out = Path(report.out_path)
+    reads, as a run folder's run.json), with report.html beside it as `<output>.html`.
+    `packets`: per input, as the pass read them (the merge writes the same blocks)."""
     data = {
         "merged": str(out),
-        "clock_alignment": report.alignment.to_dict() if report.alignment else None,
-        "journeys": report.journeys,
+        "clock_alignment": alignment.to_dict() if alignment else None,
+        "journeys": followed,
         "hosts": [
-            {"name": name, "local_file": str(path), "packets": source.packets}
-            for name, path, source in zip(names, paths, report.sources)
+            {"name": name, "local_file": str(path), "packets": count}
+            for name, path, count in zip(names, paths, packets)
         ],
     }
     target = out.with_name(out.name + ".json")

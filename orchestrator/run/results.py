@@ -20,6 +20,7 @@ from .tables import final_lines, final_table
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ..clock.align import Alignment
     from ..merge.captures import MergeReport
 
 
@@ -72,8 +73,8 @@ def merge_states(
 ) -> MergeReport | None:
     """Merge every fetched host capture, aligning the hosts' clocks (clock.corrections)
     and following the packets across them (journeys) in the same pass."""
-    from ..merge.captures import MergeSource, merge_captures
-    from .follow import follow, host_view
+    from ..merge.captures import MergeSource
+    from .follow import follow_and_merge, host_view
 
     fetched = [s for s in states if s.local_file]
     if not fetched:
@@ -81,40 +82,36 @@ def merge_states(
     # The probe's offsets are the prior; the traffic the hosts exchanged refines them.
     shifts = corrections({s.name: s.clock for s in fetched if s.clock})
     priors = [shifts.get(state.name, 0) for state in fetched]
-    alignment, journeys = follow(
-        [s.local_file for s in fetched],
-        [s.name for s in fetched],
-        priors,
-        [host_view(s) for s in fetched],
-        clock_correction=clock_correction,
-    )
-    if alignment is not None:
-        priors = alignment.shifts_ns
-    sources = []
-    for index, state in enumerate(fetched):
-        state.clock_shift_ns = priors[index]
-        sources.append(
+
+    def sources_for(alignment: Alignment | None) -> list[MergeSource]:
+        shifts = alignment.shifts_ns if alignment is not None else priors
+        return [
             MergeSource(
                 path=state.local_file,
                 host=state.name,
                 address=state.address,
-                clock_offset_ns=state.clock_shift_ns,
+                clock_offset_ns=shifts[index],
                 clock_error_ns=state.clock.error_ns if state.clock else None,
                 sync_state=state.clock.sync_state if state.clock else None,
                 clock_note=alignment.describe(index) if alignment else None,
                 clock_drift_ppb=alignment.rates_ppb[index] if alignment else 0,
                 clock_epoch_ns=alignment.epoch_ns if alignment else 0,
             )
-        )
-    report = merge_captures(
-        sources,
+            for index, state in enumerate(fetched)
+        ]
+
+    report, _ = follow_and_merge(
+        [s.local_file for s in fetched],
+        [s.name for s in fetched],
+        priors,
+        [host_view(s) for s in fetched],
         out,
+        sources_for,
         clock_correction=clock_correction,
-        clock_summary=alignment.summary() if alignment else None,
-        packet_ids=journeys.packet_ids(),
     )
-    report.alignment = alignment
-    report.journeys = journeys.result(alignment)
+    shifts = report.alignment.shifts_ns if report.alignment is not None else priors
+    for state, shift in zip(fetched, shifts):
+        state.clock_shift_ns = shift
     return report
 
 

@@ -11,6 +11,7 @@ import pytest
 from xdpcap.agent.filter import spec
 from xdpcap.orchestrator.follow.journeys import HostView, parse_address
 from xdpcap.orchestrator.merge import captures as captures_module
+from xdpcap.orchestrator.merge.blocks import decode_packet
 from xdpcap.orchestrator.merge.captures import MergeSource, merge_captures
 from xdpcap.orchestrator.merge.identity import identify, key_id
 from xdpcap.orchestrator.merge.reader import CaptureReader
@@ -157,15 +158,37 @@ def _packet_ids(path: Path) -> list[int | None]:
     return ids
 
 
+def _ids_match_the_packets(path: Path) -> int:
+    """Every epb_packetid in `path` is its packet's own id (the marks landed on the packets
+    they were meant for); how many there are."""
+    stamped = 0
+    for batch in CaptureReader(path).batches():
+        for block in batch.blocks:
+            packet = decode_packet(block, 0)
+            option = [value for code, value in packet.options if code == 5]
+            if option:
+                assert int.from_bytes(option[0], "little") == key_id(
+                    identify(1, packet.data).packet
+                )
+                stamped += 1
+    return stamped
+
+
 def test_the_merge_writes_one_packet_id_per_packet_seen_twice(tmp_path: Path, engine: str) -> None:
     paths = journeys_mesh(tmp_path)
-    _, journeys = follow(paths, NAMES, JOURNEY_SKEW, _hosts(), clock_correction=False)
+    _, journeys = follow(
+        paths, NAMES, JOURNEY_SKEW, _hosts(), clock_correction=False, marks_folder=tmp_path
+    )
     sources = [
         MergeSource(p, host=n, clock_offset_ns=s) for p, n, s in zip(paths, NAMES, JOURNEY_SKEW)
     ]
     out = tmp_path / "merged.pcapng"
-    report = merge_captures(sources, out, packet_ids=journeys.packet_ids())
+    with journeys.marks:
+        report = merge_captures(sources, out, packet_marks=journeys.marks)
+    assert not Path(journeys.marks.folder).exists()  # the marks go once merged
+    assert journeys.marks.late == 0
     assert report.engine == engine
+    assert _ids_match_the_packets(out) == 2 * 21 + 1
     ids = _packet_ids(out)
     seen = [i for i in ids if i is not None]
     # a→b: 8 arrived (#5 three times in all), b→a: 10, a→c: 3; each twice at least.
@@ -182,10 +205,12 @@ def test_both_merge_paths_write_the_same_bytes(tmp_path: Path, monkeypatch) -> N
     paths = journeys_mesh(tmp_path)
     _, journeys = follow(paths, NAMES, JOURNEY_SKEW, _hosts(), clock_correction=False)
     sources = [MergeSource(p, host=n) for p, n in zip(paths, NAMES)]
-    merge_captures(sources, tmp_path / "out-c.pcapng", packet_ids=journeys.packet_ids())
-    monkeypatch.setenv("XDPCAP_NO_FASTMERGE", "1")
-    merge_captures(sources, tmp_path / "out-py.pcapng", packet_ids=journeys.packet_ids())
+    with journeys.marks:
+        merge_captures(sources, tmp_path / "out-c.pcapng", packet_marks=journeys.marks)
+        monkeypatch.setenv("XDPCAP_NO_FASTMERGE", "1")
+        merge_captures(sources, tmp_path / "out-py.pcapng", packet_marks=journeys.marks)
     assert (tmp_path / "out-c.pcapng").read_bytes() == (tmp_path / "out-py.pcapng").read_bytes()
+    assert _ids_match_the_packets(tmp_path / "out-c.pcapng") == 2 * 21 + 1
 
 
 def test_residence_time_of_a_forwarding_host(tmp_path: Path) -> None:
@@ -290,7 +315,11 @@ def test_c_and_python_journeys_agree(tmp_path: Path, monkeypatch, declared: bool
     for engine in ("c", "python"):
         monkeypatch.setenv("XDPCAP_NO_FASTMERGE", "1" if engine == "python" else "0")
         _, journeys = follow(paths, names, [0, 0, 0, 0], hosts, clock_correction=False)
-        results[engine] = (journeys.result(None), bytes(journeys.packet_ids()))
+        with journeys.marks as marks:
+            results[engine] = (
+                journeys.result(None),
+                [Path(path).read_bytes() for path in marks.paths],
+            )
     assert results["c"] == results["python"]
     result = results["c"][0]
     assert sum(p["lost"] for p in result["pairs"]) > 0

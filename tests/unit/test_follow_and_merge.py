@@ -1,0 +1,90 @@
+"""The pass and the merge on two cores (run/follow.py: follow_and_merge): a merge started
+with the clocks of hosts that share nothing is the answer when the pass finds nothing
+shared, and is called off (leaving no file) when it does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xdpcap.orchestrator.follow.journeys import HostView
+from xdpcap.orchestrator.merge.captures import MergeSource, merge_captures
+from xdpcap.orchestrator.run.follow import follow_and_merge
+
+from .scenarios_clock import IN, OUT, T0, US, address, capture, echo, eth, skewed_pair
+from .test_journeys import _packet_ids
+
+
+def _unshared(folder: Path) -> list[Path]:
+    """Two hosts, each pinging a third no capture saw: nothing in common."""
+    on_a, on_b = [], []
+    for seq in range(500):
+        t = T0 + seq * 1_000 * US
+        on_a.append((t, eth(echo(8, 1, seq, ident=seq, src=address(0), dst=address(9))), OUT))
+        on_b.append(
+            (t + 7 * US, eth(echo(0, 2, seq, ident=seq, src=address(9), dst=address(1))), IN)
+        )
+    return [capture(folder / "a.pcapng", on_a), capture(folder / "b.pcapng", on_b)]
+
+
+def _run(paths: list[Path], out: Path, priors: list[int]):
+    def sources_for(alignment) -> list[MergeSource]:
+        shifts = alignment.shifts_ns if alignment else priors
+        return [
+            MergeSource(
+                path,
+                host=path.stem,
+                clock_offset_ns=shifts[i],
+                clock_note=alignment.describe(i) if alignment else None,
+                clock_drift_ppb=alignment.rates_ppb[i] if alignment else 0,
+                clock_epoch_ns=alignment.epoch_ns if alignment else 0,
+            )
+            for i, path in enumerate(paths)
+        ]
+
+    seen = []
+    report, journeys = follow_and_merge(
+        paths,
+        [p.stem for p in paths],
+        priors,
+        [HostView(p.stem) for p in paths],
+        out,
+        sources_for,
+        clock_correction=True,
+        meanwhile=lambda alignment, journeys, followed: seen.append(followed),
+    )
+    return report, journeys, sources_for, seen
+
+
+def test_unshared_inputs_are_merged_while_the_pass_reads_them(tmp_path: Path) -> None:
+    paths = _unshared(tmp_path)
+    out = tmp_path / "merged.pcapng"
+    report, journeys, sources_for, seen = _run(paths, out, [0, 5_000])
+    assert report.during_pass
+    assert report.out_path == str(out) and report.packets == 1000
+    assert journeys.marks.packets == 0 and seen == [report.journeys]
+    # Byte for byte what the merge after the pass would have written.
+    again = merge_captures(
+        sources_for(report.alignment),
+        tmp_path / "after.pcapng",
+        clock_summary=report.alignment.summary(),
+    )
+    assert again.packets == 1000
+    assert out.read_bytes() == (tmp_path / "after.pcapng").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.pcapng",
+        "after.pcapng",
+        "b.pcapng",
+        "merged.pcapng",
+    ]
+
+
+def test_shared_traffic_calls_the_early_merge_off(tmp_path: Path) -> None:
+    paths = skewed_pair(tmp_path)
+    out = tmp_path / "merged.pcapng"
+    report, journeys, _, seen = _run(paths, out, [0, 0])
+    assert not report.during_pass
+    assert report.alignment.shifts_ns[1] == 250_000_000  # b's clock, from the traffic
+    assert journeys.marks.packets == 40 and seen == [report.journeys]
+    assert sum(i is not None for i in _packet_ids(out)) == 80  # both sightings of each
+    # No early file, no marks left beside the output.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pcapng", "b.pcapng", "merged.pcapng"]
