@@ -18,7 +18,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,6 +142,8 @@ class Capture:
         self.summary = CaptureSummary(iface=options.iface, file=str(options.output))
         self._disk_lost = 0
         self._late = 0
+        # (offset, start) of a window the command reader opened as "start" came (_opener)
+        self._opened: tuple[int, int] | None = None
         self._last_ts = 0
         self._bytes = 0
         self._released = 0  # packets handed to the writer (for --count)
@@ -262,14 +264,19 @@ class Capture:
                 pid=os.getpid(),
                 process=self._attribution.describe(),
             )
+            if options.wait_start and commands is not None:
+                commands.on_start = self._opener(sampler)
             if options.wait_start and commands is not None and not self._wait_for_start(commands):
                 self.summary.stopped_by = self.stop.reason or "no start"
                 return
             if options.start_at_ns is not None and not self._wait_until(options.start_at_ns):
                 self.summary.stopped_by = self.stop.reason or "no start"
                 return
-            self._offset = clock.realtime_minus_monotonic_ns()
-            start_mono = self._window_start(commands)
+            if self._opened is not None:  # by the command reader, as "start T" came
+                self._offset, start_mono = self._opened
+            else:
+                self._offset = clock.realtime_minus_monotonic_ns()
+                start_mono = self._window_start(commands)
             writer = self._open_writer(stream, sampler, iface)
             self._window(sampler, consumer, writer, commands, start_mono)
             self._finish(sampler, consumer, writer)
@@ -296,6 +303,34 @@ class Capture:
         if start_at is None:
             start_at = self.options.start_at_ns  # --start-at (None: open now)
         return window_start_mono(start_at, self._offset, self._test_drift)
+
+    def _opener(self, sampler: Sampler) -> Callable[[int | None], None]:
+        """What opens the window on the command reader's thread as "start" arrives; the
+        main thread then goes on with the same instant (_window enables it again, the
+        same values). If it fails, the main thread opens it, and says why."""
+
+        def open_window(start_at_ns: int | None) -> None:
+            offset = clock.realtime_minus_monotonic_ns()
+            start_mono = window_start_mono(start_at_ns, offset, self._test_drift)
+            duration = self.options.duration_s
+            end_mono = start_mono + int(duration * 1e9) if duration else 0
+            try:
+                sampler.enable(offset, start_mono, end_mono)
+            except Exception:  # the main thread tries again, and reports
+                return
+            self._opened = (offset, start_mono)
+
+        return open_window
+
+    def _idle_until(self, start_mono: int) -> None:
+        """Nothing to do before the window opens (the program ignores packets before it):
+        leave the CPU to the hosts whose "start T" is still on its way (a lab's hundred
+        agents share two cores; started ones working delayed the rest's by 0.2 s)."""
+        while not self.stop.reason:
+            remaining_ns = start_mono - clock.monotonic_ns()
+            if remaining_ns <= 0:
+                return
+            time.sleep(min(remaining_ns, 100_000_000) / 1e9)
 
     def _answer_clock(self) -> None:
         """The controller's clock probe: our wall clock, read as its line arrived."""
@@ -362,6 +397,7 @@ class Capture:
         drops_before = netdev.read_os_drops(options.iface) if sampler.xdp else 0
         end_mono = start_mono + int(options.duration_s * 1e9) if options.duration_s else 0
         sampler.enable(self._offset, start_mono, end_mono)
+        self._idle_until(start_mono)
         self.summary.window_start_ns = start_mono + self._offset
         self.events.emit(
             "capturing",
