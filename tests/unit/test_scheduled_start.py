@@ -28,6 +28,36 @@ def test_start_with_and_without_a_time() -> None:
     assert _commands("start soon\n").start_at_ns is None  # not a time: at once
 
 
+class _Sampler:
+    """What the opener asks of a sampler; notes whether "start" was already heard."""
+
+    def __init__(self, commands: ControllerCommands) -> None:
+        self.commands = commands
+        self.enabled: list[tuple[int, int, int]] = []
+        self.start_heard: list[bool] = []
+
+    def enable(self, offset: int, start: int, end: int) -> None:
+        self.enabled.append((offset, start, end))
+        self.start_heard.append(self.commands.start.is_set())
+
+
+def test_the_command_reader_opens_the_window_as_start_arrives() -> None:
+    """ "start T" costs the agent one wake-up: the reader thread opens the window itself,
+    before the main thread hears of it (which then goes on with the same instant)."""
+    options = CaptureOptions(iface="eth0", output=Path("x.pcapng"), duration_s=5)
+    capture = Capture(options, EventSink(None))
+    commands = ControllerCommands(io.StringIO(""))
+    sampler = _Sampler(commands)
+    commands.on_start = capture._opener(sampler)
+    at = time.time_ns() + 300 * MS
+    commands._read(io.StringIO(f"start {at}\n"))
+    offset, start = capture._opened
+    assert abs(start + offset - at) < MS
+    assert sampler.enabled == [(offset, start, start + 5 * 10**9)]
+    assert sampler.start_heard == [False]
+    assert commands.start.is_set()
+
+
 def _capture() -> Capture:
     capture = Capture(CaptureOptions(iface="eth0", output=Path("x.pcapng")), EventSink(None))
     capture._offset = clock.realtime_minus_monotonic_ns()
