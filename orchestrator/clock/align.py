@@ -12,6 +12,7 @@ import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from .constraints import Constraints, gather
@@ -46,7 +47,6 @@ class Alignment:
     clocks: list[HostClock]  # per host, in input order: the offsets at epoch_ns
     rates_ppb: list[int]  # how fast each clock ran against the reference's
     epoch_ns: int  # where the offsets hold; they grow by rate × (t − epoch)
-    delays: list[PairDelay]
     bounds_same_packet: int  # ordered host pairs bounded by packets seen on both
     bounds_answer: int  # ... by answers seen after their questions
     inconsistent: list[str]  # hosts whose bounds contradict each other
@@ -55,6 +55,16 @@ class Alignment:
     # Each host's interfaces as its file describes them (the pass met them): not in run.json.
     interfaces: list[list[Interface]] = field(default_factory=list)
     packets_read: list[int] = field(default_factory=list)  # per host, by the pass
+    # What `delays` is computed from, when first asked for: the merge needs the clocks
+    # only, and starts without waiting for it.
+    delay_inputs: tuple = field(default=(), repr=False, compare=False)
+
+    @cached_property
+    def delays(self) -> list[PairDelay]:
+        """Per ordered host pair, the one-way delays of the packets seen on both."""
+        delays = _delays(*self.delay_inputs) if self.delay_inputs else []
+        object.__setattr__(self, "delay_inputs", ())  # the pass's samples can go
+        return delays
 
     @property
     def shifts_ns(self) -> list[int]:
@@ -209,6 +219,27 @@ def _alignment(
     kinds: dict[tuple[int, int], str],
 ) -> Alignment:
     names = found.hosts
+    kind_list = list(kinds.values())
+    return Alignment(
+        names=list(names),
+        reference=names[solution.reference],
+        clocks=solution.hosts,
+        rates_ppb=[round(rate * 1e9) for rate in drift],
+        epoch_ns=epoch,
+        bounds_same_packet=kind_list.count("same packet"),
+        bounds_answer=kind_list.count("answer"),
+        inconsistent=[names[h] for h in solution.inconsistent],
+        truncated=found.truncated,
+        interfaces=found.interfaces,
+        packets_read=list(found.packets_read),
+        delay_inputs=(found, solution, drift, epoch),
+    )
+
+
+def _delays(
+    found: Constraints, solution: Solution, drift: list[float], epoch: int
+) -> list[PairDelay]:
+    names = found.hosts
     offsets = [clock.offset_ns for clock in solution.hosts]
     delays = []
     for (sender, receiver), pair in sorted(found.samples.items()):
@@ -227,21 +258,7 @@ def _alignment(
                     int(statistics.median(corrected)),
                 )
             )
-    kind_list = list(kinds.values())
-    return Alignment(
-        names=list(names),
-        reference=names[solution.reference],
-        clocks=solution.hosts,
-        rates_ppb=[round(rate * 1e9) for rate in drift],
-        epoch_ns=epoch,
-        delays=delays,
-        bounds_same_packet=kind_list.count("same packet"),
-        bounds_answer=kind_list.count("answer"),
-        inconsistent=[names[h] for h in solution.inconsistent],
-        truncated=found.truncated,
-        interfaces=found.interfaces,
-        packets_read=list(found.packets_read),
-    )
+    return delays
 
 
 def _ms(ns: float) -> str:
