@@ -516,9 +516,11 @@ typedef struct {
     uint8_t questions, answers;
     uint8_t kind;
     uint8_t held; /* sightings stored */
+    uint8_t has_jhead; /* jheads[index] is set: a sighting of it left a host (journeys) */
     Sighting inline_[INLINE_SIGHTINGS];
     Sighting *more; /* all max_held of them once inline_ is full */
 } Group;           /* 64 bytes: one cache line */
+_Static_assert(sizeof(Group) == 64, "a group is one cache line");
 
 typedef struct {
     int64_t aligned;
@@ -1810,7 +1812,10 @@ static void closer_submit(Join *j, Group *g, uint32_t index, int bounds, int jou
         to[i].iface = file_iface(j, from[i].iface); /* the closer reads no join table */
     }
     if (journeys) {
-        job->jhead = j->jheads[index];
+        if (g->has_jhead)
+            job->jhead = j->jheads[index];
+        else
+            job->jhead.parsed = 0; /* no leg: nothing left a host (jr_close asks no more) */
         if (j->keep_heads) {
             memcpy(to + g->held, j->heads + (size_t)index * HEAD_SLOT, HEAD_SLOT);
             job->has_head = 1;
@@ -2030,8 +2035,6 @@ static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sigh
         memset(fresh, 0, sizeof *fresh);
         fresh->id = id;
         fresh->kind = kind;
-        if (j->journeys && kind == KIND_PACKET)
-            j->jheads[index] = p->jhead;
         if (j->keep_heads && kind == KIND_PACKET) {
             uint8_t *slot = j->heads + (size_t)index * HEAD_SLOT;
             slot[0] = (uint8_t)p->head_len;
@@ -2045,6 +2048,12 @@ static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sigh
         j->table_used++;
     }
     Group *g = &j->groups[index];
+    /* Only a packet that left a host has legs: its journey head is written then (most
+     * groups never need theirs, and pages never written are never the process's). */
+    if (j->journeys && kind == KIND_PACKET && seen.dir == DIR_OUT && !g->has_jhead) {
+        j->jheads[index] = p->jhead;
+        g->has_jhead = 1;
+    }
     /* Counts saturate: past max_copies only "more than max_copies" matters. */
     g->copies += g->copies < UINT16_MAX;
     g->questions += seen.role == ROLE_QUESTION && g->questions < UINT8_MAX;
