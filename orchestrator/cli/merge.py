@@ -128,17 +128,19 @@ def handler(args: argparse.Namespace) -> int:
     # else learned from the traffic). A MergeError (no usable input) is one line,
     # printed by main().
     labels = [names.get(path) or Path(path).stem for path in args.inputs]
-    written: dict[str, tuple[Path | None, str | None]] = {}
+    summary = Path(args.output).with_name(Path(args.output).name + ".json")
 
-    def meanwhile(alignment: Alignment | None, journeys: Journeys, followed: dict | None) -> None:
-        """The summary and the page, from the pass's results while the merge writes."""
+    def meanwhile(
+        alignment: Alignment | None, journeys: Journeys, followed: dict | None
+    ) -> tuple[Path | None, str | None]:
+        """The summary and the page (its path, or why none), from the pass's results
+        while the merge writes."""
         from ..report.page import write_beside  # plotly loads only here
 
-        summary = write_merge_summary(
+        write_merge_summary(
             Path(args.output), alignment, followed, labels, args.inputs, journeys.packets
         )
-        written["summary"] = (summary, None)
-        written["page"] = write_beside(summary)
+        return write_beside(summary)
 
     try:
         report, _ = follow_and_merge(
@@ -153,18 +155,17 @@ def handler(args: argparse.Namespace) -> int:
             journeys_wanted=args.journeys,
         )
     except BaseException:
-        for path, _ in written.values():  # of a merge that did not happen
-            if path is not None:
-                path.unlink(missing_ok=True)
+        for path in (summary, summary.with_suffix(".html")):  # of a merge that did not happen
+            path.unlink(missing_ok=True)
         raise
     alignment = report.alignment
-    summary_path = written["summary"][0]
+    summary_path = summary
     _print_warnings(report.warnings)
     if alignment is not None:
         print(f"xdpcap merge: {alignment.summary()}", file=sys.stderr)
     _print_merged(report, len(plain))
     print(f"xdpcap merge: journeys and clocks in {summary_path}", file=sys.stderr)
-    page, problem = written["page"]
+    page, problem = report.aside
     if problem:
         print(f"xdpcap merge: warning: {problem}", file=sys.stderr)
     else:

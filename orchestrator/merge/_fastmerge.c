@@ -828,7 +828,7 @@ static int ring_grow(void **ring, size_t head, size_t len, size_t *cap, size_t s
 }
 
 /* Write host `m`'s slots before `limit` out: (ordinal, id) for each marked one. */
-static int marks_write(Join *j, HostMarks *m, uint64_t limit)
+static int marks_write(HostMarks *m, uint64_t limit)
 {
     uint64_t record[2 * 256];
     size_t n = 0;
@@ -849,7 +849,6 @@ static int marks_write(Join *j, HostMarks *m, uint64_t limit)
     }
     if (n && fwrite(record, 16, n, m->out) != n)
         return -1;
-    (void)j;
     return 0;
 }
 
@@ -867,7 +866,7 @@ static void marks_flush(Join *j, int all)
             }
             limit = m->cp_len ? m->cp_ordinal[m->cp_head] : m->base;
         }
-        if (marks_write(j, m, limit) < 0) {
+        if (marks_write(m, limit) < 0) {
             j->failed = 2;
             return;
         }

@@ -124,6 +124,7 @@ class MergeReport:
     # Written while the clock alignment's pass read the inputs, which found no shared
     # traffic (run/follow.py: follow_and_merge).
     during_pass: bool = False
+    aside: Any = None  # what run/follow.py's `meanwhile` gave back, computed beside it
 
     @property
     def damaged(self) -> list[SourceReport]:

@@ -26,7 +26,9 @@ import tempfile
 from collections.abc import Iterator, Sequence
 
 OPT_PACKETID = 5
-RECORD = struct.Struct("<QQ")  # (ordinal, id), as _fastmerge.c writes them
+# (ordinal, id) in this machine's byte order, as _fastmerge.c writes them (the files
+# never leave the process that wrote them).
+RECORD = struct.Struct("=QQ")
 _U32 = struct.Struct("<I")
 _OPTION = struct.Struct("<HH")
 _READ_RECORDS = 4096

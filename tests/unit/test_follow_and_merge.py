@@ -4,8 +4,11 @@ shared, and is called off (leaving no file) when it does."""
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
+import pytest
 from xdpcap.orchestrator.follow.journeys import HostView
 from xdpcap.orchestrator.merge.captures import MergeSource, merge_captures
 from xdpcap.orchestrator.run.follow import follow_and_merge
@@ -41,7 +44,6 @@ def _run(paths: list[Path], out: Path, priors: list[int]):
             for i, path in enumerate(paths)
         ]
 
-    seen = []
     report, journeys = follow_and_merge(
         paths,
         [p.stem for p in paths],
@@ -50,18 +52,18 @@ def _run(paths: list[Path], out: Path, priors: list[int]):
         out,
         sources_for,
         clock_correction=True,
-        meanwhile=lambda alignment, journeys, followed: seen.append(followed),
+        meanwhile=lambda alignment, journeys, followed: (os.getpid(), followed),
     )
-    return report, journeys, sources_for, seen
+    return report, journeys, sources_for
 
 
 def test_unshared_inputs_are_merged_while_the_pass_reads_them(tmp_path: Path) -> None:
     paths = _unshared(tmp_path)
     out = tmp_path / "merged.pcapng"
-    report, journeys, sources_for, seen = _run(paths, out, [0, 5_000])
+    report, journeys, sources_for = _run(paths, out, [0, 5_000])
     assert report.during_pass
     assert report.out_path == str(out) and report.packets == 1000
-    assert journeys.marks.packets == 0 and seen == [report.journeys]
+    assert journeys.marks.packets == 0 and report.aside == (os.getpid(), report.journeys)
     # Byte for byte what the merge after the pass would have written.
     again = merge_captures(
         sources_for(report.alignment),
@@ -78,13 +80,26 @@ def test_unshared_inputs_are_merged_while_the_pass_reads_them(tmp_path: Path) ->
     ]
 
 
-def test_shared_traffic_calls_the_early_merge_off(tmp_path: Path) -> None:
+@pytest.mark.parametrize("apart", [True, False], ids=["child", "thread"])
+def test_shared_traffic_calls_the_early_merge_off(tmp_path: Path, apart: bool) -> None:
+    """The merge after the pass, its journeys' results beside it: in a forked child when
+    the process has no other thread, else in a thread (one is kept running here)."""
     paths = skewed_pair(tmp_path)
     out = tmp_path / "merged.pcapng"
-    report, journeys, _, seen = _run(paths, out, [0, 0])
+    done = threading.Event()
+    other = threading.Thread(target=done.wait)
+    if not apart:
+        other.start()
+    try:
+        report, journeys, _ = _run(paths, out, [0, 0])
+    finally:
+        done.set()
     assert not report.during_pass
     assert report.alignment.shifts_ns[1] == 250_000_000  # b's clock, from the traffic
-    assert journeys.marks.packets == 40 and seen == [report.journeys]
+    pid, followed = report.aside
+    assert (pid != os.getpid()) == apart  # computed in the child, or here in a thread
+    assert journeys.marks.packets == 40 and followed == report.journeys
+    assert report.journeys["pairs"]
     assert sum(i is not None for i in _packet_ids(out)) == 80  # both sightings of each
     # No early file, no marks left beside the output.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pcapng", "b.pcapng", "merged.pcapng"]
