@@ -137,8 +137,9 @@ def join_captures(
     """Join every host's capture (host i = paths[i], prior offset priors_ns[i]) in one
     pass; `engine` "c" or "python" (default: C when it is built and not turned off);
     `marks` gets the packets seen at two capture points or more; `shared` is set as soon
-    as the pass bounds a pair of clocks or marks a packet (what a merge started before
-    the pass ended did not know)."""
+    as the pass meets a key on a second host (C; Python: once such a group closed), and
+    at the end if any group was seen at two capture points: what a merge started before
+    the pass ended assumed not to happen."""
     if engine is None:
         engine = "c" if _c_available() else "python"
     run = _join_c if engine == "c" else _join_python
