@@ -19,6 +19,7 @@ _fastmerge.c's `packet_id_at` and `write_with_packet_id` do the same in the C lo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import struct
@@ -34,13 +35,18 @@ _OPTION = struct.Struct("<HH")
 _READ_RECORDS = 4096
 
 
+FOLDER_PREFIX = ".xdpcap-packet-ids-"
+
+
 class PacketMarks:
-    """One marks file per input, in a folder of their own that `close` removes."""
+    """One marks file per input, in a folder of their own that `close` removes (one a
+    killed process left is removed by the next one there: `remove_stale`)."""
 
     def __init__(
         self, inputs: Sequence[str | os.PathLike[str]], folder: str | os.PathLike[str] | None
     ) -> None:
-        self.folder = tempfile.mkdtemp(prefix=".xdpcap-packet-ids-", dir=folder)
+        remove_stale(folder if folder is not None else tempfile.gettempdir())
+        self.folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-", dir=folder)
         self.paths = [os.path.join(self.folder, f"{index}.marks") for index in range(len(inputs))]
         self._by_input = {os.fspath(path): mark for path, mark in zip(inputs, self.paths)}
         self.packets = 0  # packets seen at two capture points or more (ids given)
@@ -65,6 +71,29 @@ class PacketMarks:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def remove_stale(folder: str | os.PathLike[str]) -> None:
+    """Marks folders in `folder` whose process is gone (killed before it could remove
+    them): their name carries its pid."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if not entry.name.startswith(FOLDER_PREFIX) or not entry.is_dir():
+                continue
+            pid = entry.name[len(FOLDER_PREFIX) :].partition("-")[0]
+            if pid.isdigit() and not process_alive(int(pid)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (stale files name the process that made them)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's
+    return True
 
 
 class MarkCursor:

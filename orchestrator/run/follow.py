@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from ..follow.join import join_captures
 from ..follow.journeys import HostView, Journeys, parse_address
 from ..merge.captures import MergeReport, MergeSource, merge_captures
-from ..merge.packet_ids import PacketMarks
+from ..merge.packet_ids import PacketMarks, process_alive
 
 if TYPE_CHECKING:
     from ..clock.align import Alignment
@@ -104,7 +104,8 @@ def follow_and_merge(
     guess_sources = sources_for(guess)
     guess_summary = guess.summary() if guess else None
     shared = threading.Event()  # also what calls the early merge off
-    early_out = out.with_name(f".{out.name}.{os.getpid()}.early")
+    early_out = out.with_name(f".{out.name}.{os.getpid()}{EARLY_SUFFIX}")
+    _remove_stale_early(out)
     with ThreadPoolExecutor(1, thread_name_prefix="xdpcap-merge") as pool:
         early = pool.submit(
             merge_captures,
@@ -156,6 +157,21 @@ def follow_and_merge(
         journeys_wanted=journeys_wanted,
     )
     return report, journeys
+
+
+EARLY_SUFFIX = ".early"
+
+
+def _remove_stale_early(out: Path) -> None:
+    """An early merge a killed process left beside `out` (`.<name>.<pid>.early`)."""
+    prefix = f".{out.name}."
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(out.parent):
+            name = entry.name
+            if name.startswith(prefix) and name.endswith(EARLY_SUFFIX):
+                pid = name[len(prefix) : -len(EARLY_SUFFIX)]
+                if pid.isdigit() and not process_alive(int(pid)):
+                    Path(entry.path).unlink(missing_ok=True)
 
 
 def _early_result(early: Future, early_out: Path, out: Path) -> MergeReport | None:

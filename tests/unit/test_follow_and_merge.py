@@ -103,3 +103,54 @@ def test_shared_traffic_calls_the_early_merge_off(tmp_path: Path, apart: bool) -
     assert sum(i is not None for i in _packet_ids(out)) == 80  # both sightings of each
     # No early file, no marks left beside the output.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pcapng", "b.pcapng", "merged.pcapng"]
+
+
+def test_what_a_killed_merge_left_is_removed_by_the_next(tmp_path: Path) -> None:
+    """An early merge's file and a marks folder named after a process that is gone go;
+    those of a living process (this one) stay."""
+    paths = skewed_pair(tmp_path)
+    gone = _a_finished_pid()
+    stale_early = tmp_path / f".merged.pcapng.{gone}.early"
+    stale_marks = tmp_path / f".xdpcap-packet-ids-{gone}-abc"
+    living_marks = tmp_path / f".xdpcap-packet-ids-{os.getpid()}-abc"
+    stale_early.write_bytes(b"x")
+    stale_marks.mkdir()
+    living_marks.mkdir()
+    _run(paths, tmp_path / "merged.pcapng", [0, 0])
+    assert not stale_early.exists() and not stale_marks.exists()
+    assert living_marks.exists()
+
+
+def _a_finished_pid() -> int:
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize(
+    ("flags", "aligned", "followed"),
+    [([], True, True), (["--no-journeys"], True, False), (["--plain"], False, False)],
+    ids=["default", "no-journeys", "plain"],
+)
+def test_merge_flags_choose_what_the_pass_does(tmp_path: Path, flags, aligned, followed) -> None:
+    """`xdpcap merge`: clocks and journeys (the default), clocks only, or neither and no
+    pass at all (as mergecap: no summary, no page)."""
+    import json
+
+    from xdpcap.orchestrator.cli import merge as merge_cli
+
+    paths = skewed_pair(tmp_path)
+    out = tmp_path / "merged.pcapng"
+    assert merge_cli.main([*map(str, paths), "-w", str(out), *flags]) == 0
+    ids = [i for i in _packet_ids(out) if i is not None]
+    assert len(_packet_ids(out)) == 80
+    assert len(ids) == (80 if followed else 0)
+    summary = tmp_path / "merged.pcapng.json"
+    assert summary.exists() == aligned
+    if aligned:
+        data = json.loads(summary.read_text())
+        assert data["clock_alignment"]["hosts"]["b"]["offset_ns"] == 250_000_000
+        assert (data["journeys"] is not None) == followed
+        assert (tmp_path / "merged.pcapng.html").exists()
