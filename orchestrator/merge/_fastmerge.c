@@ -1734,16 +1734,15 @@ static void *closer_main(void *arg)
 static int closer_start(Join *j)
 {
     Closer *c = &j->closer;
-    size_t bytes = CLOSE_JOB_BYTES + j->max_held * sizeof(Sighting) + HEAD_SLOT;
-    c->slot_bytes = (bytes + 63) & ~(size_t)63;
-    c->ring = PyMem_RawMalloc(CLOSER_SLOTS * c->slot_bytes);
-    if (!c->ring)
-        return -1;
-    if (pthread_create(&c->thread, NULL, closer_main, j) != 0) {
-        PyMem_RawFree(c->ring);
-        c->ring = NULL;
-        return -1;
+    if (!c->ring) { /* (again after a stop: the same ring, the counts go on) */
+        size_t bytes = CLOSE_JOB_BYTES + j->max_held * sizeof(Sighting) + HEAD_SLOT;
+        c->slot_bytes = (bytes + 63) & ~(size_t)63;
+        c->ring = PyMem_RawMalloc(CLOSER_SLOTS * c->slot_bytes);
+        if (!c->ring)
+            return -1;
     }
+    if (pthread_create(&c->thread, NULL, closer_main, j) != 0)
+        return -1;
     c->started = 1;
     return 0;
 }
