@@ -672,9 +672,8 @@ typedef struct Join {
     HostMarks *marks;            /* per host, when the merge's packet ids are wanted */
     int64_t marks_horizon;
     unsigned marks_since_flush;
-    unsigned long long marked_packets, marked_sightings, late_marks;
+    unsigned long long marked_packets, late_marks;
     size_t marks_high_water; /* the most slots one host's ring held */
-    _Atomic unsigned long long bounds; /* pair_add calls (the closer's) */
     unsigned long long shared_groups;  /* groups closed seen on two hosts or interfaces */
     int shared_seen; /* a key met on a second host: the hint, long before a group closes */
     Closer closer;
@@ -761,7 +760,6 @@ static void pair_add(Join *j, uint32_t from_host, uint32_t to_host, int bound, i
         j->pairs[slot] = s;
     }
     s->count++;
-    atomic_fetch_add_explicit(&j->bounds, 1, memory_order_relaxed);
     TimePair value = {from, to};
     if (s->nsamples < j->samples) {
         s->samples[s->nsamples++] = value;
@@ -921,7 +919,6 @@ static void mark_group(Join *j, Group *g, uint32_t index)
             continue;
         }
         m->slots[(m->head + (ordinal - m->base)) & (m->cap - 1)] = g->id + 1;
-        j->marked_sightings++;
     }
 }
 
@@ -1765,7 +1762,7 @@ static void closer_publish(Join *j)
 }
 
 /* Every job handed over is done, and the thread is gone (before anyone reads what it
- * kept: pairs(), journeys_state(), stats()'s bounds). */
+ * kept: pairs(), journeys_state()). */
 static void closer_stop(Join *j)
 {
     Closer *c = &j->closer;
@@ -2214,6 +2211,20 @@ static void join_take(Join *j, Py_ssize_t host, const uint8_t *block, uint32_t b
 }
 
 /* ------------------------------------------------------------ its methods */
+/* A file named by a Python path (str, bytes or os.PathLike), opened with `mode`; NULL
+ * with OSError set, naming it. (The join's marks files, and the merge's.) */
+static FILE *open_path(PyObject *name, const char *mode)
+{
+    PyObject *path = NULL;
+    if (!PyUnicode_FSConverter(name, &path))
+        return NULL;
+    FILE *f = fopen(PyBytes_AS_STRING(path), mode);
+    Py_DECREF(path);
+    if (!f)
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+    return f;
+}
+
 /* `marks`: one path per host, where its packet marks go (merge/packet_ids.py reads them). */
 static int open_marks(Join *self, PyObject *marks)
 {
@@ -2233,19 +2244,11 @@ static int open_marks(Join *self, PyObject *marks)
     }
     self->marks_horizon = (int64_t)(self->max_copies + 1) * self->window;
     for (Py_ssize_t h = 0; h < self->hosts; h++) {
-        PyObject *path = NULL;
-        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(seq, h), &path)) {
-            Py_DECREF(seq);
-            return -1;
-        }
-        FILE *out = fopen(PyBytes_AS_STRING(path), "wb");
+        FILE *out = open_path(PySequence_Fast_GET_ITEM(seq, h), "wb");
         if (!out) {
-            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, PySequence_Fast_GET_ITEM(seq, h));
-            Py_DECREF(path);
             Py_DECREF(seq);
             return -1;
         }
-        Py_DECREF(path);
         setvbuf(out, NULL, _IOFBF, 1 << 16);
         self->marks[h].out = out;
     }
@@ -2826,14 +2829,11 @@ fail:
 
 static PyObject *Join_stats(Join *self, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("{s:K,s:K,s:n,s:n,s:K,s:K,s:K,s:n,s:K,s:K,s:i}", "sightings",
-                         self->sightings,
+    return Py_BuildValue("{s:K,s:K,s:n,s:n,s:K,s:K,s:n,s:K,s:i}", "sightings", self->sightings,
                          "identified", self->identified, "held_high_water",
                          (Py_ssize_t)self->held_high_water, "held", (Py_ssize_t)self->fifo_len,
-                         "marked_packets", self->marked_packets, "marked_sightings",
-                         self->marked_sightings, "late_marks", self->late_marks,
-                         "marks_high_water", (Py_ssize_t)self->marks_high_water, "bounds",
-                         (unsigned long long)atomic_load(&self->bounds), "shared_groups",
+                         "marked_packets", self->marked_packets, "late_marks", self->late_marks,
+                         "marks_high_water", (Py_ssize_t)self->marks_high_water, "shared_groups",
                          self->shared_groups, "shared_seen", self->shared_seen);
 }
 
@@ -2849,8 +2849,7 @@ static PyMethodDef Join_methods[] = {
      "summary; kind 0 same packet, 1 answer; samples and floor are (t_from, t_to) lists."},
     {"stats", (PyCFunction)Join_stats, METH_NOARGS,
      "stats() -> dict: sightings, identified, held, held_high_water, marked_packets, "
-     "marked_sightings, late_marks, marks_high_water, bounds (after finish()), "
-     "shared_groups, shared_seen."},
+     "late_marks, marks_high_water, shared_groups, shared_seen."},
     {"journeys_setup", (PyCFunction)(void (*)(void))Join_journeys_setup,
      METH_VARARGS | METH_KEYWORDS,
      "journeys_setup(hosts, *, samples, examples, exact, buckets, seed): keep the journeys "
@@ -2969,17 +2968,11 @@ static int open_input_marks(Merger *self, PyObject *marks)
         return -1;
     }
     for (Py_ssize_t i = 0; i < self->n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i), *path = NULL;
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
         if (item == Py_None)
             continue;
-        if (!PyUnicode_FSConverter(item, &path)) {
-            Py_DECREF(seq);
-            return -1;
-        }
-        FILE *f = fopen(PyBytes_AS_STRING(path), "rb");
-        Py_DECREF(path);
+        FILE *f = open_path(item, "rb");
         if (!f) {
-            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, item);
             Py_DECREF(seq);
             return -1;
         }

@@ -75,14 +75,27 @@ class PacketMarks:
 
 def remove_stale(folder: str | os.PathLike[str]) -> None:
     """Marks folders in `folder` whose process is gone (killed before it could remove
-    them): their name carries its pid."""
+    them)."""
+    for entry in left_by_dead_processes(folder, FOLDER_PREFIX):
+        if entry.is_dir():
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def left_by_dead_processes(
+    folder: str | os.PathLike[str], prefix: str, suffix: str = ""
+) -> list[os.DirEntry]:
+    """What lies in `folder` named `<prefix><pid>[-anything]<suffix>`, `pid` a process
+    that is gone: the leftovers of a killed merge (the name carries its maker's pid)."""
+    found = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
-            if not entry.name.startswith(FOLDER_PREFIX) or not entry.is_dir():
+            name = entry.name
+            if not name.startswith(prefix) or not name.endswith(suffix):
                 continue
-            pid = entry.name[len(FOLDER_PREFIX) :].partition("-")[0]
+            pid = name[len(prefix) : len(name) - len(suffix)].partition("-")[0]
             if pid.isdigit() and not process_alive(int(pid)):
-                shutil.rmtree(entry.path, ignore_errors=True)
+                found.append(entry)
+    return found
 
 
 def process_alive(pid: int) -> bool:

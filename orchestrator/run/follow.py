@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from ..follow.join import join_captures
 from ..follow.journeys import HostView, Journeys, parse_address
 from ..merge.captures import MergeReport, MergeSource, merge_captures
-from ..merge.packet_ids import PacketMarks, process_alive
+from ..merge.packet_ids import PacketMarks, left_by_dead_processes
 
 if TYPE_CHECKING:
     from ..clock.align import Alignment
@@ -164,14 +164,8 @@ EARLY_SUFFIX = ".early"
 
 def _remove_stale_early(out: Path) -> None:
     """An early merge a killed process left beside `out` (`.<name>.<pid>.early`)."""
-    prefix = f".{out.name}."
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(out.parent):
-            name = entry.name
-            if name.startswith(prefix) and name.endswith(EARLY_SUFFIX):
-                pid = name[len(prefix) : -len(EARLY_SUFFIX)]
-                if pid.isdigit() and not process_alive(int(pid)):
-                    Path(entry.path).unlink(missing_ok=True)
+    for entry in left_by_dead_processes(out.parent, f".{out.name}.", EARLY_SUFFIX):
+        Path(entry.path).unlink(missing_ok=True)
 
 
 def _early_result(early: Future, early_out: Path, out: Path) -> MergeReport | None:
