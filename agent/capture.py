@@ -312,15 +312,18 @@ class Capture:
         def open_window(start_at_ns: int | None) -> None:
             offset = clock.realtime_minus_monotonic_ns()
             start_mono = window_start_mono(start_at_ns, offset, self._test_drift)
-            duration = self.options.duration_s
-            end_mono = start_mono + int(duration * 1e9) if duration else 0
             try:
-                sampler.enable(offset, start_mono, end_mono)
+                sampler.enable(offset, start_mono, self._window_end(start_mono))
             except Exception:  # the main thread tries again, and reports
                 return
             self._opened = (offset, start_mono)
 
         return open_window
+
+    def _window_end(self, start_mono: int) -> int:
+        """When a window opened at `start_mono` closes (0: when stopped)."""
+        duration = self.options.duration_s
+        return start_mono + int(duration * 1e9) if duration else 0
 
     def _idle_until(self, start_mono: int) -> None:
         """Nothing to do before the window opens (the program ignores packets before it):
@@ -395,7 +398,7 @@ class Capture:
         self._orderer = TimeOrderer()
         backlog = self._backlog = Backlog()
         drops_before = netdev.read_os_drops(options.iface) if sampler.xdp else 0
-        end_mono = start_mono + int(options.duration_s * 1e9) if options.duration_s else 0
+        end_mono = self._window_end(start_mono)
         sampler.enable(self._offset, start_mono, end_mono)
         self._idle_until(start_mono)
         self.summary.window_start_ns = start_mono + self._offset
