@@ -522,16 +522,31 @@ typedef struct {
 } Group;           /* 64 bytes: one cache line */
 _Static_assert(sizeof(Group) == 64, "a group is one cache line");
 
+/* A sighting in the window, oldest first. A key seen once so far is its entry alone (a
+ * "single"): no group is made for it, the table points at the entry. Most keys of
+ * traffic the hosts do not share stay single until they leave the window, so they cost
+ * this entry and a table slot instead of a 64-byte group; the second sighting makes
+ * the group (group_from_single). */
 typedef struct {
-    int64_t aligned;
-    uint32_t seq;
-    uint32_t group;
+    Sighting seen;
+    uint64_t id;      /* a single's key (a group's is in the group) */
+    uint32_t seq;     /* a group's entry is its latest while group.last_seq == seq */
+    uint32_t group;   /* the group's index, or SINGLE */
+    uint32_t ordinal; /* a single's ordinal (mod 2^32) */
+    uint8_t kind;     /* a single's */
 } Entry;
+
+#define SINGLE UINT32_MAX
 
 typedef struct {
     uint32_t hash;
-    uint32_t entry; /* group index + 1; 0 = empty */
+    uint32_t entry; /* group index + 1; SINGLE_REF | a single's FIFO index; 0 = empty */
 } Slot;
+
+/* A single's FIFO index (mod 2^31) in a table slot: the FIFO holds fewer than 2^31
+ * entries, so the live singles' indexes differ. */
+#define SINGLE_REF 0x80000000u
+#define MAX_GROUPS 0x7FFFFFFFu
 
 /* An address as journeys key it (packed, 4 or 16 bytes). */
 typedef struct {
@@ -638,8 +653,9 @@ typedef struct Join {
     int32_t free_group;
     Slot *table;
     uint32_t table_cap, table_used;
-    Entry *fifo;
-    size_t fifo_head, fifo_len, fifo_cap;
+    Entry *fifo;       /* a ring of fifo_cap (a power of two) */
+    uint64_t fifo_first; /* the oldest entry's index: entry k is fifo[k % fifo_cap] */
+    size_t fifo_len, fifo_cap;
     size_t held_high_water;
     uint32_t seq; /* compared for equality only: wrapping is harmless */
     int64_t now;
@@ -1110,6 +1126,11 @@ typedef struct JState {
     int64_t *first, *last;
     uint8_t *seen;
     uint64_t *inbound;
+    /* The same four for the keys seen once (singles): kept by the join's thread, which
+     * closes those itself, and added to the closer's in journeys_state(). */
+    int64_t *lone_first, *lone_last;
+    uint8_t *lone_seen;
+    uint64_t *lone_inbound;
     JResidence **residence;
     JPair **pairs; /* [sender * hosts + receiver] */
     /* addresses -> host, in insertion order */
@@ -1461,6 +1482,18 @@ static JPair *jr_pair(JState *r, uint32_t sender, uint32_t receiver)
     return *slot;
 }
 
+/* A host seen at `t`: its first and last times, and its count of received packets. */
+static inline void jr_saw(int64_t *first, int64_t *last, uint8_t *seen, uint64_t *inbound,
+                          uint32_t h, int64_t t, uint8_t dir)
+{
+    if (!seen[h] || t < first[h])
+        first[h] = t;
+    if (!seen[h] || t > last[h])
+        last[h] = t;
+    seen[h] = 1;
+    inbound[h] += dir == DIR_IN;
+}
+
 /* Journeys.__call__ for one closed packet group (sightings in the join's order, their
  * interfaces as file indexes; `slot` its head when kept): on the closer thread. */
 static int jr_close(Join *j, const Sighting *s, int n, const JHead *head, const uint8_t *slot)
@@ -1468,17 +1501,8 @@ static int jr_close(Join *j, const Sighting *s, int n, const JHead *head, const 
     JState *r = j->journeys;
     int outbound = 0;
     for (int i = 0; i < n; i++) {
-        uint32_t h = s[i].host;
-        int64_t t = host_time(j, &s[i]);
-        if (!r->seen[h] || t < r->first[h])
-            r->first[h] = t;
-        if (!r->seen[h] || t > r->last[h])
-            r->last[h] = t;
-        r->seen[h] = 1;
-        if (s[i].dir == DIR_IN)
-            r->inbound[h]++;
-        else if (s[i].dir == DIR_OUT)
-            outbound = 1;
+        jr_saw(r->first, r->last, r->seen, r->inbound, s[i].host, host_time(j, &s[i]), s[i].dir);
+        outbound |= s[i].dir == DIR_OUT;
     }
     if (n > 1 && two_points(s, n)) {
         /* Residence: arrived on one interface of a host, left by another. */
@@ -1648,7 +1672,7 @@ static int jr_close(Join *j, const Sighting *s, int n, const JHead *head, const 
     return 0;
 }
 
-static void table_remove(Join *j, uint32_t index);
+static void table_remove(Join *j, uint32_t hash, uint32_t ref);
 
 /* ------------------------------------------------------------ the closer */
 #define CLOSE_JOB_BYTES ((sizeof(CloseJob) + 7) & ~(size_t)7)
@@ -1855,7 +1879,7 @@ static void close_group(Join *j, uint32_t index)
     if (bounds || journeys)
         closer_submit(j, g, index, bounds, journeys);
     if (!j->closing_all) /* at the end the table goes as a whole */
-        table_remove(j, index);
+        table_remove(j, id_hash(g->id, g->kind), index + 1);
     PyMem_RawFree(g->more);
     g->more = NULL;
     g->last_seq = (uint32_t)j->free_group; /* no FIFO entry refers to it any more */
@@ -1886,6 +1910,11 @@ static int table_grow(Join *j)
     return 0;
 }
 
+static inline Entry *single_entry(const Join *j, uint32_t ref)
+{
+    return &j->fifo[ref & ~SINGLE_REF & (j->fifo_cap - 1)];
+}
+
 /* The slot holding (id, kind), or the empty slot where it belongs. */
 static uint32_t table_slot(Join *j, uint64_t id, uint8_t kind, uint32_t hash)
 {
@@ -1895,19 +1924,25 @@ static uint32_t table_slot(Join *j, uint64_t id, uint8_t kind, uint32_t hash)
         if (!slot.entry)
             return at;
         if (slot.hash == hash) {
-            Group *g = &j->groups[slot.entry - 1];
-            if (g->id == id && g->kind == kind)
-                return at;
+            if (slot.entry & SINGLE_REF) {
+                const Entry *e = single_entry(j, slot.entry);
+                if (e->id == id && e->kind == kind)
+                    return at;
+            } else {
+                const Group *g = &j->groups[slot.entry - 1];
+                if (g->id == id && g->kind == kind)
+                    return at;
+            }
         }
         at = (at + 1) & mask;
     }
 }
 
-static void table_remove(Join *j, uint32_t index)
+/* Take out the slot that holds `ref` (a group's index + 1, or a single's reference). */
+static void table_remove(Join *j, uint32_t hash, uint32_t ref)
 {
-    Group *g = &j->groups[index];
-    uint32_t mask = j->table_cap - 1, hole = id_hash(g->id, g->kind) & mask;
-    while (j->table[hole].entry != index + 1)
+    uint32_t mask = j->table_cap - 1, hole = hash & mask;
+    while (j->table[hole].entry != ref)
         hole = (hole + 1) & mask;
     /* Backward-shift deletion keeps linear probing free of tombstones. */
     uint32_t at = hole;
@@ -1935,6 +1970,8 @@ static int32_t new_group(Join *j)
     }
     if (j->ngroups == j->groups_cap) {
         uint32_t cap = j->groups_cap ? j->groups_cap * 2 : 1024;
+        if (cap > MAX_GROUPS) /* an index + 1 must stay clear of SINGLE_REF */
+            return -1;
         Group *grown = PyMem_RawRealloc(j->groups, (size_t)cap * sizeof *grown);
         if (!grown)
             return -1;
@@ -1964,21 +2001,23 @@ static int32_t new_group(Join *j)
 }
 
 /* --------------------------------------------------- the window (FIFO) */
-static int fifo_push(Join *j, Entry entry)
+static int fifo_push(Join *j, const Entry *entry)
 {
     if (j->fifo_len == j->fifo_cap) {
         size_t cap = j->fifo_cap ? j->fifo_cap * 2 : 4096;
+        if (cap > SINGLE_REF)
+            return -1;
         Entry *grown = PyMem_RawMalloc(cap * sizeof *grown);
         if (!grown)
             return -1;
-        for (size_t i = 0; i < j->fifo_len; i++)
-            grown[i] = j->fifo[(j->fifo_head + i) % j->fifo_cap];
+        /* Every entry keeps its index modulo the capacity: a single's slot names it so. */
+        for (uint64_t k = j->fifo_first; k < j->fifo_first + j->fifo_len; k++)
+            grown[k & (cap - 1)] = j->fifo[k & (j->fifo_cap - 1)];
         PyMem_RawFree(j->fifo);
         j->fifo = grown;
         j->fifo_cap = cap;
-        j->fifo_head = 0;
     }
-    j->fifo[(j->fifo_head + j->fifo_len) % j->fifo_cap] = entry;
+    j->fifo[(j->fifo_first + j->fifo_len) & (j->fifo_cap - 1)] = *entry;
     j->fifo_len++;
     if (j->fifo_len > j->held_high_water)
         j->held_high_water = j->fifo_len;
@@ -1987,26 +2026,79 @@ static int fifo_push(Join *j, Entry entry)
 
 #define EXPIRE_AHEAD 8
 
-/* Close every group whose latest sighting is older than `before` (all with `all`). */
+/* A key seen once leaves the window: what a group of one sighting would leave to do.
+ * No clock bound, no mark (one capture point); a journey of one sighting that did not
+ * leave a host (singles never did, with journeys) only tells when its host was seen. */
+static void close_single(Join *j, const Entry *e, uint64_t index)
+{
+    JState *r = j->journeys;
+    if (r && e->kind == KIND_PACKET)
+        jr_saw(r->lone_first, r->lone_last, r->lone_seen, r->lone_inbound, e->seen.host,
+               host_time(j, &e->seen), e->seen.dir);
+    if (!j->closing_all)
+        table_remove(j, id_hash(e->id, e->kind), SINGLE_REF | (uint32_t)(index & ~SINGLE_REF));
+}
+
+/* Close every key whose latest sighting is older than `before` (all with `all`). */
 static void expire(Join *j, int64_t before, int all)
 {
+    uint64_t mask = j->fifo_cap - 1;
     while (j->fifo_len) {
-        Entry *e = &j->fifo[j->fifo_head];
-        if (!all && e->aligned >= before)
+        Entry *e = &j->fifo[j->fifo_first & mask];
+        if (!all && e->seen.aligned >= before)
             break;
         Entry entry = *e;
-        j->fifo_head = (j->fifo_head + 1) % j->fifo_cap;
+        uint64_t index = j->fifo_first++;
         j->fifo_len--;
         if (j->fifo_len > EXPIRE_AHEAD) {
-            /* The group this loop reaches a few turns later: two seconds old, not cached. */
-            const Entry *ahead = &j->fifo[(j->fifo_head + EXPIRE_AHEAD) % j->fifo_cap];
-            __builtin_prefetch(&j->groups[ahead->group]);
-            if (j->jheads) /* what journeys read of it when it closes */
-                __builtin_prefetch(&j->jheads[ahead->group]);
+            /* What this loop reaches a few turns later: two seconds old, not cached. */
+            const Entry *ahead = &j->fifo[(j->fifo_first + EXPIRE_AHEAD) & mask];
+            if (ahead->group == SINGLE) {
+                __builtin_prefetch(&j->table[id_hash(ahead->id, ahead->kind) &
+                                             (j->table_cap - 1)]);
+            } else {
+                __builtin_prefetch(&j->groups[ahead->group]);
+                if (j->jheads) /* what journeys read of it when it closes */
+                    __builtin_prefetch(&j->jheads[ahead->group]);
+            }
         }
-        if (j->groups[entry.group].last_seq == entry.seq)
+        if (entry.group == SINGLE)
+            close_single(j, &entry, index);
+        else if (j->groups[entry.group].last_seq == entry.seq)
             close_group(j, entry.group);
     }
+}
+
+/* Whether a key's first sighting may stay a single: unless its group would keep the
+ * head's bytes (matches kept, or a receiver's filter to run) or a journey head (a packet
+ * leaving a host), all a group's first sighting holds is in the entry. */
+static inline int may_be_single(const Join *j, uint8_t kind, uint8_t dir)
+{
+    if (kind == KIND_EXCHANGE)
+        return 1;
+    return !j->keep_heads && !(j->journeys && dir == DIR_OUT);
+}
+
+/* The second sighting of a single's key: the group it would have been all along. */
+static int32_t group_from_single(Join *j, Entry *e)
+{
+    int32_t index = new_group(j);
+    if (index < 0)
+        return -1;
+    Group *g = &j->groups[index];
+    memset(g, 0, sizeof *g);
+    g->id = e->id;
+    g->kind = e->kind;
+    g->copies = 1;
+    g->questions = e->seen.role == ROLE_QUESTION;
+    g->answers = e->seen.role == ROLE_ANSWER;
+    g->held = 1;
+    g->inline_[0] = e->seen;
+    if (j->ordinals)
+        j->ordinals[(size_t)index * INLINE_SIGHTINGS] = e->ordinal;
+    g->last_seq = e->seq;
+    e->group = (uint32_t)index;
+    return index;
 }
 
 static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sighting seen,
@@ -2016,10 +2108,29 @@ static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sigh
         j->failed = 1;
         return;
     }
-    uint32_t slot = table_slot(j, id, kind, hash);
+    uint32_t slot = table_slot(j, id, kind, hash), ref = j->table[slot].entry;
     int32_t index;
-    if (j->table[slot].entry) {
-        index = (int32_t)j->table[slot].entry - 1;
+    if (!ref && may_be_single(j, kind, seen.dir)) {
+        uint64_t at = j->fifo_first + j->fifo_len;
+        Entry entry = {seen, id, ++j->seq, SINGLE, (uint32_t)p->ordinal, kind};
+        if (fifo_push(j, &entry) < 0) {
+            j->failed = 1;
+            return;
+        }
+        j->table[slot].hash = hash;
+        j->table[slot].entry = SINGLE_REF | (uint32_t)(at & ~SINGLE_REF);
+        j->table_used++;
+        return;
+    }
+    if (ref & SINGLE_REF) {
+        index = group_from_single(j, single_entry(j, ref));
+        if (index < 0) {
+            j->failed = 1;
+            return;
+        }
+        j->table[slot].entry = (uint32_t)index + 1;
+    } else if (ref) {
+        index = (int32_t)ref - 1;
     } else {
         index = new_group(j);
         if (index < 0) {
@@ -2077,8 +2188,8 @@ static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sigh
         sightings_of(g)[g->held++] = seen;
     }
     g->last_seq = ++j->seq;
-    Entry entry = {seen.aligned, g->last_seq, (uint32_t)index};
-    if (fifo_push(j, entry) < 0)
+    Entry entry = {seen, 0, g->last_seq, (uint32_t)index, 0, 0};
+    if (fifo_push(j, &entry) < 0)
         j->failed = 1;
 }
 
@@ -2094,9 +2205,9 @@ static void prefetch_slot(Join *j, uint32_t hash)
 static void prefetch_group(Join *j, uint32_t hash)
 {
     Slot slot = j->table[hash & (j->table_cap - 1)];
-    if (slot.entry && slot.hash == hash) {
-        __builtin_prefetch(&j->groups[slot.entry - 1]);
-    }
+    if (slot.entry && slot.hash == hash)
+        __builtin_prefetch(slot.entry & SINGLE_REF ? (const void *)single_entry(j, slot.entry)
+                                                   : (const void *)&j->groups[slot.entry - 1]);
 }
 
 #define MARKS_FLUSH_EVERY 4096 /* packets between two looks at what can be written */
@@ -2549,6 +2660,10 @@ static void jr_free(JState *r)
     PyMem_RawFree(r->last);
     PyMem_RawFree(r->seen);
     PyMem_RawFree(r->inbound);
+    PyMem_RawFree(r->lone_first);
+    PyMem_RawFree(r->lone_last);
+    PyMem_RawFree(r->lone_seen);
+    PyMem_RawFree(r->lone_inbound);
     PyMem_RawFree(r->residence);
     PyMem_RawFree(r->pairs);
     PyMem_RawFree(r);
@@ -2603,7 +2718,7 @@ static PyObject *Join_journeys_setup(Join *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$IIIIK", kwlist, &hosts, &samples,
                                      &examples, &exact, &buckets, &seed))
         return NULL;
-    if (!self->keep_matches || self->journeys || self->ngroups || samples < 1 || exact < 1 || buckets < 2 ||
+    if (!self->keep_matches || self->journeys || self->sightings || samples < 1 || exact < 1 || buckets < 2 ||
         buckets % 2) {
         PyErr_SetString(PyExc_ValueError, "journeys_setup: once, on a Join that keeps "
                                           "matches; samples, exact >= 1, buckets even");
@@ -2638,10 +2753,15 @@ static PyObject *Join_journeys_setup(Join *self, PyObject *args, PyObject *kwds)
     r->last = PyMem_RawCalloc(hn, sizeof(int64_t));
     r->seen = PyMem_RawCalloc(hn, 1);
     r->inbound = PyMem_RawCalloc(hn, sizeof(uint64_t));
+    r->lone_first = PyMem_RawCalloc(hn, sizeof(int64_t));
+    r->lone_last = PyMem_RawCalloc(hn, sizeof(int64_t));
+    r->lone_seen = PyMem_RawCalloc(hn, 1);
+    r->lone_inbound = PyMem_RawCalloc(hn, sizeof(uint64_t));
     r->residence = PyMem_RawCalloc(hn, sizeof(JResidence *));
     r->pairs = PyMem_RawCalloc(hn * hn, sizeof(JPair *));
     if (!r->declared || !r->inbound_flag || !r->ether || !r->raw || !r->first || !r->last ||
-        !r->seen || !r->inbound || !r->residence || !r->pairs ||
+        !r->seen || !r->inbound || !r->lone_first || !r->lone_last || !r->lone_seen ||
+        !r->lone_inbound || !r->residence || !r->pairs ||
         addr_table_grow(r) < 0 || flow_table_grow(r) < 0) {
         Py_DECREF(seq);
         jr_free(r);
@@ -2712,6 +2832,16 @@ static PyObject *Join_journeys_state(Join *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     Py_ssize_t n = r->hosts;
+    /* The singles' spans join the groups' (once: they are cleared as they are added). */
+    for (Py_ssize_t h = 0; h < n; h++) {
+        if (r->lone_seen[h]) {
+            jr_saw(r->first, r->last, r->seen, r->inbound, (uint32_t)h, r->lone_first[h], 0);
+            jr_saw(r->first, r->last, r->seen, r->inbound, (uint32_t)h, r->lone_last[h], 0);
+        }
+        r->inbound[h] += r->lone_inbound[h];
+        r->lone_seen[h] = 0;
+        r->lone_inbound[h] = 0;
+    }
     PyObject *out = PyDict_New(), *first = PyList_New(0), *last = PyList_New(0),
              *inbound = PyList_New(0), *owner = PyList_New(0), *pairs = PyList_New(0),
              *flows = PyList_New(0), *residence = PyList_New(0);

@@ -2,14 +2,16 @@
 run's tables and plots — per-pair delay distributions, delay over time, loss over time,
 the clock offsets with their feasible intervals, per-host counts.
 
-The plots are plotly figures (plotly.py builds them; its plotly.js is embedded once, in
-the page's head). Every number comes from run.json (`journeys`, `clock_alignment`,
+The plots are plotly figures, plain dicts drawn by plotly.js (the plotly package's copy,
+embedded once in the page's head). Every number comes from run.json (`journeys`, `clock_alignment`,
 `hosts`); the delay plots show the uniform sample of each pair kept by the pass.
 """
 
 from __future__ import annotations
 
 import html
+import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -29,13 +31,7 @@ def write_page(data: dict, path: Path, title: str) -> Path:
 
 
 def render(data: dict, title: str) -> str:
-    import plotly.io as pio
-    from plotly.offline import get_plotlyjs
-
-    # Figures as plain dicts, written without plotly.py's validation: validating every
-    # trace's arrays took ~10 s for a fleet's 600 pairs (the traces are built here from
-    # run.json's numbers; plotly.js draws them as it would the validated figure).
-    template = pio.templates["plotly_white"].to_plotly_json()
+    plotly_js, template = _plotly_files()
     figures = [
         ("Per-host counts", _host_counts(data)),
         ("Clock offsets and their feasible intervals", _clocks(data)),
@@ -44,18 +40,53 @@ def render(data: dict, title: str) -> str:
         ("Lost packets over time", _loss_over_time(data)),
     ]
     sections = []
-    for heading, figure in figures:
+    for index, (heading, figure) in enumerate(figures):
         if figure is None:
             continue
         figure["layout"].update(template=template, margin={"t": 30, "b": 40}, height=380)
-        body = pio.to_html(figure, include_plotlyjs=False, full_html=False, validate=False)
+        body = _plot(figure, f"xdpcap-plot-{index}")
         sections.append(f'<h2>{html.escape(heading)}</h2>\n<div class="{PLOT_CLASS}">{body}</div>')
     return _PAGE.format(
         title=html.escape(f"xdpcap report: {title}"),
-        plotly=get_plotlyjs(),
+        plotly=plotly_js,
         tables=_tables_html(data),
         sections="\n".join(sections),
     )
+
+
+def _plotly_files() -> tuple[str, dict]:
+    """plotly.js and the plotly_white template, read from the plotly package's data: not
+    imported (plotly.py's modules took 0.1 s to load, the most of a small merge's time;
+    the figures are plain dicts, built here from run.json's numbers, that need none of
+    its validation). ImportError when plotly is not installed."""
+    spec = importlib.util.find_spec("plotly")  # finds it without running its __init__
+    if spec is None or spec.origin is None:
+        raise ImportError("plotly")
+    data = Path(spec.origin).parent / "package_data"
+    try:
+        plotly_js = (data / "plotly.min.js").read_text(encoding="utf-8")
+        template = json.loads((data / "templates" / "plotly_white.json").read_text())
+    except FileNotFoundError as missing:
+        raise ImportError(f"plotly without its {missing.filename}") from missing
+    return plotly_js, template
+
+
+def _plot(figure: dict, div_id: str) -> str:
+    """A figure as plotly.js draws it: its div, and the call that fills it. The JSON is
+    inline in a script: "<", ">" and "&" are escaped so that no string in it (a host's
+    name) can end the script."""
+    spec = ", ".join(_script_json(figure[key]) for key in ("data", "layout"))
+    height = int(figure["layout"].get("height", 380))
+    return (
+        f'<div id="{div_id}" class="plotly-graph-div" style="height:{height}px; width:100%;">'
+        f'</div>\n<script type="text/javascript">'
+        f'Plotly.newPlot("{div_id}", {spec}, {{"responsive": true}});</script>'
+    )
+
+
+def _script_json(value: object) -> str:
+    text = json.dumps(value, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 # ---------------------------------------------------------------------------- figures

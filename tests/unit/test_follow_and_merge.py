@@ -57,10 +57,21 @@ def _run(paths: list[Path], out: Path, priors: list[int]):
     return report, journeys, sources_for
 
 
-def test_unshared_inputs_are_merged_while_the_pass_reads_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("apart", [True, False], ids=["child", "thread"])
+def test_unshared_inputs_are_merged_while_the_pass_reads_them(tmp_path: Path, apart) -> None:
+    """The early merge runs in a forked child when the process has no other thread,
+    else in a thread (one is kept running here); an old output is replaced."""
     paths = _unshared(tmp_path)
     out = tmp_path / "merged.pcapng"
-    report, journeys, sources_for = _run(paths, out, [0, 5_000])
+    out.write_bytes(b"an old output")
+    done = threading.Event()
+    other = threading.Thread(target=done.wait)
+    if not apart:
+        other.start()
+    try:
+        report, journeys, sources_for = _run(paths, out, [0, 5_000])
+    finally:
+        done.set()
     assert report.during_pass
     assert report.out_path == str(out) and report.packets == 1000
     assert journeys.marks.packets == 0 and report.aside == (os.getpid(), report.journeys)
@@ -103,6 +114,32 @@ def test_shared_traffic_calls_the_early_merge_off(tmp_path: Path, apart: bool) -
     assert sum(i is not None for i in _packet_ids(out)) == 80  # both sightings of each
     # No early file, no marks left beside the output.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pcapng", "b.pcapng", "merged.pcapng"]
+
+
+def test_a_pipe_or_a_link_as_the_output_is_written_into(tmp_path: Path) -> None:
+    """Never renamed over (as an early merge's file would be): a named pipe stays a pipe
+    and its reader gets the merge; a symbolic link stays a link to the file it names."""
+    import stat
+
+    paths = _unshared(tmp_path)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    report, _, _ = _run(paths, pipe, [0, 5_000])
+    reader.join(timeout=60)  # (a pipe renamed over would leave it waiting for a writer)
+    assert got, "the pipe's reader got nothing"
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)
+    assert not report.during_pass and report.packets == 1000
+    assert got[0][:4] == b"\x0a\x0d\x0d\x0a" and len(got[0]) > 1000 * 16
+
+    target, link = tmp_path / "target.pcapng", tmp_path / "link.pcapng"
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    _run(paths, link, [0, 5_000])
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"
 
 
 def test_what_a_killed_merge_left_is_removed_by_the_next(tmp_path: Path) -> None:

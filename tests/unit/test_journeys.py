@@ -327,6 +327,114 @@ def test_c_and_python_journeys_agree(tmp_path: Path, monkeypatch, declared: bool
     assert sum(p["reordered"] for p in result["pairs"]) > 0
 
 
+def _busy_window(folder: Path) -> list[Path]:
+    """Three hosts: five quiet seconds (~2,400 sightings in a 2 s window: the C join's
+    first FIFO of 4,096 wraps), then two busy ones (~12,000: it grows, wrapped). Mostly
+    packets from an address nobody owns, each seen
+    once arriving (keys that stay single and leave the window unshared), among them
+    packets between the hosts whose second sighting comes up to 1.5 s after the first
+    (a single made a group after the FIFO has grown and wrapped), packets from outside
+    seen arriving at two hosts, DNS questions and answers (exchanges), and a packet now
+    and then seen twice on one host. The clocks are off by milliseconds, so some packets
+    are seen arriving before they were seen leaving."""
+    import random
+
+    rng = random.Random(5)
+    on: list[list] = [[], [], []]
+    offsets = [0, 3_000 * US, -5_000 * US]
+    outside = bytes([192, 0, 2, 9])
+    for i in range(15_000):
+        t = T0 + (i * 1_000 * US if i < 5_000 else 5_000_000 * US + (i - 5_000) * 200 * US)
+        host = rng.randrange(3)
+        kind = rng.random()
+        if kind < 0.7:  # from outside: one sighting, arriving
+            frame = udp(4000, 7777, i, outside, address(host))
+            on[host].append((t, frame, 1))
+            if rng.random() < 0.02:
+                on[host].append((t + 30 * US, frame, 1))
+            if rng.random() < 0.05:  # flooded: a second host sees it arrive too
+                on[(host + 1) % 3].append((t + 40 * US, frame, 1))
+        elif kind < 0.9:  # between the hosts, arriving late or never
+            other = (host + 1 + rng.randrange(2)) % 3
+            frame = udp(5000, 9999, i, address(host), address(other))
+            on[host].append((t, frame, 2))
+            if rng.random() < 0.9:
+                late = rng.choice((50 * US, 200_000 * US, 1_500_000 * US))
+                on[other].append((t + late, frame, 1))
+        else:  # a question and, mostly, its answer (the question's arrival not always seen)
+            other = (host + 1) % 3
+            query = struct.pack("!HHHHHH", 5353, 53, 20, 0, i & 0xFFFF, 0x0100) + b"q"
+            frame = eth(ipv4(17, query, ident=i, src=address(host), dst=address(other)))
+            on[host].append((t, frame, 2))
+            if rng.random() < 0.5:
+                on[other].append((t + 100 * US, frame, 1))
+            if rng.random() < 0.8:
+                reply = struct.pack("!HHHHHH", 53, 5353, 20, 0, i & 0xFFFF, 0x8180) + b"r"
+                frame = eth(ipv4(17, reply, ident=i + 1, src=address(other), dst=address(host)))
+                on[other].append((t + 200 * US, frame, 2))
+                on[host].append((t + 300 * US, frame, 1))
+    for h in range(3):
+        on[h] = [(t + offsets[h], frame, direction) for t, frame, direction in on[h]]
+    return [capture(folder / f"w{h}.pcapng", on[h]) for h in range(3)]
+
+
+def test_engines_agree_on_a_busy_window(tmp_path: Path, monkeypatch) -> None:
+    """Keys seen once are held as FIFO entries alone in the C join (no group): through a
+    window that outgrows the FIFO, singles expiring and singles made groups late, the
+    journeys, the clocks and the packet ids are the Python engine's."""
+    if captures_module._fastmerge is None:
+        pytest.skip("the C extension is not built")
+    paths = _busy_window(tmp_path)
+    names = ["w0", "w1", "w2"]
+    hosts = [HostView(n, {address(i)}) for i, n in enumerate(names)]
+    results = {}
+    for engine in ("c", "python"):
+        monkeypatch.setenv("XDPCAP_NO_FASTMERGE", "1" if engine == "python" else "0")
+        alignment, journeys = follow(paths, names, [0, 0, 0], hosts, clock_correction=True)
+        assert alignment is not None
+        with journeys.marks as marks:
+            results[engine] = (
+                (alignment.shifts_ns, alignment.rates_ppb, alignment.packets_read),
+                journeys.result(alignment),
+                [Path(path).read_bytes() for path in marks.paths],
+            )
+    assert results["c"] == results["python"]
+    clocks, result, _ = results["c"]
+    assert clocks[0][1] - clocks[0][0] == pytest.approx(3_000 * US, abs=100 * US)  # found
+    assert sum(p["arrived"] for p in result["pairs"]) > 2000
+    assert sum(p["lost"] for p in result["pairs"]) > 0
+
+
+def test_join_engines_agree_on_a_busy_window(tmp_path: Path) -> None:
+    """The same without journeys, where every first sighting may stay single (leaving
+    ones too): each pair's bounds, samples and floors are the Python engine's."""
+    if captures_module._fastmerge is None:
+        pytest.skip("the C extension is not built")
+    from xdpcap.orchestrator.follow.join import join_captures
+
+    paths = _busy_window(tmp_path)
+    runs = {e: join_captures(paths, [0, 0, 0], engine=e) for e in ("c", "python")}
+    c, py = runs["c"], runs["python"]
+
+    def summary(result) -> dict:
+        return {
+            key: (
+                p.same_count,
+                p.answer_count,
+                p.same,
+                p.answers,
+                p.same_floor.points(),
+                p.answer_floor.points(),
+            )
+            for key, p in result.pairs.items()
+        }
+
+    assert summary(c) == summary(py)
+    assert c.held_high_water == py.held_high_water > 4096
+    assert c.packets == py.packets
+    assert any(p.answer_count for p in c.pairs.values())
+
+
 def test_residence_time_on_the_python_engine(tmp_path: Path, monkeypatch) -> None:
     """The test above runs on the C join when it is built: the same on the Python one."""
     monkeypatch.setenv("XDPCAP_NO_FASTMERGE", "1")

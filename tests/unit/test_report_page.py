@@ -84,3 +84,17 @@ def test_the_page_renders_offline_in_chromium(tmp_path: Path) -> None:
         check=True,
     )
     assert shot.stat().st_size > 10_000
+
+
+def test_no_name_in_a_plot_ends_its_script() -> None:
+    """Host names reach the figures' JSON, inline in a script: "</script>" in one must
+    stay text, and the JSON must read back as the figure."""
+    from xdpcap.orchestrator.report.page import _plot
+
+    name = '</script><script>alert("x")</script>&'
+    figure = {"data": [{"type": "bar", "x": [name], "y": [1]}], "layout": {"height": 380}}
+    body = _plot(figure, "p")
+    assert body.count("</script>") == 1 and "<script>alert" not in body
+    call = body[body.index("Plotly.newPlot(") :]
+    data = call[call.index("[") : call.index(', {"height"')]
+    assert json.loads(data) == figure["data"]
