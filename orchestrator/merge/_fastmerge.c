@@ -529,14 +529,19 @@ _Static_assert(sizeof(Group) == 64, "a group is one cache line");
  * the group (group_from_single). */
 typedef struct {
     Sighting seen;
-    uint64_t id;      /* a single's key (a group's is in the group) */
-    uint32_t seq;     /* a group's entry is its latest while group.last_seq == seq */
-    uint32_t group;   /* the group's index, or SINGLE */
-    uint32_t ordinal; /* a single's ordinal (mod 2^32) */
-    uint8_t kind;     /* a single's */
-} Entry;
+    uint64_t id; /* a single's key (a group's is in the group) */
+    /* A group's entry: its sequence number (the group's latest while the group's
+     * last_seq is this). A single's: its packet's ordinal (mod 2^32). */
+    uint32_t seq;
+    uint32_t group; /* the group's index, or one of the three below */
+} Entry;            /* 32 bytes */
+_Static_assert(sizeof(Entry) == 32, "an entry is half a cache line");
 
-#define SINGLE UINT32_MAX
+#define SINGLE_PACKET UINT32_MAX
+#define SINGLE_EXCHANGE (UINT32_MAX - 1)
+#define SUPERSEDED (UINT32_MAX - 2) /* a single made a group: the group holds it now */
+
+static inline int is_single(uint32_t group) { return group >= SINGLE_EXCHANGE; }
 
 typedef struct {
     uint32_t hash;
@@ -1910,6 +1915,11 @@ static int table_grow(Join *j)
     return 0;
 }
 
+static inline uint8_t single_kind(uint32_t group)
+{
+    return group == SINGLE_PACKET ? KIND_PACKET : KIND_EXCHANGE;
+}
+
 static inline Entry *single_entry(const Join *j, uint32_t ref)
 {
     return &j->fifo[ref & ~SINGLE_REF & (j->fifo_cap - 1)];
@@ -1926,7 +1936,7 @@ static uint32_t table_slot(Join *j, uint64_t id, uint8_t kind, uint32_t hash)
         if (slot.hash == hash) {
             if (slot.entry & SINGLE_REF) {
                 const Entry *e = single_entry(j, slot.entry);
-                if (e->id == id && e->kind == kind)
+                if (e->id == id && single_kind(e->group) == kind)
                     return at;
             } else {
                 const Group *g = &j->groups[slot.entry - 1];
@@ -2007,13 +2017,18 @@ static int fifo_push(Join *j, const Entry *entry)
         size_t cap = j->fifo_cap ? j->fifo_cap * 2 : 4096;
         if (cap > SINGLE_REF)
             return -1;
-        Entry *grown = PyMem_RawMalloc(cap * sizeof *grown);
+        /* Grown in place (a large block is remapped, not copied: its pages stay, and no
+         * new ones are touched before they are used). Every entry keeps its index modulo
+         * the capacity, which a single's slot names it by: those whose index has the
+         * old capacity's bit set move up by it. The ring is full: every position holds
+         * one entry. */
+        Entry *grown = PyMem_RawRealloc(j->fifo, cap * sizeof *grown);
         if (!grown)
             return -1;
-        /* Every entry keeps its index modulo the capacity: a single's slot names it so. */
+        size_t old = j->fifo_cap;
         for (uint64_t k = j->fifo_first; k < j->fifo_first + j->fifo_len; k++)
-            grown[k & (cap - 1)] = j->fifo[k & (j->fifo_cap - 1)];
-        PyMem_RawFree(j->fifo);
+            if (k & old)
+                grown[(k & (old - 1)) + old] = grown[k & (old - 1)];
         j->fifo = grown;
         j->fifo_cap = cap;
     }
@@ -2032,11 +2047,12 @@ static int fifo_push(Join *j, const Entry *entry)
 static void close_single(Join *j, const Entry *e, uint64_t index)
 {
     JState *r = j->journeys;
-    if (r && e->kind == KIND_PACKET)
+    uint8_t kind = single_kind(e->group);
+    if (r && kind == KIND_PACKET)
         jr_saw(r->lone_first, r->lone_last, r->lone_seen, r->lone_inbound, e->seen.host,
                host_time(j, &e->seen), e->seen.dir);
     if (!j->closing_all)
-        table_remove(j, id_hash(e->id, e->kind), SINGLE_REF | (uint32_t)(index & ~SINGLE_REF));
+        table_remove(j, id_hash(e->id, kind), SINGLE_REF | (uint32_t)(index & ~SINGLE_REF));
 }
 
 /* Close every key whose latest sighting is older than `before` (all with `all`). */
@@ -2053,18 +2069,18 @@ static void expire(Join *j, int64_t before, int all)
         if (j->fifo_len > EXPIRE_AHEAD) {
             /* What this loop reaches a few turns later: two seconds old, not cached. */
             const Entry *ahead = &j->fifo[(j->fifo_first + EXPIRE_AHEAD) & mask];
-            if (ahead->group == SINGLE) {
-                __builtin_prefetch(&j->table[id_hash(ahead->id, ahead->kind) &
+            if (is_single(ahead->group)) {
+                __builtin_prefetch(&j->table[id_hash(ahead->id, single_kind(ahead->group)) &
                                              (j->table_cap - 1)]);
-            } else {
+            } else if (ahead->group != SUPERSEDED) {
                 __builtin_prefetch(&j->groups[ahead->group]);
                 if (j->jheads) /* what journeys read of it when it closes */
                     __builtin_prefetch(&j->jheads[ahead->group]);
             }
         }
-        if (entry.group == SINGLE)
+        if (is_single(entry.group))
             close_single(j, &entry, index);
-        else if (j->groups[entry.group].last_seq == entry.seq)
+        else if (entry.group != SUPERSEDED && j->groups[entry.group].last_seq == entry.seq)
             close_group(j, entry.group);
     }
 }
@@ -2088,16 +2104,15 @@ static int32_t group_from_single(Join *j, Entry *e)
     Group *g = &j->groups[index];
     memset(g, 0, sizeof *g);
     g->id = e->id;
-    g->kind = e->kind;
+    g->kind = single_kind(e->group);
     g->copies = 1;
     g->questions = e->seen.role == ROLE_QUESTION;
     g->answers = e->seen.role == ROLE_ANSWER;
     g->held = 1;
     g->inline_[0] = e->seen;
     if (j->ordinals)
-        j->ordinals[(size_t)index * INLINE_SIGHTINGS] = e->ordinal;
-    g->last_seq = e->seq;
-    e->group = (uint32_t)index;
+        j->ordinals[(size_t)index * INLINE_SIGHTINGS] = e->seq; /* the ordinal */
+    e->group = SUPERSEDED; /* (the second sighting's entry is the group's latest) */
     return index;
 }
 
@@ -2112,7 +2127,8 @@ static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sigh
     int32_t index;
     if (!ref && may_be_single(j, kind, seen.dir)) {
         uint64_t at = j->fifo_first + j->fifo_len;
-        Entry entry = {seen, id, ++j->seq, SINGLE, (uint32_t)p->ordinal, kind};
+        Entry entry = {seen, id, (uint32_t)p->ordinal,
+                       kind == KIND_PACKET ? SINGLE_PACKET : SINGLE_EXCHANGE};
         if (fifo_push(j, &entry) < 0) {
             j->failed = 1;
             return;
@@ -2188,7 +2204,7 @@ static void add_sighting(Join *j, uint64_t id, uint8_t kind, uint32_t hash, Sigh
         sightings_of(g)[g->held++] = seen;
     }
     g->last_seq = ++j->seq;
-    Entry entry = {seen, 0, g->last_seq, (uint32_t)index, 0, 0};
+    Entry entry = {seen, 0, g->last_seq, (uint32_t)index};
     if (fifo_push(j, &entry) < 0)
         j->failed = 1;
 }

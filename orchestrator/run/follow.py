@@ -110,23 +110,29 @@ def follow_and_merge(
         marks_folder=out.parent,
         journeys_wanted=journeys_wanted,
     )
+    early: _EarlyMerge | None = None
     if _replaceable(out):
-        early = _pass_beside_early_merge(
+        alignment, journeys, early = _pass_beside_early_merge(
             run_pass, out, names, priors, sources_for, clock_correction=clock_correction
         )
-        alignment, journeys, report = early
     else:
         # A device, a pipe or a symbolic link is written into, never renamed over (an
         # early merge would replace it): the merge waits for the pass.
         alignment, journeys = run_pass()
-        report = None
-    if report is not None:
-        report.during_pass = True
-        report.alignment = alignment
-        report.journeys = journeys.result(alignment) if journeys_wanted else None
-        if meanwhile is not None:
-            report.aside = meanwhile(alignment, journeys, report.journeys)
-        return report, journeys
+    if early is not None:
+        # The pass's results while the early merge ends (should it fail, the merge after
+        # the pass calls `meanwhile` again: it only writes files from them).
+        followed = journeys.result(alignment) if journeys_wanted else None
+        aside = meanwhile(alignment, journeys, followed) if meanwhile is not None else None
+        report = early.finish(out)
+        if report is not None:
+            if journeys.marks is not None:
+                journeys.marks.close()
+            report.during_pass = True
+            report.alignment = alignment
+            report.journeys = followed
+            report.aside = aside
+            return report, journeys
     report = merge_followed(
         sources_for(alignment),
         out,
@@ -155,10 +161,10 @@ def _pass_beside_early_merge(
     sources_for: SourcesFor,
     *,
     clock_correction: bool,
-) -> tuple[Alignment | None, Journeys, MergeReport | None]:
+) -> tuple[Alignment | None, Journeys, _EarlyMerge | None]:
     """The pass, and beside it the merge with the clocks it would leave if the hosts
-    shared nothing: that merge's report (its file in place at `out`) when the pass found
-    nothing shared, else None (the early merge called off, its file gone)."""
+    shared nothing: that merge, still running, when the pass found nothing shared, else
+    None (the early merge called off, its file gone)."""
     from ..clock.align import without_traffic
 
     guess = without_traffic(names, priors) if clock_correction and len(names) > 1 else None
@@ -193,14 +199,7 @@ def _pass_beside_early_merge(
     if early.shared.is_set() or not same:
         early.discard()
         return alignment, journeys, None
-    report = early.result()
-    if report is None:  # it failed: the merge after the pass says why
-        return alignment, journeys, None
-    if journeys.marks is not None:
-        journeys.marks.close()
-    os.replace(early_out, out)
-    report.out_path = os.fspath(out)
-    return alignment, journeys, report
+    return alignment, journeys, early
 
 
 class _CallsOff(threading.Event):
@@ -269,6 +268,15 @@ class _EarlyMerge:
             report = pickle.loads(data) if status == 0 and data else None
         if report is None:
             self.out.unlink(missing_ok=True)
+        return report
+
+    def finish(self, out: Path) -> MergeReport | None:
+        """Its report with its file in place at `out`; None when it failed (the merge
+        after the pass says why)."""
+        report = self.result()
+        if report is not None:
+            os.replace(self.out, out)
+            report.out_path = os.fspath(out)
         return report
 
     def discard(self) -> None:
