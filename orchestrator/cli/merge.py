@@ -17,7 +17,7 @@ from ...agent.errors import exit_status
 from ..errors import UsageError
 from ..follow.journeys import HostView, Journeys
 from ..merge.captures import MergeReport, MergeSource, merge_captures
-from ..run.follow import follow_and_merge, write_merge_summary
+from ..run.follow import follow_and_merge, is_file_output, write_merge_summary
 
 if TYPE_CHECKING:
     from ..clock.align import Alignment
@@ -36,7 +36,14 @@ def register(subparsers) -> None:
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IN", help="pcapng or pcap files")
-    parser.add_argument("-w", dest="output", required=True, metavar="OUT", help="output pcapng")
+    parser.add_argument(
+        "-w",
+        dest="output",
+        required=True,
+        metavar="OUT",
+        help="output pcapng; - for standard output (a pipe: wireshark -k -i -), with no "
+        "summary or page beside it",
+    )
     parser.add_argument(
         "--name",
         action="append",
@@ -101,6 +108,10 @@ def _check_output_is_not_an_input(inputs: Sequence[str], output: str) -> None:
 def handler(args: argparse.Namespace) -> int:
     names = _names(args.name, args.inputs)
     _check_readable(args.inputs)
+    if args.output == "-":
+        if sys.stdout.isatty():
+            raise UsageError("-w -: standard output is a terminal, not a pipe or a file")
+        args.output = "/dev/stdout"
     _check_output_is_not_an_input(args.inputs, args.output)
     plain = [MergeSource(path, name=names.get(path)) for path in args.inputs]
     if args.plain or not (args.journeys or args.clock_correction):
@@ -128,6 +139,9 @@ def handler(args: argparse.Namespace) -> int:
     # else learned from the traffic). A MergeError (no usable input) is one line,
     # printed by main().
     labels = [names.get(path) or Path(path).stem for path in args.inputs]
+    # run.json's and report.html's equivalents go beside a file, never beside a pipe or a
+    # device (-w -: nothing is written into /dev).
+    beside = is_file_output(args.output)
     summary = Path(args.output).with_name(Path(args.output).name + ".json")
 
     def meanwhile(
@@ -135,8 +149,10 @@ def handler(args: argparse.Namespace) -> int:
     ) -> tuple[Path | None, str | None]:
         """The summary and the page (its path, or why none), from the pass's results
         while the merge writes."""
-        from ..report.page import write_beside  # plotly loads only here
+        from ..report.page import write_beside
 
+        if not beside:
+            return None, None
         write_merge_summary(
             Path(args.output), alignment, followed, labels, args.inputs, journeys.packets
         )
@@ -148,15 +164,16 @@ def handler(args: argparse.Namespace) -> int:
             labels,
             [0] * len(plain),
             [HostView(label) for label in labels],
-            Path(args.output).resolve(),
+            Path(args.output).resolve() if beside else Path(args.output),
             sources_for,
             clock_correction=args.clock_correction,
             meanwhile=meanwhile,
             journeys_wanted=args.journeys,
         )
     except BaseException:
-        for path in (summary, summary.with_suffix(".html")):  # of a merge that did not happen
-            path.unlink(missing_ok=True)
+        if beside:
+            for path in (summary, summary.with_suffix(".html")):  # of a merge that did not happen
+                path.unlink(missing_ok=True)
         raise
     alignment = report.alignment
     summary_path = summary
@@ -164,6 +181,9 @@ def handler(args: argparse.Namespace) -> int:
     if alignment is not None:
         print(f"xdpcap merge: {alignment.summary()}", file=sys.stderr)
     _print_merged(report, len(plain))
+    if not beside:
+        print("xdpcap merge: no summary or page beside a pipe or a device", file=sys.stderr)
+        return 0
     print(f"xdpcap merge: journeys and clocks in {summary_path}", file=sys.stderr)
     page, problem = report.aside
     if problem:

@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import stat
 import struct
+import tempfile
 import threading
 from bisect import bisect_left
 from collections import deque
@@ -393,7 +396,8 @@ def merge_captures(
 
     Damaged inputs keep their blocks before the damage and are reported; unreadable ones
     are reported and skipped. Raises `MergeError` when no input is usable (and leaves no
-    output file behind), `MergeCancelled` (and leaves none) when `cancel` is set.
+    output file behind), `MergeCancelled` (and leaves none) when `cancel` is set. An
+    output that is a pipe or a device (`-w -`) is written into, never removed.
     """
     if not sources:
         raise MergeError("nothing to merge: no input files")
@@ -413,37 +417,70 @@ def merge_captures(
         raise MergeError(f"nothing to merge: {unreadable[0]}")
     sources = readable
     out_path = os.fspath(out_path)
-    engines = [_FastMerger, _Merger] if _fast_path_enabled() else [_Merger]
+    own_file = False  # a regular file named by the path itself: removed if it fails
     try:
         with open(out_path, "wb") as stream:
-            for engine in engines:
-                writer = PcapngWriter(
-                    stream,
-                    userappl=f"xdpcap {__version__}",
-                    comment=section_comment(sources, clock_correction, clock_summary),
+            own_file = stat.S_ISREG(os.fstat(stream.fileno()).st_mode) and not os.path.islink(
+                out_path
+            )
+            if stream.seekable():
+                merger = _merge_into(
+                    stream, sources, clock_correction, clock_summary, packet_marks, cancel
                 )
-                merger = engine(sources, writer, clock_correction, packet_marks)
-                merger.cancel = cancel
-                try:
-                    merger.run()
-                except _OutOfOrder:
-                    # Start again from an empty file; the writer's buffer goes with it.
-                    stream.seek(0)
-                    stream.truncate()
-                    continue
-                writer.flush()
-                break
+            else:
+                # A pipe or a device cannot be rewound should an input turn out to be out
+                # of order (the merge then starts again on the sorting path): the merge
+                # goes to a temporary file first, then through.
+                with tempfile.TemporaryFile(prefix="xdpcap-merge-") as spool:
+                    merger = _merge_into(
+                        spool, sources, clock_correction, clock_summary, packet_marks, cancel
+                    )
+                    spool.seek(0)
+                    shutil.copyfileobj(spool, stream, CHUNK_BYTES)
     except OSError as exc:
         raise MergeError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
     except MergeCancelled:
-        os.unlink(out_path)
+        if own_file:
+            os.unlink(out_path)
         raise
     report = _report(merger, out_path)
     report.warnings[:0] = unreadable
     if not any(source.usable for source in report.sources):
-        os.unlink(out_path)
+        if own_file:  # (never a device, a pipe, or what a link names)
+            os.unlink(out_path)
         raise MergeError("no usable input: " + "; ".join(report.warnings))
     return report
+
+
+def _merge_into(
+    stream,
+    sources: Sequence[MergeSource],
+    clock_correction: bool,
+    clock_summary: str | None,
+    packet_marks: PacketMarks | None,
+    cancel: threading.Event | None,
+) -> _Merger:
+    """The merge written to `stream` (seekable), by the C loop where it is built; an input
+    out of order sends it back to the start, on the Python path that sorts."""
+    engines = [_FastMerger, _Merger] if _fast_path_enabled() else [_Merger]
+    for engine in engines:
+        writer = PcapngWriter(
+            stream,
+            userappl=f"xdpcap {__version__}",
+            comment=section_comment(sources, clock_correction, clock_summary),
+        )
+        merger = engine(sources, writer, clock_correction, packet_marks)
+        merger.cancel = cancel
+        try:
+            merger.run()
+        except _OutOfOrder:
+            # Start again from an empty file; the writer's buffer goes with it.
+            stream.seek(0)
+            stream.truncate()
+            continue
+        writer.flush()
+        break
+    return merger
 
 
 def _report(merger: _Merger, out_path: str) -> MergeReport:

@@ -100,6 +100,7 @@ def follow_and_merge(
     it is called for the clocks guessed at the start too); see the module's text.
     `meanwhile(alignment, journeys, their result)` runs while the merge writes."""
     out = Path(out)
+    replaceable = _replaceable(out)
     run_pass = functools.partial(
         follow,
         paths,
@@ -107,11 +108,12 @@ def follow_and_merge(
         priors,
         hosts,
         clock_correction=clock_correction,
-        marks_folder=out.parent,
+        # Beside the output, unless it is a device or a pipe (/dev is nobody's scratch).
+        marks_folder=out.parent if replaceable else None,
         journeys_wanted=journeys_wanted,
     )
     early: _EarlyMerge | None = None
-    if _replaceable(out):
+    if replaceable:
         alignment, journeys, early = _pass_beside_early_merge(
             run_pass, out, names, priors, sources_for, clock_correction=clock_correction
         )
@@ -149,6 +151,15 @@ def _replaceable(out: Path) -> bool:
     """Whether `out` is a regular file (not through a link) or nothing yet."""
     try:
         return stat.S_ISREG(os.lstat(out).st_mode)
+    except FileNotFoundError:
+        return True
+
+
+def is_file_output(out: str | os.PathLike[str]) -> bool:
+    """Whether files may be written beside `out` (its summary, its page): a regular file
+    or a new name, possibly through a link; not a pipe or a device (`-w -`)."""
+    try:
+        return stat.S_ISREG(os.stat(out).st_mode)
     except FileNotFoundError:
         return True
 

@@ -5,10 +5,13 @@ shared, and is called off (leaving no file) when it does."""
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
+from xdpcap.orchestrator.errors import MergeError
 from xdpcap.orchestrator.follow.journeys import HostView
 from xdpcap.orchestrator.merge.captures import MergeSource, merge_captures
 from xdpcap.orchestrator.run.follow import follow_and_merge
@@ -191,3 +194,74 @@ def test_merge_flags_choose_what_the_pass_does(tmp_path: Path, flags, aligned, f
         assert data["clock_alignment"]["hosts"]["b"]["offset_ns"] == 250_000_000
         assert (data["journeys"] is not None) == followed
         assert (tmp_path / "merged.pcapng.html").exists()
+
+
+def _merge_cli(args: list[str], stdout) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "xdpcap.orchestrator.cli.merge", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=False,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("flags", [[], ["--plain"]], ids=["default", "plain"])
+def test_merge_to_standard_output(tmp_path: Path, flags) -> None:
+    """`-w -` writes the merge into a pipe (what the merge to a file holds, byte for
+    byte), and nothing beside it: no summary, no page, no marks folder in /dev."""
+    paths = [str(p) for p in skewed_pair(tmp_path)]
+    out = tmp_path / "merged.pcapng"
+    assert _merge_cli([*paths, "-w", str(out), *flags], subprocess.DEVNULL).returncode == 0
+    piped = _merge_cli([*paths, "-w", "-", *flags], subprocess.PIPE)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == out.read_bytes()
+    if not flags:
+        assert b"no summary or page beside a pipe" in piped.stderr
+    assert not Path("/dev/stdout.json").exists() and not Path("/dev/stdout.html").exists()
+    assert not list(Path("/dev").glob(".xdpcap-packet-ids-*"))
+
+
+def test_standard_output_on_a_terminal_is_refused(tmp_path: Path) -> None:
+    paths = [str(p) for p in skewed_pair(tmp_path)]
+    leader, follower = os.openpty()
+    try:
+        result = _merge_cli([*paths, "-w", "-"], follower)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert result.returncode == 2
+    assert result.stderr.decode().strip().splitlines() == [
+        "xdpcap: -w -: standard output is a terminal, not a pipe or a file"
+    ]
+
+
+def test_a_pipe_gets_a_disordered_merge_whole_and_is_never_removed(tmp_path: Path) -> None:
+    """Out-of-order inputs send the C loop back to the start on the sorting path: into a
+    pipe (which cannot be rewound) the merge goes through a temporary file, and arrives
+    as the merge to a file does. A merge with no usable input leaves the pipe in place."""
+    from .test_join import _mixed_traffic
+
+    paths = _mixed_traffic(tmp_path)  # neighbours swapped: out of order
+    sources = [MergeSource(p) for p in paths]
+    merge_captures(sources, tmp_path / "file.pcapng", clock_correction=False)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    report = merge_captures(sources, pipe, clock_correction=False)
+    reader.join(timeout=60)
+    assert report.engine == "python"  # the sorting path, after the C loop met the disorder
+    assert got and got[0] == (tmp_path / "file.pcapng").read_bytes()
+
+    empty = tmp_path / "empty.pcapng"
+    empty.write_bytes(b"")
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    with pytest.raises(MergeError):
+        merge_captures([MergeSource(empty)], pipe)
+    reader.join(timeout=60)
+    assert pipe.exists() and stat.S_ISFIFO(os.lstat(pipe).st_mode)
