@@ -124,8 +124,14 @@ def follow_and_merge(
     if early is not None:
         # The pass's results while the early merge ends (should it fail, the merge after
         # the pass calls `meanwhile` again: it only writes files from them).
-        followed = journeys.result(alignment) if journeys_wanted else None
-        aside = meanwhile(alignment, journeys, followed) if meanwhile is not None else None
+        try:
+            followed = journeys.result(alignment) if journeys_wanted else None
+            aside = meanwhile(alignment, journeys, followed) if meanwhile is not None else None
+        except BaseException:
+            early.discard()
+            if journeys.marks is not None:
+                journeys.marks.close()
+            raise
         report = early.finish(out)
         if report is not None:
             if journeys.marks is not None:
