@@ -45,16 +45,18 @@ def add_direction_argument(parser: argparse.ArgumentParser, default: str | None)
 
 def add_process_arguments(parser: argparse.ArgumentParser) -> None:
     """Process attribution and selection by process (agent/process/)."""
-    # Off by default: the table's programs are compiled with bcc at every start (about
-    # 2 s of CPU and 200 MB on the host, against 0.1 s and 22 MB for a cached sampler).
+    # Off by default. Its programs are the sampler's one compile, cached with it: on a
+    # host of its own it costs +8 MB at the start (measured). But its hooks see every
+    # socket of the kernel: a hundred agents sharing the lab's one kernel made the run
+    # ~1.3 s slower with it (bench/run --process; BENCHMARKS.md).
     parser.add_argument(
         "--process",
         dest="process",
         action="store_true",
         default=None,
         help="attribute packets to processes: EPB comments naming the process and container "
-        "that sent or received each packet (off by default: it costs the host about 2 s of "
-        "CPU and 200 MB at the start; --pid, --comm and --container turn it on)",
+        "that sent or received each packet (off by default; --pid, --comm and --container "
+        "turn it on)",
     )
     parser.add_argument(
         "--no-process", dest="process", action="store_false", help="no process attribution"
