@@ -108,7 +108,8 @@ def _check_output_is_not_an_input(inputs: Sequence[str], output: str) -> None:
 def handler(args: argparse.Namespace) -> int:
     names = _names(args.name, args.inputs)
     _check_readable(args.inputs)
-    if args.output == "-":
+    to_stdout = args.output == "-"
+    if to_stdout:
         if sys.stdout.isatty():
             raise UsageError("-w -: standard output is a terminal, not a pipe or a file")
         args.output = "/dev/stdout"
@@ -139,9 +140,9 @@ def handler(args: argparse.Namespace) -> int:
     # else learned from the traffic). A MergeError (no usable input) is one line,
     # printed by main().
     labels = [names.get(path) or Path(path).stem for path in args.inputs]
-    # run.json's and report.html's equivalents go beside a file, never beside a pipe or a
-    # device (-w -: nothing is written into /dev).
-    beside = is_file_output(args.output)
+    # run.json's and report.html's equivalents go beside a file, never beside standard
+    # output, a pipe or a device (nothing is written into /dev).
+    beside = not to_stdout and is_file_output(args.output)
     summary = Path(args.output).with_name(Path(args.output).name + ".json")
 
     def meanwhile(
@@ -182,7 +183,7 @@ def handler(args: argparse.Namespace) -> int:
         print(f"xdpcap merge: {alignment.summary()}", file=sys.stderr)
     _print_merged(report, len(plain))
     if not beside:
-        print("xdpcap merge: no summary or page beside a pipe or a device", file=sys.stderr)
+        print("xdpcap merge: no summary or page beside standard output", file=sys.stderr)
         return 0
     print(f"xdpcap merge: journeys and clocks in {summary_path}", file=sys.stderr)
     page, problem = report.aside

@@ -44,7 +44,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from ...agent import __version__
 from ...agent.pcapng import (
@@ -453,7 +453,7 @@ def merge_captures(
 
 
 def _merge_into(
-    stream,
+    stream: BinaryIO,
     sources: Sequence[MergeSource],
     clock_correction: bool,
     clock_summary: str | None,

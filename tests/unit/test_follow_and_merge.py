@@ -219,9 +219,24 @@ def test_merge_to_standard_output(tmp_path: Path, flags) -> None:
     assert piped.returncode == 0, piped.stderr
     assert piped.stdout == out.read_bytes()
     if not flags:
-        assert b"no summary or page beside a pipe" in piped.stderr
+        assert b"no summary or page beside standard output" in piped.stderr
     assert not Path("/dev/stdout.json").exists() and not Path("/dev/stdout.html").exists()
     assert not list(Path("/dev").glob(".xdpcap-packet-ids-*"))
+
+
+def test_standard_output_into_a_file(tmp_path: Path) -> None:
+    """`-w - > file`: the file gets the merge; the summary goes nowhere (beside
+    /dev/stdout it would be a file in /dev)."""
+    paths = [str(p) for p in skewed_pair(tmp_path)]
+    out = tmp_path / "merged.pcapng"
+    assert _merge_cli([*paths, "-w", str(out)], subprocess.DEVNULL).returncode == 0
+    redirected = tmp_path / "redirected.pcapng"
+    with redirected.open("wb") as stdout:
+        result = _merge_cli([*paths, "-w", "-"], stdout)
+    assert result.returncode == 0, result.stderr
+    assert redirected.read_bytes() == out.read_bytes()
+    assert not Path("/dev/stdout.json").exists() and not Path("/dev/stdout.html").exists()
+    assert not (tmp_path / "redirected.pcapng.json").exists()
 
 
 def test_standard_output_on_a_terminal_is_refused(tmp_path: Path) -> None:
