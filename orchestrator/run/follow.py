@@ -219,6 +219,45 @@ def _pass_beside_early_merge(
     return alignment, journeys, early
 
 
+def _may_fork() -> bool:
+    """A fork copies only the calling thread: safe while this process has no other."""
+    return threading.active_count() == 1 and hasattr(os, "fork")
+
+
+class _Forked:
+    """`work()` in a forked child, its result pickled back to this process through a
+    pipe (the early merge's report; the journeys' results beside the merge)."""
+
+    def __init__(self, work: Callable[[], object]) -> None:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: no return from here
+            status = 1
+            try:
+                os.close(read_end)
+                with os.fdopen(write_end, "wb") as pipe:
+                    pickle.dump(work(), pipe, protocol=pickle.HIGHEST_PROTOCOL)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        self.pid, self._pipe = pid, read_end
+
+    def result(self) -> tuple[bool, object]:
+        """(True, what `work` returned) once the child ends; (False, None) when it
+        failed or was killed."""
+        with os.fdopen(self._pipe, "rb") as pipe:
+            data = pipe.read()
+        _, status = os.waitpid(self.pid, 0)
+        return (True, pickle.loads(data)) if status == 0 and data else (False, None)
+
+    def abandon(self) -> None:
+        """Not wanted: its pipe closed, the child ended and reaped."""
+        os.close(self._pipe)
+        os.kill(self.pid, signal.SIGTERM)
+        os.waitpid(self.pid, 0)
+
+
 class _CallsOff(threading.Event):
     """The pass's `shared` for an early merge in a child: setting it ends the child."""
 
@@ -241,24 +280,11 @@ class _EarlyMerge:
 
     def __init__(self, merge: Callable[[threading.Event | None], MergeReport], out: Path) -> None:
         self.out = out
-        self._pid: int | None = None
+        self._child: _Forked | None = None
         self._outcome: MergeReport | BaseException | None = None
-        if threading.active_count() == 1 and hasattr(os, "fork"):
-            read_end, write_end = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # the child: no return from here
-                status = 1
-                try:
-                    os.close(read_end)
-                    report = merge(None)
-                    with os.fdopen(write_end, "wb") as pipe:
-                        pickle.dump(report, pipe, protocol=pickle.HIGHEST_PROTOCOL)
-                    status = 0
-                finally:
-                    os._exit(status)
-            os.close(write_end)
-            self._pid, self._pipe = pid, read_end
-            self.shared: threading.Event = _CallsOff(pid)
+        if _may_fork():
+            self._child = _Forked(lambda: merge(None))
+            self.shared: threading.Event = _CallsOff(self._child.pid)
         else:
             self.shared = threading.Event()
             self._thread = threading.Thread(
@@ -275,14 +301,12 @@ class _EarlyMerge:
     def result(self) -> MergeReport | None:
         """Its report once it ends; None when it was called off or failed (its file
         then removed: the merge after the pass reports any failure)."""
-        if self._pid is None:
+        if self._child is None:
             self._thread.join()
-            report = self._outcome if isinstance(self._outcome, MergeReport) else None
+            outcome = self._outcome
         else:
-            with os.fdopen(self._pipe, "rb") as pipe:
-                data = pipe.read()
-            _, status = os.waitpid(self._pid, 0)
-            report = pickle.loads(data) if status == 0 and data else None
+            _, outcome = self._child.result()
+        report = outcome if isinstance(outcome, MergeReport) else None
         if report is None:
             self.out.unlink(missing_ok=True)
         return report
@@ -343,7 +367,7 @@ def merge_followed(
         )
 
     with marks or contextlib.nullcontext():
-        if threading.active_count() == 1 and hasattr(os, "fork"):
+        if _may_fork():
             report, (followed, aside) = _with_child(merge, beside)
         else:
             report, (followed, aside) = _with_thread(merge, beside)
@@ -371,31 +395,14 @@ def _with_thread(merge: Callable[[], MergeReport], beside: Callable[[], tuple]) 
 def _with_child(merge: Callable[[], MergeReport], beside: Callable[[], tuple]) -> tuple:
     """`beside()` in a forked child (its result back through a pipe, pickled) while this
     process merges; if the child fails, `beside()` here after the merge."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: no return from here
-        status = 1
-        try:
-            os.close(read_end)
-            with os.fdopen(write_end, "wb") as pipe:
-                pickle.dump(beside(), pipe, protocol=pickle.HIGHEST_PROTOCOL)
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
+    child = _Forked(beside)
     try:
         report = merge()
     except BaseException:
-        os.close(read_end)
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
+        child.abandon()
         raise
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if status == 0 and data:
-        return report, pickle.loads(data)
-    return report, beside()
+    ended, done = child.result()
+    return report, done if ended else beside()
 
 
 def host_view(state: HostState) -> HostView:

@@ -4,10 +4,12 @@ shared, and is called off (leaving no file) when it does."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,19 @@ def _run(paths: list[Path], out: Path, priors: list[int]):
     return report, journeys, sources_for
 
 
+@contextlib.contextmanager
+def _another_thread(running: bool) -> Iterator[None]:
+    """With `running`, a second thread for the duration: what rules out a fork."""
+    done = threading.Event()
+    other = threading.Thread(target=done.wait)
+    if running:
+        other.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 @pytest.mark.parametrize("apart", [True, False], ids=["child", "thread"])
 def test_unshared_inputs_are_merged_while_the_pass_reads_them(tmp_path: Path, apart) -> None:
     """The early merge runs in a forked child when the process has no other thread,
@@ -67,14 +82,8 @@ def test_unshared_inputs_are_merged_while_the_pass_reads_them(tmp_path: Path, ap
     paths = _unshared(tmp_path)
     out = tmp_path / "merged.pcapng"
     out.write_bytes(b"an old output")
-    done = threading.Event()
-    other = threading.Thread(target=done.wait)
-    if not apart:
-        other.start()
-    try:
+    with _another_thread(running=not apart):
         report, journeys, sources_for = _run(paths, out, [0, 5_000])
-    finally:
-        done.set()
     assert report.during_pass
     assert report.out_path == str(out) and report.packets == 1000
     assert journeys.marks.packets == 0 and report.aside == (os.getpid(), report.journeys)
@@ -100,14 +109,8 @@ def test_shared_traffic_calls_the_early_merge_off(tmp_path: Path, apart: bool) -
     the process has no other thread, else in a thread (one is kept running here)."""
     paths = skewed_pair(tmp_path)
     out = tmp_path / "merged.pcapng"
-    done = threading.Event()
-    other = threading.Thread(target=done.wait)
-    if not apart:
-        other.start()
-    try:
+    with _another_thread(running=not apart):
         report, journeys, _ = _run(paths, out, [0, 0])
-    finally:
-        done.set()
     assert not report.during_pass
     assert report.alignment.shifts_ns[1] == 250_000_000  # b's clock, from the traffic
     pid, followed = report.aside

@@ -412,24 +412,15 @@ def test_join_engines_agree_on_a_busy_window(tmp_path: Path) -> None:
         pytest.skip("the C extension is not built")
     from xdpcap.orchestrator.follow.join import join_captures
 
+    from .test_join import _summary  # each pair's counts, samples and floors
+
     paths = _busy_window(tmp_path)
     runs = {e: join_captures(paths, [0, 0, 0], engine=e) for e in ("c", "python")}
     c, py = runs["c"], runs["python"]
 
-    def summary(result) -> dict:
-        return {
-            key: (
-                p.same_count,
-                p.answer_count,
-                p.same,
-                p.answers,
-                p.same_floor.points(),
-                p.answer_floor.points(),
-            )
-            for key, p in result.pairs.items()
-        }
-
-    assert summary(c) == summary(py)
+    assert {k: _summary(v) for k, v in c.pairs.items()} == {
+        k: _summary(v) for k, v in py.pairs.items()
+    }
     assert c.held_high_water == py.held_high_water > 4096
     assert c.packets == py.packets
     assert any(p.answer_count for p in c.pairs.values())
